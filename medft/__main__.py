@@ -1,0 +1,3 @@
+from medft.cli import main
+
+raise SystemExit(main())

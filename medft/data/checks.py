@@ -1,0 +1,138 @@
+"""Pre-flight checks of a manifest and its files: every problem in one run, before any training."""
+from __future__ import annotations
+
+import os
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from medft.data.dicom import geometry_problems, scan_folder, select_series
+from medft.data.loading import geometry_mismatch, load_image, load_label
+from medft.data.manifest import Case, read_manifest
+from medft.errors import DataError, Problem
+
+# Below this many cases a progress bar is only noise.
+PROGRESS_MIN_CASES = 20
+
+
+def check_manifest(path: str | Path, workers: int | None = None, progress: bool = True) -> list[Problem]:
+    """All problems of a manifest: its rows first, then each case's files in manifest order."""
+    try:
+        manifest, problems = read_manifest(path)
+    except DataError as exc:
+        return [exc.details]
+    workers = workers or min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = pool.map(lambda case: check_case(case, manifest.class_names), manifest.cases)
+        results = tqdm(
+            results,
+            total=len(manifest.cases),
+            desc="checking cases",
+            unit="case",
+            # None: tqdm shows the bar only on a terminal, not in logs.
+            disable=True if not progress or len(manifest.cases) < PROGRESS_MIN_CASES else None,
+            leave=False,
+        )
+        per_case = list(results)
+    for case_problems, _ in per_case:
+        problems += case_problems
+    problems += _channel_count_problems(manifest.cases, [channels for _, channels in per_case])
+    return problems
+
+
+def check_case(case: Case, class_names: list[str]) -> tuple[list[Problem], int | None]:
+    """The problems of one case, and its number of image channels (None when unreadable)."""
+    problems: list[Problem] = []
+    image = None
+    if case.is_dicom:
+        problems += _dicom_problems(case)
+    if not any(p.severity == "error" for p in problems):
+        try:
+            image = load_image(case.image, case.series_uid)
+        except DataError as exc:
+            problems.append(exc.details)
+    if image is not None:
+        bad = int((~np.isfinite(image.numpy())).sum())
+        if bad:
+            problems.append(Problem(
+                f"{bad} voxel(s) of the image are NaN or infinite",
+                "re-export the image, or replace the non-finite voxels",
+                file=case.image[0],
+            ))
+    if case.label is not None:
+        problems += _label_problems(case, image, class_names)
+    for problem in problems:
+        problem.case_id = case.case_id
+    return problems, None if image is None else int(image.shape[0])
+
+
+def _dicom_problems(case: Case) -> list[Problem]:
+    scan = scan_folder(case.image[0])
+    problems = list(scan.unreadable)
+    try:
+        series = select_series(scan, case.series_uid)
+    except DataError as exc:
+        return problems + [exc.details]
+    return problems + geometry_problems(series)
+
+
+def _label_problems(case: Case, image, class_names: list[str]) -> list[Problem]:
+    try:
+        label = load_label(case.label)
+    except DataError as exc:
+        return [exc.details]
+    problems = []
+    values = np.unique(label.numpy())
+    if not np.isfinite(values).all() or not np.array_equal(values, np.round(values)):
+        shown = ", ".join(f"{v:g}" for v in values[~np.isfinite(values) | (values != np.round(values))][:5])
+        problems.append(Problem(
+            f"label values are not whole numbers (e.g. {shown})",
+            "save the label map with integer class values; nearest-neighbour resampling keeps them whole",
+            file=case.label,
+        ))
+    elif class_names:
+        outside = [int(v) for v in values if not 0 <= v < len(class_names)]
+        if outside:
+            problems.append(Problem(
+                f"label values {outside} are outside the declared classes 0..{len(class_names) - 1} "
+                f"({', '.join(class_names)})",
+                "declare those classes in the manifest's labels, or correct the label map",
+                file=case.label,
+            ))
+    if np.array_equal(values, [0]):
+        problems.append(Problem(
+            "the label map is empty (background only)",
+            "check that this is the right label file; it is fine for a case without the structure",
+            file=case.label,
+            severity="warning",
+        ))
+    if image is not None:
+        mismatch = geometry_mismatch(image, label)
+        if mismatch:
+            problems.append(Problem(
+                f"{mismatch} ({case.image[0].name})",
+                "resample the label onto the image grid, or pair it with the right image",
+                file=case.label,
+            ))
+    return problems
+
+
+def _channel_count_problems(cases: list[Case], channels: list[int | None]) -> list[Problem]:
+    counts = Counter(c for c in channels if c is not None)
+    if len(counts) < 2:
+        return []
+    usual = counts.most_common(1)[0][0]
+    return [
+        Problem(
+            f"the image has {n} channel(s) where most cases have {usual}",
+            "give every case the same channels (modalities) in the same order",
+            file=case.image[0],
+            case_id=case.case_id,
+        )
+        for case, n in zip(cases, channels)
+        if n is not None and n != usual
+    ]
+

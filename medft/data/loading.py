@@ -1,0 +1,169 @@
+"""Load a case through MONAI: NIfTI with nibabel, DICOM series with pydicom, both brought to RAS.
+
+The loaded tensors are MONAI MetaTensors shaped (channels, x, y, z) in RAS orientation with their
+voxel spacing kept. Their metadata keeps the source geometry (``original_affine`` and
+``spatial_shape`` of the file as stored) and the applied reorientation, so that predictions can
+be written back in the geometry of the input.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import warnings
+from collections.abc import Hashable, Mapping
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+from monai.data import ImageReader, MetaTensor, NibabelReader
+from monai.transforms import LoadImage, MapTransform, Orientation
+
+from medft.data.dicom import DicomSeriesReader
+from medft.errors import DataError
+
+# Image and label must agree voxel for voxel: affine entries (mm) may differ by at most this.
+AFFINE_TOLERANCE_MM = 1e-3
+
+# Axis letters of the RAS+ world frame that NIfTI, nibabel and MONAI's readers use.
+_TO_RAS = Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))
+_READ_FIX = "the file looks damaged or is not a NIfTI image: copy it again from its source or re-export it"
+
+
+def load_image(paths: list[str] | tuple[Path, ...], series_uid: str | None = None) -> MetaTensor:
+    """An image as a (C, x, y, z) MetaTensor in RAS: one NIfTI per channel, or one DICOM series folder."""
+    paths = [Path(p) for p in paths]
+    if len(paths) == 1 and paths[0].is_dir():
+        image = _read(paths[0], DicomSeriesReader(series_uid=series_uid))
+    else:
+        channels = [_read(p) for p in paths]
+        for path, channel in zip(paths[1:], channels[1:]):
+            if channel.shape[1:] != channels[0].shape[1:]:
+                raise DataError(
+                    f"channel shape {tuple(channel.shape[1:])} differs from {paths[0].name}'s "
+                    f"{tuple(channels[0].shape[1:])}",
+                    "give channels of one case on the same voxel grid (resample them together)",
+                    file=path,
+                )
+        image = channels[0] if len(channels) == 1 else torch.cat(channels, dim=0)
+    _require_3d(image, paths[0])
+    return to_ras(image)
+
+
+def load_label(path: str | Path) -> MetaTensor:
+    """A label map as a (1, x, y, z) MetaTensor in RAS, values as stored (float32)."""
+    label = _read(Path(path))
+    _require_3d(label, Path(path))
+    if label.shape[0] != 1:
+        raise DataError(
+            f"the label map has {label.shape[0]} channels",
+            "give one 3D label map with one integer class value per voxel",
+            file=path,
+        )
+    return to_ras(label)
+
+
+def to_ras(tensor: MetaTensor) -> MetaTensor:
+    return _TO_RAS(tensor)
+
+
+def to_native(tensor: MetaTensor) -> np.ndarray:
+    """Voxels of a (C, x, y, z) RAS tensor in the axis order of its source file (``original_affine``).
+
+    Predictions pass through here to be written in the geometry of the input image.
+    """
+    native = nib.orientations.io_orientation(np.asarray(tensor.meta["original_affine"]))
+    ras = nib.orientations.io_orientation(np.asarray(tensor.affine))
+    transform = nib.orientations.ornt_transform(ras, native)
+    array = np.asarray(tensor.detach().cpu())
+    return np.stack([nib.orientations.apply_orientation(channel, transform) for channel in array])
+
+
+def geometry_mismatch(image: MetaTensor, label: MetaTensor) -> str | None:
+    """Why image and label are not on one voxel grid, or None when they are."""
+    if tuple(image.shape[1:]) != tuple(label.shape[1:]):
+        return f"label shape {tuple(label.shape[1:])} differs from image shape {tuple(image.shape[1:])}"
+    diff = float(np.abs(np.asarray(image.affine, dtype=np.float64) - np.asarray(label.affine, dtype=np.float64)).max())
+    if diff > AFFINE_TOLERANCE_MM:
+        return (
+            f"label and image affines differ by up to {diff:.4g} mm (tolerance {AFFINE_TOLERANCE_MM} mm): "
+            f"label spacing {_spacing(label)} origin {_origin(label)}, image spacing {_spacing(image)} origin {_origin(image)}"
+        )
+    return None
+
+
+class LoadCased(MapTransform):
+    """Load a case record (see ``Case.record``): ``image`` and, when present, ``label``.
+
+    Raises DataError naming the case and file when a file cannot be read or the label does not
+    lie on the image's voxel grid.
+    """
+
+    def __init__(self, image_key: str = "image", label_key: str = "label"):
+        super().__init__(keys=[image_key, label_key], allow_missing_keys=True)
+        self.image_key, self.label_key = image_key, label_key
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        record = dict(data)
+        case_id = str(record.get("case_id", ""))
+        try:
+            image = load_image(record[self.image_key], record.get("series_uid"))
+            record[self.image_key] = image
+            if record.get(self.label_key):
+                label = load_label(record[self.label_key])
+                mismatch = geometry_mismatch(image, label)
+                if mismatch:
+                    raise DataError(
+                        mismatch,
+                        "resample the label onto the image grid, or pair it with the right image",
+                        file=record[self.label_key],
+                    )
+                record[self.label_key] = label
+            else:
+                record.pop(self.label_key, None)
+        except DataError as exc:
+            raise exc.with_case(case_id) from None
+        return record
+
+
+def _read(path: Path, reader: ImageReader | None = None) -> MetaTensor:
+    """Read through MONAI's LoadImage with one reader: NIfTI by default, else the one given."""
+    if not path.exists():
+        raise DataError("file not found", "correct the path in the manifest (relative paths start at the manifest's folder)", file=path)
+    try:
+        return _loader()(str(path), reader=reader or NibabelReader())
+    except DataError:
+        raise
+    except Exception as exc:  # nibabel, gzip and zlib raise many types for damaged files
+        raise DataError(f"cannot be read ({type(exc).__name__}: {exc})", _READ_FIX, file=path) from None
+
+
+@functools.cache
+def _loader() -> LoadImage:
+    """One LoadImage for the process; readers are given per call (they keep per-file state).
+
+    LoadImage builds every MONAI reader when created, and the GPU DICOM decoder's reader
+    complains on machines without nvImageCodec: medft decodes DICOM with pydicom, so that
+    complaint is noise and is silenced here, once.
+    """
+    logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*nvImageCodec.*")
+        return LoadImage(image_only=True, ensure_channel_first=True)
+
+
+def _require_3d(tensor: MetaTensor, path: Path) -> None:
+    if tensor.ndim != 4:
+        raise DataError(
+            f"has {tensor.ndim - 1} spatial dimensions after adding the channel",
+            "give 3D volumes (x, y, z), or 4D with channels last",
+            file=path,
+        )
+
+
+def _spacing(tensor: MetaTensor) -> tuple[float, ...]:
+    return tuple(round(float(s), 4) for s in np.linalg.norm(np.asarray(tensor.affine)[:3, :3], axis=0))
+
+
+def _origin(tensor: MetaTensor) -> tuple[float, ...]:
+    return tuple(round(float(v), 3) for v in np.asarray(tensor.affine)[:3, 3])

@@ -1,0 +1,348 @@
+"""Manifests: the cases of a dataset, read from a CSV file, an MSD dataset.json or an nnU-Net folder.
+
+Every form becomes one :class:`Manifest`, the in-memory dataset type that later stages use.
+Parsing collects every problem it finds (:func:`read_manifest`) so that ``check-data`` can
+report them all in one run; :func:`load_manifest` is the strict form for commands that train.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from medft.data.splits import SPLITS, assign_splits
+from medft.errors import DataError, MedftError, Problem
+
+CSV_COLUMNS = ("case_id", "image", "label", "split", "site", "patient_id", "series_uid")
+REQUIRED_CSV_COLUMNS = ("case_id", "image")
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One case: its image (one path per channel, or a DICOM series folder) and optional label."""
+
+    case_id: str
+    image: tuple[Path, ...]
+    label: Path | None = None
+    split: str | None = None
+    site: str = ""
+    patient_id: str = ""
+    series_uid: str | None = None
+
+    @property
+    def is_dicom(self) -> bool:
+        return len(self.image) == 1 and self.image[0].is_dir()
+
+    @property
+    def group(self) -> str:
+        """The unit that must not be split across train/val/test: the patient, else the case."""
+        return self.patient_id or self.case_id
+
+    def record(self) -> dict:
+        """The case as a MONAI-style data dictionary (plain strings, safe for DataLoader workers)."""
+        return {
+            "case_id": self.case_id,
+            "image": [str(p) for p in self.image],
+            "label": str(self.label) if self.label else None,
+            "series_uid": self.series_uid,
+            "site": self.site,
+        }
+
+
+@dataclass
+class Manifest:
+    """The cases of one dataset and the names of its label classes (index = label value)."""
+
+    path: Path
+    cases: list[Case]
+    class_names: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+    def __iter__(self):
+        return iter(self.cases)
+
+    def split(self, name: str | None) -> list[Case]:
+        """The cases of one split; ``None`` gives all cases."""
+        if name is not None and name not in SPLITS:
+            raise DataError(
+                f"unknown split {name!r}", f"use one of {', '.join(SPLITS)}", file=self.path
+            )
+        return [c for c in self.cases if name is None or c.split == name]
+
+    def records(self, split: str | None = None) -> list[dict]:
+        return [c.record() for c in self.split(split)]
+
+
+def load_manifest(path: str | Path) -> Manifest:
+    """Read a manifest and raise one DataError listing every problem, if there are any."""
+    manifest, problems = read_manifest(path)
+    errors = [p for p in problems if p.severity == "error"]
+    if errors:
+        lines = "\n".join(str(p) for p in errors)
+        raise MedftError(
+            f"{manifest.path}: {len(errors)} problem(s) in the manifest; correct them "
+            f"(`medft check-data {path}` checks the files too):\n{lines}"
+        )
+    return manifest
+
+
+def read_manifest(path: str | Path) -> tuple[Manifest, list[Problem]]:
+    """Read any manifest form; return it with the problems found in the manifest itself.
+
+    A manifest that cannot be read at all raises DataError. Cases without a split get one
+    (deterministically, patients kept whole) after the problems are collected.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(
+            "no such manifest", "give a CSV manifest, an MSD dataset.json or an nnU-Net raw folder", file=path
+        )
+    if path.is_dir():
+        manifest, problems = _read_nnunet(path)
+    elif path.suffix == ".json":
+        manifest, problems = _read_msd(path)
+    elif path.suffix == ".csv":
+        manifest, problems = _read_csv(path)
+    else:
+        raise DataError(
+            f"unknown manifest type {path.suffix!r}",
+            "give a .csv manifest, an MSD dataset.json or an nnU-Net raw folder",
+            file=path,
+        )
+    problems += _case_problems(manifest)
+    manifest.cases = assign_splits(manifest.cases)
+    return manifest, problems
+
+
+def _case_problems(manifest: Manifest) -> list[Problem]:
+    """Problems between cases: duplicate ids, one patient in two splits, missing classes."""
+    problems: list[Problem] = []
+    seen: set[str] = set()
+    for case in manifest.cases:
+        if case.case_id in seen:
+            problems.append(Problem(
+                "duplicate case_id", "give every case a unique case_id", file=manifest.path, case_id=case.case_id
+            ))
+        seen.add(case.case_id)
+    splits_of_group: dict[str, dict[str, list[str]]] = {}
+    for case in manifest.cases:
+        if case.split:
+            splits_of_group.setdefault(case.group, {}).setdefault(case.split, []).append(case.case_id)
+    for by_split in splits_of_group.values():
+        if len(by_split) > 1:
+            # Name the cases, not the patient: patient ids may come from hospital records.
+            where = "; ".join(f"{split}: {', '.join(ids)}" for split, ids in sorted(by_split.items()))
+            problems.append(Problem(
+                f"one patient's cases are in several splits ({where})",
+                "put all cases of a patient in the same split, or leave split empty for medft to assign",
+                file=manifest.path,
+                case_id=min(min(ids) for ids in by_split.values()),
+            ))
+    if not manifest.class_names and any(c.label for c in manifest.cases):
+        problems.append(Problem(
+            "no label classes declared, so label values cannot be checked",
+            f"add {_classes_sidecar(manifest.path).name} with {{\"0\": \"background\", \"1\": \"...\"}}",
+            file=manifest.path,
+            severity="warning",
+        ))
+    return problems
+
+
+# --- CSV -------------------------------------------------------------------------------------
+
+
+def _classes_sidecar(csv_path: Path) -> Path:
+    return csv_path.with_name(csv_path.stem + ".classes.json")
+
+
+def _read_csv(path: Path) -> tuple[Manifest, list[Problem]]:
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            header = [h.strip() for h in (reader.fieldnames or [])]
+            rows = list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"cannot read the CSV ({exc})", "save it as UTF-8 CSV with a header row", file=path)
+    missing = [c for c in REQUIRED_CSV_COLUMNS if c not in header]
+    unknown = [c for c in header if c not in CSV_COLUMNS]
+    if missing or unknown:
+        parts = [f"missing column(s) {', '.join(missing)}"] if missing else []
+        parts += [f"unknown column(s) {', '.join(unknown)}"] if unknown else []
+        raise DataError(
+            "; ".join(parts), f"use the header {','.join(CSV_COLUMNS[:6])} (series_uid is optional)", file=path
+        )
+    problems: list[Problem] = []
+    cases: list[Case] = []
+    for line, raw in enumerate(rows, start=2):
+        row = {k.strip(): (v or "").strip() for k, v in raw.items() if k is not None}
+        where = f"{path}:{line}"
+        case_id, image = row.get("case_id", ""), row.get("image", "")
+        if not case_id or not image:
+            problems.append(Problem(
+                "empty case_id or image", "fill both, or delete the row", file=where, case_id=case_id or None
+            ))
+            continue
+        split = row.get("split", "").lower() or None
+        if split and split not in SPLITS:
+            problems.append(Problem(
+                f"split {split!r} is not one of {', '.join(SPLITS)}",
+                "use train, val or test, or leave it empty for medft to assign",
+                file=where, case_id=case_id,
+            ))
+            split = None
+        label = row.get("label", "")
+        cases.append(Case(
+            case_id=case_id,
+            image=(_resolve(path.parent, image),),
+            label=_resolve(path.parent, label) if label else None,
+            split=split,
+            site=row.get("site", ""),
+            patient_id=row.get("patient_id", ""),
+            series_uid=row.get("series_uid") or None,
+        ))
+    class_names, class_problems = _read_classes_file(_classes_sidecar(path))
+    return Manifest(path, cases, class_names), problems + class_problems
+
+
+def _read_classes_file(path: Path) -> tuple[list[str], list[Problem]]:
+    if not path.exists():
+        return [], []
+    try:
+        labels = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        return [], [Problem(f"cannot read the class names ({exc})", "write it as JSON", file=path)]
+    return _class_names(labels, path)
+
+
+def _class_names(labels: object, source: Path) -> tuple[list[str], list[Problem]]:
+    """Class names from MSD ``{"0": "background"}`` or nnU-Net v2 ``{"background": 0}`` labels."""
+    if not isinstance(labels, dict) or not labels:
+        return [], [Problem("labels must be a JSON object of label value and name", 'write {"0": "background", ...}', file=source)]
+    pairs: dict[int, str] = {}
+    for key, value in labels.items():
+        try:
+            if isinstance(value, int):  # nnU-Net v2: name -> value
+                pairs[value] = str(key)
+            else:
+                pairs[int(key)] = str(value)
+        except (TypeError, ValueError):
+            return [], [Problem(
+                f"label entry {key!r}: {value!r} is not a label value and a name",
+                "give integer label values 0..N-1 (nnU-Net region labels are not supported)",
+                file=source,
+            )]
+    if sorted(pairs) != list(range(len(pairs))):
+        return [], [Problem(
+            f"label values {sorted(pairs)} are not 0..{len(pairs) - 1}",
+            "number the classes 0 (background), 1, 2, ... without gaps",
+            file=source,
+        )]
+    return [pairs[i] for i in range(len(pairs))], []
+
+
+def _resolve(base: Path, value: str) -> Path:
+    candidate = Path(value).expanduser()
+    return candidate if candidate.is_absolute() else (base / candidate).resolve()
+
+
+# --- Medical Segmentation Decathlon ----------------------------------------------------------
+
+
+def _read_msd(path: Path) -> tuple[Manifest, list[Problem]]:
+    try:
+        spec = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"cannot read the dataset.json ({exc})", "fix the JSON syntax", file=path)
+    if not isinstance(spec, dict) or not isinstance(spec.get("training"), list):
+        raise DataError(
+            "an MSD dataset.json needs a 'training' list of {image, label}",
+            "give an MSD dataset.json, or a CSV manifest",
+            file=path,
+        )
+    problems: list[Problem] = []
+    cases: list[Case] = []
+    entries = [(e, None) for e in spec["training"]] + [(e, "test") for e in spec.get("test", [])]
+    for entry, split in entries:
+        image = entry if isinstance(entry, str) else entry.get("image") if isinstance(entry, dict) else None
+        if not isinstance(image, str):
+            problems.append(Problem(f"entry {entry!r} has no image path", "give each entry an image", file=path))
+            continue
+        label = entry.get("label") if isinstance(entry, dict) else None
+        cases.append(Case(
+            case_id=_stem(image),
+            image=(_resolve(path.parent, image),),
+            label=_resolve(path.parent, label) if label else None,
+            split=split,
+        ))
+    class_names, class_problems = _class_names(spec.get("labels", {}), path)
+    return Manifest(path, cases, class_names), problems + class_problems
+
+
+def _stem(filename: str) -> str:
+    name = Path(filename).name
+    for suffix in NIFTI_SUFFIXES[::-1]:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem
+
+
+# --- nnU-Net raw folder ----------------------------------------------------------------------
+
+
+def _read_nnunet(folder: Path) -> tuple[Manifest, list[Problem]]:
+    spec_path = folder / "dataset.json"
+    if not (folder / "imagesTr").is_dir():
+        raise DataError(
+            "not an nnU-Net raw folder (no imagesTr/)",
+            "give a folder with imagesTr/, labelsTr/ and dataset.json, or a CSV manifest",
+            file=folder,
+        )
+    spec: dict = {}
+    if spec_path.exists():
+        try:
+            spec = json.loads(spec_path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise DataError(f"cannot read the dataset.json ({exc})", "fix the JSON syntax", file=spec_path)
+    ending = spec.get("file_ending", ".nii.gz")
+    problems: list[Problem] = []
+    cases: list[Case] = []
+    for images_dir, labels_dir, split in (("imagesTr", "labelsTr", None), ("imagesTs", "labelsTs", "test")):
+        channels: dict[str, dict[int, Path]] = {}
+        for file in sorted((folder / images_dir).glob(f"*{ending}")):
+            stem = file.name[: -len(ending)]
+            case_id, _, channel = stem.rpartition("_")
+            if not case_id or not (len(channel) == 4 and channel.isdigit()):
+                problems.append(Problem(
+                    f"image name does not end in a 4-digit channel (_0000{ending})",
+                    f"rename it CASE_0000{ending}",
+                    file=file,
+                ))
+                continue
+            channels.setdefault(case_id, {})[int(channel)] = file
+        for case_id, by_channel in sorted(channels.items()):
+            if sorted(by_channel) != list(range(len(by_channel))):
+                problems.append(Problem(
+                    f"channels {sorted(by_channel)} are not numbered 0..{len(by_channel) - 1}",
+                    "add the missing channel files",
+                    file=folder / images_dir, case_id=case_id,
+                ))
+                continue
+            label = folder / labels_dir / f"{case_id}{ending}"
+            if split is None and not label.exists():
+                problems.append(Problem(
+                    f"no label {labels_dir}/{label.name}", "add the label map or move the images to imagesTs",
+                    file=label, case_id=case_id,
+                ))
+            cases.append(Case(
+                case_id=case_id,
+                image=tuple(by_channel[i] for i in range(len(by_channel))),
+                label=label if label.exists() else None,
+                split=split,
+            ))
+    class_names, class_problems = _class_names(spec.get("labels", {}), spec_path) if spec else ([], [])
+    return Manifest(folder / "dataset.json" if spec else folder, cases, class_names), problems + class_problems
+

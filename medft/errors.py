@@ -1,0 +1,45 @@
+"""Errors meant for people: each names the file, the problem and the fix."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class MedftError(Exception):
+    """An error the command line prints as one line, without a traceback."""
+
+
+@dataclass
+class Problem:
+    """One thing wrong with the input, as check-data reports it."""
+
+    problem: str
+    fix: str
+    file: Path | str | None = None
+    case_id: str | None = None
+    severity: str = "error"  # "error" or "warning"
+
+    def __str__(self) -> str:
+        where = " ".join(
+            part
+            for part in (
+                f"case {self.case_id}:" if self.case_id else "",
+                f"{self.file}:" if self.file else "",
+            )
+            if part
+        )
+        text = f"{where} {self.problem}" if where else self.problem
+        return f"{self.severity.upper()} {text}. Fix: {self.fix}"
+
+
+class DataError(MedftError):
+    """Bad input data: carries the Problem that describes it."""
+
+    def __init__(self, problem: str, fix: str, file: Path | str | None = None, case_id: str | None = None):
+        self.details = Problem(problem=problem, fix=fix, file=file, case_id=case_id)
+        super().__init__(str(self.details))
+
+    def with_case(self, case_id: str) -> "DataError":
+        self.details.case_id = case_id
+        self.args = (str(self.details),)
+        return self

@@ -1,0 +1,128 @@
+"""check-data on copies of real files, each corrupted in one way: every problem in one run."""
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+
+from medft.cli import main
+from tests.conftest import MANIFESTS, SAMPLE, copy_case, rewrite_nifti, write_csv
+
+CROP_1 = SAMPLE / "dicom" / "study1" / "13_HCropVolume"
+CROP_2 = SAMPLE / "dicom" / "study2" / "14_HCropVolume"
+
+
+def _slices_by_position(folder: Path) -> list[Path]:
+    def position(path: Path) -> float:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        normal = np.cross(*np.reshape(np.asarray(ds.ImageOrientationPatient, float), (2, 3)))
+        return float(np.dot(normal, np.asarray(ds.ImagePositionPatient, float)))
+
+    return sorted(folder.iterdir(), key=position)
+
+
+def _broken_dataset(root: Path) -> tuple[Path, dict[str, list[str]]]:
+    """A manifest with one problem per case; returns it and the phrases each case must report."""
+    rows, expected = [], {}
+
+    def add(case_id: str, image: Path, label: Path | None, *phrases: str, **extra) -> None:
+        rows.append({"case_id": case_id, "image": image.relative_to(root), "label": label.relative_to(root) if label else "", **extra})
+        expected[case_id] = list(phrases)
+
+    add("clean", *copy_case("hippocampus_334", root / "nii", "clean"))
+    image, label = copy_case("hippocampus_335", root / "nii", "missing")
+    image.unlink()
+    add("missing", image, label, "file not found", image.name)
+    image, label = copy_case("hippocampus_336", root / "nii", "truncated")
+    image.write_bytes(image.read_bytes()[:3000])
+    add("truncated", image, label, "cannot be read", image.name, "copy it again")
+    image, label = copy_case("hippocampus_338", root / "nii", "shape")
+    rewrite_nifti(label, data=np.asanyarray(nib.load(label).dataobj)[:-2])
+    add("shape", image, label, "label shape (35, 43, 43) differs from image shape (37, 43, 43)", label.name, image.name)
+    image, label = copy_case("hippocampus_340", root / "nii", "affine")
+    moved = nib.load(label).affine.copy()
+    moved[2, 3] += 1.5
+    rewrite_nifti(label, affine=moved)
+    add("affine", image, label, "affines differ by up to 1.5 mm (tolerance 0.001 mm)", label.name)
+    image, label = copy_case("hippocampus_341", root / "nii", "values")
+    data = np.asanyarray(nib.load(label).dataobj).copy()
+    data[0, 0, :3] = 7
+    rewrite_nifti(label, data=data)
+    add("values", image, label, "label values [7] are outside the declared classes 0..2", label.name)
+    image, label = copy_case("hippocampus_345", root / "nii", "fractional")
+    rewrite_nifti(label, data=np.asanyarray(nib.load(label).dataobj).astype(np.float32) * 0.5)
+    add("fractional", image, label, "label values are not whole numbers (e.g. 0.5", label.name)
+    image, label = copy_case("hippocampus_349", root / "nii", "nan")
+    data = nib.load(image).get_fdata(dtype=np.float32)
+    data[1, 2, 3], data[4, 5, 6] = np.nan, np.inf
+    rewrite_nifti(image, data=data)
+    add("nan", image, label, "2 voxel(s) of the image are NaN or infinite", image.name)
+    image, label = copy_case("hippocampus_351", root / "nii", "empty")
+    rewrite_nifti(label, data=np.zeros(nib.load(label).shape, np.uint8))
+    add("empty", image, label, "WARNING", "the label map is empty", label.name)
+    image, label = copy_case("hippocampus_352", root / "nii", "dup")
+    add("dup", image, label, "duplicate case_id")
+    add("dup", image, label, "duplicate case_id")
+    image, label = copy_case("hippocampus_353", root / "nii", "pa")
+    add("pa", image, label, "several splits (train: pa; val: pb)", split="train", patient_id="Doe^Jane")
+    image, label = copy_case("hippocampus_354", root / "nii", "pb")
+    add("pb", image, label, split="val", patient_id="Doe^Jane")
+
+    two_series = root / "dicom" / "two_series"
+    shutil.copytree(CROP_1, two_series / "a")
+    shutil.copytree(CROP_2, two_series / "b")
+    add("two_series", two_series, None, "holds 2 DICOM series", "series_uid")
+    stray = root / "dicom" / "stray"
+    shutil.copytree(CROP_1, stray)
+    (stray / "notes.txt").write_text("not an image\n")
+    add("stray", stray, None, "notes.txt", "remove it")
+    gap = root / "dicom" / "gap"
+    shutil.copytree(CROP_1, gap)
+    _slices_by_position(gap)[10].unlink()
+    add("gap", gap, None, "missing")
+    uneven = root / "dicom" / "uneven"
+    shutil.copytree(CROP_1, uneven)
+    moved_slice = _slices_by_position(uneven)[12]
+    ds = pydicom.dcmread(moved_slice)
+    ds.ImagePositionPatient = [float(v) for v in ds.ImagePositionPatient[:2]] + [float(ds.ImagePositionPatient[2]) + 0.3]
+    ds.save_as(moved_slice)
+    add("uneven", uneven, None, "uneven")
+
+    manifest = write_csv(root / "manifest.csv", rows, classes={"0": "background", "1": "anterior", "2": "posterior"})
+    return manifest, expected
+
+
+def test_every_problem_is_reported_in_one_run(tmp_path, capsys):
+    manifest, expected = _broken_dataset(tmp_path)
+    assert main(["check-data", str(manifest)]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    for case_id, phrases in expected.items():
+        mine = [line for line in lines if f"case {case_id}:" in line]
+        for phrase in phrases:
+            assert any(phrase in line for line in mine), f"{case_id}: no line with {phrase!r} in {mine}"
+        assert all("Fix: " in line for line in mine)
+    assert not [line for line in lines if "case clean:" in line]
+    assert lines[-1].endswith("error(s), 1 warning(s)")
+
+
+def test_dicom_patient_names_and_ids_never_appear(tmp_path, capsys):
+    manifest, _ = _broken_dataset(tmp_path)
+    main(["check-data", str(manifest)])
+    out = capsys.readouterr().out
+    for crop in (CROP_1, CROP_2):
+        header = pydicom.dcmread(next(crop.iterdir()), stop_before_pixels=True)
+        assert str(header.PatientName) not in out and str(header.PatientName.family_name) not in out
+        assert str(header.PatientID) not in out
+    assert "Doe" not in out  # manifest patient ids are not echoed either
+
+
+@pytest.mark.parametrize("manifest", ["hippocampus_sample.csv", "dicom_sample.csv"])
+def test_the_sample_manifests_are_clean(manifest, capsys):
+    assert main(["check-data", str(MANIFESTS / manifest)]) == 0
+    assert capsys.readouterr().out.strip().endswith("0 error(s), 0 warning(s)")
+
+
+def test_the_full_shared_dataset_is_clean(shared_data, capsys):
+    assert main(["check-data", str(shared_data / "hippocampus" / "dataset.json")]) == 0

@@ -1,0 +1,360 @@
+"""Tests of medft.data.dicom on real MRI series: the hippocampus crops in sample_data, and the full
+study in /work/shared when it is there. Every message the code shows is checked for patient data."""
+from __future__ import annotations
+
+import functools
+import pickle
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+
+from medft.data.dicom import SeriesInfo, geometry_problems, read_series, scan_folder, select_series
+from medft.errors import DataError
+
+REPO = Path(__file__).resolve().parents[2]
+SAMPLE = REPO / "sample_data" / "dicom"
+CROP = SAMPLE / "study1" / "13_HCropVolume"  # 32 slices of 51 rows x 35 columns
+CROP2 = SAMPLE / "study2" / "14_HCropVolume"  # another patient: 35 slices of 48 rows x 36 columns
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data" / "dicom"
+STUDY1 = SHARED / "study1"
+needs_study1 = pytest.mark.skipif(not STUDY1.is_dir(), reason=f"full DICOM study not available at {STUDY1}")
+
+
+@functools.cache
+def patient_identifiers() -> list[str]:
+    """PatientName (whole and each part) and PatientID from the headers of the series used here."""
+    folders = [CROP, CROP2] + ([STUDY1 / "12-T1post-05670"] if STUDY1.is_dir() else [])
+    found = set()
+    for folder in folders:
+        ds = pydicom.dcmread(sorted(folder.glob("*.dcm"))[0], stop_before_pixels=True)
+        name = str(ds.PatientName)
+        found |= {name, str(ds.PatientID)} | {part for part in name.split("^") if len(part) >= 3}
+    assert len(found) >= 4, "the test data should carry (fake) patient names and IDs"
+    return sorted(found)
+
+
+@pytest.fixture
+def shown():
+    """Texts the code under test shows to users; checked for patient identifiers after the test."""
+    texts: list[str] = []
+    yield texts
+    for text in texts:
+        for identifier in patient_identifiers():
+            assert identifier.lower() not in text.lower(), f"patient identifier shown in: {text}"
+
+
+def show_error(shown: list[str], excinfo: pytest.ExceptionInfo) -> str:
+    text = str(excinfo.value)
+    shown += [text, repr(excinfo.value.details)]
+    return text
+
+
+def show_series(shown: list[str], series: SeriesInfo) -> None:
+    shown += [series.summary, repr(series)]
+
+
+def copy_series(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def edit_header(path: Path, **tags) -> None:
+    ds = pydicom.dcmread(path)
+    for tag, value in tags.items():
+        setattr(ds, tag, value)
+    ds.save_as(path)
+
+
+def along_normal(path: Path) -> float:
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    iop = np.array(ds.ImageOrientationPatient, dtype=float)
+    return float(np.cross(iop[:3], iop[3:]) @ np.array(ds.ImagePositionPatient, dtype=float))
+
+
+def crop_series(folder: Path = CROP) -> SeriesInfo:
+    return select_series(scan_folder(folder), None)
+
+
+def test_crop_series_reads_with_header_geometry(shown):
+    scan = scan_folder(CROP)
+    assert len(scan.series) == 1 and scan.unreadable == []
+    series = scan.series[0]
+    show_series(shown, series)
+    assert len(series.files) == 32 and series.files == sorted(series.files)
+    assert (series.rows, series.columns, series.modality) == (51, 35, "MR")
+
+    volume, affine = read_series(series)
+    assert volume.shape == (series.columns, series.rows, 32) == (35, 51, 32)
+    assert volume.dtype == np.float32 and np.isfinite(volume).all() and volume.max() > volume.min()
+
+    headers = {f: pydicom.dcmread(f) for f in series.files}
+    first = next(iter(headers.values()))
+    row_spacing, column_spacing = (float(v) for v in first.PixelSpacing)
+    positions = sorted(np.array(ds.ImagePositionPatient, dtype=float).tolist() for ds in headers.values())
+    step = np.linalg.norm(np.subtract(positions[-1], positions[0])) / (len(positions) - 1)
+    assert np.allclose(np.linalg.norm(affine[:3, :3], axis=0), [column_spacing, row_spacing, step])
+
+    # voxel (0, 0, k) lies at the k-th slice position (LPS -> RAS flips x and y); positions increase.
+    corners_lps = (np.diag([-1, -1, 1, 1]) @ affine @ np.array([[0, 0, k, 1] for k in range(32)]).T)[:3].T
+    assert np.allclose(corners_lps, sorted(positions, key=lambda p: p[2]))
+    normal = np.cross(np.array(first.ImageOrientationPatient[:3], float), np.array(first.ImageOrientationPatient[3:], float))
+    assert np.all(np.diff(corners_lps @ normal) > 0)
+
+    # each plane holds the pixels of the file at that position, transposed to (columns, rows)
+    for path, ds in headers.items():
+        k = int(np.argmin(np.linalg.norm(corners_lps - np.array(ds.ImagePositionPatient, float), axis=1)))
+        assert np.array_equal(volume[:, :, k], ds.pixel_array.T.astype(np.float32)), path.name
+
+
+def test_slices_sorted_by_position_not_instance_number_or_name(tmp_path, shown):
+    original_volume, original_affine = read_series(crop_series())
+    rng = random.Random(1234)
+    files = sorted(CROP.glob("*.dcm"))
+    numbers = list(range(1, len(files) + 1))
+    rng.shuffle(numbers)
+    shuffled = tmp_path / "shuffled"
+    shuffled.mkdir()
+    for src, number in zip(files, numbers):
+        dst = shuffled / f"{rng.getrandbits(40):010x}.dcm"
+        shutil.copy(src, dst)
+        edit_header(dst, InstanceNumber=number)
+
+    series = crop_series(shuffled)
+    show_series(shown, series)
+    volume, affine = read_series(series)
+    assert np.array_equal(volume, original_volume)
+    assert np.array_equal(affine, original_affine)
+
+    by_position = sorted(series.files, key=along_normal)
+    by_instance = sorted(series.files, key=lambda f: int(pydicom.dcmread(f, stop_before_pixels=True).InstanceNumber))
+    assert by_instance != by_position, "the tampered InstanceNumbers must disagree with the positions"
+    assert series.files != by_position, "the random file names must disagree with the positions"
+
+
+def test_several_series_are_never_merged(tmp_path, shown):
+    folder = tmp_path / "two"
+    copy_series(CROP, folder / "a")
+    copy_series(CROP2, folder / "b")
+    uids = [crop_series(CROP).uid, crop_series(CROP2).uid]
+    scan = scan_folder(folder)
+    assert sorted(s.uid for s in scan.series) == sorted(uids)
+
+    with pytest.raises(DataError) as excinfo:
+        select_series(scan, None)
+    text = show_error(shown, excinfo)
+    assert all(uid in text for uid in uids) and "series_uid" in text
+    assert "32 slices" in text and "35 slices" in text and str(folder) in text
+
+    chosen = select_series(scan, uids[1])
+    show_series(shown, chosen)
+    assert chosen.uid == uids[1] and len(chosen.files) == 35
+    assert all(f.parent == folder / "b" for f in chosen.files)
+    assert read_series(chosen)[0].shape == (36, 48, 35)
+
+    with pytest.raises(DataError) as excinfo:
+        select_series(scan, "1.2.3.4")
+    text = show_error(shown, excinfo)
+    assert "1.2.3.4" in text and all(uid in text for uid in uids)
+
+
+def test_no_series_is_an_error(tmp_path, shown):
+    (tmp_path / "notes.txt").write_text("not an image")
+    with pytest.raises(DataError) as excinfo:
+        select_series(scan_folder(tmp_path), None)
+    assert "no DICOM image series" in show_error(shown, excinfo)
+    with pytest.raises(DataError) as excinfo:
+        scan_folder(tmp_path / "missing")
+    assert "does not exist" in show_error(shown, excinfo)
+
+
+def write_nifti_with_simpleitk(folder: Path, out: Path) -> Path:
+    import SimpleITK as sitk
+
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder)))
+    sitk.WriteImage(reader.Execute(), str(out))
+    return out
+
+
+def anisotropic_rescaled_crop(tmp_path: Path) -> Path:
+    """The crop with different row and column spacings and a rescale, to catch swapped axes."""
+    folder = copy_series(CROP, tmp_path / "anisotropic")
+    for path in folder.iterdir():
+        edit_header(path, PixelSpacing=[0.5, 0.8], RescaleSlope=2, RescaleIntercept=-10)
+    return folder
+
+
+@pytest.mark.parametrize(
+    "make_folder",
+    [
+        pytest.param(lambda tmp: CROP, id="crop"),
+        pytest.param(anisotropic_rescaled_crop, id="crop-anisotropic-rescaled"),
+        pytest.param(lambda tmp: STUDY1 / "12-T1post-05670", marks=needs_study1, id="oblique-T1post"),
+    ],
+)
+def test_geometry_matches_simpleitk(make_folder, tmp_path):
+    folder = make_folder(tmp_path)
+    volume, affine = read_series(crop_series(folder))
+    reference = nib.as_closest_canonical(nib.load(write_nifti_with_simpleitk(folder, tmp_path / "ref.nii.gz")))
+    ours = nib.as_closest_canonical(nib.Nifti1Image(volume, affine))
+    assert nib.aff2axcodes(reference.affine) == ("R", "A", "S")
+    assert ours.shape == reference.shape
+    assert np.allclose(ours.get_fdata(), reference.get_fdata())
+    assert np.allclose(ours.affine, reference.affine, atol=1e-3)
+
+
+def test_monai_reader_matches_nifti_path(tmp_path, shown):
+    from monai.transforms import Compose, EnsureChannelFirst, LoadImage, Orientation
+
+    from medft.data.dicom import DicomSeriesReader
+
+    nifti = write_nifti_with_simpleitk(CROP, tmp_path / "ref.nii.gz")
+    to_ras = Compose([EnsureChannelFirst(), Orientation(axcodes="RAS")])
+    loaded = LoadImage(reader=DicomSeriesReader(), image_only=True)(CROP)
+    _, affine = read_series(crop_series())
+    assert np.array_equal(loaded.affine.numpy(), affine)
+    assert loaded.meta["series_uid"] == crop_series().uid and loaded.meta["filename_or_obj"] == str(CROP)
+    shown.append(repr(dict(loaded.meta)))
+
+    ours = to_ras(loaded)
+    reference = to_ras(LoadImage(reader="NibabelReader", image_only=True)(nifti))
+    assert ours.shape == reference.shape == (1, 35, 51, 32)
+    assert np.allclose(ours.numpy(), reference.numpy())
+    assert np.allclose(ours.affine.numpy(), reference.affine.numpy(), atol=1e-3)
+
+
+def test_monai_reader_refusal_reaches_the_caller(tmp_path, shown):
+    """Given at call time, the reader's DataError propagates (LoadImage does not try other readers)."""
+    from monai.transforms import LoadImage
+
+    from medft.data.dicom import DicomSeriesReader
+
+    folder = copy_series(CROP, tmp_path / "crop")
+    copy_series(CROP2, folder / "other")
+    with pytest.raises(DataError) as excinfo:
+        LoadImage(image_only=True)(folder, reader=DicomSeriesReader())
+    assert "series_uid" in show_error(shown, excinfo)
+
+    (folder / "notes.txt").write_text("scanner notes")
+    with pytest.raises(DataError) as excinfo:
+        LoadImage(image_only=True)(folder, reader=DicomSeriesReader(crop_series(CROP2).uid))
+    text = show_error(shown, excinfo)
+    assert "notes.txt" in text and "1 file(s)" in text
+
+    reader = pickle.loads(pickle.dumps(DicomSeriesReader("1.2.3")))  # DataLoader workers pickle transforms
+    assert isinstance(reader, DicomSeriesReader) and reader.series_uid == "1.2.3"
+
+
+def test_import_does_not_pull_monai_or_torch():
+    code = "import sys, medft.data.dicom; print(sorted({'monai', 'torch'} & set(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+def test_unreadable_and_truncated_files_are_named(tmp_path, shown):
+    folder = copy_series(CROP, tmp_path / "crop")
+    (folder / "notes.txt").write_text("scanner notes")
+    (folder / ".DS_Store").write_bytes(b"\0junk")
+    (folder / "DICOMDIR").write_bytes(b"junk")
+    truncated = folder / "16.dcm"
+    data = truncated.read_bytes()
+    truncated.write_bytes(data[: int(len(data) * 0.6)])
+
+    scan = scan_folder(folder)
+    shown += [str(p) for p in scan.unreadable]
+    assert [p.file for p in scan.unreadable] == [folder / "notes.txt"]
+    assert "notes.txt" in str(scan.unreadable[0]) and "not a DICOM file" in str(scan.unreadable[0])
+
+    series = select_series(scan, None)
+    assert truncated in series.files  # the header is intact: only the pixel data is cut
+    with pytest.raises(DataError) as excinfo:
+        read_series(series)
+    text = show_error(shown, excinfo)
+    assert excinfo.value.details.file == truncated and "16.dcm" in text and "pixel data" in text
+
+
+def problems_for(folder: Path, shown: list[str]) -> list[str]:
+    problems = geometry_problems(crop_series(folder))
+    texts = [str(p) for p in problems]
+    shown += texts
+    assert all(p.severity == "error" for p in problems)
+    return texts
+
+
+def test_clean_series_has_no_geometry_problems(shown):
+    assert problems_for(CROP, shown) == []
+    assert problems_for(CROP2, shown) == []
+
+
+def test_missing_slice_is_reported(tmp_path, shown):
+    folder = copy_series(CROP, tmp_path / "crop")
+    (folder / "16.dcm").unlink()
+    texts = problems_for(folder, shown)
+    assert len(texts) == 1
+    assert "about 1 slice(s) seem missing between 15.dcm and 17.dcm" in texts[0]
+    with pytest.raises(DataError) as excinfo:
+        read_series(crop_series(folder))
+    assert "missing" in show_error(shown, excinfo)
+
+    for name in ("18.dcm", "19.dcm"):
+        (folder / name).unlink()
+    assert any("about 2 slice(s) seem missing between 17.dcm and 20.dcm" in t for t in problems_for(folder, shown))
+
+
+def test_uneven_spacing_is_reported(tmp_path, shown):
+    folder = copy_series(CROP, tmp_path / "crop")
+    moved = folder / "16.dcm"
+    position = pydicom.dcmread(moved).ImagePositionPatient
+    edit_header(moved, ImagePositionPatient=[position[0], position[1], float(position[2]) + 0.3])
+    texts = problems_for(folder, shown)
+    assert len(texts) == 1 and "uneven" in texts[0] and "tolerance 0.010 mm" in texts[0]
+    assert "1.300 mm between 15.dcm and 16.dcm" in texts[0] and "0.700 mm between 16.dcm and 17.dcm" in texts[0]
+
+
+def test_duplicate_position_is_reported(tmp_path, shown):
+    folder = copy_series(CROP, tmp_path / "crop")
+    shutil.copy(folder / "16.dcm", folder / "16_copy.dcm")
+    texts = problems_for(folder, shown)
+    assert len(texts) == 1 and "same position" in texts[0] and "16.dcm and 16_copy.dcm" in texts[0]
+
+
+def test_inconsistent_and_unsupported_slices_are_reported(tmp_path, shown):
+    folder = copy_series(CROP, tmp_path / "crop")
+    edit_header(folder / "5.dcm", ImageOrientationPatient=[1, 0, 0, 0, 0, -1])
+    edit_header(folder / "6.dcm", NumberOfFrames=2)
+    texts = problems_for(folder, shown)
+    assert any("5.dcm" in t and "orientation" in t for t in texts)
+    assert any("6.dcm" in t and "multi-frame" in t for t in texts)
+
+    single = tmp_path / "single"
+    single.mkdir()
+    shutil.copy(CROP / "1.dcm", single)
+    texts = problems_for(single, shown)
+    assert len(texts) == 1 and "only 1 slice" in texts[0]
+    edit_header(single / "1.dcm", NumberOfFrames=32)  # an enhanced (multi-frame) file holding a whole volume
+    texts = problems_for(single, shown)
+    assert len(texts) == 1 and "multi-frame" in texts[0] and "not support" in texts[0]
+
+
+@needs_study1
+def test_full_study_has_five_series(shown):
+    scan = scan_folder(STUDY1)
+    assert len(scan.series) == 5 and scan.unreadable == []
+    with pytest.raises(DataError) as excinfo:
+        select_series(scan, None)
+    text = show_error(shown, excinfo)
+    assert text.count("uid=") == 5 and all(s.uid in text for s in scan.series)
+
+    t1 = next(s for s in scan.series if s.description == "T1post")
+    show_series(shown, t1)
+    assert geometry_problems(t1) == []
+    volume, affine = read_series(t1)
+    assert volume.shape == (512, 512, 22)
+    assert np.allclose(np.linalg.norm(affine[:3, :3], axis=0), [0.4297, 0.4297, 6.5], atol=1e-3)

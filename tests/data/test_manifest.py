@@ -1,0 +1,117 @@
+import json
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from medft.data.loading import load_image
+from medft.data.manifest import load_manifest, read_manifest
+from medft.errors import DataError, MedftError
+from tests.conftest import MANIFESTS, SAMPLE, copy_case, write_csv
+
+
+def test_csv_manifest_resolves_paths_and_reads_classes():
+    manifest = load_manifest(MANIFESTS / "hippocampus_sample.csv")
+    assert len(manifest) == 32
+    assert manifest.class_names == ["background", "anterior", "posterior"]
+    assert Counter(c.split for c in manifest) == {"train": 20, "val": 6, "test": 6}
+    first = manifest.cases[0]
+    assert first.case_id == "hippocampus_333"
+    assert first.image == ((SAMPLE / "hippocampus/imagesTr/hippocampus_333.nii.gz").resolve(),)
+    assert first.label.is_file() and not first.is_dicom
+    assert [r["case_id"] for r in manifest.records("val")] == [c.case_id for c in manifest.split("val")]
+
+
+def test_dicom_manifest_cases_are_series_folders():
+    manifest = load_manifest(MANIFESTS / "dicom_sample.csv")
+    assert [c.is_dicom for c in manifest] == [True, True]
+    assert all(c.label is None and c.split == "test" for c in manifest)
+
+
+def test_msd_dataset_json_gets_deterministic_splits():
+    first = load_manifest(SAMPLE / "hippocampus" / "dataset.json")
+    again = load_manifest(SAMPLE / "hippocampus" / "dataset.json")
+    assert len(first) == 32
+    assert first.class_names == ["background", "Anterior", "Posterior"]
+    assert [c.split for c in first] == [c.split for c in again]
+    assert Counter(c.split for c in first) == {"train": 26, "val": 6}  # round(32 * 0.2) = 6
+    assert first.cases[0].case_id == "hippocampus_333"
+
+
+def test_msd_test_entries_are_unlabelled_test_cases(tmp_path):
+    image, label = copy_case("hippocampus_334", tmp_path)
+    unlabelled, _ = copy_case("hippocampus_335", tmp_path)
+    spec = {"labels": {"0": "background", "1": "a"}, "training": [{"image": image.name, "label": label.name}],
+            "test": [unlabelled.name]}
+    (tmp_path / "dataset.json").write_text(json.dumps(spec))
+    manifest = load_manifest(tmp_path / "dataset.json")
+    assert [(c.split, c.label is None) for c in manifest] == [("train", False), ("test", True)]
+
+
+def _nnunet_folder(root: Path) -> Path:
+    src = SAMPLE / "hippocampus"
+    for sub in ("imagesTr", "labelsTr", "imagesTs"):
+        (root / sub).mkdir(parents=True)
+    for case in ("hippocampus_334", "hippocampus_335"):
+        for channel in ("0000", "0001"):
+            shutil.copyfile(src / "imagesTr" / f"{case}.nii.gz", root / "imagesTr" / f"{case}_{channel}.nii.gz")
+        shutil.copyfile(src / "labelsTr" / f"{case}.nii.gz", root / "labelsTr" / f"{case}.nii.gz")
+    for channel in ("0000", "0001"):
+        shutil.copyfile(src / "imagesTr" / "hippocampus_336.nii.gz", root / "imagesTs" / f"hippocampus_336_{channel}.nii.gz")
+    spec = {"channel_names": {"0": "T1", "1": "T1 copy"}, "labels": {"background": 0, "anterior": 1, "posterior": 2},
+            "numTraining": 2, "file_ending": ".nii.gz"}
+    (root / "dataset.json").write_text(json.dumps(spec))
+    return root
+
+
+def test_nnunet_raw_folder_with_two_channels(tmp_path):
+    manifest = load_manifest(_nnunet_folder(tmp_path / "Dataset004_Hippocampus"))
+    assert manifest.class_names == ["background", "anterior", "posterior"]
+    by_id = {c.case_id: c for c in manifest}
+    assert sorted(by_id) == ["hippocampus_334", "hippocampus_335", "hippocampus_336"]
+    assert [p.name for p in by_id["hippocampus_334"].image] == ["hippocampus_334_0000.nii.gz", "hippocampus_334_0001.nii.gz"]
+    assert by_id["hippocampus_336"].split == "test" and by_id["hippocampus_336"].label is None
+    image = load_image(by_id["hippocampus_334"].image)
+    assert tuple(image.shape) == (2, 34, 47, 36)
+    assert (image[0] == image[1]).all()
+
+
+def test_nnunet_missing_channel_and_label_are_reported(tmp_path):
+    root = _nnunet_folder(tmp_path / "ds")
+    (root / "imagesTr" / "hippocampus_335_0000.nii.gz").unlink()
+    (root / "labelsTr" / "hippocampus_334.nii.gz").unlink()
+    _, problems = read_manifest(root)
+    text = "\n".join(map(str, problems))
+    assert "case hippocampus_335" in text and "channels [1] are not numbered 0..0" in text
+    assert "case hippocampus_334" in text and "no label labelsTr/hippocampus_334.nii.gz" in text
+
+
+def test_csv_header_errors_name_the_columns(tmp_path):
+    bad = tmp_path / "m.csv"
+    bad.write_text("case_id,imgae,label\na,b,c\n")
+    with pytest.raises(DataError) as err:
+        load_manifest(bad)
+    message = str(err.value)
+    assert "missing column(s) image" in message and "unknown column(s) imgae" in message and str(bad) in message
+
+
+def test_row_problems_are_all_collected(tmp_path):
+    image, label = copy_case("hippocampus_334", tmp_path)
+    rows = [
+        {"case_id": "a", "image": image.name, "label": label.name, "split": "training"},
+        {"case_id": "a", "image": image.name, "label": label.name},
+        {"case_id": "", "image": image.name},
+        {"case_id": "p1", "image": image.name, "label": label.name, "split": "train", "patient_id": "X"},
+        {"case_id": "p2", "image": image.name, "label": label.name, "split": "val", "patient_id": "X"},
+    ]
+    _, problems = read_manifest(write_csv(tmp_path / "m.csv", rows))
+    text = [str(p) for p in problems]
+    assert any("'training' is not one of train, val, test" in t and "m.csv:2" in t for t in text)
+    assert any("case a:" in t and "duplicate case_id" in t for t in text)
+    assert any("empty case_id or image" in t and "m.csv:4" in t for t in text)
+    assert any("several splits (train: p1; val: p2)" in t for t in text)
+    assert not any("X" in t.split("Fix:")[0].replace("ERROR", "") for t in text)  # patient ids are not printed
+    assert any(p.severity == "warning" and "no label classes declared" in str(p) for p in problems)
+    with pytest.raises(MedftError, match="4 problem"):
+        load_manifest(tmp_path / "m.csv")
