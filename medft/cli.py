@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from medft import __version__
 from medft.errors import MedftError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SAMPLE_MANIFESTS = ("hippocampus_sample.csv", "dicom_sample.csv")
+SAMPLE_MANIFEST = REPO_ROOT / "data_manifests" / "hippocampus_sample.csv"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,15 +64,77 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--workers", type=int, default=None, help="volumes read in parallel (default: CPU count, at most 8)")
     check.set_defaults(run=_check_data)
 
+    train = _command(
+        commands,
+        "train",
+        "fine-tune a pretrained bundle network from a YAML config",
+        "Loads the bundle, adapts its head to the config's classes, checks the data and a dummy batch,\n"
+        "then trains with the config's freezing schedule and early stopping. The run folder gets\n"
+        "config.yaml, metrics.jsonl, checkpoints/last.pt and best.pt, train.log and TensorBoard logs.\n"
+        "Ctrl-C saves the state; --resume continues a stopped or killed run exactly.",
+        "medft train configs/demo.yaml --set train.epochs=5 --out runs/demo5",
+    )
+    train.add_argument("config", type=Path, help="YAML run config (see configs/)")
+    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config value, e.g. --set optim.lr=3e-4 (repeatable)")
+    train.add_argument("--out", type=Path, default=None, help="run folder (default: runs/<config name>)")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from checkpoints/last.pt")
+    train.set_defaults(run=_train)
+
+    validate = _command(
+        commands,
+        "validate",
+        "check a run config without running it",
+        "Validates a YAML run config against medft's schema and prints every problem at once, each\n"
+        "with its key; prints the resolved config when it is valid.",
+        "medft validate configs/demo.yaml --set train.epochs=3",
+    )
+    validate.add_argument("config", type=Path, help="YAML run config")
+    validate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                          help="override a config value (repeatable)")
+    validate.set_defaults(run=_validate)
+
+    export = _command(
+        commands,
+        "export",
+        "export a fine-tuned run as a MONAI bundle",
+        "Writes the run's best checkpoint as a Model Zoo bundle (metadata with the new labels and\n"
+        "validation metrics, inference config, weights) that plain MONAI loads.",
+        "medft export runs/demo/train --out runs/demo/bundle",
+    )
+    export.add_argument("run_dir", type=Path, help="run folder written by medft train")
+    export.add_argument("--out", type=Path, required=True, help="new bundle folder")
+    export.set_defaults(run=_export)
+
+    bundle = commands.add_parser("bundle", help="work with MONAI bundles", description="Work with MONAI bundles.")
+    bundle_commands = bundle.add_subparsers(title="bundle commands", metavar="COMMAND")
+    inspect = _command(
+        bundle_commands,
+        "inspect",
+        "load a bundle, adapt it and push a dummy batch through it",
+        "Loads a bundle (a folder in Model Zoo layout, or a Model Zoo name), adapts it to N output\n"
+        "classes (and C input channels), runs a dummy forward and backward pass, and reports which\n"
+        "pretrained tensors loaded. Exit 0 when it would train, 1 otherwise.",
+        "medft bundle inspect bundles/hippocampus_demo --out-channels 3",
+    )
+    inspect.add_argument("bundle", help="bundle folder or Model Zoo name")
+    inspect.add_argument("--out-channels", type=int, default=None, help="output classes of the adapted network")
+    inspect.add_argument("--in-channels", type=int, default=None, help="input channels of the adapted network")
+    inspect.add_argument("--input-size", type=int, default=None, help="edge of the dummy input in voxels (default 32)")
+    inspect.add_argument("--json", action="store_true", help="print the report as JSON")
+    inspect.set_defaults(run=_bundle_inspect)
+
     demo = _command(
         commands,
         "demo",
         "run the whole loop on the embedded sample data",
-        "Runs medft on the sample data shipped in the repository. Today this checks the sample\n"
-        "manifests; fine-tuning, evaluation and export join it as they are built.",
+        "Fine-tunes the shipped demo bundle (bundles/hippocampus_demo, whole hippocampus) to the\n"
+        "anterior/posterior task on the embedded sample with configs/demo.yaml, then exports the\n"
+        "result: DIR/train is the run folder and DIR/bundle the exported bundle.",
         "medft demo --out runs/demo",
     )
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default: runs/demo)")
+    demo.add_argument("--epochs", type=int, default=None, help="train fewer epochs than configs/demo.yaml, for a quick look")
     demo.set_defaults(run=_demo)
     return parser
 
@@ -98,19 +161,82 @@ def _check_data(args: argparse.Namespace) -> int:
     return 1 if errors else 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from medft.config import load_config
+
+    config = load_config(args.config, args.overrides)
+    _console_logging()
+    from medft.train.recipe import TrainingInterrupted, run_training
+
+    run_dir = args.out or Path("runs") / args.config.stem
+    try:
+        summary = run_training(config, run_dir, resume=args.resume)
+    except TrainingInterrupted as stop:
+        print(f"medft: {stop}", file=sys.stderr)
+        return 130
+    print(f"best validation Dice {summary['best_val_dice']:.4f} at epoch {summary['best_epoch']}; run folder: {run_dir}")
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from medft.config import dump_config, load_config
+
+    config = load_config(args.config, args.overrides)
+    print(dump_config(config), end="")
+    print(f"{args.config}: valid")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from medft.bundle.export import export_run
+
+    out = export_run(args.run_dir, args.out)
+    print(f"exported {args.run_dir} as a MONAI bundle: {out}")
+    return 0
+
+
+def _bundle_inspect(args: argparse.Namespace) -> int:
+    import json
+
+    from medft.bundle.inspect import format_inspection, inspect_bundle
+
+    result = inspect_bundle(args.bundle, out_channels=args.out_channels, in_channels=args.in_channels, input_size=args.input_size)
+    print(json.dumps(result, indent=1) if args.json else format_inspection(result))
+    return 0 if result.get("would_train") else 1
+
+
+def _console_logging() -> None:
+    import logging
+
+    logger = logging.getLogger("medft")
+    if not any(type(h) is logging.StreamHandler for h in logger.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
 def _demo(args: argparse.Namespace) -> int:
-    manifests = [REPO_ROOT / "data_manifests" / name for name in SAMPLE_MANIFESTS]
-    missing = [m for m in manifests if not m.exists()]
-    if missing:
-        raise MedftError(
-            f"the sample manifests are not here ({missing[0]}): the demo runs from a clone of the medft repository"
-        )
-    status = 0
-    for manifest in manifests:
-        print(f"== medft check-data {manifest.relative_to(REPO_ROOT)}")
-        status |= _check_data(argparse.Namespace(manifest=manifest, workers=None))
+    config_path = REPO_ROOT / "configs" / "demo.yaml"
+    if not config_path.exists():
+        raise MedftError(f"{config_path} is not here: the demo runs from a clone of the medft repository")
+    out = args.out
+    print(f"== medft check-data {SAMPLE_MANIFEST.relative_to(REPO_ROOT)}")
+    if _check_data(argparse.Namespace(manifest=SAMPLE_MANIFEST, workers=None)):
+        return 1
+    for previous in (out / "train", out / "bundle"):  # the demo always starts afresh
+        if previous.exists():
+            shutil.rmtree(previous)
+    print(f"== medft train {config_path.relative_to(REPO_ROOT)} --out {out / 'train'}")
+    overrides = [f"train.epochs={args.epochs}"] if args.epochs else []
+    status = _train(argparse.Namespace(config=config_path, overrides=overrides, out=out / "train", resume=False))
+    if status:
+        return status
+    print(f"== medft export {out / 'train'} --out {out / 'bundle'}")
+    _export(argparse.Namespace(run_dir=out / "train", out=out / "bundle"))
     print(
-        "\nThe demo today runs the pre-flight data checks only: fine-tuning, evaluation and export of\n"
-        f"the sample are not built yet, so nothing was written to {args.out}."
+        f"\nDone. Run folder (metrics.jsonl, checkpoints, train.log): {out / 'train'}\n"
+        f"Exported bundle: {out / 'bundle'}\n"
+        "Evaluation (medft evaluate) is not built yet: it joins the demo when it is."
     )
-    return status
+    return 0

@@ -14,6 +14,18 @@ MANIFESTS = REPO / "data_manifests"
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """One torch thread: deterministic numbers, and on a small shared machine two OpenMP threads
+    fighting over two busy cores made conv3d backward passes about 50 times slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():

@@ -22,9 +22,9 @@ def test_help_lists_the_commands_without_importing_torch():
     assert result.stdout.strip().endswith("light")
 
 
-@pytest.mark.parametrize("command", ["check-data", "demo"])
+@pytest.mark.parametrize("command", ["check-data", "train", "validate", "export", "bundle inspect", "demo"])
 def test_every_command_has_help_with_an_example(command):
-    result = _medft(command, "--help")
+    result = _medft(*command.split(), "--help")
     assert result.returncode == 0
     assert "example:" in result.stdout and f"medft {command}" in result.stdout
 
@@ -57,8 +57,37 @@ def test_unexpected_errors_show_no_traceback(monkeypatch, capsys):
     assert "internal error (ValueError: boom)" in err and "MEDFT_DEBUG=1" in err and "Traceback" not in err
 
 
-def test_demo_checks_the_sample_and_says_what_is_not_built(tmp_path, capsys):
-    assert cli.main(["demo", "--out", str(tmp_path / "demo")]) == 0
+def test_demo_fine_tunes_the_shipped_bundle_and_exports_it(tmp_path, capsys):
+    assert cli.main(["demo", "--out", str(tmp_path / "demo"), "--epochs", "1"]) == 0
     out = capsys.readouterr().out
-    assert out.count("0 error(s), 0 warning(s)") == 2
-    assert "not built yet" in out
+    assert "0 error(s), 0 warning(s)" in out and "best validation Dice" in out
+    for path in ("train/config.yaml", "train/metrics.jsonl", "train/checkpoints/best.pt", "bundle/configs/metadata.json",
+                 "bundle/configs/inference.json", "bundle/models/model.pt"):
+        assert (tmp_path / "demo" / path).is_file(), path
+    report = (tmp_path / "demo" / "train" / "head_adaptation.txt").read_text()
+    assert "hippocampus_demo" in (tmp_path / "demo" / "train" / "config.yaml").read_text() and "loaded" in report
+
+
+def test_bundle_inspect_prints_the_contract_json(tmp_path):
+    import json
+
+    from tests.bundle.helpers import UNET3D, make_bundle
+
+    bundle = make_bundle(tmp_path / "tiny", UNET3D)
+    result = _medft("bundle", "inspect", str(bundle), "--out-channels", "3", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["forward_ok"] is True
+    assert report["total_pretrained"] == report["loaded"] + report["dropped"]
+    assert report["dropped"] == report["new"] > 0  # the head's tensors, reshaped for 3 classes
+    text = _medft("bundle", "inspect", str(bundle), "--out-channels", "3")
+    assert text.returncode == 0 and "loaded" in text.stdout
+
+
+def test_bundle_inspect_exit_1_when_it_would_not_train(tmp_path):
+    from tests.bundle.helpers import UNET3D, make_bundle
+
+    bundle = make_bundle(tmp_path / "tiny", UNET3D)
+    result = _medft("bundle", "inspect", str(bundle), "--out-channels", "3", "--input-size", "3")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stdout + result.stderr

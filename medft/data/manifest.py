@@ -41,14 +41,14 @@ class Case:
         return self.patient_id or self.case_id
 
     def record(self) -> dict:
-        """The case as a MONAI-style data dictionary (plain strings, safe for DataLoader workers)."""
-        return {
-            "case_id": self.case_id,
-            "image": [str(p) for p in self.image],
-            "label": str(self.label) if self.label else None,
-            "series_uid": self.series_uid,
-            "site": self.site,
-        }
+        """The case as a MONAI-style data dictionary of plain strings (collatable, safe for workers);
+        ``label`` and ``series_uid`` are left out when the case has none."""
+        record = {"case_id": self.case_id, "image": [str(p) for p in self.image], "site": self.site}
+        if self.label:
+            record["label"] = str(self.label)
+        if self.series_uid:
+            record["series_uid"] = self.series_uid
+        return record
 
 
 @dataclass

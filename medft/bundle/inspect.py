@@ -1,0 +1,137 @@
+"""``medft bundle inspect``: would this bundle fine-tune? Load, adapt, push a dummy batch, report."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import nn
+
+from medft.bundle.adapt import (
+    MIN_LOADED_FRACTION,
+    adapt_network,
+    dummy_forward_backward,
+    format_adaptation,
+    require_loaded,
+)
+from medft.bundle.reader import Bundle, load_bundle
+from medft.errors import MedftError
+
+DEFAULT_SIZE = 32
+# Tried when the default size fails (e.g. SwinUNETR's instance norms need 2+ voxels at its bottom).
+RETRY_SIZE = 64
+MAX_METADATA_SIZE = 64
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+
+
+def inspect_bundle(
+    source: str,
+    out_channels: int | None = None,
+    in_channels: int | None = None,
+    input_size: int | Sequence[int] | None = None,
+    overrides: dict | None = None,
+) -> dict:
+    """Adapt the bundle to ``out_channels``/``in_channels`` and try one training step's passes on it.
+
+    Returns the ``medft bundle inspect --json`` result: the adaptation counts (``loaded``, ``new``,
+    ``dropped``, ``total_pretrained``), ``forward_ok``, ``would_train`` and what led to them.
+    Without ``input_size`` the metadata's input shape is used when small, else 32 per dimension
+    (then 64 when that fails). Errors reading or building the bundle raise MedftError.
+    """
+    bundle = load_bundle(source)
+    network, report = adapt_network(bundle, out_channels, in_channels, overrides, min_loaded_fraction=0.0)
+    errors = []
+    try:
+        require_loaded(report, bundle, MIN_LOADED_FRACTION)
+    except MedftError as error:
+        errors.append(str(error))
+    changed = dict(overrides or {})
+    changed.update({k: v for k, v in (("out_channels", out_channels), ("in_channels", in_channels)) if v is not None})
+    spatial_dims = _int(changed.get("spatial_dims")) or bundle.spatial_dims or _first_conv(network, "dims")
+    n_in = _int(changed.get("in_channels")) or bundle.in_channels or _first_conv(network, "in_channels")
+    n_out = _int(changed.get("out_channels")) or bundle.out_channels
+
+    sizes = [input_size] if input_size is not None else _default_sizes(bundle, spatial_dims)
+    output_shape, forward_error, size = None, None, sizes[0]
+    if spatial_dims is None or n_in is None:
+        forward_error = "cannot tell the network's spatial dims or input channels from network_def: give --in-channels"
+    else:
+        for size in sizes:
+            try:
+                output_shape, forward_error = dummy_forward_backward(network, n_in, spatial_dims, size), None
+                break
+            except MedftError as error:
+                forward_error = str(error)
+    if forward_error:
+        errors.append(forward_error)
+    elif n_out is not None and output_shape[1] != n_out:
+        errors.append(f"the network's output has {output_shape[1]} channels, not the {n_out} asked for")
+    size = [size] * (spatial_dims or 0) if isinstance(size, int) else list(size)
+    return {
+        "bundle": bundle.name,
+        "version": bundle.version,
+        "path": str(bundle.root),
+        "config_file": str(bundle.config_file),
+        "weights_file": str(bundle.weights_file),
+        "network": bundle.network_class,
+        "spatial_dims": spatial_dims,
+        "in_channels_before": bundle.in_channels,
+        "in_channels": n_in,
+        "out_channels_before": bundle.out_channels,
+        "out_channels": n_out,
+        "class_names_before": bundle.class_names,
+        "parameters": sum(p.numel() for p in network.parameters()),
+        **report.to_dict(),
+        "min_loaded_fraction": MIN_LOADED_FRACTION,
+        "input_shape": [2, n_in, *size],
+        "output_shape": list(output_shape) if output_shape else None,
+        "forward_ok": output_shape is not None,
+        "would_train": not errors,
+        "errors": errors,
+    }
+
+
+def format_inspection(result: dict) -> str:
+    """The human-readable ``medft bundle inspect`` report of an ``inspect_bundle`` result."""
+    channels = f"{result['in_channels_before']} -> {result['out_channels_before']} channels"
+    adapted = f"{result['in_channels']} -> {result['out_channels']} channels"
+    lines = [
+        f"bundle   {result['bundle']} {result['version']}  ({result['path']})",
+        f"config   {result['config_file']}",
+        f"weights  {result['weights_file']}",
+        f"network  {result['network']}, {result['spatial_dims']}D, {channels}; adapted: {adapted}, "
+        f"{result['parameters']:,} parameters",
+        "",
+        format_adaptation(result),
+        "",
+    ]
+    shape_in = tuple(result["input_shape"])
+    if result["forward_ok"]:
+        lines.append(f"dummy pass  {shape_in} -> {tuple(result['output_shape'])}: forward and backward OK")
+    else:
+        lines.append(f"dummy pass  {shape_in}: FAILED")
+    if result["would_train"]:
+        lines.append("verdict  would train")
+    else:
+        lines.append("verdict  would NOT train:")
+        lines += [f"  - {error}" for error in result["errors"]]
+    return "\n".join(lines)
+
+
+def _int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _default_sizes(bundle: Bundle, spatial_dims: int | None) -> list:
+    """The metadata's input shape when all ints up to 64, else 32 per dim; then 64 per dim as a retry."""
+    shape = bundle.input_spatial_shape
+    fits = shape and len(shape) == spatial_dims and all(_int(s) and 0 < s <= MAX_METADATA_SIZE for s in shape)
+    first = list(shape) if fits else DEFAULT_SIZE
+    smallest = first if isinstance(first, int) else min(first)
+    return [first] if smallest >= RETRY_SIZE else [first, RETRY_SIZE]
+
+
+def _first_conv(network: nn.Module, what: str) -> int | None:
+    """Spatial dims ("dims") or input channels of the network's first convolution."""
+    for module in network.modules():
+        if isinstance(module, _CONVS):
+            return len(module.kernel_size) if what == "dims" else module.in_channels
+    return None

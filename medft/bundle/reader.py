@@ -1,0 +1,340 @@
+"""Read a MONAI Model Zoo bundle: its metadata, the config holding ``network_def``, and its weights.
+
+A bundle folder holds ``configs/metadata.json``, ``configs/inference.json`` (or .yaml, or
+train.json) with ``network_def``, and ``models/model.pt`` (or a TorchScript ``models/model.ts``).
+The network is built with MONAI's ``ConfigParser`` from the whole config, so ``@`` references and
+``$`` expressions resolve, and the bundle's own ``scripts`` package is importable meanwhile.
+"""
+from __future__ import annotations
+
+import copy
+import importlib
+import re
+import sys
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from medft.errors import MedftError
+
+# Where network_def is looked for, in this order (the first config that has one wins).
+CONFIG_NAMES = ("inference.json", "inference.yaml", "inference.yml", "train.json", "train.yaml", "train.yml")
+WEIGHT_NAMES = ("model.pt", "model.ts")
+_NOT_ACCEPTED = re.compile(r"unexpected keyword argument '(\w+)'")
+_BUNDLE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def build_network(
+    network_def: dict,
+    overrides: dict | None = None,
+    bundle_root: Path | None = None,
+    source: str = "",
+    config: dict | None = None,
+) -> nn.Module:
+    """Instantiate ``network_def`` (``{"_target_": "UNet", ...}``) as a torch module.
+
+    ``overrides`` set keys of network_def; a value of ``None`` drops the key (for arguments that
+    newer MONAI releases removed). ``config`` is the whole bundle config that network_def comes
+    from, for its ``@`` references; ``bundle_root`` makes the bundle's ``scripts`` package
+    importable; ``source`` (the config file) names where the network_def came from in errors.
+    """
+    if not isinstance(network_def, Mapping) or "_target_" not in network_def:
+        raise MedftError(
+            f"{source or 'network_def'}: network_def is not a component with a _target_ "
+            f"(got {network_def!r:.80}). Fix: give network_def as {{\"_target_\": \"UNet\", ...}}"
+        )
+    network_def = copy.deepcopy(dict(network_def))
+    for key, value in (overrides or {}).items():
+        if value is None:
+            network_def.pop(key, None)
+        else:
+            network_def[key] = value
+    full = copy.deepcopy(config) if config is not None else {}
+    full["network_def"] = network_def
+    if bundle_root is not None:
+        full["bundle_root"] = str(bundle_root)
+    network_class = str(network_def["_target_"]).rsplit(".", 1)[-1]
+    with bundle_imports(bundle_root):
+        try:
+            network = _parsed(full, "network_def")
+        except Exception as error:  # noqa: BLE001 - any failure inside MONAI becomes one clear line
+            raise _build_error(error, network_class, source) from None
+    if not isinstance(network, nn.Module):
+        raise MedftError(
+            f"{source or 'network_def'}: network_def built a {type(network).__name__}, not a torch network. "
+            f"Fix: make network_def's _target_ a torch.nn.Module class"
+        )
+    return network
+
+
+@contextmanager
+def bundle_imports(bundle_root: Path | None) -> Iterator[None]:
+    """Make ``import scripts...`` find this bundle's package, and forget it afterwards.
+
+    Every bundle calls its package ``scripts``: modules of that name are dropped from
+    ``sys.modules`` before and after, so two bundles loaded in one process never share one.
+    """
+    if bundle_root is None:
+        yield
+        return
+    path = str(Path(bundle_root).resolve())
+    _forget_scripts()
+    sys.path.insert(0, path)
+    importlib.invalidate_caches()
+    try:
+        yield
+    finally:
+        if path in sys.path:
+            sys.path.remove(path)
+        _forget_scripts()
+
+
+def _forget_scripts() -> None:
+    for name in [m for m in sys.modules if m == "scripts" or m.startswith("scripts.")]:
+        del sys.modules[name]
+
+
+def _parsed(config: dict, id: str) -> Any:
+    """The parsed (instantiated, evaluated) item ``id`` of a bundle config (MONAI runs its ``$import``s first)."""
+    from monai.bundle import ConfigParser
+
+    return ConfigParser(config).get_parsed_content(id)
+
+
+def _build_error(error: BaseException, network_class: str, source: str) -> MedftError:
+    where = f"{source}: " if source else ""
+    seen: set[int] = set()
+    cause: BaseException | None = error
+    deepest = error
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        match = _NOT_ACCEPTED.search(str(cause)) if isinstance(cause, TypeError) else None
+        if match:
+            arg = match.group(1)
+            return MedftError(
+                f"{where}{network_class} does not accept the argument '{arg}' given in network_def "
+                f"(this MONAI release removed or renamed it). Fix: set model.network_overrides: "
+                f"{{{arg}: null}} in your medft config to drop it"
+            )
+        deepest = cause
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(deepest, ImportError):
+        return MedftError(
+            f"{where}cannot build the network {network_class} from network_def: {one_line(deepest)}. Fix: make "
+            f"_target_ a MONAI network name (e.g. UNet) or a class importable from the bundle folder "
+            f"(its scripts/ package)"
+        )
+    import monai
+
+    return MedftError(
+        f"{where}cannot build the network {network_class} from network_def: {one_line(deepest)}. "
+        f"Fix: make network_def match the arguments of {network_class} in MONAI {monai.__version__} "
+        f"(model.network_overrides in your medft config sets or drops single arguments)"
+    )
+
+
+def one_line(error: BaseException) -> str:
+    """``Type: first line of the message``, for errors passed on to people."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0] if lines else ''}".rstrip(":. ")
+
+
+@dataclass
+class Bundle:
+    """A bundle folder read from disk; ``config`` is the whole parsed ``config_file``."""
+
+    root: Path
+    name: str
+    version: str
+    metadata: dict
+    config_file: Path
+    config: dict
+
+    @property
+    def network_def(self) -> dict:
+        return self.config["network_def"]
+
+    @property
+    def network_class(self) -> str:
+        return str(self.network_def.get("_target_", "?")).rsplit(".", 1)[-1]
+
+    def build_network(self, overrides: dict | None = None) -> nn.Module:
+        return build_network(self.network_def, overrides, self.root, str(self.config_file), self.config)
+
+    @property
+    def weights_file(self) -> Path | None:
+        """``models/model.pt``, else ``models/model.ts``, else None."""
+        return next((p for p in (self.root / "models" / n for n in WEIGHT_NAMES) if p.is_file()), None)
+
+    def pretrained_state_dict(self) -> dict[str, torch.Tensor]:
+        path = self.weights_file
+        if path is None:
+            raise MedftError(
+                f"{self.root / 'models'}: the bundle has no pretrained weights (models/model.pt or models/model.ts). "
+                f"Fix: copy the weights in as models/model.pt (torch.save(model.state_dict(), 'model.pt'))"
+            )
+        try:
+            if path.suffix == ".ts":
+                return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # noqa: BLE001 - unreadable or unsafe pickle
+            raise MedftError(
+                f"{path}: cannot read the weights as a state dict ({one_line(error)}). "
+                f"Fix: save them with torch.save(model.state_dict(), '{path.name}')"
+            ) from None
+        return _as_state_dict(loaded, path)
+
+    def network_arg(self, key: str) -> int | None:
+        """An int argument of network_def (``@`` references and ``$`` expressions resolved), else None."""
+        value = self.network_def.get(key)
+        if isinstance(value, str) and value[:1] in ("@", "$"):
+            try:
+                with bundle_imports(self.root):
+                    config = {**copy.deepcopy(self.config), "bundle_root": str(self.root)}
+                    value = _parsed(config, f"network_def::{key}")
+            except Exception:  # noqa: BLE001 - an unresolvable value is simply unknown
+                return None
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    @property
+    def spatial_dims(self) -> int | None:
+        return self.network_arg("spatial_dims")
+
+    @property
+    def in_channels(self) -> int | None:
+        return self.network_arg("in_channels")
+
+    @property
+    def out_channels(self) -> int | None:
+        return self.network_arg("out_channels")
+
+    @property
+    def class_names(self) -> dict[int, str] | None:
+        """Output channel -> class name, from the Model Zoo metadata's ``outputs.pred.channel_def``."""
+        channel_def = _dig(self.metadata, "network_data_format", "outputs", "pred", "channel_def")
+        if not isinstance(channel_def, Mapping):
+            return None
+        names = {int(k): str(v) for k, v in channel_def.items() if str(k).isdigit()}
+        return dict(sorted(names.items())) or None
+
+    @property
+    def input_spatial_shape(self) -> list | None:
+        """The metadata's ``inputs.image.spatial_shape`` as written (ints, or strings like "16*n")."""
+        shape = _dig(self.metadata, "network_data_format", "inputs", "image", "spatial_shape")
+        return list(shape) if isinstance(shape, (list, tuple)) else None
+
+
+def _dig(data: Any, *keys: str) -> Any:
+    for key in keys:
+        data = data.get(key) if isinstance(data, Mapping) else None
+    return data
+
+
+def _as_state_dict(loaded: Any, path: Path) -> dict[str, torch.Tensor]:
+    """The state dict in a loaded weights file: the file itself, or its "model" or "state_dict" entry."""
+    if isinstance(loaded, Mapping):
+        inner = next((loaded[k] for k in ("model", "state_dict") if isinstance(loaded.get(k), Mapping)), None)
+        loaded = loaded if inner is None else inner
+    if isinstance(loaded, Mapping) and loaded and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in loaded.items()
+    ):
+        return dict(loaded)
+    if isinstance(loaded, Mapping):
+        found = f"a dict with keys {', '.join(map(str, list(loaded)[:5]))}" if loaded else "an empty dict"
+    else:
+        found = f"a {type(loaded).__name__}"
+    raise MedftError(
+        f"{path}: not a state dict (found {found}). Fix: save the weights with "
+        f"torch.save(model.state_dict(), '{path.name}'), or as a dict holding them under \"model\" or \"state_dict\""
+    )
+
+
+def load_bundle(source: str | Path, version: str | None = None, cache_dir: Path | None = None) -> Bundle:
+    """A bundle from a local folder, or a MONAI Model Zoo bundle name (downloaded into ``cache_dir``).
+
+    A bundle already in ``cache_dir`` (default: MONAI's, ``<torch hub dir>/bundle``) is used
+    without the network when its version matches (or no version is asked for); ``version`` is
+    not checked for a local folder.
+    """
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return _read_bundle(path)
+    if path.exists():
+        raise MedftError(
+            f"{source}: a file, not a bundle folder. Fix: give the bundle's folder (the one holding "
+            f"configs/metadata.json; unzip a downloaded bundle first)"
+        )
+    name = str(source)
+    if not _BUNDLE_NAME.fullmatch(name):
+        raise MedftError(
+            f"{source}: no such bundle folder. Fix: give the path of a bundle folder (the one holding "
+            f"configs/metadata.json), or a MONAI Model Zoo bundle name such as spleen_ct_segmentation"
+        )
+    cache = Path(cache_dir) if cache_dir is not None else Path(torch.hub.get_dir()) / "bundle"
+    if (cache / name / "configs" / "metadata.json").is_file():
+        cached = _read_bundle(cache / name)
+        if version is None or cached.version == version:
+            return cached
+    from monai.bundle import download
+
+    try:
+        download(name=name, version=version, bundle_dir=str(cache), progress=False)
+    except Exception as error:  # noqa: BLE001 - offline, unknown name, missing client library...
+        raise MedftError(
+            f"{name}: not a bundle folder here, and cannot download bundle {name} from the MONAI Model Zoo "
+            f"(no network?): {one_line(error)}. "
+            f"Fix: download it on a machine with a network (python -m monai.bundle download {name} "
+            f"--bundle_dir DIR), copy the folder here and give its path"
+        ) from None
+    if not (cache / name).is_dir():
+        raise MedftError(
+            f"{cache}: the download of bundle {name} left no folder {name}. "
+            f"Fix: download it by hand and give the folder's path"
+        )
+    return _read_bundle(cache / name)
+
+
+def _read_bundle(root: Path) -> Bundle:
+    root = root.resolve()
+    meta_file = root / "configs" / "metadata.json"
+    if not meta_file.is_file():
+        raise MedftError(
+            f"{root}: configs/metadata.json is missing, so this is not a MONAI bundle folder. Fix: give the "
+            f"bundle's top folder (the one holding configs/ and models/), or add configs/metadata.json "
+            f"with its name and version"
+        )
+    metadata = _read_config(meta_file)
+    for config_name in CONFIG_NAMES:
+        config_file = root / "configs" / config_name
+        if config_file.is_file():
+            config = _read_config(config_file)
+            if "network_def" in config:
+                return Bundle(
+                    root=root,
+                    name=str(metadata.get("name") or root.name),
+                    version=str(metadata.get("version", "")),
+                    metadata=metadata,
+                    config_file=config_file,
+                    config=config,
+                )
+    raise MedftError(
+        f"{root / 'configs'}: no config with a network_def (looked for {', '.join(CONFIG_NAMES)}). "
+        f"Fix: add network_def (the network as {{\"_target_\": \"UNet\", ...}}) to configs/inference.json"
+    )
+
+
+def _read_config(path: Path) -> dict:
+    from monai.bundle import ConfigParser
+
+    try:
+        content = ConfigParser.load_config_file(path)
+    except Exception as error:  # noqa: BLE001 - JSON/YAML syntax, duplicate keys
+        raise MedftError(f"{path}: cannot read it ({one_line(error)}). Fix: correct its JSON/YAML syntax") from None
+    if not isinstance(content, dict):
+        raise MedftError(f"{path}: holds a {type(content).__name__}, not a mapping. Fix: make it a JSON/YAML object")
+    return content

@@ -1,0 +1,69 @@
+"""MONAI transform pipelines: preprocessing shared by training and inference, sampling, augmentation."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from monai.transforms import (
+    MapLabelValued,
+    NormalizeIntensityd,
+    RandAffined,
+    RandCropByPosNegLabeld,
+    RandFlipd,
+    RandGaussianNoised,
+    RandScaleIntensityd,
+    RandShiftIntensityd,
+    RandSpatialCropd,
+    SpatialPadd,
+)
+
+from medft.data.loading import LoadCased
+
+KEYS = ("image", "label")
+
+
+def preprocessing(intensity: str = "zscore", label_map: dict[int, int] | None = None) -> list:
+    """Deterministic steps: load in RAS, remap label values, normalise intensities."""
+    steps: list = [LoadCased()]
+    if label_map:
+        original = sorted(label_map)
+        steps.append(MapLabelValued(
+            keys="label", orig_labels=original, target_labels=[label_map[v] for v in original], allow_missing_keys=True
+        ))
+    if intensity == "zscore":
+        steps.append(NormalizeIntensityd(keys="image", channel_wise=True))
+    return steps
+
+
+def sampling(mode: str, spatial_size: Sequence[int], samples_per_volume: int = 1, foreground_ratio: float = 0.67) -> list:
+    """Bring training volumes to spatial_size: the whole volume (padded, randomly cropped if larger) or patches."""
+    size = list(spatial_size)
+    steps: list = [SpatialPadd(keys=KEYS, spatial_size=size)]
+    if mode == "whole":
+        steps.append(RandSpatialCropd(keys=KEYS, roi_size=size, random_size=False))
+    else:
+        steps.append(RandCropByPosNegLabeld(
+            keys=KEYS, label_key="label", spatial_size=size, pos=foreground_ratio, neg=1 - foreground_ratio,
+            num_samples=samples_per_volume,
+        ))
+    return steps
+
+
+def augmentation(preset: str) -> list:
+    """Augmentation presets. Axis 0 is left-right (volumes are in RAS), the only axis flipped:
+    flipping front-back or up-down would swap anatomical structures such as the anterior and
+    posterior hippocampus."""
+    if preset == "none":
+        return []
+    steps: list = [RandFlipd(keys=KEYS, prob=0.5, spatial_axis=0)]
+    if preset == "standard":
+        steps += [
+            RandAffined(
+                keys=KEYS, prob=0.3, rotate_range=[np.pi / 12] * 3, scale_range=[0.1] * 3,
+                mode=("bilinear", "nearest"), padding_mode="zeros",
+            ),
+            RandScaleIntensityd(keys="image", factors=0.1, prob=0.5),
+            RandShiftIntensityd(keys="image", offsets=0.1, prob=0.5),
+            RandGaussianNoised(keys="image", prob=0.2, std=0.05),
+        ]
+    return steps

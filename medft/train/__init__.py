@@ -1,0 +1,1 @@
+"""Fine-tuning: freezing schedules, parameter groups, the training loop, checkpoints."""

@@ -1,0 +1,40 @@
+"""Early stopping on a validation metric that should rise (Dice)."""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+
+@dataclass
+class EarlyStopping:
+    patience: int
+    min_delta: float
+    best: float = -math.inf
+    best_epoch: int = -1
+    bad_validations: int = 0
+
+    def update(self, value: float, epoch: int) -> bool:
+        """Record a validation result; True when it is the best so far.
+
+        The best checkpoint follows any rise; patience resets only on a rise above min_delta.
+        A NaN result (no foreground in any validation case) never counts as a rise.
+        """
+        improved = not math.isnan(value) and value > self.best
+        if not math.isnan(value) and value > self.best + self.min_delta:
+            self.bad_validations = 0
+        else:
+            self.bad_validations += 1
+        if improved:
+            self.best, self.best_epoch = value, epoch
+        return improved
+
+    @property
+    def should_stop(self) -> bool:
+        return self.bad_validations >= self.patience
+
+    def state_dict(self) -> dict:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)

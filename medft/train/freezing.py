@@ -1,0 +1,286 @@
+"""What to freeze and when: presets, per-family encoder rules, a gradual schedule, optimizer groups.
+
+Typical use::
+
+    schedule = FreezeSchedule([FreezeStage(0, "all_but_head"), FreezeStage(5, "encoder"), FreezeStage(10)])
+    schedule.validate(model, head)                       # every stage, before a long run
+    optimizer = torch.optim.AdamW(parameter_groups(model, head, lr, head_lr, weight_decay))
+    for epoch in range(start, epochs):
+        frozen = schedule.frozen_at(model, head, epoch)  # on resume too, not only on changes
+        apply_freezing(model, frozen)
+        set_train_mode(model, frozen)
+        ...
+
+``head`` is the set of parameter names whose shape depends on the number of output classes.
+A preset never freezes a head parameter; an explicit pattern may.
+
+Presets: ``none`` freezes nothing; ``all_but_head`` freezes every parameter outside the head;
+``encoder`` freezes the family's contracting path, from the input down to and including the
+bottleneck (every layer that runs before the first upsampling), chosen by the class name of the
+network (or of the nearest base class that has a rule, so a bundle's subclass of ``UNet`` uses
+the ``UNet`` rule). Parameter names of each family's encoder start with:
+
+==============  =============================================================================
+family          encoder parameter names start with
+==============  =============================================================================
+UNet            ``model.0.``, ``model.1.submodule.0.``, ``model.1.submodule.1.submodule.0.``,
+                ... and the bottleneck ``model.1.submodule.(...)1.submodule.<name>``
+SegResNet       ``convInit.``, ``down_layers.``
+DynUNet         ``input_block.``, ``downsamples.``, ``bottleneck.``
+SwinUNETR       ``swinViT.``, ``encoder1.`` ... ``encoder4.``, ``encoder10.``
+BasicUNet       ``conv_0.``, ``down_1.`` ... ``down_4.``
+FlexibleUNet    ``encoder.`` (the backbone)
+==============  =============================================================================
+
+MONAI's ``UNet`` is built recursively: each level is ``Sequential(down, SkipConnection(inner),
+up)``, so level k lives under ``model.`` followed by k times ``1.submodule.``; its down layer is
+child ``0``, its up layer child ``2``. At the deepest level ``inner`` is the bottleneck itself, a
+``ResidualUnit`` or ``Convolution`` whose children have names (``conv``, ``residual``, ``adn``)
+rather than indices. The decoder (``up_layers``, ``upsamples``, ``decoder*``, ``upcat_*``,
+``decoder``, the ``2.`` children of UNet) and the head stay trainable.
+
+Train mode: in frozen parts normalisation layers run in eval mode, so that batch norms keep their
+pretrained running statistics. Dropout (and SwinUNETR's drop path) keeps its train-mode
+behaviour everywhere: it holds no state, so frozen weights stay frozen, and it remains the
+regulariser the network was trained with; set the network's dropout to 0 to turn it off.
+"""
+from __future__ import annotations
+
+import bisect
+import re
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass
+
+from torch import nn
+from torch.nn.modules.batchnorm import _NormBase
+
+from medft.errors import MedftError
+
+PRESETS = ("none", "all_but_head", "encoder")
+
+# re.match patterns over parameter names: see the table in the module docstring.
+ENCODER_RULES: dict[str, tuple[str, ...]] = {
+    "UNet": (r"model\.(1\.submodule\.)*0\.", r"model\.(1\.submodule\.)+(?!\d)"),
+    "SegResNet": (r"convInit\.", r"down_layers\."),
+    "DynUNet": (r"input_block\.", r"downsamples\.", r"bottleneck\."),
+    "SwinUNETR": (r"swinViT\.", r"encoder\d+\."),
+    "BasicUNet": (r"conv_0\.", r"down_\d+\."),
+    "FlexibleUNet": (r"encoder\.",),
+}
+
+# BatchNorm*, SyncBatchNorm and InstanceNorm* (running statistics), and the stateless ones.
+NORM_TYPES = (_NormBase, nn.GroupNorm, nn.LayerNorm)
+
+# Optimizer groups, in this order: head or body, with weight decay or without. Tensors with at
+# most one dimension (biases, normalisation scales and shifts, PReLU slopes) get no decay.
+GROUP_NAMES = ("head/decay", "head/no_decay", "body/decay", "body/no_decay")
+
+
+def frozen_parameter_names(
+    model: nn.Module, head: Collection[str], preset: str | None = None, patterns: Sequence[str] = ()
+) -> set[str]:
+    """Names of the parameters to freeze: the preset's (never a head parameter) and those that
+    match any of ``patterns`` (``re.search``; these may include head parameters)."""
+    names = [name for name, _ in model.named_parameters()]
+    head = _checked_head(model, head)
+    frozen = _preset_names(model, names, head, preset or "none") - head
+    for pattern in _as_patterns(patterns):
+        matched = {name for name in names if _compile(pattern).search(name)}
+        if not matched:
+            raise MedftError(
+                f"freeze pattern {pattern!r} matches no parameter of {type(model).__name__} "
+                f"(names look like {', '.join(names[:3])}, ..., {names[-1]}). "
+                "Fix: correct the regular expression, or remove it"
+            )
+        frozen |= matched
+    return frozen
+
+
+def apply_freezing(model: nn.Module, frozen: Collection[str]) -> None:
+    """requires_grad False for the frozen parameters, True for the rest.
+
+    A frozen parameter's gradient is also dropped: AdamW updates every parameter whose grad is
+    not None (decay and momentum included), so a stale zero gradient would keep moving it.
+    """
+    _check_known(model, frozen)
+    for name, param in model.named_parameters():
+        param.requires_grad_(name not in frozen)
+        if name in frozen:
+            param.grad = None
+
+
+def set_train_mode(model: nn.Module, frozen: Collection[str]) -> None:
+    """``model.train()``, then eval mode for each normalisation layer of a frozen part.
+
+    A normalisation layer is in a frozen part when its own parameters are all frozen or, when it
+    has none, when the parameters of its nearest enclosing module that has some are all frozen.
+    """
+    _check_known(model, frozen)
+    model.train()
+    for name, module in model.named_modules():
+        if isinstance(module, NORM_TYPES) and _in_frozen_part(model, name, frozen):
+            module.eval()
+
+
+@dataclass
+class FreezeStage:
+    """From ``epoch`` (0-based) on, freeze ``preset`` plus the parameters matching ``patterns``."""
+
+    epoch: int
+    preset: str | None = None
+    patterns: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.epoch < 0:
+            raise MedftError(f"freeze stage epoch must be 0 or more, got {self.epoch}. Fix: count epochs from 0")
+        _check_preset(self.preset)
+        self.patterns = _as_patterns(self.patterns)
+        for pattern in self.patterns:
+            _compile(pattern)
+
+    def frozen(self, model: nn.Module, head: Collection[str]) -> set[str]:
+        return frozen_parameter_names(model, head, self.preset, self.patterns)
+
+
+class FreezeSchedule:
+    """Freeze stages by epoch; without a stage at epoch 0, training starts with nothing frozen."""
+
+    def __init__(self, stages: Iterable[FreezeStage]):
+        stages = list(stages)
+        if not stages or stages[0].epoch != 0:
+            stages.insert(0, FreezeStage(0, "none"))
+        epochs = [stage.epoch for stage in stages]
+        if any(later <= earlier for earlier, later in zip(epochs, epochs[1:])):
+            raise MedftError(
+                f"freeze stages must have strictly increasing epochs, got {epochs}. "
+                "Fix: order the stages by epoch and give each a different one"
+            )
+        self.stages = tuple(stages)
+        self._epochs = epochs
+
+    def stage_at(self, epoch: int) -> FreezeStage:
+        """The stage in force at ``epoch``: the last one that starts at or before it."""
+        if epoch < 0:
+            raise ValueError(f"epoch must be 0 or more, got {epoch}")
+        return self.stages[bisect.bisect_right(self._epochs, epoch) - 1]
+
+    def frozen_at(self, model: nn.Module, head: Collection[str], epoch: int) -> set[str]:
+        return self.stage_at(epoch).frozen(model, head)
+
+    def changes_at(self, epoch: int) -> bool:
+        """True when a stage starts at ``epoch`` (0 included)."""
+        return epoch in self._epochs
+
+    def validate(self, model: nn.Module, head: Collection[str]) -> None:
+        """Raise the MedftError of the first stage that does not fit ``model``, before training."""
+        for stage in self.stages:
+            stage.frozen(model, head)
+
+
+def parameter_groups(model: nn.Module, head: Collection[str], lr: float, head_lr: float, weight_decay: float) -> list[dict]:
+    """Optimizer groups of every parameter, frozen or not, so that unfreezing needs no new optimizer.
+
+    Groups are named as in ``GROUP_NAMES``; empty ones are left out. Head groups use ``head_lr``,
+    body groups ``lr``; ``no_decay`` groups have weight decay 0. Frozen parameters get no
+    gradient, and AdamW leaves parameters without one untouched.
+    """
+    head = _checked_head(model, head)
+    groups: dict[str, dict] = {}
+    for name, param in model.named_parameters():
+        part = "head" if name in head else "body"
+        decay = param.ndim > 1
+        group_name = f"{part}/{'decay' if decay else 'no_decay'}"
+        group = groups.setdefault(group_name, {
+            "name": group_name,
+            "params": [],
+            "lr": head_lr if part == "head" else lr,
+            "weight_decay": weight_decay if decay else 0.0,
+        })
+        group["params"].append(param)
+    return [groups[name] for name in GROUP_NAMES if name in groups]
+
+
+def _preset_names(model: nn.Module, names: list[str], head: set[str], preset: str) -> set[str]:
+    _check_preset(preset)
+    if preset == "all_but_head":
+        return set(names)
+    if preset == "encoder":
+        return _encoder_names(model, names, head)
+    return set()
+
+
+def _encoder_names(model: nn.Module, names: list[str], head: set[str]) -> set[str]:
+    family = next((cls.__name__ for cls in type(model).__mro__ if cls.__name__ in ENCODER_RULES), None)
+    if family is None:
+        raise MedftError(
+            f"freeze preset 'encoder' has no rule for network class {type(model).__name__}; "
+            f"known families: {', '.join(ENCODER_RULES)}. "
+            "Fix: list the encoder's parameter-name patterns under freeze patterns instead"
+        )
+    rule = re.compile("|".join(f"(?:{pattern})" for pattern in ENCODER_RULES[family]))
+    encoder = {name for name in names if rule.match(name)} - head
+    if not encoder:
+        raise MedftError(
+            f"freeze preset 'encoder': the {family} rule matches no parameter of {type(model).__name__} "
+            "outside the head. Fix: list the encoder's parameter-name patterns under freeze patterns instead"
+        )
+    return encoder
+
+
+def _in_frozen_part(model: nn.Module, name: str, frozen: Collection[str]) -> bool:
+    """Whether the parameters of ``name``, or of its nearest ancestor that has some, are all frozen."""
+    while True:
+        params = [f"{name}.{p}" if name else p for p, _ in model.get_submodule(name).named_parameters()]
+        if params:
+            return all(p in frozen for p in params)
+        if not name:
+            return False
+        name = name.rpartition(".")[0]
+
+
+def _checked_head(model: nn.Module, head: Collection[str]) -> set[str]:
+    """The head as canonical names, after checking that its names belong to ``model`` (buffers allowed).
+
+    A tensor registered under several names (DynUNet's deep-supervision heads) counts under the
+    first name ``named_parameters`` gives it, so every alias of a head tensor means that tensor.
+    """
+    canonical: dict[str, str] = {}
+    for named in (model.named_parameters, model.named_buffers):
+        first = {id(tensor): name for name, tensor in named()}
+        canonical.update({name: first[id(tensor)] for name, tensor in named(remove_duplicate=False)})
+    unknown = set(head) - canonical.keys()
+    if unknown:
+        raise MedftError(
+            f"head names {sorted(unknown)[:3]} are not in {type(model).__name__}. "
+            "Fix: compute the head from this network's own parameter names"
+        )
+    return {canonical[name] for name in head}
+
+
+def _check_known(model: nn.Module, frozen: Collection[str]) -> None:
+    unknown = set(frozen) - {name for name, _ in model.named_parameters()}
+    if unknown:
+        raise MedftError(
+            f"frozen names {sorted(unknown)[:3]} are not parameters of {type(model).__name__}. "
+            "Fix: compute them with frozen_parameter_names on this network"
+        )
+
+
+def _check_preset(preset: str | None) -> None:
+    if preset is not None and preset not in PRESETS:
+        raise MedftError(f"freeze preset must be one of {', '.join(PRESETS)}, got {preset!r}. Fix: use one of them")
+
+
+def _as_patterns(patterns: Sequence[str] | str) -> tuple[str, ...]:
+    """A single string is one pattern, not a sequence of one-character patterns."""
+    return (patterns,) if isinstance(patterns, str) else tuple(patterns)
+
+
+def _compile(pattern: str) -> re.Pattern:
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        raise MedftError(
+            f"freeze pattern {pattern!r} is not a valid regular expression ({exc}). "
+            r"Fix: escape special characters, e.g. 'encoder\.' for a literal dot"
+        ) from None

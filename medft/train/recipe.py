@@ -1,0 +1,348 @@
+"""The fine-tuning recipe: setup -> train -> save_checkpoint -> cleanup, readable top to bottom.
+
+Reproducibility: the randomness of epoch e (data order, augmentation) is seeded from (seed, e)
+and that of each step (dropout) from (seed, e, step). A run resumed from any checkpoint, at the
+end of an epoch or mid-epoch after Ctrl-C, therefore continues exactly as an uninterrupted run.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import signal
+import time
+from pathlib import Path
+
+import torch
+from monai.inferers import SlidingWindowInferer
+from monai.losses import DiceCELoss, DiceLoss
+from monai.optimizers import WarmupCosineSchedule
+from tqdm.auto import tqdm
+
+from medft import __version__
+from medft.config import RunConfig, dump_config
+from medft.data.manifest import load_manifest
+from medft.errors import MedftError
+from medft.metrics import confusion_counts, dice, foreground_mean
+from medft.train.checkpoint import atomic_save, load_checkpoint, restore_rng_states, rng_states
+from medft.train.data import build_loaders
+from medft.train.early_stopping import EarlyStopping
+from medft.train.freezing import FreezeSchedule, FreezeStage, apply_freezing, parameter_groups, set_train_mode
+from medft.train.network import prepare_network
+
+log = logging.getLogger("medft.train")
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C: the state was saved to last.pt and the run can be resumed."""
+
+
+class FineTuneRecipe:
+    def __init__(self, config: RunConfig, run_dir: Path, resume: bool = False):
+        self.config, self.run_dir, self.resume = config, Path(run_dir), resume
+        self.checkpoints = self.run_dir / "checkpoints"
+        self.start_epoch = self.start_step = 0
+        self._stop_requested = False
+
+    # --- setup ---------------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        config = self.config
+        self._prepare_run_dir()
+        log.info("medft %s, resolved config:\n%s", __version__, dump_config(config))
+        torch.manual_seed(config.seed)
+        if config.train.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        self.device = _device(config.train.device)
+        self.amp = config.train.amp if config.train.amp is not None else self.device.type == "cuda"
+
+        manifest = load_manifest(config.data.manifest)
+        self.class_names = _class_names(config, manifest.class_names)
+        prepared = prepare_network(config.model, len(self.class_names))
+        self.prepared, self.network, self.head = prepared, prepared.network.to(self.device), prepared.head
+        if prepared.report is not None:
+            (self.run_dir / "head_adaptation.txt").write_text(prepared.report.table() + "\n")
+            log.info("head adaptation:\n%s", prepared.report.table())
+
+        self.generator = torch.Generator()
+        self.train_loader, self.val_loader, self.train_transform = build_loaders(config, manifest, self.generator)
+        self._check_channels()
+        self._check_forward()
+
+        self.schedule = FreezeSchedule([FreezeStage(s.epoch, s.preset, tuple(s.patterns)) for s in config.freeze])
+        optim = config.optim
+        groups = parameter_groups(self.network, self.head, optim.lr, optim.head_lr or 10 * optim.lr, optim.weight_decay)
+        self.optimizer = torch.optim.AdamW(groups)
+        self.steps_per_epoch = min(len(self.train_loader), config.train.max_steps_per_epoch or math.inf)
+        total = config.train.epochs * self.steps_per_epoch
+        self.scheduler = WarmupCosineSchedule(self.optimizer, warmup_steps=round(optim.warmup_epochs * self.steps_per_epoch), t_total=total)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp and self.device.type == "cuda")
+        self.loss_fn = _loss(config.train.loss)
+        self.inferer = SlidingWindowInferer(
+            roi_size=config.data.spatial_size, sw_batch_size=config.validation.sw_batch_size,
+            overlap=config.validation.overlap, mode="gaussian",
+        )
+        self.early = EarlyStopping(config.early_stopping.patience, config.early_stopping.min_delta)
+        self.tensorboard = _tensorboard(self.run_dir / "tensorboard")
+        if self.resume and (self.checkpoints / "last.pt").is_file():
+            self._load_last()
+        elif self.resume:  # stopped before its first checkpoint: nothing was saved, so start again
+            _truncate_metrics(self.run_dir / "metrics.jsonl", 0)
+            log.warning("%s has no checkpoint yet: starting from epoch 0", self.run_dir)
+
+    # --- train ---------------------------------------------------------------------------------
+
+    def train(self) -> dict:
+        config = self.config
+        previous = signal.signal(signal.SIGINT, self._request_stop)
+        stopped = config.early_stopping.enabled and self.early.should_stop  # a resumed run that had stopped
+        try:
+            for epoch in range(self.start_epoch, 0 if stopped else config.train.epochs):
+                frozen = self.schedule.frozen_at(self.network, self.head, epoch)
+                apply_freezing(self.network, frozen)
+                started = time.perf_counter()
+                train_loss = self._train_epoch(epoch, frozen)
+                record = {"epoch": epoch, "train_loss": train_loss, "lr": self.scheduler.get_last_lr(),
+                          "frozen_tensors": len(frozen), "seconds": None}
+                improved = False
+                if (epoch + 1) % config.train.val_every == 0 or epoch + 1 == config.train.epochs:
+                    per_class = self._validate()
+                    mean = float(per_class.nanmean()) if not per_class.isnan().all() else math.nan
+                    improved = self.early.update(mean, epoch)
+                    record.update(val_dice=mean, val_dice_per_class=dict(zip(self.class_names[1:], per_class.tolist())))
+                record["seconds"] = round(time.perf_counter() - started, 3)
+                record["best"] = improved
+                self._log_epoch(record)
+                if improved:  # before last.pt: a kill in between redoes this epoch, saving best again
+                    self.save_checkpoint("best.pt", epoch + 1, 0)
+                self.save_checkpoint("last.pt", epoch + 1, 0)
+                if config.early_stopping.enabled and self.early.should_stop:
+                    log.info("early stopping: no rise above %.4g in %d validations", self.early.min_delta, self.early.bad_validations)
+                    break
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        summary = {"best_val_dice": self.early.best, "best_epoch": self.early.best_epoch, "run_dir": str(self.run_dir)}
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+        return summary
+
+    def _train_epoch(self, epoch: int, frozen: set[str]) -> float:
+        seed = self.config.seed
+        self.generator.manual_seed(_mix(seed, epoch))
+        self.train_transform.set_random_state(seed=_mix(seed, epoch) % 2**32)
+        set_train_mode(self.network, frozen)
+        first = self.start_step if epoch == self.start_epoch else 0
+        total, count = 0.0, 0
+        bar = tqdm(total=self.steps_per_epoch, initial=first, desc=f"epoch {epoch}/{self.config.train.epochs - 1}",
+                   unit="step", leave=False, disable=None)
+        for step, batch in enumerate(self.train_loader):
+            if step >= self.steps_per_epoch:
+                break
+            if step < first:  # replay the data stream up to where an interrupted epoch stopped
+                continue
+            torch.manual_seed(_mix(seed, epoch, step))
+            loss = self._step(batch)
+            total, count = total + loss, count + 1
+            bar.update()
+            bar.set_postfix(loss=f"{loss:.4f}")
+            if self._stop_requested:
+                bar.close()
+                self.save_checkpoint("last.pt", epoch, step + 1)
+                raise TrainingInterrupted(
+                    f"stopped at epoch {epoch}, step {step + 1}; state saved to {self.checkpoints / 'last.pt'}. "
+                    f"Continue with: medft train {self.run_dir / 'config.yaml'} --out {self.run_dir} --resume"
+                )
+        bar.close()
+        return total / max(count, 1)
+
+    def _step(self, batch: dict) -> float:
+        image, label = batch["image"].to(self.device), batch["label"].to(self.device)
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(self.device.type, enabled=self.amp):
+            loss = _supervised_loss(self.loss_fn, self.network(image), label)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return float(loss.detach())
+
+    @torch.no_grad()
+    def _validate(self) -> torch.Tensor:
+        """Mean Dice per foreground class over the validation cases (NaN cases left out)."""
+        self.network.eval()
+        counts = []
+        for batch in self.val_loader:
+            image = batch["image"].to(self.device)
+            with torch.autocast(self.device.type, enabled=self.amp):
+                logits = self.inferer(image, self.network)
+            pred = logits.argmax(dim=1)
+            counts.append(confusion_counts(pred.cpu(), batch["label"][:, 0].cpu(), len(self.class_names)))
+        return foreground_mean(dice(torch.cat(counts)))
+
+    def _log_epoch(self, record: dict) -> None:
+        with (self.run_dir / "metrics.jsonl").open("a") as file:
+            file.write(json.dumps(record) + "\n")
+        self.tensorboard.add_scalar("train/loss", record["train_loss"], record["epoch"])
+        if "val_dice" in record:
+            self.tensorboard.add_scalar("val/dice", record["val_dice"], record["epoch"])
+            for name, value in record["val_dice_per_class"].items():
+                self.tensorboard.add_scalar(f"val/dice_{name}", value, record["epoch"])
+        self.tensorboard.flush()
+        val = f", val Dice {record['val_dice']:.4f}" if "val_dice" in record else ""
+        log.info("epoch %d: loss %.4f%s%s (%.1f s)", record["epoch"], record["train_loss"], val,
+                 " (best)" if record["best"] else "", record["seconds"])
+
+    # --- checkpoints ---------------------------------------------------------------------------
+
+    def save_checkpoint(self, name: str, epoch: int, step: int) -> None:
+        """Save the state after ``epoch`` full epochs and ``step`` steps of the next one."""
+        atomic_save({
+            "epoch": epoch,
+            "step": step,
+            "model": self.network.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "early_stopping": self.early.state_dict(),
+            "rng": rng_states(),
+            "class_names": self.class_names,
+            "network_def": self.prepared.network_def,
+            "medft_version": __version__,
+        }, self.checkpoints / name)
+
+    def _load_last(self) -> None:
+        state = load_checkpoint(self.checkpoints / "last.pt")
+        self.network.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.early.load_state_dict(state["early_stopping"])
+        restore_rng_states(state["rng"])
+        self.start_epoch, self.start_step = state["epoch"], state["step"]
+        _truncate_metrics(self.run_dir / "metrics.jsonl", self.start_epoch)
+        log.info("resumed from %s at epoch %d, step %d", self.checkpoints / "last.pt", self.start_epoch, self.start_step)
+
+    # --- cleanup -------------------------------------------------------------------------------
+
+    def cleanup(self) -> None:
+        if hasattr(self, "tensorboard"):
+            self.tensorboard.close()
+
+    # --- helpers -------------------------------------------------------------------------------
+
+    def _prepare_run_dir(self) -> None:
+        saved = self.run_dir / "config.yaml"
+        if self.resume:
+            if not saved.is_file():
+                raise MedftError(f"{self.run_dir}: nothing to resume (no config.yaml). Fix: train without --resume")
+            if saved.read_text() != dump_config(self.config):
+                raise MedftError(
+                    f"{saved}: the config differs from the one this run started with. Fix: resume with "
+                    f"`medft train {saved} --out {self.run_dir} --resume`, or start a new run with another --out"
+                )
+        elif (self.checkpoints / "last.pt").exists():
+            raise MedftError(
+                f"{self.run_dir} already holds a run. Fix: add --resume to continue it, or give another --out"
+            )
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        saved.write_text(dump_config(self.config))
+        _log_to_file(self.run_dir / "train.log")
+
+    def _check_channels(self) -> None:
+        sample = self.val_loader.dataset[0]["image"]
+        if sample.shape[0] != self.prepared.in_channels:
+            raise MedftError(
+                f"the images have {sample.shape[0]} channel(s) but the network takes {self.prepared.in_channels}. "
+                "Fix: set model.in_channels to the number of image channels (the first layer is then re-initialised)"
+            )
+
+    def _check_forward(self) -> None:
+        """A fake batch through the network before any long run (as MONAI's verify_net_in_out)."""
+        from medft.bundle.adapt import dummy_forward_backward
+
+        shape = dummy_forward_backward(self.network, self.prepared.in_channels, self.prepared.spatial_dims, self.config.data.spatial_size)
+        if shape[1] != len(self.class_names):
+            raise MedftError(f"the network gives {shape[1]} output channels, expected {len(self.class_names)} classes")
+
+    def _request_stop(self, signum, frame) -> None:
+        if self._stop_requested:
+            raise KeyboardInterrupt
+        self._stop_requested = True
+        log.warning("Ctrl-C: saving after this step (press again to stop at once, without saving)")
+
+
+def run_training(config: RunConfig, run_dir: Path, resume: bool = False) -> dict:
+    recipe = FineTuneRecipe(config, run_dir, resume)
+    try:
+        recipe.setup()
+        return recipe.train()
+    finally:
+        recipe.cleanup()
+
+
+def _mix(*parts: int) -> int:
+    """A seed from several integers (seed, epoch, step) that does not collide for small values."""
+    value = 0
+    for part in parts:
+        value = (value * 1_000_003 + part + 1) % (2**63 - 1)
+    return value
+
+
+def _supervised_loss(loss_fn, output, label: torch.Tensor) -> torch.Tensor:
+    """Loss of a network output; deep supervision (DynUNet: heads stacked on dim 1) weighs head i by 2^-i."""
+    if isinstance(output, (list, tuple)):
+        output = output[0]
+    if output.ndim == label.ndim + 1:
+        heads = output.unbind(1)
+        weights = [0.5**i for i in range(len(heads))]
+        return sum(w * loss_fn(h, label) for w, h in zip(weights, heads)) / sum(weights)
+    return loss_fn(output, label)
+
+
+def _loss(name: str):
+    if name == "dice_ce":
+        return DiceCELoss(to_onehot_y=True, softmax=True)
+    if name == "dice":
+        return DiceLoss(to_onehot_y=True, softmax=True)
+    ce = torch.nn.CrossEntropyLoss()
+    return lambda logits, label: ce(logits, label[:, 0].long())
+
+
+def _class_names(config: RunConfig, manifest_names: list[str]) -> list[str]:
+    names = config.data.class_names or ([] if config.data.label_map else manifest_names)
+    if not names:
+        reason = "data.label_map changes the classes" if config.data.label_map else "the manifest declares no classes"
+        raise MedftError(f"{reason}. Fix: set data.class_names (background first), e.g. [background, tumour]")
+    if len(names) < 2:
+        raise MedftError(f"data.class_names: need background and at least one class, got {names}")
+    return list(names)
+
+
+def _device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise MedftError("train.device is cuda but no CUDA device is available. Fix: set train.device: auto or cpu")
+    return torch.device("cuda" if name in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+
+
+def _tensorboard(folder: Path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(log_dir=str(folder))
+
+
+def _truncate_metrics(path: Path, epochs_done: int) -> None:
+    """Drop metric lines of epochs after the checkpoint (written before a kill)."""
+    if path.exists():
+        lines = [line for line in path.read_text().splitlines() if line and json.loads(line)["epoch"] < epochs_done]
+        path.write_text("".join(line + "\n" for line in lines))
+
+
+def _log_to_file(path: Path) -> None:
+    logger = logging.getLogger("medft")
+    for handler in list(logger.handlers):
+        if isinstance(handler, logging.FileHandler):
+            logger.removeHandler(handler)
+            handler.close()
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)

@@ -1,0 +1,62 @@
+"""``medft bundle inspect``: the JSON contract and the report."""
+from __future__ import annotations
+
+import json
+
+from medft.bundle.inspect import format_inspection, inspect_bundle
+from tests.bundle.helpers import UNET2D, UNET3D, make_bundle
+
+CONTRACT = {"loaded": int, "new": int, "dropped": int, "total_pretrained": int, "forward_ok": bool}
+
+
+def test_a_bundle_that_would_train(tmp_path):
+    root = make_bundle(tmp_path / "b", UNET3D)
+    result = inspect_bundle(str(root), out_channels=3)
+    assert {k: type(result[k]) for k in CONTRACT} == CONTRACT
+    assert (result["total_pretrained"], result["loaded"], result["new"], result["dropped"]) == (26, 22, 4, 4)
+    assert result["forward_ok"] and result["would_train"] and result["errors"] == []
+    assert (result["in_channels_before"], result["out_channels_before"], result["out_channels"]) == (1, 2, 3)
+    assert result["input_shape"] == [2, 1, 32, 32, 32] and result["output_shape"] == [2, 3, 32, 32, 32]
+    assert result["network"] == "UNet" and result["parameters"] > 0
+    assert json.loads(json.dumps(result))["loaded"] == 22
+    text = format_inspection(result)
+    assert "loaded              22 (84.6%)" in text and "would train" in text
+    assert "model.2.0.conv.weight" in text  # the new head tensors are listed
+
+
+def test_a_mismatched_bundle_would_not_train(tmp_path):
+    from medft.bundle.reader import build_network
+
+    root = make_bundle(tmp_path / "b", {**UNET3D, "channels": [8, 16, 32]}, network=build_network(UNET3D))
+    result = inspect_bundle(root, out_channels=3)
+    assert result["forward_ok"] and not result["would_train"]
+    assert result["loaded"] < result["total_pretrained"] / 2
+    assert "does not match the weights" in result["errors"][0]
+    assert "would NOT train" in format_inspection(result)
+
+
+def test_input_size_from_metadata_and_from_the_caller(tmp_path):
+    metadata = {"network_data_format": {"inputs": {"image": {"spatial_shape": [16, 16, 8]}}}}
+    root = make_bundle(tmp_path / "b", UNET2D | {"spatial_dims": 3}, metadata=metadata)
+    assert inspect_bundle(root)["output_shape"] == [2, 2, 16, 16, 8]
+    assert inspect_bundle(root, input_size=8)["output_shape"] == [2, 2, 8, 8, 8]
+
+
+def test_a_size_too_small_is_retried_at_64_unless_given(tmp_path):
+    # five halvings leave one voxel at 32: instance norm refuses it in train mode
+    deep = {"_target_": "UNet", "spatial_dims": 3, "in_channels": 1, "out_channels": 2,
+            "channels": [2, 2, 2, 2, 2, 2], "strides": [2, 2, 2, 2, 2]}
+    root = make_bundle(tmp_path / "b", deep)
+    result = inspect_bundle(root)
+    assert result["forward_ok"] and result["input_shape"] == [2, 1, 64, 64, 64]
+    given = inspect_bundle(root, input_size=32)
+    assert not given["forward_ok"] and not given["would_train"] and given["output_shape"] is None
+    assert "did not accept a (2, 1, 32, 32, 32) input" in given["errors"][0]
+    assert "dummy pass  (2, 1, 32, 32, 32): FAILED" in format_inspection(given)
+
+
+def test_spatial_dims_and_channels_from_the_network_when_network_def_omits_them(tmp_path):
+    root = make_bundle(tmp_path / "b", {"_target_": "BasicUNet", "features": [4, 4, 8, 8, 16, 4]})
+    result = inspect_bundle(root, in_channels=None)
+    assert (result["spatial_dims"], result["in_channels"], result["out_channels"]) == (3, 1, None)
+    assert result["would_train"] and result["output_shape"] == [2, 2, 32, 32, 32]

@@ -1,0 +1,76 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from medft.cli import main
+from medft.config import load_config
+from medft.errors import MedftError
+from tests.conftest import REPO
+
+CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_every_shipped_config_is_valid_and_says_how_to_run_it(path):
+    config = load_config(path)
+    assert path.read_text().startswith("# Run: ")
+    assert Path(config.data.manifest).is_absolute()
+    assert Path(config.data.manifest).exists() or "shared" in config.data.manifest
+
+
+def test_every_field_has_a_description():
+    from medft.config import RunConfig
+
+    def walk(model):
+        for name, field in model.model_fields.items():
+            assert field.description, f"{model.__name__}.{name} has no description"
+            annotation = field.annotation
+            if isinstance(annotation, type) and hasattr(annotation, "model_fields"):
+                walk(annotation)
+
+    walk(RunConfig)
+
+
+def test_all_errors_are_reported_at_once_with_file_and_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({
+        "model": {"bundle": "x", "netwrok_overrides": {}},
+        "data": {"manifest": "m.csv", "spatial_size": [48, 64, 48], "sampling": "slices"},
+        "train": {"epochs": 0, "batch_size": "two"},
+        "freeze": [{"epoch": 3, "preset": "all_but_head"}, {"epoch": 1, "preset": "none"}],
+    }))
+    with pytest.raises(MedftError) as err:
+        load_config(bad)
+    message = str(err.value)
+    assert message.startswith(f"{bad}: ")
+    for expected in (
+        "model.netwrok_overrides: unknown key",
+        "data.sampling: Input should be 'whole' or 'patch' (got 'slices')",
+        "train.epochs: Input should be greater than or equal to 1 (got 0)",
+        "train.batch_size: Input should be a valid integer",
+    ):
+        assert expected in message
+    assert "5 problem(s)" in message  # the freeze order is checked once the fields are valid
+
+
+def test_set_overrides_are_typed_and_checked(tmp_path):
+    config = load_config(REPO / "configs" / "demo.yaml", ["train.epochs=3", "optim.lr=3e-4", "data.augmentation=none"])
+    assert (config.train.epochs, config.optim.lr, config.data.augmentation) == (3, 3e-4, "none")
+    with pytest.raises(MedftError, match="train.epoch: unknown key"):
+        load_config(REPO / "configs" / "demo.yaml", ["train.epoch=3"])
+    with pytest.raises(MedftError, match="expected dotted.key=value"):
+        load_config(REPO / "configs" / "demo.yaml", ["train.epochs"])
+
+
+def test_model_needs_exactly_one_source(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model: {}\ndata: {manifest: m.csv, spatial_size: [8, 8, 8]}\n")
+    with pytest.raises(MedftError, match="give exactly one of model.bundle"):
+        load_config(path)
+
+
+def test_validate_command(capsys):
+    assert main(["validate", str(REPO / "configs" / "demo.yaml")]) == 0
+    assert capsys.readouterr().out.strip().endswith("demo.yaml: valid")
+    assert main(["validate", str(REPO / "configs" / "demo.yaml"), "--set", "train.epochs=-1"]) == 1

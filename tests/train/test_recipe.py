@@ -1,0 +1,241 @@
+"""The training recipe end to end, with a tiny bundle on real sample cases."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from monai.bundle import ConfigParser
+from monai.inferers import SlidingWindowInferer
+from monai.metrics import DiceMetric
+from monai.networks.utils import one_hot
+from monai.transforms import ResizeWithPadOrCrop
+
+from medft.bundle.export import export_run
+from medft.config import load_config
+from medft.data.loading import LoadCased
+from medft.data.transforms import preprocessing
+from medft.errors import MedftError
+from medft.train.recipe import run_training
+from tests.bundle.helpers import UNET3D, make_bundle, pretrained
+from tests.conftest import REPO, sample_case, write_csv
+
+TRAIN_IDS = ["hippocampus_334", "hippocampus_335", "hippocampus_336", "hippocampus_338"]
+VAL_IDS = ["hippocampus_340", "hippocampus_341"]
+
+
+def make_config(root: Path, **changes) -> Path:
+    """A tiny fine-tuning config on six sample cases; ``changes`` maps dotted keys to values."""
+    bundle = root / "bundle"
+    if not bundle.exists():
+        make_bundle(bundle, UNET3D)
+    manifest = root / "manifest.csv"
+    if not manifest.exists():
+        rows = [{"case_id": c, "image": sample_case(c)[0], "label": sample_case(c)[1], "split": s}
+                for ids, s in ((TRAIN_IDS, "train"), (VAL_IDS, "val")) for c in ids]
+        write_csv(manifest, rows, classes={"0": "background", "1": "anterior", "2": "posterior"})
+    config = {
+        "seed": 0,
+        "model": {"bundle": str(bundle)},
+        "data": {"manifest": str(manifest), "spatial_size": [32, 48, 32]},
+        "freeze": [{"epoch": 0, "preset": "all_but_head"}, {"epoch": 1, "preset": "encoder"}, {"epoch": 2, "preset": "none"}],
+        "optim": {"lr": 0.01},
+        "train": {"epochs": 4, "batch_size": 2},
+        "early_stopping": {"patience": 10},
+    }
+    for key, value in changes.items():
+        node = config
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    path = root / f"config_{len(list(root.glob('config_*.yaml')))}.yaml"
+    path.write_text("# Run: medft train (test config)\n" + yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("run")
+    config_path = make_config(root)
+    run_dir = root / "out"
+    run_training(load_config(config_path), run_dir)
+    return root, run_dir
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_the_run_folder_holds_the_contract_files(finished_run):
+    _, run_dir = finished_run
+    for name in ("config.yaml", "metrics.jsonl", "checkpoints/last.pt", "checkpoints/best.pt", "train.log",
+                 "head_adaptation.txt", "summary.json"):
+        assert (run_dir / name).is_file(), name
+    records = _metrics(run_dir)
+    assert [r["epoch"] for r in records] == [0, 1, 2, 3]
+    assert [r["frozen_tensors"] > 0 for r in records] == [True, True, False, False]
+    assert records[0]["frozen_tensors"] > records[1]["frozen_tensors"]
+    assert "medft" in (run_dir / "train.log").read_text() and "epoch 3" in (run_dir / "train.log").read_text()
+    assert "loaded" in (run_dir / "head_adaptation.txt").read_text()
+
+
+def test_the_validation_dice_matches_an_independent_monai_computation(finished_run):
+    """Recompute the best epoch's validation Dice from best.pt with MONAI's DiceMetric."""
+    _, run_dir = finished_run
+    best = json.loads((run_dir / "summary.json").read_text())
+    checkpoint = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=False)
+    network = ConfigParser({"net": checkpoint["network_def"]}).get_parsed_content("net")
+    network.load_state_dict(checkpoint["model"])
+    network.eval()
+    inferer = SlidingWindowInferer(roi_size=[32, 48, 32], sw_batch_size=4, overlap=0.25, mode="gaussian")
+    metric = DiceMetric(include_background=False, reduction="none", ignore_empty=True)
+    prep = preprocessing("zscore")
+    with torch.no_grad():
+        for case in VAL_IDS:
+            image, label = sample_case(case)
+            record = {"image": [str(image)], "label": str(label)}
+            for step in prep:
+                record = step(record)
+            pred = inferer(record["image"][None], network).argmax(1, keepdim=True)
+            metric(one_hot(pred, 3), one_hot(record["label"][None], 3))
+    per_class = metric.aggregate().nanmean(0)
+    assert best["best_val_dice"] == pytest.approx(float(per_class.nanmean()), abs=1e-6)
+    best_line = next(r for r in _metrics(run_dir) if r["epoch"] == best["best_epoch"])
+    assert list(best_line["val_dice_per_class"].values()) == pytest.approx(per_class.tolist(), abs=1e-6)
+
+
+def test_frozen_tensors_stay_bit_identical(tmp_path):
+    config = make_config(tmp_path, freeze=[{"epoch": 0, "preset": "all_but_head"}], **{"train.epochs": 2})
+    run_training(load_config(config), tmp_path / "out")
+    before = pretrained(tmp_path / "bundle")
+    after = torch.load(tmp_path / "out" / "checkpoints" / "last.pt", weights_only=False)["model"]
+    head = {n for n in after if n.startswith("model.2.")}  # the top up-layer of MONAI's UNet
+    assert head
+    for name, tensor in after.items():
+        if name in head:
+            continue
+        assert torch.equal(tensor, before[name]), name
+    assert any(not torch.equal(after[n], before[n]) for n in head if before[n].shape == after[n].shape) or \
+        any(before[n].shape != after[n].shape for n in head)
+
+
+def test_early_stopping_stops_after_patience(tmp_path):
+    config = make_config(tmp_path, **{"train.epochs": 10, "early_stopping.patience": 2, "early_stopping.min_delta": 1.0})
+    summary = run_training(load_config(config), tmp_path / "out")
+    assert [r["epoch"] for r in _metrics(tmp_path / "out")] == [0, 1, 2]  # a first result, then 2 without a rise of 1.0
+    assert summary["best_epoch"] >= 0
+    assert "early stopping" in (tmp_path / "out" / "train.log").read_text()
+
+
+def _medft(*args: str, **popen) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "medft", *args], env=env, cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+
+
+def _wait_for_checkpoint(run_dir: Path, process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if (run_dir / "checkpoints" / "last.pt").exists():
+            return
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.02)
+    raise AssertionError("the run wrote no checkpoint in time")
+
+
+def _final_weights(run_dir: Path) -> dict:
+    return torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)["model"]
+
+
+def test_a_sigkilled_demo_run_resumes_to_the_same_weights(tmp_path):
+    """The shipped demo config and bundle (shortened), killed with SIGKILL after its first checkpoint."""
+    demo = [str(REPO / "configs" / "demo.yaml"), "--set", "train.epochs=4", "--set", "train.max_steps_per_epoch=3"]
+    reference = _medft("train", *demo, "--out", str(tmp_path / "reference"))
+    assert reference.wait() == 0, reference.communicate()
+    killed = _medft("train", *demo, "--out", str(tmp_path / "killed"))
+    _wait_for_checkpoint(tmp_path / "killed", killed)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert len(_metrics(tmp_path / "killed")) < 4
+    resumed = _medft("train", *demo, "--out", str(tmp_path / "killed"), "--resume")
+    assert resumed.wait() == 0, resumed.communicate()
+    expected, got = _final_weights(tmp_path / "reference"), _final_weights(tmp_path / "killed")
+    assert all(torch.equal(expected[name], got[name]) for name in expected)
+    strip = lambda records: [{k: v for k, v in r.items() if k != "seconds"} for r in records]  # noqa: E731
+    assert strip(_metrics(tmp_path / "killed")) == strip(_metrics(tmp_path / "reference"))
+
+
+def test_ctrl_c_saves_and_the_run_resumes_exactly(tmp_path):
+    config = make_config(tmp_path, **{"train.epochs": 5})
+    reference = _medft("train", str(config), "--out", str(tmp_path / "reference"))
+    assert reference.wait() == 0, reference.communicate()
+    stopped = _medft("train", str(config), "--out", str(tmp_path / "stopped"))
+    _wait_for_checkpoint(tmp_path / "stopped", stopped)
+    stopped.send_signal(signal.SIGINT)
+    _, err = stopped.communicate()
+    assert stopped.returncode == 130, err
+    assert "--resume" in err and "state saved" in err
+    state = torch.load(tmp_path / "stopped" / "checkpoints" / "last.pt", weights_only=False)
+    assert state["step"] > 0
+    resumed = _medft("train", str(config), "--out", str(tmp_path / "stopped"), "--resume")
+    assert resumed.wait() == 0, resumed.communicate()
+    expected, got = _final_weights(tmp_path / "reference"), _final_weights(tmp_path / "stopped")
+    assert all(torch.equal(expected[name], got[name]) for name in expected)
+
+
+def test_export_loads_with_plain_monai_and_gives_the_same_outputs(finished_run, tmp_path):
+    root, run_dir = finished_run
+    bundle = export_run(run_dir, tmp_path / "exported")
+    metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
+    assert metadata["network_data_format"]["outputs"]["pred"]["channel_def"] == {"0": "background", "1": "anterior", "2": "posterior"}
+    assert metadata["medft"]["parent_bundle"]["name"] == "bundle"
+    assert metadata["medft"]["evaluation"]["val_dice"] == json.loads((run_dir / "summary.json").read_text())["best_val_dice"]
+    assert (bundle / "LICENSE").read_text() == (root / "bundle" / "LICENSE").read_text()
+
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "inference.json"))
+    plain = parser.get_parsed_content("network_def")
+    plain.load_state_dict(torch.load(bundle / "models" / "model.pt", map_location="cpu"))
+    checkpoint = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=False)
+    from medft.bundle.reader import load_bundle
+
+    ours = load_bundle(bundle).build_network()
+    ours.load_state_dict(checkpoint["model"])
+    record = LoadCased()({"image": [str(sample_case("hippocampus_340")[0])]})
+    image = ResizeWithPadOrCrop([32, 48, 32])(record["image"]).as_tensor()[None]
+    plain.eval(), ours.eval()
+    with torch.no_grad():
+        assert torch.equal(plain(image), ours(image))
+    assert plain(image).shape[1] == 3
+
+
+def test_problems_surface_before_training(tmp_path):
+    config = make_config(tmp_path)
+    rows = [{"case_id": c, "image": sample_case(c)[0], "label": sample_case(c)[1], "split": "train"} for c in TRAIN_IDS]
+    write_csv(tmp_path / "manifest.csv", rows, classes={"0": "background", "1": "anterior", "2": "posterior"})
+    with pytest.raises(MedftError, match="no cases in the val split"):
+        run_training(load_config(config), tmp_path / "out")
+    assert not (tmp_path / "out" / "checkpoints").exists()
+    config = make_config(tmp_path, **{"model.in_channels": 2})
+    with pytest.raises(MedftError, match="no cases in the val split|the images have 1 channel"):
+        run_training(load_config(config), tmp_path / "out2")
+
+
+@pytest.mark.parametrize("changes", [
+    {"data.sampling": "patch", "data.spatial_size": [16, 16, 16], "data.samples_per_volume": 2},
+    {"model.bundle": None, "model.network_def": {"_target_": "DynUNet", "spatial_dims": 3, "in_channels": 1, "out_channels": 2,
+     "kernel_size": [3, 3, 3], "strides": [1, 2, 2], "upsample_kernel_size": [2, 2], "filters": [4, 8, 16],
+     "deep_supervision": True, "deep_supr_num": 1}, "freeze": []},
+], ids=["patches", "scratch_dynunet_deep_supervision"])
+def test_patch_sampling_and_networks_from_random_weights(tmp_path, changes):
+    config = make_config(tmp_path, **{"train.epochs": 1, **changes})
+    summary = run_training(load_config(config), tmp_path / "out")
+    record = _metrics(tmp_path / "out")[0]
+    assert torch.isfinite(torch.tensor(record["train_loss"])) and 0 <= summary["best_val_dice"] <= 1
