@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from medft import __version__
-from medft.errors import MedftError
+from medft.errors import MedftError, find_user_error
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_MANIFEST = REPO_ROOT / "data_manifests" / "hippocampus_sample.csv"
@@ -25,13 +25,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return args.run(args)
-    except MedftError as exc:
-        print(f"medft: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print("medft: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # no traceback for users unless they ask for it
+        user_error = find_user_error(exc)
+        if user_error is not None:
+            print(f"medft: {user_error}", file=sys.stderr)
+            return 1
         if os.environ.get("MEDFT_DEBUG"):
             raise
         print(
@@ -94,6 +95,39 @@ def build_parser() -> argparse.ArgumentParser:
                           help="override a config value (repeatable)")
     validate.set_defaults(run=_validate)
 
+    evaluate = _command(
+        commands,
+        "evaluate",
+        "evaluate a run or bundle on labelled held-out data",
+        "Predicts every case of the manifest (or of one split) with a sliding window, writes the\n"
+        "predictions in the geometry of the input images, and computes per case and class Dice,\n"
+        "sensitivity, specificity, HD95 and NSD (mm), a summary with 95% bootstrap intervals overall\n"
+        "and per site, and report.html. Cases without a label are predicted only.",
+        "medft evaluate runs/demo/train --manifest data_manifests/hippocampus_sample.csv --split test --out runs/demo/eval",
+    )
+    evaluate.add_argument("model", type=Path, help="run folder (medft train) or bundle folder")
+    evaluate.add_argument("--manifest", type=Path, required=True, help="CSV manifest, MSD dataset.json or nnU-Net raw folder")
+    evaluate.add_argument("--out", type=Path, required=True, help="evaluation folder to write")
+    evaluate.add_argument("--split", default=None, help="evaluate one split (train, val, test); default: all cases")
+    evaluate.add_argument("--tta", action="store_true", help="average with the left-right mirrored prediction")
+    evaluate.add_argument("--compare", type=Path, default=None, metavar="OTHER_EVAL_DIR",
+                          help="also write comparison.html: this evaluation against another one")
+    evaluate.set_defaults(run=_evaluate)
+
+    predict = _command(
+        commands,
+        "predict",
+        "predict cases without labels",
+        "Writes one label map per input (NIfTI files or DICOM series folders) as OUT/<name>.nii.gz,\n"
+        "in the geometry of the input image.",
+        "medft predict runs/demo/train sample_data/dicom/study1/13_HCropVolume --out runs/predictions",
+    )
+    predict.add_argument("model", type=Path, help="run folder (medft train) or bundle folder")
+    predict.add_argument("inputs", type=Path, nargs="+", help="NIfTI files or DICOM series folders")
+    predict.add_argument("--out", type=Path, required=True, help="folder for the predictions")
+    predict.add_argument("--tta", action="store_true", help="average with the left-right mirrored prediction")
+    predict.set_defaults(run=_predict)
+
     export = _command(
         commands,
         "export",
@@ -129,8 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         "run the whole loop on the embedded sample data",
         "Fine-tunes the shipped demo bundle (bundles/hippocampus_demo, whole hippocampus) to the\n"
-        "anterior/posterior task on the embedded sample with configs/demo.yaml, then exports the\n"
-        "result: DIR/train is the run folder and DIR/bundle the exported bundle.",
+        "anterior/posterior task on the embedded sample with configs/demo.yaml, evaluates it on the\n"
+        "sample's test split and exports it: DIR/train is the run folder, DIR/eval the evaluation\n"
+        "and DIR/bundle the exported bundle.",
         "medft demo --out runs/demo",
     )
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default: runs/demo)")
@@ -187,6 +222,31 @@ def _validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    _console_logging()
+    from medft.evaluate.run import evaluate
+
+    out = evaluate(args.model, args.manifest, args.out, split=args.split, tta=args.tta)
+    print(f"evaluation written to {out}: per_case.csv, summary.json, predictions/, report.html")
+    if args.compare:
+        from medft.evaluate.compare import compare_evaluations
+
+        print(f"comparison written to {compare_evaluations(args.compare, out)}")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    _console_logging()
+    from medft.evaluate.run import predict_files
+
+    missing = [p for p in args.inputs if not p.exists()]
+    if missing:
+        raise MedftError(f"{missing[0]}: no such file or folder. Fix: give NIfTI files or DICOM series folders")
+    for path in predict_files(args.model, args.inputs, args.out, tta=args.tta):
+        print(path)
+    return 0
+
+
 def _export(args: argparse.Namespace) -> int:
     from medft.bundle.export import export_run
 
@@ -209,10 +269,12 @@ def _console_logging() -> None:
     import logging
 
     logger = logging.getLogger("medft")
-    if not any(type(h) is logging.StreamHandler for h in logger.handlers):
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(handler)
+    for old in [h for h in logger.handlers if h.get_name() == "medft-console"]:
+        logger.removeHandler(old)  # bound to the stderr of an earlier command in this process
+    handler = logging.StreamHandler(sys.stderr)
+    handler.set_name("medft-console")
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
     logger.setLevel(logging.INFO)
 
 
@@ -224,7 +286,7 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"== medft check-data {SAMPLE_MANIFEST.relative_to(REPO_ROOT)}")
     if _check_data(argparse.Namespace(manifest=SAMPLE_MANIFEST, workers=None)):
         return 1
-    for previous in (out / "train", out / "bundle"):  # the demo always starts afresh
+    for previous in (out / "train", out / "eval", out / "bundle"):  # the demo always starts afresh
         if previous.exists():
             shutil.rmtree(previous)
     print(f"== medft train {config_path.relative_to(REPO_ROOT)} --out {out / 'train'}")
@@ -232,11 +294,15 @@ def _demo(args: argparse.Namespace) -> int:
     status = _train(argparse.Namespace(config=config_path, overrides=overrides, out=out / "train", resume=False))
     if status:
         return status
+    print(f"== medft evaluate {out / 'train'} --manifest {SAMPLE_MANIFEST.relative_to(REPO_ROOT)} --split test --out {out / 'eval'}")
+    _evaluate(argparse.Namespace(model=out / "train", manifest=SAMPLE_MANIFEST, out=out / "eval", split="test",
+                                 tta=False, compare=None))
     print(f"== medft export {out / 'train'} --out {out / 'bundle'}")
     _export(argparse.Namespace(run_dir=out / "train", out=out / "bundle"))
     print(
         f"\nDone. Run folder (metrics.jsonl, checkpoints, train.log): {out / 'train'}\n"
-        f"Exported bundle: {out / 'bundle'}\n"
-        "Evaluation (medft evaluate) is not built yet: it joins the demo when it is."
+        f"Evaluation on the test split (per_case.csv, summary.json, predictions/): {out / 'eval'}\n"
+        f"  report: {(out / 'eval' / 'report.html').resolve()}\n"
+        f"Exported bundle: {out / 'bundle'}"
     )
     return 0

@@ -43,3 +43,16 @@ class DataError(MedftError):
         self.details.case_id = case_id
         self.args = (str(self.details),)
         return self
+
+
+def find_user_error(exc: BaseException) -> MedftError | None:
+    """The MedftError behind ``exc``, if any: MONAI wraps errors raised inside transforms and
+    datasets (``RuntimeError: applying transform ...``), hiding the message meant for people."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, MedftError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None

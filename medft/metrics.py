@@ -1,10 +1,43 @@
-"""Voxel-count metrics, the one implementation that training and evaluation share.
+"""Segmentation metrics, the one implementation that training and evaluation share.
 
-Per case and class, from the confusion counts: Dice = 2TP/(2TP+FP+FN), sensitivity = TP/(TP+FN),
-specificity = TN/(TN+FP). A value whose denominator is 0 is NaN: it is left out of means.
+Voxel counts, per case and class, from the confusion counts (torchmetrics):
+Dice = 2TP/(2TP+FP+FN), sensitivity = TP/(TP+FN), specificity = TN/(TN+FP). A value whose
+denominator is 0 is NaN: it is left out of means (and counted as NaN in summaries).
 Background (class 0) is left out of means.
+
+Surface distances, per case and class (MONAI), in mm from the voxel spacing that the caller
+takes from the image affine:
+
+- HD95: the 95th percentile Hausdorff distance, max of the two directed 95th percentiles of the
+  distances between the boundary voxels of the prediction and those of the ground truth.
+- NSD: normalised surface distance (surface Dice) at a tolerance of ``nsd_tolerance_mm``: the
+  share of both boundaries (prediction and ground truth together) that lies within the
+  tolerance of the other boundary.
+
+Edge cases of the surface metrics (medft's convention; MONAI's raw output differs where noted):
+
+======================================  =========  =====  ==========================
+class present in ...                    HD95       NSD    MONAI raw (HD95, NSD)
+======================================  =========  =====  ==========================
+ground truth and prediction             value      value  same
+ground truth only (prediction empty)    NaN        0.0    NaN + warning, 0.0
+prediction only (ground truth empty)    NaN        0.0    NaN + warning, 0.0
+neither                                 NaN        NaN    NaN + warnings, NaN
+background (class 0), always            NaN        NaN    a distance (not a class)
+======================================  =========  =====  ==========================
+
+HD95 is NaN whenever either side is empty: a distance to nothing is undefined. NSD follows
+Dice: its denominator (the size of both boundaries) is 0 only when both are empty, so a missed
+or a hallucinated structure scores 0, like its Dice. As with Dice, NaN values are left out of
+means, so read HD95 together with its NaN count: a structure the model misses makes HD95 NaN,
+not large. MONAI's warnings about empty masks are not emitted: these cases are expected.
 """
 from __future__ import annotations
+
+import math
+import numbers
+import warnings
+from collections.abc import Sequence
 
 import torch
 from torchmetrics.functional.classification import multiclass_stat_scores
@@ -48,3 +81,111 @@ def specificity(counts: torch.Tensor) -> torch.Tensor:
 def foreground_mean(values: torch.Tensor) -> torch.Tensor:
     """Per-class means over cases, background left out: (classes - 1,), NaN cases ignored."""
     return values[..., 1:].nanmean(dim=0)
+
+
+def surface_metrics(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    num_classes: int,
+    spacing: Sequence[float],
+    nsd_tolerance_mm: float | Sequence[float] = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(hd95, nsd), each (cases, classes) float64 in mm, from label maps shaped (cases, *spatial).
+
+    ``pred`` and ``target`` hold class indices (a channel axis of size 1 is allowed), with 2 or 3
+    spatial axes. ``spacing`` is the voxel size in mm along those axes, the same for all cases
+    (take it from the image affine). ``nsd_tolerance_mm`` is one tolerance for all classes, or
+    one per foreground class (``num_classes - 1`` values; ``num_classes`` values are accepted too,
+    the background's being ignored). The edge-case conventions are in the module docstring.
+    Computed on the CPU (MONAI's KD-tree path, exact Euclidean distances, which MONAI rounds to
+    float32); returned as float64 on the device of ``pred``.
+    """
+    from monai.metrics import compute_hausdorff_distance, compute_surface_dice
+
+    if pred.ndim == target.ndim and pred.ndim >= 2 and pred.shape[1:2] == (1,) and target.shape[1:2] == (1,):
+        pred, target = pred[:, 0], target[:, 0]
+    if pred.shape != target.shape:
+        raise ValueError(
+            f"surface_metrics: pred and target must have the same shape, got {tuple(pred.shape)} and "
+            f"{tuple(target.shape)}. Fix: resample the prediction onto the label's grid."
+        )
+    spatial_dims = pred.ndim - 1
+    if spatial_dims not in (2, 3):
+        raise ValueError(
+            f"surface_metrics: label maps must be shaped (cases, *spatial) with 2 or 3 spatial axes, "
+            f"got shape {tuple(pred.shape)}. Fix: add the case axis (unsqueeze(0)) for a single case."
+        )
+    spacing_mm = _spacing(spacing, spatial_dims)
+    tolerances = _tolerances(nsd_tolerance_mm, num_classes)
+    device = pred.device
+    # plain tensors (not MONAI MetaTensors: their metadata bookkeeping is not needed here), on the CPU
+    pred = pred.detach().as_subclass(torch.Tensor).cpu().long()
+    target = target.detach().as_subclass(torch.Tensor).cpu().long()
+    for name, labels in (("pred", pred), ("target", target)):
+        if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
+            raise ValueError(
+                f"surface_metrics: {name} holds labels outside 0..{num_classes - 1} "
+                f"(min {int(labels.min())}, max {int(labels.max())}). Fix: pass the right num_classes."
+            )
+
+    cases = pred.shape[0]
+    hd95 = torch.full((cases, num_classes), float("nan"), dtype=torch.float64)
+    nsd = torch.full((cases, num_classes), float("nan"), dtype=torch.float64)
+    for c in range(1, num_classes):
+        pred_c, target_c = pred == c, target == c
+        in_pred, in_target = pred_c.flatten(1).any(1), target_c.flatten(1).any(1)
+        nsd[in_pred ^ in_target, c] = 0.0  # one side empty: no boundary within tolerance
+        both = in_pred & in_target
+        if not both.any():
+            continue
+        # one channel at a time (the one-hot channel c): memory stays at one mask per case
+        y_pred = pred_c[both].unsqueeze(1).float()
+        y = target_c[both].unsqueeze(1).float()
+        with warnings.catch_warnings():
+            # MONAI warns about its own internal use of a deprecated argument of get_mask_edges,
+            # and about empty masks (which are filtered out above, so it is a safety net only)
+            warnings.filterwarnings("ignore", message=".*always_return_as_numpy.*")
+            warnings.filterwarnings("ignore", message=r".*(ground truth|prediction) of class .* is all 0.*")
+            hd95[both, c] = compute_hausdorff_distance(
+                y_pred, y, include_background=True, percentile=95, spacing=spacing_mm
+            ).double()[:, 0]
+            nsd[both, c] = compute_surface_dice(
+                y_pred, y, class_thresholds=[tolerances[c]], include_background=True, spacing=spacing_mm
+            ).double()[:, 0]
+    return hd95.to(device), nsd.to(device)
+
+
+def _spacing(spacing: Sequence[float], spatial_dims: int) -> list[float]:
+    try:
+        values = [float(s) for s in spacing]
+    except TypeError:
+        raise ValueError(
+            f"surface_metrics: spacing must be a sequence of {spatial_dims} voxel sizes in mm, got {spacing!r}. "
+            "Fix: pass the spacing from the image affine, e.g. nibabel's img.header.get_zooms()[:3]."
+        ) from None
+    if len(values) != spatial_dims or not all(math.isfinite(s) and s > 0 for s in values):
+        raise ValueError(
+            f"surface_metrics: spacing must hold {spatial_dims} positive voxel sizes in mm (one per spatial "
+            f"axis), got {spacing!r}. Fix: pass the spacing from the image affine."
+        )
+    return values
+
+
+def _tolerances(tolerance: float | Sequence[float], num_classes: int) -> list[float]:
+    if isinstance(tolerance, numbers.Real):
+        values = [float(tolerance)] * num_classes
+    else:
+        values = [float(t) for t in tolerance]
+        if len(values) == num_classes - 1:
+            values = [float("nan")] + values
+        elif len(values) != num_classes:
+            raise ValueError(
+                f"surface_metrics: nsd_tolerance_mm needs one value per foreground class ({num_classes - 1}), "
+                f"got {len(values)}: {tolerance!r}. Fix: pass one tolerance in mm, or one per class 1..{num_classes - 1}."
+            )
+    if not all(math.isfinite(t) and t >= 0 for t in values[1:]):
+        raise ValueError(
+            f"surface_metrics: nsd_tolerance_mm must be finite and >= 0, got {tolerance!r}. "
+            "Fix: pass tolerances in mm, e.g. 1.0."
+        )
+    return values

@@ -1,64 +1,46 @@
 """The network a run trains: a bundle's, adapted to the run's classes, or one from random weights."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from medft.bundle.adapt import AdaptationReport, adapt_network, head_parameter_names
-from medft.bundle.reader import Bundle, build_network, load_bundle
+from medft.bundle.reader import build_network, load_bundle
 from medft.config import ModelConfig
 
 
 @dataclass
 class PreparedNetwork:
     network: torch.nn.Module
-    head: set[str]  # parameters whose shape depends on the number of classes
-    network_def: dict  # the definition that builds this network (for export)
+    head: set[str]  # tensors whose shape depends on the number of classes
+    network_def: dict  # the definition that builds this network (saved in checkpoints, exported)
     in_channels: int
     spatial_dims: int
-    bundle: Bundle | None = None
-    report: AdaptationReport | None = None
-    overrides: dict = field(default_factory=dict)
+    report: AdaptationReport | None = None  # what the pretrained weights gave (None from scratch)
 
 
 def prepare_network(config: ModelConfig, num_classes: int) -> PreparedNetwork:
     """Build the network to fine-tune (or train from scratch) with ``num_classes`` outputs."""
+    channels = {"out_channels": num_classes}
+    if config.in_channels is not None:
+        channels["in_channels"] = config.in_channels
     if config.bundle is not None:
         bundle = load_bundle(config.bundle, version=config.bundle_version)
-        overrides = {**config.network_overrides, "out_channels": num_classes}
-        if config.in_channels is not None:
-            overrides["in_channels"] = config.in_channels
         network, report = adapt_network(
             bundle, out_channels=num_classes, in_channels=config.in_channels,
             overrides=config.network_overrides, min_loaded_fraction=config.min_loaded_fraction,
         )
-        network_def = {**bundle.network_def, **overrides}
-        build = lambda n: bundle.build_network({**overrides, "out_channels": n})  # noqa: E731
-        head = set(report.head) if report.head else head_parameter_names(build, num_classes)
-        return PreparedNetwork(
-            network, head, _drop_none(network_def), _in_channels(network_def, bundle.in_channels),
-            _spatial_dims(network_def), bundle, report, overrides,
-        )
-    overrides = {"out_channels": num_classes}
-    if config.in_channels is not None:
-        overrides["in_channels"] = config.in_channels
-    network_def = {**config.network_def, **overrides}
+        merged = {**bundle.network_def, **config.network_overrides, **channels}
+        network_def = {k: v for k, v in merged.items() if v is not None}  # None dropped the argument
+        in_channels = config.in_channels or bundle.in_channels or 1  # the bundle resolves @references
+        return PreparedNetwork(network, set(report.head), network_def, in_channels, bundle.spatial_dims or 3, report)
+    network_def = {**config.network_def, **channels}
     network = build_network(network_def, source="model.network_def")
-    build = lambda n: build_network({**network_def, "out_channels": n}, source="model.network_def")  # noqa: E731
-    head = head_parameter_names(build, num_classes)
-    return PreparedNetwork(network, head, network_def, _in_channels(network_def, None), _spatial_dims(network_def), overrides=overrides)
+    head = head_parameter_names(lambda n: build_network({**network_def, "out_channels": n}), num_classes)
+    return PreparedNetwork(network, head, network_def, _int(network_def, "in_channels", 1), _int(network_def, "spatial_dims", 3))
 
 
-def _drop_none(network_def: dict) -> dict:
-    return {k: v for k, v in network_def.items() if v is not None}
-
-
-def _in_channels(network_def: dict, default: int | None) -> int:
-    value = network_def.get("in_channels", default)
-    return value if isinstance(value, int) else 1
-
-
-def _spatial_dims(network_def: dict) -> int:
-    value = network_def.get("spatial_dims", network_def.get("dimensions", 3))
-    return value if isinstance(value, int) else 3
+def _int(network_def: dict, key: str, default: int) -> int:
+    value = network_def.get(key, default)
+    return value if isinstance(value, int) else default

@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -94,7 +95,8 @@ class FineTuneRecipe:
 
     def train(self) -> dict:
         config = self.config
-        previous = signal.signal(signal.SIGINT, self._request_stop)
+        in_main_thread = threading.current_thread() is threading.main_thread()  # signals work there only
+        previous = signal.signal(signal.SIGINT, self._request_stop) if in_main_thread else None
         stopped = config.early_stopping.enabled and self.early.should_stop  # a resumed run that had stopped
         try:
             for epoch in range(self.start_epoch, 0 if stopped else config.train.epochs):
@@ -120,7 +122,8 @@ class FineTuneRecipe:
                     log.info("early stopping: no rise above %.4g in %d validations", self.early.min_delta, self.early.bad_validations)
                     break
         finally:
-            signal.signal(signal.SIGINT, previous)
+            if in_main_thread:
+                signal.signal(signal.SIGINT, previous)
         summary = {"best_val_dice": self.early.best, "best_epoch": self.early.best_epoch, "run_dir": str(self.run_dir)}
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
         return summary

@@ -3,7 +3,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from medft.bundle.inspect import format_inspection, inspect_bundle
+from medft.cli import main
+from tests.bundle.test_adapt import FAMILIES
 from tests.bundle.helpers import UNET2D, UNET3D, make_bundle
 
 CONTRACT = {"loaded": int, "new": int, "dropped": int, "total_pretrained": int, "forward_ok": bool}
@@ -60,3 +64,13 @@ def test_spatial_dims_and_channels_from_the_network_when_network_def_omits_them(
     result = inspect_bundle(root, in_channels=None)
     assert (result["spatial_dims"], result["in_channels"], result["out_channels"]) == (3, 1, None)
     assert result["would_train"] and result["output_shape"] == [2, 2, 32, 32, 32]
+
+
+@pytest.mark.parametrize("family", FAMILIES.values(), ids=FAMILIES.keys())
+def test_the_inspect_command_adapts_every_family(tmp_path, capsys, family):
+    network_def, _, _, expected_head = family
+    root = make_bundle(tmp_path / "bundle", network_def)
+    assert main(["bundle", "inspect", str(root), "--out-channels", "3", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["forward_ok"] and result["dropped"] == result["new"] == len(expected_head)
+    assert result["loaded"] == result["total_pretrained"] - len(expected_head)

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from monai.bundle import ConfigParser
 from monai.inferers import SlidingWindowInferer
 from monai.metrics import DiceMetric
@@ -22,42 +21,9 @@ from medft.data.loading import LoadCased
 from medft.data.transforms import preprocessing
 from medft.errors import MedftError
 from medft.train.recipe import run_training
-from tests.bundle.helpers import UNET3D, make_bundle, pretrained
+from tests.bundle.helpers import pretrained
 from tests.conftest import REPO, sample_case, write_csv
-
-TRAIN_IDS = ["hippocampus_334", "hippocampus_335", "hippocampus_336", "hippocampus_338"]
-VAL_IDS = ["hippocampus_340", "hippocampus_341"]
-
-
-def make_config(root: Path, **changes) -> Path:
-    """A tiny fine-tuning config on six sample cases; ``changes`` maps dotted keys to values."""
-    bundle = root / "bundle"
-    if not bundle.exists():
-        make_bundle(bundle, UNET3D)
-    manifest = root / "manifest.csv"
-    if not manifest.exists():
-        rows = [{"case_id": c, "image": sample_case(c)[0], "label": sample_case(c)[1], "split": s}
-                for ids, s in ((TRAIN_IDS, "train"), (VAL_IDS, "val")) for c in ids]
-        write_csv(manifest, rows, classes={"0": "background", "1": "anterior", "2": "posterior"})
-    config = {
-        "seed": 0,
-        "model": {"bundle": str(bundle)},
-        "data": {"manifest": str(manifest), "spatial_size": [32, 48, 32]},
-        "freeze": [{"epoch": 0, "preset": "all_but_head"}, {"epoch": 1, "preset": "encoder"}, {"epoch": 2, "preset": "none"}],
-        "optim": {"lr": 0.01},
-        "train": {"epochs": 4, "batch_size": 2},
-        "early_stopping": {"patience": 10},
-    }
-    for key, value in changes.items():
-        node = config
-        *parents, last = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[last] = value
-    path = root / f"config_{len(list(root.glob('config_*.yaml')))}.yaml"
-    path.write_text("# Run: medft train (test config)\n" + yaml.safe_dump(config))
-    return path
-
+from tests.train.helpers import TRAIN_IDS, VAL_IDS, make_config
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
@@ -239,3 +205,19 @@ def test_patch_sampling_and_networks_from_random_weights(tmp_path, changes):
     summary = run_training(load_config(config), tmp_path / "out")
     record = _metrics(tmp_path / "out")[0]
     assert torch.isfinite(torch.tensor(record["train_loss"])) and 0 <= summary["best_val_dice"] <= 1
+
+
+def test_a_damaged_training_file_is_one_clear_line(tmp_path, capsys):
+    from medft.cli import main
+    from tests.conftest import copy_case
+
+    config = make_config(tmp_path)
+    image, label = copy_case("hippocampus_334", tmp_path / "nii", "damaged")
+    image.write_bytes(image.read_bytes()[:2000])
+    rows = [{"case_id": c, "image": sample_case(c)[0], "label": sample_case(c)[1], "split": "val"} for c in VAL_IDS]
+    rows.append({"case_id": "damaged", "image": image, "label": label, "split": "train"})
+    write_csv(tmp_path / "manifest.csv", rows, classes={"0": "background", "1": "anterior", "2": "posterior"})
+    assert main(["train", str(config), "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert "case damaged" in err and "damaged_img.nii.gz: cannot be read" in err and "Fix:" in err
+    assert "internal error" not in err and "Traceback" not in err

@@ -1,0 +1,1 @@
+"""Evaluation: inference, metrics per case, summaries with confidence intervals, reports."""

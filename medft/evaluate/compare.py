@@ -1,0 +1,337 @@
+"""Two evaluations side by side: ``comparison.html`` (self-contained) and ``comparison.json``.
+
+Typical use: A is the pretrained bundle as it is, B the fine-tuned run, both evaluated on the
+same held-out cases. Each side's mean Dice and 95% CI come from its own ``summary.json`` (all of
+its scored cases); the difference B − A is paired: per case, on the cases scored in both, with
+a paired bootstrap interval (cases resampled with both their values,
+``medft.evaluate.summary.paired_difference``). A case whose value is NaN in either evaluation
+is left out of that class's difference.
+"""
+from __future__ import annotations
+
+import html
+import json
+import math
+from pathlib import Path
+
+from medft.errors import MedftError
+from medft.evaluate.report import (
+    MEAN_LABEL,
+    METRIC_NAMES,
+    EvaluationFolder,
+    case_mean_dice,
+    format_metric,
+    page,
+    read_evaluation,
+)
+from medft.evaluate.summary import MEAN_FOREGROUND, METRICS, paired_difference, summarize
+
+N_RESAMPLES = 2000
+SEED = 0
+
+
+def compare_evaluations(eval_a: Path, eval_b: Path, out: Path | None = None, labels: tuple[str, str] | None = None,
+                        n_resamples: int = N_RESAMPLES, seed: int = SEED) -> Path:
+    """Write the comparison of evaluation folders A and B; return the path of ``comparison.html``.
+
+    ``out``: a ``.html`` file, or a folder to hold ``comparison.html``; by default ``eval_b``.
+    ``comparison.json`` is written next to the page (same name, ``.json``). ``labels`` name A
+    and B on the page (default: the model names, else the folder names).
+    Raises MedftError, naming both folders, when their classes differ or they share no scored case.
+    """
+    a, b = read_evaluation(eval_a), read_evaluation(eval_b)
+    names = _common_classes(a, b)
+    common = _common_cases(a, b)
+    labels = tuple(labels) if labels else _default_labels(a, b)
+    if len(labels) != 2:
+        raise MedftError(f"labels must name A and B (two texts), got {labels!r}")
+    result = _comparison(a, b, names, common, labels, n_resamples, seed)
+
+    out = Path(out) if out is not None else Path(eval_b)
+    html_path = out if out.suffix.lower() in (".html", ".htm") else out / "comparison.html"
+    html_path.parent.mkdir(parents=True, exist_ok=True)
+    html_path.with_suffix(".json").write_text(json.dumps(result, indent=1, allow_nan=False) + "\n")
+    html_path.write_text(_page(result, a, b), encoding="utf-8")
+    return html_path
+
+
+# --------------------------------------------------------------------------------------------
+# Checks
+# --------------------------------------------------------------------------------------------
+def _common_classes(a: EvaluationFolder, b: EvaluationFolder) -> list[str]:
+    if a.class_names != b.class_names:
+        raise MedftError(
+            f"cannot compare {a.path} with {b.path}: their classes differ ({_list(a.class_names)} in A, "
+            f"{_list(b.class_names)} in B). Fix: compare evaluations of models that predict the same classes, "
+            "in the same order"
+        )
+    return a.class_names
+
+
+def _common_cases(a: EvaluationFolder, b: EvaluationFolder) -> list[str]:
+    for folder in (a, b):
+        if not folder.rows:
+            raise MedftError(
+                f"cannot compare {a.path} with {b.path}: {folder.path} has no scored case (per_case.csv is missing "
+                "or empty: no case had ground truth). Fix: evaluate on cases with labels"
+            )
+    ids_a, ids_b = {r["case_id"] for r in a.rows}, {r["case_id"] for r in b.rows}
+    common = sorted(ids_a & ids_b)
+    if not common:
+        raise MedftError(
+            f"cannot compare {a.path} with {b.path}: no case is scored in both (A: {_few(ids_a)}; B: {_few(ids_b)}). "
+            "Fix: evaluate both models on the same manifest and split"
+        )
+    return common
+
+
+def _list(names: list[str]) -> str:
+    return "[" + ", ".join(names) + "]"
+
+
+def _few(ids: set[str], limit: int = 5) -> str:
+    shown = sorted(ids)[:limit]
+    return ", ".join(shown) + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
+
+
+def _default_labels(a: EvaluationFolder, b: EvaluationFolder) -> tuple[str, str]:
+    for pair in ((a.model_name, b.model_name), (a.path.name, b.path.name),
+                 (a.path.resolve().parent.name + "/" + a.path.name, b.path.resolve().parent.name + "/" + b.path.name)):
+        if pair[0] and pair[1] and pair[0] != pair[1]:
+            return pair
+    return "A", "B"
+
+
+# --------------------------------------------------------------------------------------------
+# Numbers
+# --------------------------------------------------------------------------------------------
+def _overall(folder: EvaluationFolder, names: list[str], n_resamples: int, seed: int) -> dict:
+    overall = (folder.summary or {}).get("overall")
+    if overall and all(n in overall for n in names[1:]):
+        return overall
+    return summarize(folder.rows, names, metrics=["dice"], n_resamples=n_resamples, seed=seed)["overall"]
+
+
+def _comparison(a: EvaluationFolder, b: EvaluationFolder, names: list[str], common: list[str], labels: tuple[str, str],
+                n_resamples: int, seed: int) -> dict:
+    metrics = [m for m in METRICS if _has_values(a, m) and _has_values(b, m)]
+    paired = {m: paired_difference(a.rows, b.rows, names, m, n_resamples, seed) for m in metrics}
+    overall_a, overall_b = _overall(a, names, n_resamples, seed), _overall(b, names, n_resamples, seed)
+    dice = {}
+    for key in [*names[1:], MEAN_FOREGROUND]:
+        dice[key] = {
+            "a": _brief((overall_a.get(key) or {}).get("dice")),
+            "b": _brief((overall_b.get(key) or {}).get("dice")),
+            "paired": paired["dice"]["differences"][key],
+        }
+    ids_a, ids_b = {r["case_id"] for r in a.rows}, {r["case_id"] for r in b.rows}
+    return {
+        "a": _side(a, labels[0]),
+        "b": _side(b, labels[1]),
+        "class_names": names,
+        "difference": "b - a",
+        "common_cases": common,
+        "only_in_a": sorted(ids_a - ids_b),
+        "only_in_b": sorted(ids_b - ids_a),
+        "bootstrap": paired["dice"]["bootstrap"],
+        "dice": dice,
+        "paired_differences": {m: paired[m]["differences"] for m in metrics},
+        "cases": _case_pairs(a, b, names, common),
+    }
+
+
+def _has_values(folder: EvaluationFolder, metric: str) -> bool:
+    return any(int(r["class_index"]) > 0 and math.isfinite(r[metric]) for r in folder.rows)
+
+
+def _brief(stats: dict | None) -> dict:
+    stats = stats or {}
+    return {"mean": stats.get("mean"), "ci95": stats.get("ci95") or [None, None], "n": stats.get("n", 0)}
+
+
+def _side(folder: EvaluationFolder, label: str) -> dict:
+    evaluation = folder.evaluation
+    return {"label": label, "path": str(folder.path), "model": evaluation.get("model"),
+            "manifest": evaluation.get("manifest"), "split": evaluation.get("split"),
+            "created": evaluation.get("created"), "n_scored_cases": len({r["case_id"] for r in folder.rows})}
+
+
+def _case_pairs(a: EvaluationFolder, b: EvaluationFolder, names: list[str], common: list[str]) -> list[dict]:
+    """Per common case: its site and Dice per class and foreground mean, under A and under B (None for NaN)."""
+    def table(folder: EvaluationFolder) -> dict[str, dict]:
+        out: dict[str, dict] = {}
+        for row in folder.rows:
+            if int(row["class_index"]) > 0:
+                out.setdefault(row["case_id"], {"site": row.get("site") or ""})[row["class_name"]] = row["dice"]
+        return out
+
+    table_a, table_b = table(a), table(b)
+    means_a, means_b = case_mean_dice(a.rows), case_mean_dice(b.rows)
+    cases = []
+    for case_id in common:
+        entry = {"case_id": case_id, "site": table_a[case_id]["site"] or table_b[case_id]["site"]}
+        for side, values, means in (("a", table_a, means_a), ("b", table_b, means_b)):
+            entry[f"dice_{side}"] = {n: _safe(values[case_id].get(n)) for n in names[1:]}
+            entry[f"dice_{side}"][MEAN_FOREGROUND] = _safe(means[case_id])
+        cases.append(entry)
+    return cases
+
+
+def _safe(value: float | None) -> float | None:
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+# --------------------------------------------------------------------------------------------
+# The page
+# --------------------------------------------------------------------------------------------
+def _e(value: object) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _signed(value: float | None, metric: str = "dice") -> str:
+    if value is None:
+        return "n/a"
+    text = format_metric(metric, value)
+    return text if text.startswith("-") or text == "n/a" else "+" + text
+
+
+def _interval(ci: list | None, metric: str = "dice", signed: bool = False) -> str:
+    if not ci or ci[0] is None or ci[1] is None:
+        return "n/a (too few cases)"
+    f = (lambda v: _signed(v, metric)) if signed else (lambda v: format_metric(metric, v))
+    return f"{f(ci[0])} to {f(ci[1])}"
+
+
+def _verdict(diff: dict, labels: tuple[str, str], metric: str = "dice") -> str:
+    ci = diff.get("ci95") or [None, None]
+    if diff.get("mean_diff") is None:
+        return "no case to compare"
+    if ci[0] is None:
+        return "too few cases for an interval"
+    higher_is_better = metric != "hd95"
+    if ci[0] > 0:
+        return f"higher with {labels[1]}" + ("" if higher_is_better else " (worse)")
+    if ci[1] < 0:
+        return f"lower with {labels[1]}" + (" (better)" if not higher_is_better else "")
+    return "no clear difference (the interval includes 0)"
+
+
+def _page(result: dict, a: EvaluationFolder, b: EvaluationFolder) -> str:
+    from medft.evaluate import plots
+
+    labels = (result["a"]["label"], result["b"]["label"])
+    names = result["class_names"][1:]
+    keys = [*names, MEAN_FOREGROUND]
+    shown = {**{n: n for n in names}, MEAN_FOREGROUND: MEAN_LABEL}
+    fg = result["dice"][MEAN_FOREGROUND]["paired"]
+    parts = [
+        f'<p class="lead">Dice, mean over the foreground classes: <strong>{_signed(fg["mean_diff"])}</strong> with '
+        f'{_e(labels[1])} compared with {_e(labels[0])} (95% CI {_interval(fg["ci95"], signed=True)}), paired over '
+        f'{fg["n_common"]} cases scored in both: {_e(_verdict(fg, labels))}.</p>',
+        _sides_table(result),
+    ]
+    if result["only_in_a"] or result["only_in_b"]:
+        parts.append(f'<div class="box warn">Only the {len(result["common_cases"])} cases scored in both enter the '
+                     f'paired differences. Scored only in {_e(labels[0])}: {_e(", ".join(result["only_in_a"]) or "none")}. '
+                     f'Scored only in {_e(labels[1])}: {_e(", ".join(result["only_in_b"]) or "none")}.</div>')
+
+    boot = result["bootstrap"]
+    parts.append(f'<h2>Dice per class</h2><p>{_e(labels[0])} and {_e(labels[1])}: mean Dice over each one\'s scored '
+                 f'cases with its 95% bootstrap CI (from its summary.json). Difference: mean of the per-case '
+                 f'differences {_e(labels[1])} − {_e(labels[0])} on the cases scored in both, with a paired bootstrap '
+                 f'95% CI ({_e(boot.get("resamples"))} resamples of the cases, seed {_e(boot.get("seed"))}); a case '
+                 f'whose Dice is NaN in either is left out of that class.</p>')
+    rows = []
+    for key in keys:
+        entry = result["dice"][key]
+        paired = entry["paired"]
+        cls = ' class="mean"' if key == MEAN_FOREGROUND else ""
+        rows.append(
+            f"<tr{cls}><th>{_e(shown[key])}</th>{_mean_cell(entry['a'])}{_mean_cell(entry['b'])}"
+            f'<td class="num"><span class="cell-main">{_signed(paired["mean_diff"])}</span>'
+            f'<span class="cell-sub">95% CI {_interval(paired["ci95"], signed=True)}</span>'
+            f'<span class="cell-sub">n = {paired["n_common"]} pairs</span></td>'
+            f"<td>{_e(_verdict(paired, labels))}</td></tr>")
+    parts.append(f"<table><tr><th>Class</th><th>{_e(labels[0])}</th><th>{_e(labels[1])}</th>"
+                 f"<th>{_e(labels[1])} − {_e(labels[0])}</th><th>Reading</th></tr>{''.join(rows)}</table>")
+    uri = plots.compare_means([shown[k] for k in keys], [result["dice"][k]["a"] for k in keys],
+                              [result["dice"][k]["b"] for k in keys],
+                              [{"mean": result["dice"][k]["paired"]["mean_diff"],
+                                "ci95": result["dice"][k]["paired"]["ci95"]}
+                               if result["dice"][k]["paired"]["ci95"][0] is not None else {} for k in keys], labels)
+    parts.append(_figure(uri, "Left: mean Dice with 95% CI of each evaluation. Right: the paired difference with its "
+                              "95% CI; an interval that does not cross 0 is a difference the data support.",
+                         "Mean Dice of A and B per class, and their difference"))
+
+    pairs = [[(c["case_id"], c["dice_a"][k], c["dice_b"][k]) for c in result["cases"]
+              if c["dice_a"][k] is not None and c["dice_b"][k] is not None] for k in keys]
+    uri = plots.paired_cases([shown[k] for k in keys], pairs, labels)
+    parts.append("<h2>Case by case</h2>")
+    parts.append(_figure(uri, f"Each line is one case: its Dice with {_e(labels[0])} on the left, with "
+                              f"{_e(labels[1])} on the right.", "Paired Dice per case"))
+    parts.append(_case_table(result, labels))
+    others = [m for m in result["paired_differences"] if m != "dice"]
+    if others:
+        parts.append(_other_metrics(result, others, names, shown, labels))
+    title = f"Comparison: {labels[0]} vs {labels[1]}"
+    body = "\n".join(parts)
+    return page(title, body)
+
+
+def _figure(uri: str, caption: str, alt: str) -> str:
+    return f'<figure><img src="{uri}" alt="{_e(alt)}"><figcaption>{caption}</figcaption></figure>'
+
+
+def _mean_cell(stats: dict) -> str:
+    if stats.get("mean") is None:
+        return '<td class="num">n/a</td>'
+    return (f'<td class="num"><span class="cell-main">{format_metric("dice", stats["mean"])}</span>'
+            f'<span class="cell-sub">95% CI {_interval(stats["ci95"])}</span>'
+            f'<span class="cell-sub">n = {stats["n"]}</span></td>')
+
+
+def _sides_table(result: dict) -> str:
+    rows = []
+    for letter in ("a", "b"):
+        side = result[letter]
+        model = side.get("model") or {}
+        what = " ".join(str(v) for v in (model.get("name"), model.get("version")) if v) or "n/a"
+        kind = {"run": "fine-tuned run", "bundle": "MONAI bundle"}.get(model.get("kind"), model.get("kind") or "")
+        rows.append(f"<tr><th>{letter.upper()}: {_e(side['label'])}</th><td>{_e(what)}</td><td>{_e(kind)}</td>"
+                    f"<td>{_e(side.get('manifest') or 'n/a')}</td><td>{_e(side.get('split') or 'all')}</td>"
+                    f'<td class="num">{side["n_scored_cases"]}</td><td>{_e(side["path"])}</td></tr>')
+    return ("<table><tr><th>Evaluation</th><th>Model</th><th>Kind</th><th>Manifest</th><th>Split</th>"
+            f"<th>Scored cases</th><th>Evaluation folder</th></tr>{''.join(rows)}</table>")
+
+
+def _case_table(result: dict, labels: tuple[str, str]) -> str:
+    def diff(case: dict) -> float | None:
+        va, vb = case["dice_a"][MEAN_FOREGROUND], case["dice_b"][MEAN_FOREGROUND]
+        return None if va is None or vb is None else vb - va
+
+    order = sorted(result["cases"], key=lambda c: (diff(c) is None, diff(c) or 0.0, c["case_id"]))
+    lines = "".join(
+        f"<tr><td>{_e(c['case_id'])}</td><td>{_e(c['site'])}</td>"
+        f'<td class="num">{format_metric("dice", c["dice_a"][MEAN_FOREGROUND])}</td>'
+        f'<td class="num">{format_metric("dice", c["dice_b"][MEAN_FOREGROUND])}</td>'
+        f'<td class="num"><strong>{_signed(diff(c))}</strong></td></tr>' for c in order)
+    return (f"<h3>Dice per case, mean over the foreground classes (largest drop first)</h3><table><tr><th>Case</th>"
+            f"<th>Site</th><th>{_e(labels[0])}</th><th>{_e(labels[1])}</th><th>{_e(labels[1])} − {_e(labels[0])}</th>"
+            f"</tr>{lines}</table>")
+
+
+def _other_metrics(result: dict, metrics: list[str], names: list[str], shown: dict, labels: tuple[str, str]) -> str:
+    head = "".join(f"<th>{_e(METRIC_NAMES.get(m, m))}</th>" for m in metrics)
+    rows = []
+    for key in [*names, MEAN_FOREGROUND]:
+        cells = []
+        for m in metrics:
+            d = result["paired_differences"][m][key]
+            cells.append(f'<td class="num"><span class="cell-main">{_signed(d["mean_diff"], m)}</span>'
+                         f'<span class="cell-sub">95% CI {_interval(d["ci95"], m, signed=True)}</span>'
+                         f'<span class="cell-sub">n = {d["n_common"]}</span></td>')
+        cls = ' class="mean"' if key == MEAN_FOREGROUND else ""
+        rows.append(f"<tr{cls}><th>{_e(shown[key])}</th>{''.join(cells)}</tr>")
+    return (f"<h2>Other metrics</h2><p>Paired differences {_e(labels[1])} − {_e(labels[0])}, as for Dice. For HD95 "
+            f"(mm) a negative difference is an improvement.</p><table><tr><th>Class</th>{head}</tr>"
+            f"{''.join(rows)}</table>")

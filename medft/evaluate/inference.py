@@ -1,0 +1,140 @@
+"""Load a trained model (a run folder or a bundle) and predict cases with a sliding window.
+
+Predictions are computed in RAS, like training, and written back in the geometry of the input
+image (its affine and axis order as stored), so they overlay the input in any NIfTI viewer.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.inferers import SlidingWindowInferer
+from monai.transforms import Compose
+
+from medft.bundle.reader import load_bundle
+from medft.config import read_yaml, validate_config
+from medft.data.loading import to_native
+from medft.data.transforms import preprocessing
+from medft.errors import MedftError
+
+log = logging.getLogger("medft.evaluate")
+DEFAULT_ROI = [96, 96, 96]
+
+
+@dataclass
+class TrainedModel:
+    """A network ready for inference, with the preprocessing it was trained with."""
+
+    network: torch.nn.Module
+    class_names: list[str]
+    roi_size: list[int]
+    intensity: str = "zscore"
+    label_map: dict[int, int] = field(default_factory=dict)
+    overlap: float = 0.25
+    sw_batch_size: int = 4
+    info: dict = field(default_factory=dict)  # path, kind, name, version: for reports
+
+    def preprocess(self) -> Compose:
+        return Compose(preprocessing(self.intensity, self.label_map))
+
+
+def load_model(path: str | Path, device: torch.device | None = None) -> TrainedModel:
+    """A run folder (config.yaml + checkpoints/best.pt, else last.pt) or a bundle folder."""
+    path = Path(path)
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if (path / "config.yaml").is_file() and (path / "checkpoints").is_dir():
+        model = _from_run(path)
+    elif (path / "configs").is_dir():
+        model = _from_bundle(path)
+    else:
+        raise MedftError(
+            f"{path}: neither a run folder (config.yaml, checkpoints/) nor a bundle folder (configs/, models/). "
+            "Fix: give the folder that `medft train` or `medft export` wrote, or a Model Zoo bundle folder"
+        )
+    model.network.to(device).eval()
+    return model
+
+
+def _from_run(run_dir: Path) -> TrainedModel:
+    config = validate_config(read_yaml(run_dir / "config.yaml"), source=str(run_dir / "config.yaml"))
+    checkpoint_path = next((p for p in (run_dir / "checkpoints" / n for n in ("best.pt", "last.pt")) if p.is_file()), None)
+    if checkpoint_path is None:
+        raise MedftError(f"{run_dir}: no checkpoints/best.pt or last.pt yet. Fix: train first, or give another run folder")
+    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+    if config.model.bundle:  # rebuild through the bundle: its network_def may refer to its config or scripts/
+        bundle = load_bundle(config.model.bundle, version=config.model.bundle_version)
+        channels = {k: checkpoint["network_def"][k] for k in ("out_channels", "in_channels") if k in checkpoint["network_def"]}
+        network = bundle.build_network({**config.model.network_overrides, **channels})
+    else:
+        from medft.bundle.reader import build_network
+
+        network = build_network(checkpoint["network_def"], source=str(checkpoint_path))
+    network.load_state_dict(checkpoint["model"])
+    return TrainedModel(
+        network, list(checkpoint["class_names"]), list(config.data.spatial_size), config.data.intensity,
+        dict(config.data.label_map), config.validation.overlap, config.validation.sw_batch_size,
+        {"path": str(run_dir), "kind": "run", "name": run_dir.name, "version": None, "checkpoint": checkpoint_path.name},
+    )
+
+
+def _from_bundle(root: Path) -> TrainedModel:
+    bundle = load_bundle(root)
+    network = bundle.build_network()
+    try:
+        network.load_state_dict(bundle.pretrained_state_dict())
+    except RuntimeError as exc:
+        raise MedftError(f"{root}: the weights do not fit the bundle's network_def ({str(exc).splitlines()[0]})") from None
+    medft_info = bundle.metadata.get("medft") or {}
+    names = medft_info.get("class_names") or _channel_names(bundle)
+    prep = medft_info.get("preprocessing") or {}
+    if not prep:
+        log.warning("%s was not exported by medft: its own preprocessing is not replayed; images are "
+                    "z-score normalised in RAS orientation", root)
+    inferer = bundle.config.get("inferer") if isinstance(bundle.config.get("inferer"), dict) else {}
+    roi = prep.get("spatial_size") or inferer.get("roi_size") or bundle.input_spatial_shape or DEFAULT_ROI
+    return TrainedModel(
+        network, names, list(roi), prep.get("intensity", "zscore"), {},
+        float(inferer.get("overlap", 0.25)), int(inferer.get("sw_batch_size", 4)),
+        {"path": str(root), "kind": "bundle", "name": bundle.name, "version": bundle.version},
+    )
+
+
+def _channel_names(bundle) -> list[str]:
+    names = bundle.class_names or {}
+    count = bundle.out_channels or (max(names) + 1 if names else 2)
+    return [names.get(i, f"class {i}") for i in range(count)]
+
+
+def predict(model: TrainedModel, image: MetaTensor, tta: bool = False) -> torch.Tensor:
+    """Class probabilities (C, x, y, z) for a preprocessed RAS image (channels, x, y, z).
+
+    With ``tta`` the prediction is averaged with that of the left-right mirrored image (axis 0
+    in RAS), the one flip the augmentation presets train for.
+    """
+    device = next(model.network.parameters()).device
+    inferer = SlidingWindowInferer(roi_size=model.roi_size, sw_batch_size=model.sw_batch_size,
+                                   overlap=model.overlap, mode="gaussian")
+    batch = image.as_tensor()[None].to(device)
+    with torch.no_grad(), torch.autocast(device.type, enabled=device.type == "cuda"):
+        probs = torch.softmax(inferer(batch, model.network).float(), dim=1)
+        if tta:
+            mirrored = inferer(torch.flip(batch, dims=[2]), model.network).float()
+            probs = (probs + torch.flip(torch.softmax(mirrored, dim=1), dims=[2])) / 2
+    return probs[0].cpu()
+
+
+def save_prediction(labels: torch.Tensor, like: MetaTensor, path: Path) -> Path:
+    """Write a RAS label map (x, y, z) as NIfTI in the geometry of the image it was predicted from."""
+    ras = MetaTensor(labels[None].to(torch.uint8), meta=dict(like.meta))  # meta holds the RAS affine
+    native = to_native(ras)[0].astype(np.uint8)
+    image = nib.Nifti1Image(native, np.asarray(like.meta["original_affine"], dtype=np.float64))
+    image.set_qform(image.affine, code=1)
+    image.set_sform(image.affine, code=1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(image, path)
+    return path

@@ -1,0 +1,171 @@
+"""``medft evaluate`` and ``medft predict``: predictions, per-case metrics, summary, report.
+
+An evaluation folder holds ``per_case.csv``, ``summary.json``, ``evaluation.json`` (model, data,
+cases and their status, voxel confusion matrix, ROC curves), ``predictions/<case_id>.nii.gz``
+and ``report.html``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from medft import __version__
+from medft.data.manifest import Case, load_manifest
+from medft.errors import MedftError, find_user_error
+from medft.evaluate.inference import TrainedModel, load_model, predict, save_prediction
+from medft.evaluate.report import write_report
+from medft.evaluate.summary import summarize, write_per_case
+from medft.metrics import confusion_counts, dice, sensitivity, specificity, surface_metrics
+
+log = logging.getLogger("medft.evaluate")
+ROC_BINS = 1000  # probability histogram resolution of the ROC curves
+
+
+def evaluate(model_path: str | Path, manifest_path: str | Path, out: str | Path, split: str | None = None,
+             tta: bool = False) -> Path:
+    """Evaluate a run or bundle on the cases of a manifest (one split, or all) into ``out``."""
+    out = Path(out)
+    model = load_model(model_path)
+    manifest = load_manifest(manifest_path)
+    _check_classes(model, manifest.class_names, manifest.path)
+    cases = manifest.split(split)
+    if not cases:
+        raise MedftError(f"{manifest.path}: no cases in split {split!r}. Fix: give another --split, or none for all cases")
+    n = len(model.class_names)
+    rows: list[dict] = []
+    records: list[dict] = []
+    warnings: list[str] = []
+    confusion = torch.zeros(n, n, dtype=torch.int64)
+    histograms = np.zeros((2, n, ROC_BINS), dtype=np.int64)  # [negatives, positives] per class
+    prep = model.preprocess()
+    for case in tqdm(cases, desc="evaluating", unit="case", disable=None):
+        record = {"case_id": case.case_id, "site": case.site, "image": [str(p) for p in case.image],
+                  "series_uid": case.series_uid, "label": str(case.label) if case.label else None,
+                  "prediction": None, "status": "ok", "message": None}
+        records.append(record)
+        item = case.record()
+        if case.label is not None and not case.label.exists():
+            item.pop("label")
+            record.update(label=None, message=f"label file {case.label} not found: evaluated as prediction-only")
+            warnings.append(f"case {case.case_id}: {record['message']}")
+        try:
+            data = prep(item)
+        except Exception as exc:
+            problem = find_user_error(exc)
+            if problem is None:
+                raise
+            record.update(status="failed", message=str(problem))
+            warnings.append(f"case {case.case_id}: not evaluated: {problem}")
+            continue
+        probs = predict(model, data["image"], tta=tta)
+        labels = probs.argmax(0)
+        record["prediction"] = str(save_prediction(labels, data["image"], out / "predictions" / f"{case.case_id}.nii.gz").relative_to(out))
+        if "label" not in data:
+            record["status"] = "prediction_only"
+            if not record["message"]:
+                warnings.append(f"case {case.case_id}: no label, evaluated as prediction-only")
+            continue
+        target = data["label"][0].long()
+        rows += _case_rows(case, model.class_names, labels, target, _spacing(data["image"]))
+        confusion += torch.bincount((target * n + labels).flatten(), minlength=n * n).reshape(n, n)
+        _add_histograms(histograms, probs, target)
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_per_case(out / "per_case.csv", rows)
+    summary = summarize(rows, model.class_names)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, allow_nan=False) + "\n")
+    evaluation = {
+        "model": model.info, "manifest": str(manifest.path), "split": split, "class_names": model.class_names,
+        "tta": tta, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "medft_version": __version__,
+        "cases": records, "confusion_matrix": confusion.tolist(), "roc": _roc_curves(histograms, model.class_names),
+        "warnings": warnings,
+    }
+    (out / "evaluation.json").write_text(json.dumps(evaluation, indent=1) + "\n")
+    write_report(out)
+    for warning in warnings:
+        log.warning(warning)
+    return out
+
+
+def predict_files(model_path: str | Path, inputs: list[Path], out: Path, tta: bool = False) -> list[Path]:
+    """Predict NIfTI files or DICOM series folders; one ``<case_id>.nii.gz`` each in ``out``."""
+    model = load_model(model_path)
+    prep = model.preprocess()
+    written = []
+    for path in tqdm(inputs, desc="predicting", unit="case", disable=None):
+        case_id = _case_id(path)
+        data = prep(Case(case_id, (Path(path).resolve(),)).record())
+        labels = predict(model, data["image"], tta=tta).argmax(0)
+        written.append(save_prediction(labels, data["image"], out / f"{case_id}.nii.gz"))
+    return written
+
+
+def _check_classes(model: TrainedModel, manifest_names: list[str], source: Path) -> None:
+    if model.label_map or not manifest_names:
+        return  # a label map renumbers the manifest's classes: the model's names are the ones that count
+    if len(manifest_names) != len(model.class_names):
+        raise MedftError(
+            f"{source}: the manifest declares {len(manifest_names)} classes ({', '.join(manifest_names)}) but the model "
+            f"predicts {len(model.class_names)} ({', '.join(model.class_names)}). Fix: evaluate on data labelled with "
+            "the model's classes"
+        )
+    if [n.lower() for n in manifest_names] != [n.lower() for n in model.class_names]:
+        log.warning("class names differ: manifest %s, model %s; label values are matched by number",
+                    manifest_names, model.class_names)
+
+
+def _case_rows(case: Case, class_names: list[str], pred: torch.Tensor, target: torch.Tensor, spacing: list[float]) -> list[dict]:
+    n = len(class_names)
+    counts = confusion_counts(pred[None], target[None], n)
+    values = {"dice": dice(counts)[0], "sensitivity": sensitivity(counts)[0], "specificity": specificity(counts)[0]}
+    hd95, nsd = surface_metrics(pred[None], target[None], n, spacing)
+    values.update(hd95=hd95[0], nsd=nsd[0])
+    rows = []
+    for c in range(n):
+        tp, fp, fn, tn = (int(v) for v in counts[0, c])
+        rows.append({"case_id": case.case_id, "site": case.site, "class_index": c, "class_name": class_names[c],
+                     **{k: float(v[c]) for k, v in values.items()}, "tp": tp, "fp": fp, "fn": fn, "tn": tn})
+    return rows
+
+
+def _spacing(image) -> list[float]:
+    return [float(s) for s in np.linalg.norm(np.asarray(image.affine)[:3, :3], axis=0)]
+
+
+def _add_histograms(histograms: np.ndarray, probs: torch.Tensor, target: torch.Tensor) -> None:
+    bins = (probs.clamp(0, 1) * (ROC_BINS - 1)).round().long()
+    for c in range(probs.shape[0]):
+        positive = target == c
+        histograms[1, c] += np.bincount(bins[c][positive].numpy(), minlength=ROC_BINS)
+        histograms[0, c] += np.bincount(bins[c][~positive].numpy(), minlength=ROC_BINS)
+
+
+def _roc_curves(histograms: np.ndarray, class_names: list[str]) -> dict:
+    """One-vs-rest ROC per foreground class from probability histograms (thresholds at the bin edges)."""
+    curves = {}
+    for c, name in enumerate(class_names):
+        if c == 0:
+            continue
+        negatives, positives = histograms[0, c][::-1].cumsum(), histograms[1, c][::-1].cumsum()
+        if positives[-1] == 0 or negatives[-1] == 0:
+            continue
+        tpr = np.concatenate([[0.0], positives / positives[-1]])
+        fpr = np.concatenate([[0.0], negatives / negatives[-1]])
+        keep = np.concatenate([[True], np.diff(fpr) + np.diff(tpr) > 0])  # drop repeated points
+        curves[name] = {"fpr": fpr[keep].round(6).tolist(), "tpr": tpr[keep].round(6).tolist(),
+                        "auc": float(np.trapezoid(tpr, fpr))}
+    return curves
+
+
+def _case_id(path: Path) -> str:
+    name = Path(path).name
+    for suffix in (".nii.gz", ".nii"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name

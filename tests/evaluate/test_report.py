@@ -1,0 +1,315 @@
+"""report.html: one self-contained page from an evaluation folder made of real sample cases."""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import math
+import re
+import struct
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+from scipy import ndimage
+
+from medft.errors import MedftError
+from medft.evaluate.report import write_report
+from medft.evaluate.summary import summarize, write_per_case
+from tests.conftest import SAMPLE, sample_case
+
+CLASS_NAMES = ["background", "anterior", "posterior"]
+DICOM_SERIES = SAMPLE / "dicom" / "study1" / "13_HCropVolume"
+DATA_URI = re.compile(r"data:image/png;base64,([A-Za-z0-9+/=]+)")
+
+
+# --------------------------------------------------------------------------------------------
+# An evaluation folder as `medft evaluate` writes it, from real sample cases
+# --------------------------------------------------------------------------------------------
+def _perturb(label: np.ndarray, how: str) -> np.ndarray:
+    if how == "shift1":
+        return np.roll(label, 1, axis=0)
+    if how == "erode":
+        out = np.zeros_like(label)
+        for c in (1, 2):
+            out[ndimage.binary_erosion(label == c)] = c
+        return out
+    if how == "shift3_swap":  # a bad prediction: shifted, and part of class 2 called class 1
+        out = np.roll(label, 3, axis=1)
+        out[(out == 2) & (np.arange(out.shape[2])[None, None, :] % 2 == 0)] = 1
+        return out
+    return label.copy()
+
+
+def _case_rows(case_id: str, site: str, truth: np.ndarray, pred: np.ndarray) -> list[dict]:
+    """Plausible per-case rows from numpy counts (distances made up from the overlap)."""
+    rows = []
+    for c, name in enumerate(CLASS_NAMES):
+        t, p = truth == c, pred == c
+        tp, fp, fn = int((t & p).sum()), int((~t & p).sum()), int((t & ~p).sum())
+        tn = int(t.size - tp - fp - fn)
+        ratio = lambda a, b: a / b if b else math.nan  # noqa: E731
+        dice = ratio(2 * tp, 2 * tp + fp + fn)
+        rows.append({
+            "case_id": case_id, "site": site, "class_index": c, "class_name": name, "dice": dice,
+            "sensitivity": ratio(tp, tp + fn), "specificity": ratio(tn, tn + fp),
+            "hd95": math.nan if c == 0 or math.isnan(dice) else round(1 + 10 * (1 - dice), 3),
+            "nsd": math.nan if c == 0 or math.isnan(dice) else min(1.0, dice + 0.05),
+            "tp": tp, "fp": fp, "fn": fn, "tn": tn,
+        })
+    return rows
+
+
+def _roc(truth: list[np.ndarray], pred: list[np.ndarray]) -> dict:
+    """One-vs-rest curves from made-up probabilities: the predicted class scores high, plus noise."""
+    rng = np.random.default_rng(0)
+    curves = {}
+    for c, name in list(enumerate(CLASS_NAMES))[1:]:
+        positive = np.concatenate([(t == c).ravel() for t in truth])
+        score = np.concatenate([(p == c).ravel() * 0.6 for p in pred]) + rng.uniform(0, 0.4, positive.size)
+        thresholds = np.linspace(1.0, 0.0, 101)
+        tpr = np.array([(score[positive] >= th).mean() for th in thresholds])
+        fpr = np.array([(score[~positive] >= th).mean() for th in thresholds])
+        curves[name] = {"fpr": fpr.tolist(), "tpr": tpr.tolist(), "auc": float(np.trapezoid(tpr, fpr))}
+    return curves
+
+
+def make_evaluation(folder: Path, *, sites: bool = True, roc: bool = True, labelled: bool = True) -> Path:
+    """An evaluation folder: 3 hippocampus cases and 1 DICOM case scored, 1 prediction-only, 1 failed."""
+    from medft.data.loading import load_image
+
+    predictions = folder / "predictions"
+    truths = folder / "truth"
+    predictions.mkdir(parents=True)
+    truths.mkdir()
+    scored = [("hippocampus_333", "north", "shift1"), ("hippocampus_334", "north", "erode"),
+              ("hippocampus_335", "south", "shift3_swap")] if labelled else []
+    cases, rows, truth_arrays, pred_arrays = [], [], [], []
+    for case_id, site, how in scored:
+        image_path, label_path = sample_case(case_id)
+        label = nib.load(label_path)
+        truth = np.asarray(label.dataobj).astype(np.int16)
+        pred = _perturb(truth, how)
+        nib.save(nib.Nifti1Image(pred.astype(np.uint8), label.affine), predictions / f"{case_id}.nii.gz")
+        cases.append({"case_id": case_id, "site": site if sites else None, "image": [str(image_path)],
+                      "series_uid": None, "label": str(label_path), "prediction": f"predictions/{case_id}.nii.gz",
+                      "status": "ok", "message": None})
+        rows += _case_rows(case_id, site if sites else "", truth, pred)
+        truth_arrays.append(truth)
+        pred_arrays.append(pred)
+    if labelled:
+        # A DICOM case: ground truth and prediction made on the grid of the loaded series (RAS).
+        image = load_image([DICOM_SERIES])
+        affine = np.asarray(image.affine, dtype=np.float64)
+        truth = np.zeros(image.shape[1:], dtype=np.uint8)
+        x, y, z = (s // 2 for s in truth.shape)
+        truth[x - 6:x + 6, y - 8:y + 4, z - 5:z + 5] = 1  # only class 1: class 2's Dice is NaN
+        pred = np.roll(truth, 2, axis=1)
+        nib.save(nib.Nifti1Image(truth, affine), truths / "dicom_13.nii.gz")
+        nib.save(nib.Nifti1Image(pred, affine), predictions / "dicom_13.nii.gz")
+        cases.append({"case_id": "dicom_13", "site": "south" if sites else None, "image": [str(DICOM_SERIES)],
+                      "series_uid": None, "label": str(truths / "dicom_13.nii.gz"),
+                      "prediction": "predictions/dicom_13.nii.gz", "status": "ok", "message": None})
+        rows += _case_rows("dicom_13", "south" if sites else "", truth, pred)
+        truth_arrays.append(truth)
+        pred_arrays.append(pred)
+    # Prediction only (no label) and failed.
+    image_path, label_path = sample_case("hippocampus_336")
+    label = nib.load(label_path)
+    nib.save(nib.Nifti1Image(np.asarray(label.dataobj).astype(np.uint8), label.affine),
+             predictions / "hippocampus_336.nii.gz")
+    cases.append({"case_id": "hippocampus_336", "site": "south" if sites else None, "image": [str(image_path)],
+                  "series_uid": None, "label": None, "prediction": "predictions/hippocampus_336.nii.gz",
+                  "status": "prediction_only", "message": None})
+    cases.append({"case_id": "hippocampus_338", "site": "north" if sites else None,
+                  "image": [str(sample_case("hippocampus_338")[0])], "series_uid": None, "label": None,
+                  "prediction": None, "status": "failed",
+                  "message": "cannot be read (EOFError: Compressed file ended before the end-of-stream marker)"})
+
+    n = len(CLASS_NAMES)
+    matrix = np.zeros((n, n), dtype=np.int64)
+    for t, p in zip(truth_arrays, pred_arrays):
+        matrix += np.bincount((t.astype(np.int64) * n + p).ravel(), minlength=n * n).reshape(n, n)
+    write_per_case(folder / "per_case.csv", rows)
+    summary = summarize(rows, CLASS_NAMES, n_resamples=300)
+    (folder / "summary.json").write_text(json.dumps(summary, indent=1, allow_nan=False))
+    evaluation = {
+        "model": {"path": "/runs/hippo_ft", "kind": "run", "name": "hippo_ft", "version": "0.2.0"},
+        "manifest": "/data/hospital_test.csv", "split": "test", "class_names": CLASS_NAMES, "tta": False,
+        "created": "2025-03-04T10:15:00+00:00", "medft_version": "0.1.0", "cases": cases,
+        "confusion_matrix": matrix.tolist() if labelled else [[0] * n for _ in range(n)],
+        "roc": _roc(truth_arrays, pred_arrays) if roc and labelled else {},
+        "warnings": ["case hippocampus_336: no label, evaluated as prediction-only",
+                     "case hippocampus_338: not evaluated: cannot be read"],
+    }
+    (folder / "evaluation.json").write_text(json.dumps(evaluation, indent=1))
+    return folder
+
+
+def _images(text: str) -> list[bytes]:
+    return [base64.b64decode(m) for m in DATA_URI.findall(text)]
+
+
+def _png_size(data: bytes) -> tuple[int, int]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    assert data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def _section(text: str, anchor: str) -> str:
+    start = text.index(f'<section id="{anchor}">')
+    return text[start:text.index("</section>", start)]
+
+
+def _assert_self_contained(text: str) -> None:
+    assert "http" not in text.lower()
+    assert not re.search(r"<(script|link|iframe|object|embed)\b", text, re.I)
+    assert not re.search(r"@import|url\(", text, re.I)
+    for attribute in re.findall(r"""\b(?:src|srcset|href|poster|data)\s*=\s*["']?([^"'\s>]*)""", text, re.I):
+        assert attribute.startswith(("data:", "#")), attribute
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> tuple[Path, str]:
+    folder = make_evaluation(tmp_path_factory.mktemp("eval"))
+    path = write_report(folder)
+    return folder, path.read_text(encoding="utf-8")
+
+
+# --------------------------------------------------------------------------------------------
+def test_report_is_one_self_contained_file(report):
+    folder, text = report
+    assert (folder / "report.html").is_file()
+    assert text.startswith("<!DOCTYPE html>") and text.rstrip().endswith("</html>")
+    _assert_self_contained(text)
+
+
+def test_report_shows_the_summary_numbers_as_printed(report):
+    folder, text = report
+    summary = json.loads((folder / "summary.json").read_text())
+    for name in ["anterior", "posterior"]:
+        dice = summary["overall"][name]["dice"]
+        assert f"{dice['mean']:.3f} ± {dice['sd']:.3f}" in text
+        assert f"95% CI {dice['ci95'][0]:.3f} – {dice['ci95'][1]:.3f}" in text
+        assert f"{summary['overall'][name]['hd95']['mean']:.2f}" in text
+    fg = summary["overall"]["mean_foreground"]["dice"]
+    assert f"<strong>{fg['mean']:.3f}</strong>" in _section(text, "overview")
+    # posterior is absent from the DICOM case's truth and prediction: its NaN Dice is counted.
+    assert summary["overall"]["posterior"]["dice"]["n_nan"] == 1
+    assert "n = 3, 1 NaN" in _section(text, "summary")
+    # The header: model, split, counts of cases by status, warnings.
+    overview = _section(text, "overview")
+    for fact in ["hippo_ft, version 0.2.0", "fine-tuned run", "/data/hospital_test.csv", "test", "2025-03-04 10:15",
+                 "4 evaluated against ground truth", "1 prediction-only", "1 failed", "Warnings (2)"]:
+        assert fact in overview, fact
+
+
+def test_worst_cases_are_shown_worst_first_each_with_its_picture(report):
+    folder, text = report
+    rows = [r for r in _read_csv(folder / "per_case.csv") if r["class_index"] != "0"]
+    means: dict[str, list[float]] = {}
+    for row in rows:
+        if row["dice"] not in ("", "nan"):
+            means.setdefault(row["case_id"], []).append(float(row["dice"]))
+    expected = sorted(means, key=lambda c: np.mean(means[c]))[:6]
+    assert expected[0] == "hippocampus_335"  # the shifted and swapped prediction
+    worst = _section(text, "worst")
+    positions = [worst.index(f"{rank}. {case_id}</strong>") for rank, case_id in enumerate(expected, start=1)]
+    assert positions == sorted(positions)
+    for case_id in expected:
+        assert f"Dice {np.mean(means[case_id]):.3f}" in worst
+    figures = re.findall(r"<figure>(.*?)</figure>", worst, re.S)
+    assert len(figures) == len(expected)
+    assert all("<img" in f and "Picture not drawn" not in f for f in figures)
+    dicom_figure = next(f for f in figures if "dicom_13" in f)
+    assert "Axial slice" in dicom_figure
+
+
+def test_report_embeds_the_expected_images(report):
+    _, text = report
+    images = _images(text)
+    # distributions, confusion matrix, ROC, per-site Dice, and the 4 scored cases
+    assert len(images) == 4 + 4
+    assert len(re.findall(r"<img\b", text)) == len(images)
+    for data in images:
+        width, height = _png_size(data)
+        assert 150 <= width <= 3000 and 100 <= height <= 3000, (width, height)
+    from PIL import Image
+
+    picture = Image.open(io.BytesIO(images[-1]))
+    picture.load()  # decodes every pixel
+    assert picture.mode in ("RGB", "RGBA")
+    pixels = np.asarray(picture.convert("RGB"))
+    assert pixels.std() > 10  # an image, not a blank canvas
+
+
+def test_unscored_cases_are_listed(report):
+    _, text = report
+    other = _section(text, "other")
+    assert "hippocampus_338" in other and "EOFError: Compressed file ended" in other
+    assert "hippocampus_336" in other and "Prediction only (1)" in other
+    assert "hippocampus_336" not in _section(text, "worst")
+
+
+def test_no_patient_data_from_dicom_headers(report):
+    _, text = report
+    header = pydicom.dcmread(next(DICOM_SERIES.glob("*.dcm")), stop_before_pixels=True)
+    name = str(header.PatientName)
+    assert name and header.PatientID
+    for secret in [name, *re.split(r"[\^ ]+", name), str(header.PatientID)]:
+        if len(secret) >= 3:
+            assert secret.lower() not in text.lower(), secret
+    assert str(DICOM_SERIES) not in text  # no image paths either
+    assert "dicom_13" in text
+
+
+def test_report_without_roc_sites_or_a_prediction_file(tmp_path):
+    folder = make_evaluation(tmp_path / "eval", sites=False, roc=False)
+    (folder / "predictions" / "hippocampus_334.nii.gz").unlink()
+    text = write_report(folder).read_text()
+    _assert_self_contained(text)
+    assert "No ROC curves" in _section(text, "roc")
+    assert "no per-site comparison" in _section(text, "sites")
+    worst = _section(text, "worst")  # a missing file is said, not fatal
+    assert "Picture not drawn" in worst and "hippocampus_334" in worst
+    assert len(_images(text)) == 2 + 3  # distributions, confusion matrix, 3 of the 4 scored cases
+
+
+def test_report_without_any_labelled_case(tmp_path):
+    folder = make_evaluation(tmp_path / "eval", labelled=False)
+    text = write_report(folder).read_text()
+    _assert_self_contained(text)
+    assert _images(text) == []
+    assert "No case with ground truth was evaluated" in text
+    assert "hippocampus_336" in _section(text, "other") and "hippocampus_338" in _section(text, "other")
+    for anchor in ["summary", "distributions", "confusion", "roc", "sites", "worst"]:
+        assert 'class="note"' in _section(text, anchor), anchor
+
+
+def test_not_an_evaluation_folder(tmp_path):
+    with pytest.raises(MedftError, match="evaluation.json"):
+        write_report(tmp_path)
+
+
+def _read_csv(path: Path) -> list[dict]:
+    import csv
+
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_worst_cases_are_at_most_six_and_skip_cases_without_a_defined_dice(tmp_path):
+    from medft.evaluate.report import EvaluationFolder, worst_cases
+
+    dice = {f"c{k}": (0.9 - 0.1 * k, 0.8 - 0.1 * k) for k in range(8)}
+    dice["one_nan"] = (0.05, math.nan)  # foreground mean over the defined class only: 0.05
+    dice["all_nan"] = (math.nan, math.nan)  # nothing to rank
+    rows = [{"case_id": case_id, "site": "", "class_index": c, "class_name": CLASS_NAMES[c],
+             "dice": 0.99 if c == 0 else values[c - 1]}
+            for case_id, values in dice.items() for c in range(3)]
+    folder = EvaluationFolder(tmp_path, {"class_names": CLASS_NAMES}, None, rows)
+    worst = worst_cases(folder)
+    assert [c for c, _ in worst] == ["one_nan", "c7", "c6", "c5", "c4", "c3"]
+    assert worst[0][1] == pytest.approx(0.05) and worst[1][1] == pytest.approx(0.15)

@@ -1,0 +1,159 @@
+"""medft evaluate / predict on a run trained for a few steps, with real sample cases."""
+import csv
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from medft.cli import main
+from medft.config import load_config
+from medft.data.dicom import read_series, scan_folder, select_series
+from medft.errors import MedftError
+from medft.evaluate.run import evaluate
+from medft.train.recipe import run_training
+from tests.conftest import SAMPLE, copy_case, sample_case, write_csv
+from tests.train.helpers import make_config
+
+CLASSES = {"0": "background", "1": "anterior", "2": "posterior"}
+DICOM_CROP = SAMPLE / "dicom" / "study1" / "13_HCropVolume"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("trained")
+    run_training(load_config(make_config(root, **{"train.epochs": 2, "freeze": []})), root / "run")
+    return root / "run"
+
+
+def _lps_copy(case_id: str, folder: Path) -> tuple[Path, Path]:
+    """The same case stored right-to-left and front-to-back (image and label)."""
+    out = []
+    for path in sample_case(case_id):
+        img = nib.load(path)
+        nx, ny, _ = img.shape
+        flip = np.array([[-1, 0, 0, nx - 1], [0, -1, 0, ny - 1], [0, 0, 1, 0], [0, 0, 0, 1]], dtype=float)
+        target = folder / f"lps_{path.name}"
+        nib.save(nib.Nifti1Image(np.asanyarray(img.dataobj)[::-1, ::-1, :].copy(), img.affine @ flip), target)
+        out.append(target)
+    return out[0], out[1]
+
+
+@pytest.fixture(scope="module")
+def evaluated(trained, tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("eval")
+    missing_label = copy_case("hippocampus_345", root / "nii", "nolabel")
+    missing_label[1].unlink()
+    broken = copy_case("hippocampus_349", root / "nii", "broken")
+    broken[0].write_bytes(broken[0].read_bytes()[:2000])
+    lps = _lps_copy("hippocampus_333", root / "nii")
+    rows = [
+        {"case_id": "a1", "image": sample_case("hippocampus_340")[0], "label": sample_case("hippocampus_340")[1], "site": "A"},
+        {"case_id": "a2", "image": sample_case("hippocampus_341")[0], "label": sample_case("hippocampus_341")[1], "site": "A"},
+        {"case_id": "b1", "image": lps[0], "label": lps[1], "site": "B"},
+        {"case_id": "nolabel", "image": missing_label[0], "label": missing_label[1], "site": "B"},
+        {"case_id": "broken", "image": broken[0], "label": broken[1], "site": "B"},
+        {"case_id": "dicom", "image": DICOM_CROP, "label": "", "site": "B"},
+    ]
+    manifest = write_csv(root / "held_out.csv", [{**r, "split": "test"} for r in rows], classes=CLASSES)
+    return evaluate(trained, manifest, root / "out", split="test"), root
+
+
+def _per_case(out: Path) -> list[dict]:
+    with (out / "per_case.csv").open() as file:
+        return list(csv.DictReader(file))
+
+
+def test_the_folder_holds_the_contract_files(evaluated):
+    out, _ = evaluated
+    for name in ("per_case.csv", "summary.json", "evaluation.json", "report.html"):
+        assert (out / name).is_file(), name
+    header = (out / "per_case.csv").read_text().splitlines()[0]
+    assert header == "case_id,site,class_index,class_name,dice,sensitivity,specificity,hd95,nsd,tp,fp,fn,tn"
+    status = {c["case_id"]: c["status"] for c in json.loads((out / "evaluation.json").read_text())["cases"]}
+    assert status == {"a1": "ok", "a2": "ok", "b1": "ok", "nolabel": "prediction_only", "broken": "failed", "dicom": "prediction_only"}
+    assert sorted(p.name for p in (out / "predictions").iterdir()) == [f"{c}.nii.gz" for c in ("a1", "a2", "b1", "dicom", "nolabel")]
+
+
+def test_per_case_counts_equal_an_independent_count_from_the_saved_predictions(evaluated):
+    out, _ = evaluated
+    labels = {"a1": sample_case("hippocampus_340")[1], "a2": sample_case("hippocampus_341")[1]}
+    labels["b1"] = evaluated[1] / "nii" / "lps_hippocampus_333.nii.gz"
+    rows = _per_case(out)
+    for case_id, label_path in labels.items():
+        pred = np.asanyarray(nib.load(out / "predictions" / f"{case_id}.nii.gz").dataobj)
+        truth = np.asanyarray(nib.load(label_path).dataobj)
+        assert pred.shape == truth.shape
+        for c in range(3):
+            row = next(r for r in rows if r["case_id"] == case_id and int(r["class_index"]) == c)
+            p, t = pred == c, truth == c
+            counts = [int((p & t).sum()), int((p & ~t).sum()), int((~p & t).sum()), int((~p & ~t).sum())]
+            assert [int(row[k]) for k in ("tp", "fp", "fn", "tn")] == counts
+            expected = 2 * counts[0] / (2 * counts[0] + counts[1] + counts[2]) if (2 * counts[0] + counts[1] + counts[2]) else float("nan")
+            assert float(row["dice"]) == pytest.approx(expected, nan_ok=True)
+
+
+def test_predictions_lie_in_the_geometry_of_their_inputs(evaluated):
+    out, root = evaluated
+    for case_id, image in (("a1", sample_case("hippocampus_340")[0]), ("b1", root / "nii" / "lps_hippocampus_333.nii.gz")):
+        source, pred = nib.load(image), nib.load(out / "predictions" / f"{case_id}.nii.gz")
+        assert pred.shape == source.shape
+        np.testing.assert_allclose(pred.affine, source.affine, atol=1e-5)
+    # The LPS-stored copy of a case gets the prediction of the case itself, stored the same way.
+    same = nib.load(out / "predictions" / "b1.nii.gz")
+    assert nib.aff2axcodes(same.affine) == ("L", "P", "S")
+    volume, affine = read_series(select_series(scan_folder(DICOM_CROP), None))
+    dicom = nib.load(out / "predictions" / "dicom.nii.gz")
+    assert dicom.shape == volume.shape
+    np.testing.assert_allclose(dicom.affine, affine, atol=1e-5)
+
+
+def test_the_summary_has_sites_and_the_warnings_name_the_cases(evaluated):
+    out, _ = evaluated
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["classes"] == ["anterior", "posterior"] and summary["n_cases"] == 3
+    assert set(summary["per_site"]) == {"A", "B"}
+    warnings = "\n".join(json.loads((out / "evaluation.json").read_text())["warnings"])
+    assert "case nolabel" in warnings and "prediction-only" in warnings
+    assert "case broken" in warnings and "cannot be read" in warnings
+    evaluation = json.loads((out / "evaluation.json").read_text())
+    confusion = np.array(evaluation["confusion_matrix"])
+    rows = _per_case(out)
+    assert confusion.sum() == sum(int(r["tp"]) + int(r["fn"]) for r in rows if r["class_index"] == "0") + \
+        sum(int(r["fp"]) + int(r["tn"]) for r in rows if r["class_index"] == "0")
+    assert confusion.diagonal().sum() == sum(int(r["tp"]) for r in rows)
+    for curve in evaluation["roc"].values():
+        assert 0 <= curve["auc"] <= 1 and curve["fpr"][0] == 0 and curve["tpr"][-1] == pytest.approx(1)
+
+
+def test_a_class_mismatch_stops_before_inference(trained, tmp_path):
+    manifest = write_csv(tmp_path / "two.csv", [{"case_id": "x", "image": sample_case()[0], "label": sample_case()[1]}],
+                         classes={"0": "background", "1": "hippocampus"})
+    with pytest.raises(MedftError, match="declares 2 classes .* model predicts 3"):
+        evaluate(trained, manifest, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_predict_and_test_time_flips(trained, tmp_path, capsys):
+    assert main(["predict", str(trained), str(sample_case("hippocampus_340")[0]), str(DICOM_CROP),
+                 "--out", str(tmp_path / "p"), "--tta"]) == 0
+    written = sorted(p.name for p in (tmp_path / "p").iterdir())
+    assert written == ["13_HCropVolume.nii.gz", "hippocampus_340.nii.gz"]
+    pred = np.asanyarray(nib.load(tmp_path / "p" / "hippocampus_340.nii.gz").dataobj)
+    assert pred.shape == nib.load(sample_case("hippocampus_340")[0]).shape and set(np.unique(pred)) <= {0, 1, 2}
+
+
+def test_evaluate_command_on_the_exported_bundle_matches_the_run(trained, tmp_path):
+    from medft.bundle.export import export_run
+
+    bundle = export_run(trained, tmp_path / "bundle")
+    manifest = write_csv(tmp_path / "m.csv", [{"case_id": "a1", "image": sample_case("hippocampus_340")[0],
+                                               "label": sample_case("hippocampus_340")[1]}], classes=CLASSES)
+    assert main(["evaluate", str(bundle), "--manifest", str(manifest), "--out", str(tmp_path / "from_bundle")]) == 0
+    assert main(["evaluate", str(trained), "--manifest", str(manifest), "--out", str(tmp_path / "from_run")]) == 0
+    bundle_pred = nib.load(tmp_path / "from_bundle" / "predictions" / "a1.nii.gz").get_fdata()
+    run_pred = nib.load(tmp_path / "from_run" / "predictions" / "a1.nii.gz").get_fdata()
+    np.testing.assert_array_equal(bundle_pred, run_pred)
