@@ -111,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default=None, help="evaluate one split (train, val, test); default: all cases")
     evaluate.add_argument("--tta", action="store_true", help="average with the left-right mirrored prediction")
     evaluate.add_argument("--compare", type=Path, default=None, metavar="OTHER_EVAL_DIR",
-                          help="also write comparison.html: this evaluation against another one")
+                          help="also write comparison.html: this evaluation against another one (paired on "
+                               "common cases, unpaired when they share none, e.g. two sites)")
     evaluate.set_defaults(run=_evaluate)
 
     predict = _command(
@@ -139,6 +140,39 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("run_dir", type=Path, help="run folder written by medft train")
     export.add_argument("--out", type=Path, required=True, help="new bundle folder")
     export.set_defaults(run=_export)
+
+    review = _command(
+        commands,
+        "review",
+        "start the clinician review app on an evaluation",
+        "Starts the Streamlit review app on an evaluation folder: reviewers log in, go through the\n"
+        "cases (worst first), compare prediction and ground truth, grade each case and comment.\n"
+        "Reviews are stored in EVAL_DIR/reviews.sqlite (or --db, any SQLAlchemy URL such as\n"
+        "postgresql://host/db for a team). Add reviewers first with medft add-reviewer.",
+        "medft review runs/demo/eval --port 8501",
+    )
+    review.add_argument("eval_dir", type=Path, help="evaluation folder written by medft evaluate")
+    review.add_argument("--port", type=int, default=None, help="port to serve on (default: Streamlit's, 8501)")
+    review.add_argument("--users", type=Path, default=None, help="users file (default: EVAL_DIR/users.json)")
+    review.add_argument("--db", default=None, help="SQLAlchemy URL of the review store (default: SQLite in EVAL_DIR)")
+    review.add_argument("--address", default="127.0.0.1",
+                        help="network interface to serve on (default: this machine only; 0.0.0.0 for every interface)")
+    review.set_defaults(run=_review)
+
+    reviewer = _command(
+        commands,
+        "add-reviewer",
+        "add a reviewer (or change a password) in a users file",
+        "Adds a reviewer to the users file of the review app; the password is read from the\n"
+        "terminal (or from standard input with --password-stdin) and stored as a scrypt hash.",
+        "medft add-reviewer alice --users runs/demo/eval/users.json --name 'Dr Alice'",
+    )
+    reviewer.add_argument("username", help="login name: letters, digits, '.', '_' or '-'")
+    reviewer.add_argument("--users", type=Path, required=True, help="users file to create or update")
+    reviewer.add_argument("--name", default=None, help="name shown in the app")
+    reviewer.add_argument("--replace", action="store_true", help="change the password of an existing reviewer")
+    reviewer.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    reviewer.set_defaults(run=_add_reviewer)
 
     bundle = commands.add_parser("bundle", help="work with MONAI bundles", description="Work with MONAI bundles.")
     bundle_commands = bundle.add_subparsers(title="bundle commands", metavar="COMMAND")
@@ -244,6 +278,28 @@ def _predict(args: argparse.Namespace) -> int:
         raise MedftError(f"{missing[0]}: no such file or folder. Fix: give NIfTI files or DICOM series folders")
     for path in predict_files(args.model, args.inputs, args.out, tta=args.tta):
         print(path)
+    return 0
+
+
+def _review(args: argparse.Namespace) -> int:
+    from medft.review.app_support import launch
+
+    return launch(args.eval_dir, args.port, args.users, args.db, args.address)
+
+
+def _add_reviewer(args: argparse.Namespace) -> int:
+    import getpass
+
+    from medft.review.auth import add_user
+
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = getpass.getpass(f"password for {args.username}: ")
+        if getpass.getpass("again: ") != password:
+            raise MedftError("the passwords differ; nothing was changed")
+    add_user(args.users, args.username, password, name=args.name, replace=args.replace)
+    print(f"reviewer {args.username} saved in {args.users}")
     return 0
 
 

@@ -91,3 +91,16 @@ def test_bundle_inspect_exit_1_when_it_would_not_train(tmp_path):
     result = _medft("bundle", "inspect", str(bundle), "--out-channels", "3", "--input-size", "3")
     assert result.returncode == 1
     assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_add_reviewer_then_review_refuses_a_folder_that_is_no_evaluation(tmp_path):
+    users = tmp_path / "users.json"
+    added = subprocess.run([sys.executable, "-m", "medft", "add-reviewer", "alice", "--users", str(users),
+                            "--password-stdin"], input="correct horse battery\n", capture_output=True, text=True, cwd=REPO)
+    assert added.returncode == 0, added.stderr
+    from medft.review.auth import verify
+
+    assert verify(users, "alice", "correct horse battery") and not verify(users, "alice", "wrong password")
+    result = _medft("review", str(tmp_path), "--users", str(users))
+    assert result.returncode == 1
+    assert "per_case.csv" in result.stderr and "Traceback" not in result.stderr

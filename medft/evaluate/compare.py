@@ -2,10 +2,21 @@
 
 Typical use: A is the pretrained bundle as it is, B the fine-tuned run, both evaluated on the
 same held-out cases. Each side's mean Dice and 95% CI come from its own ``summary.json`` (all of
-its scored cases); the difference B − A is paired: per case, on the cases scored in both, with
-a paired bootstrap interval (cases resampled with both their values,
-``medft.evaluate.summary.paired_difference``). A case whose value is NaN in either evaluation
-is left out of that class's difference.
+its scored cases). The difference B − A has one of two designs, named in ``comparison.json``
+(``"design"``, with ``"design_reason"``) and on the page:
+
+- ``"paired"``, when some case is scored in both: per case, on the cases scored in both, with a
+  paired bootstrap interval (cases resampled with both their values,
+  ``medft.evaluate.summary.paired_difference``). A case whose value is NaN in either evaluation
+  is left out of that class's difference. The differences are under ``dice[class]["paired"]``
+  and ``paired_differences``.
+- ``"unpaired"``, when no case is scored in both (e.g. one model evaluated on two sites'
+  held-out sets): the difference of the two means, each over its own scored cases, with a
+  bootstrap interval that resamples each evaluation's cases independently
+  (``medft.evaluate.summary.unpaired_difference``); NaN values are left out on each side. It
+  reflects the difference between the two case populations as well as between the models. The
+  differences are under ``dice[class]["unpaired"]`` and ``unpaired_differences``; there is no
+  per-case pair (``cases`` is empty).
 """
 from __future__ import annotations
 
@@ -24,7 +35,7 @@ from medft.evaluate.report import (
     page,
     read_evaluation,
 )
-from medft.evaluate.summary import MEAN_FOREGROUND, METRICS, paired_difference, summarize
+from medft.evaluate.summary import MEAN_FOREGROUND, METRICS, paired_difference, summarize, unpaired_difference
 
 N_RESAMPLES = 2000
 SEED = 0
@@ -37,7 +48,9 @@ def compare_evaluations(eval_a: Path, eval_b: Path, out: Path | None = None, lab
     ``out``: a ``.html`` file, or a folder to hold ``comparison.html``; by default ``eval_b``.
     ``comparison.json`` is written next to the page (same name, ``.json``). ``labels`` name A
     and B on the page (default: the model names, else the folder names).
-    Raises MedftError, naming both folders, when their classes differ or they share no scored case.
+    The difference is paired on the cases scored in both when there are any, else unpaired (the
+    two case sets compared as wholes; see the module docstring).
+    Raises MedftError, naming both folders, when their classes differ or one has no scored case.
     """
     a, b = read_evaluation(eval_a), read_evaluation(eval_b)
     names = _common_classes(a, b)
@@ -76,22 +89,11 @@ def _common_cases(a: EvaluationFolder, b: EvaluationFolder) -> list[str]:
                 "or empty: no case had ground truth). Fix: evaluate on cases with labels"
             )
     ids_a, ids_b = {r["case_id"] for r in a.rows}, {r["case_id"] for r in b.rows}
-    common = sorted(ids_a & ids_b)
-    if not common:
-        raise MedftError(
-            f"cannot compare {a.path} with {b.path}: no case is scored in both (A: {_few(ids_a)}; B: {_few(ids_b)}). "
-            "Fix: evaluate both models on the same manifest and split"
-        )
-    return common
+    return sorted(ids_a & ids_b)  # empty: the comparison is unpaired
 
 
 def _list(names: list[str]) -> str:
     return "[" + ", ".join(names) + "]"
-
-
-def _few(ids: set[str], limit: int = 5) -> str:
-    shown = sorted(ids)[:limit]
-    return ", ".join(shown) + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
 
 
 def _default_labels(a: EvaluationFolder, b: EvaluationFolder) -> tuple[str, str]:
@@ -115,14 +117,16 @@ def _overall(folder: EvaluationFolder, names: list[str], n_resamples: int, seed:
 def _comparison(a: EvaluationFolder, b: EvaluationFolder, names: list[str], common: list[str], labels: tuple[str, str],
                 n_resamples: int, seed: int) -> dict:
     metrics = [m for m in METRICS if _has_values(a, m) and _has_values(b, m)]
-    paired = {m: paired_difference(a.rows, b.rows, names, m, n_resamples, seed) for m in metrics}
+    design = "paired" if common else "unpaired"
+    compare = paired_difference if common else unpaired_difference
+    diffs = {m: compare(a.rows, b.rows, names, m, n_resamples, seed) for m in metrics}
     overall_a, overall_b = _overall(a, names, n_resamples, seed), _overall(b, names, n_resamples, seed)
     dice = {}
     for key in [*names[1:], MEAN_FOREGROUND]:
         dice[key] = {
             "a": _brief((overall_a.get(key) or {}).get("dice")),
             "b": _brief((overall_b.get(key) or {}).get("dice")),
-            "paired": paired["dice"]["differences"][key],
+            design: diffs["dice"]["differences"][key],
         }
     ids_a, ids_b = {r["case_id"] for r in a.rows}, {r["case_id"] for r in b.rows}
     return {
@@ -130,14 +134,29 @@ def _comparison(a: EvaluationFolder, b: EvaluationFolder, names: list[str], comm
         "b": _side(b, labels[1]),
         "class_names": names,
         "difference": "b - a",
+        "design": design,
+        "design_reason": _design_reason(design, len(common)),
         "common_cases": common,
         "only_in_a": sorted(ids_a - ids_b),
         "only_in_b": sorted(ids_b - ids_a),
-        "bootstrap": paired["dice"]["bootstrap"],
+        "bootstrap": diffs["dice"]["bootstrap"],
         "dice": dice,
-        "paired_differences": {m: paired[m]["differences"] for m in metrics},
+        f"{design}_differences": {m: diffs[m]["differences"] for m in metrics},
         "cases": _case_pairs(a, b, names, common),
     }
+
+
+def _design_reason(design: str, n_common: int) -> str:
+    if design == "paired":
+        return (f"The two evaluations share {n_common} scored case{'s' if n_common != 1 else ''}: each of them is "
+                "compared with itself, its Dice under B minus its Dice under A, which removes the case-to-case "
+                "variation and gives the more precise comparison.")
+    return ("The two evaluations share no scored case (for example two sites' held-out sets), so no case can be "
+            "compared with itself: the difference is that of the two means, each over its own cases, with a "
+            "bootstrap interval that resamples each evaluation's cases independently. It reflects the difference "
+            "between the two case populations (patients, scanners, labelling) as well as any difference between "
+            "the models, and its interval is wider than a paired one on common cases would be. To compare two models "
+            "alone, evaluate both on the same cases.")
 
 
 def _has_values(folder: EvaluationFolder, metric: str) -> bool:
@@ -223,59 +242,89 @@ def _page(result: dict, a: EvaluationFolder, b: EvaluationFolder) -> str:
     names = result["class_names"][1:]
     keys = [*names, MEAN_FOREGROUND]
     shown = {**{n: n for n in names}, MEAN_FOREGROUND: MEAN_LABEL}
-    fg = result["dice"][MEAN_FOREGROUND]["paired"]
+    design = result["design"]
+    paired_design = design == "paired"
+    fg = result["dice"][MEAN_FOREGROUND][design]
+    if paired_design:
+        how = f'paired over {fg["n_common"]} cases scored in both'
+    else:
+        how = (f'unpaired: the mean over {_e(labels[1])}\'s {fg["n_b"]} cases against that over {_e(labels[0])}\'s '
+               f'{fg["n_a"]} cases, no case being scored in both')
     parts = [
         f'<p class="lead">Dice, mean over the foreground classes: <strong>{_signed(fg["mean_diff"])}</strong> with '
-        f'{_e(labels[1])} compared with {_e(labels[0])} (95% CI {_interval(fg["ci95"], signed=True)}), paired over '
-        f'{fg["n_common"]} cases scored in both: {_e(_verdict(fg, labels))}.</p>',
+        f'{_e(labels[1])} compared with {_e(labels[0])} (95% CI {_interval(fg["ci95"], signed=True)}), {how}: '
+        f'{_e(_verdict(fg, labels))}.</p>',
         _sides_table(result),
     ]
-    if result["only_in_a"] or result["only_in_b"]:
+    if paired_design:
+        parts.append(f'<p><strong>Paired comparison.</strong> {_e(result["design_reason"])}</p>')
+    else:
+        parts.append(f'<div class="box warn"><strong>Unpaired comparison.</strong> {_e(result["design_reason"])}</div>')
+    if paired_design and (result["only_in_a"] or result["only_in_b"]):
         parts.append(f'<div class="box warn">Only the {len(result["common_cases"])} cases scored in both enter the '
                      f'paired differences. Scored only in {_e(labels[0])}: {_e(", ".join(result["only_in_a"]) or "none")}. '
                      f'Scored only in {_e(labels[1])}: {_e(", ".join(result["only_in_b"]) or "none")}.</div>')
 
     boot = result["bootstrap"]
+    if paired_design:
+        how = (f'mean of the per-case differences {_e(labels[1])} − {_e(labels[0])} on the cases scored in both, with '
+               f'a paired bootstrap 95% CI ({_e(boot.get("resamples"))} resamples of the cases, seed '
+               f'{_e(boot.get("seed"))}); a case whose Dice is NaN in either is left out of that class.')
+    else:
+        how = (f'mean Dice of {_e(labels[1])} minus mean Dice of {_e(labels[0])}, each over its own scored cases '
+               f'(unpaired), with a 95% bootstrap CI of the difference of means ({_e(boot.get("resamples"))} '
+               f'resamples, each evaluation\'s cases resampled independently, seed {_e(boot.get("seed"))}); a case '
+               f'whose Dice is NaN is left out of that class on its side.')
     parts.append(f'<h2>Dice per class</h2><p>{_e(labels[0])} and {_e(labels[1])}: mean Dice over each one\'s scored '
-                 f'cases with its 95% bootstrap CI (from its summary.json). Difference: mean of the per-case '
-                 f'differences {_e(labels[1])} − {_e(labels[0])} on the cases scored in both, with a paired bootstrap '
-                 f'95% CI ({_e(boot.get("resamples"))} resamples of the cases, seed {_e(boot.get("seed"))}); a case '
-                 f'whose Dice is NaN in either is left out of that class.</p>')
+                 f'cases with its 95% bootstrap CI (from its summary.json). Difference: {how}</p>')
     rows = []
     for key in keys:
         entry = result["dice"][key]
-        paired = entry["paired"]
+        diff = entry[design]
         cls = ' class="mean"' if key == MEAN_FOREGROUND else ""
         rows.append(
             f"<tr{cls}><th>{_e(shown[key])}</th>{_mean_cell(entry['a'])}{_mean_cell(entry['b'])}"
-            f'<td class="num"><span class="cell-main">{_signed(paired["mean_diff"])}</span>'
-            f'<span class="cell-sub">95% CI {_interval(paired["ci95"], signed=True)}</span>'
-            f'<span class="cell-sub">n = {paired["n_common"]} pairs</span></td>'
-            f"<td>{_e(_verdict(paired, labels))}</td></tr>")
+            f'<td class="num"><span class="cell-main">{_signed(diff["mean_diff"])}</span>'
+            f'<span class="cell-sub">95% CI {_interval(diff["ci95"], signed=True)}</span>'
+            f'<span class="cell-sub">{_count(diff)}</span></td>'
+            f"<td>{_e(_verdict(diff, labels))}</td></tr>")
     parts.append(f"<table><tr><th>Class</th><th>{_e(labels[0])}</th><th>{_e(labels[1])}</th>"
                  f"<th>{_e(labels[1])} − {_e(labels[0])}</th><th>Reading</th></tr>{''.join(rows)}</table>")
     uri = plots.compare_means([shown[k] for k in keys], [result["dice"][k]["a"] for k in keys],
                               [result["dice"][k]["b"] for k in keys],
-                              [{"mean": result["dice"][k]["paired"]["mean_diff"],
-                                "ci95": result["dice"][k]["paired"]["ci95"]}
-                               if result["dice"][k]["paired"]["ci95"][0] is not None else {} for k in keys], labels)
-    parts.append(_figure(uri, "Left: mean Dice with 95% CI of each evaluation. Right: the paired difference with its "
-                              "95% CI; an interval that does not cross 0 is a difference the data support.",
+                              [{"mean": result["dice"][k][design]["mean_diff"],
+                                "ci95": result["dice"][k][design]["ci95"]}
+                               if result["dice"][k][design]["ci95"][0] is not None else {} for k in keys], labels,
+                              diff_title=f"{design.capitalize()} difference, 95% CI")
+    parts.append(_figure(uri, f"Left: mean Dice with 95% CI of each evaluation. Right: the {design} difference with "
+                              "its 95% CI; an interval that does not cross 0 is a difference the data support.",
                          "Mean Dice of A and B per class, and their difference"))
 
-    pairs = [[(c["case_id"], c["dice_a"][k], c["dice_b"][k]) for c in result["cases"]
-              if c["dice_a"][k] is not None and c["dice_b"][k] is not None] for k in keys]
-    uri = plots.paired_cases([shown[k] for k in keys], pairs, labels)
     parts.append("<h2>Case by case</h2>")
-    parts.append(_figure(uri, f"Each line is one case: its Dice with {_e(labels[0])} on the left, with "
-                              f"{_e(labels[1])} on the right.", "Paired Dice per case"))
-    parts.append(_case_table(result, labels))
-    others = [m for m in result["paired_differences"] if m != "dice"]
+    if paired_design:
+        pairs = [[(c["case_id"], c["dice_a"][k], c["dice_b"][k]) for c in result["cases"]
+                  if c["dice_a"][k] is not None and c["dice_b"][k] is not None] for k in keys]
+        uri = plots.paired_cases([shown[k] for k in keys], pairs, labels)
+        parts.append(_figure(uri, f"Each line is one case: its Dice with {_e(labels[0])} on the left, with "
+                                  f"{_e(labels[1])} on the right.", "Paired Dice per case"))
+        parts.append(_case_table(result, labels))
+    else:
+        parts.append(f'<p>No per-case plot: the two evaluations share no case, so no case has a Dice under both '
+                     f'{_e(labels[0])} and {_e(labels[1])} to compare. Each evaluation\'s own report.html shows its '
+                     f'cases.</p>')
+    others = [m for m in result[f"{design}_differences"] if m != "dice"]
     if others:
         parts.append(_other_metrics(result, others, names, shown, labels))
     title = f"Comparison: {labels[0]} vs {labels[1]}"
     body = "\n".join(parts)
     return page(title, body)
+
+
+def _count(diff: dict) -> str:
+    """The cases behind one difference: pairs (paired design) or each side's cases (unpaired)."""
+    if "n_common" in diff:
+        return f'n = {diff["n_common"]} pairs'
+    return f'n = {diff["n_a"]} (A), {diff["n_b"]} (B)'
 
 
 def _figure(uri: str, caption: str, alt: str) -> str:
@@ -321,17 +370,20 @@ def _case_table(result: dict, labels: tuple[str, str]) -> str:
 
 
 def _other_metrics(result: dict, metrics: list[str], names: list[str], shown: dict, labels: tuple[str, str]) -> str:
+    design = result["design"]
     head = "".join(f"<th>{_e(METRIC_NAMES.get(m, m))}</th>" for m in metrics)
     rows = []
     for key in [*names, MEAN_FOREGROUND]:
         cells = []
         for m in metrics:
-            d = result["paired_differences"][m][key]
+            d = result[f"{design}_differences"][m][key]
+            n = f'n = {d["n_common"]}' if design == "paired" else _count(d)
             cells.append(f'<td class="num"><span class="cell-main">{_signed(d["mean_diff"], m)}</span>'
                          f'<span class="cell-sub">95% CI {_interval(d["ci95"], m, signed=True)}</span>'
-                         f'<span class="cell-sub">n = {d["n_common"]}</span></td>')
+                         f'<span class="cell-sub">{n}</span></td>')
         cls = ' class="mean"' if key == MEAN_FOREGROUND else ""
         rows.append(f"<tr{cls}><th>{_e(shown[key])}</th>{''.join(cells)}</tr>")
-    return (f"<h2>Other metrics</h2><p>Paired differences {_e(labels[1])} − {_e(labels[0])}, as for Dice. For HD95 "
+    return (f"<h2>Other metrics</h2><p>{design.capitalize()} differences {_e(labels[1])} − {_e(labels[0])}, as for "
+            f"Dice. For HD95 "
             f"(mm) a negative difference is an improvement.</p><table><tr><th>Class</th>{head}</tr>"
             f"{''.join(rows)}</table>")

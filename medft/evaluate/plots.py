@@ -13,15 +13,14 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-from matplotlib import patheffects, rc_context
+from matplotlib import rc_context
 from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-# Okabe & Ito (2008), "Color Universal Design": distinct for deuteranopia, protanopia, tritanopia.
-OKABE_ITO = ["#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7"]
+from medft.slices import class_hex
+
 GREY = "#555555"
 SITE_MARKERS = ["o", "s", "^", "D", "v", "P", "X", "<", ">"]
 DPI = 110
@@ -49,11 +48,6 @@ _STYLE = {
     "legend.frameon": False,
     "savefig.facecolor": "white",
 }
-
-
-def class_colour(class_index: int) -> str:
-    """The colour of a foreground class (1, 2, ...), the same in every figure."""
-    return OKABE_ITO[(class_index - 1) % len(OKABE_ITO)]
 
 
 def to_data_uri(fig: Figure) -> str:
@@ -103,7 +97,7 @@ def distributions(values: dict[str, dict[str, list[tuple[float, str]]]], classes
                                  medianprops={"color": "black", "linewidth": 1.4},
                                  whiskerprops={"color": GREY}, capprops={"color": GREY})
                 for patch in box["boxes"]:
-                    patch.set(facecolor=class_colour(index), alpha=0.45, edgecolor=GREY)
+                    patch.set(facecolor=class_hex(index), alpha=0.45, edgecolor=GREY)
                 jitter = rng.uniform(-0.17, 0.17, len(pairs))
                 for (value, site), dx in zip(pairs, jitter):
                     ax.plot(position + dx, value, marker=marker_of.get(site, "o"), color="black", alpha=0.75,
@@ -125,7 +119,7 @@ def distributions(values: dict[str, dict[str, list[tuple[float, str]]]], classes
                 ax.set_ylim(bottom=0)
         legend_ax = axes[len(metrics)]
         legend_ax.axis("off")
-        handles = [Patch(facecolor=class_colour(i), alpha=0.45, edgecolor=GREY, label=n) for i, n in classes]
+        handles = [Patch(facecolor=class_hex(i), alpha=0.45, edgecolor=GREY, label=n) for i, n in classes]
         handles.append(Line2D([], [], color="black", linewidth=1.4, label="median; box: quartiles"))
         if len(sites) > 1:
             handles += [Line2D([], [], marker=marker_of[s], color="black", linestyle="none", markersize=5,
@@ -178,7 +172,7 @@ def roc(curves: dict[str, dict], class_index: dict[str, int]) -> str:
         full, low = fig.subplots(1, 2)
         for name, curve in curves.items():
             fpr, tpr = np.asarray(curve["fpr"], dtype=float), np.asarray(curve["tpr"], dtype=float)
-            colour = class_colour(class_index.get(name, 1))
+            colour = class_hex(class_index.get(name, 1))
             label = f"{name} (AUC {curve['auc']:.3f})" if curve.get("auc") is not None else name
             full.plot(fpr, tpr, color=colour, linewidth=1.8, label=label)
             keep = fpr > 0
@@ -230,68 +224,12 @@ def site_dice(per_site: dict[str, dict], classes: list[tuple[int, str]], mean_la
         return to_data_uri(fig)
 
 
-def intensity_window(image: np.ndarray) -> tuple[float, float]:
-    """Grey-level window of an image: its 1st to 99th intensity percentile."""
-    finite = image[np.isfinite(image)]
-    if finite.size == 0:
-        return 0.0, 1.0
-    lo, hi = np.percentile(finite, [1, 99])
-    return (float(lo), float(hi)) if hi > lo else (float(finite.min()), float(finite.max()) + 1e-6)
-
-
-def case_slice(image: np.ndarray, truth: np.ndarray, prediction: np.ndarray, class_names: list[str],
-               spacing: tuple[float, float], window: tuple[float, float], title: str) -> str:
-    """An axial slice three times: the image, the ground truth over it and the prediction over it.
-
-    Arrays are (x, y) in RAS. They are shown in radiological convention: the patient's right on
-    the viewer's left, anterior at the top.
-    """
-    def screen(array: np.ndarray) -> np.ndarray:
-        return np.flipud(np.fliplr(array.T))  # rows: anterior first; columns: patient right first
-
-    n = len(class_names)
-    colours = ListedColormap(["#00000000"] + [class_colour(i) for i in range(1, n)])
-    aspect = spacing[1] / spacing[0]
-    shown = screen(image)
-    height, width = shown.shape
-    panel_width = 2.9
-    # Constrained layout leaves each image about 92% of its panel's width.
-    panel_height = min(max(0.92 * panel_width * height * aspect / width, 1.6), 4.5)
-    with rc_context(_STYLE | {"axes.grid": False}):
-        fig = _figure(3 * panel_width, panel_height + 0.75)
-        axes = fig.subplots(1, 3)
-        for ax, overlay, name in zip(axes, (None, truth, prediction), ("Image", "Ground truth", "Prediction")):
-            ax.imshow(shown, cmap="gray", vmin=window[0], vmax=window[1], aspect=aspect, interpolation="nearest")
-            if overlay is not None:
-                labels = screen(overlay).astype(int)
-                masked = np.ma.masked_where(labels == 0, np.clip(labels, 0, n - 1))
-                ax.imshow(masked, cmap=colours, vmin=0, vmax=n - 1, alpha=0.35, aspect=aspect,
-                          interpolation="nearest")
-                for c in range(1, n):
-                    if (labels == c).any():
-                        ax.contour(labels == c, levels=[0.5], colors=[class_colour(c)], linewidths=1.2)
-            ax.set_title(name)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            for x, y, letter, ha, va in ((0.02, 0.5, "R", "left", "center"), (0.98, 0.5, "L", "right", "center"),
-                                         (0.5, 0.98, "A", "center", "top"), (0.5, 0.02, "P", "center", "bottom")):
-                ax.text(x, y, letter, transform=ax.transAxes, color="white", fontsize=9, fontweight="bold", ha=ha,
-                        va=va, path_effects=[patheffects.withStroke(linewidth=2.2, foreground="black")])
-        handles = [Patch(facecolor=class_colour(i), edgecolor=class_colour(i), alpha=0.7, label=class_names[i])
-                   for i in range(1, n)]
-        fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 6), fontsize=9)
-        fig.suptitle(title, fontsize=10)
-        return to_data_uri(fig)
-
-
-# --------------------------------------------------------------------------------------------
-# Comparison of two evaluations
-# --------------------------------------------------------------------------------------------
 _A_COLOUR, _B_COLOUR = "#0072B2", "#D55E00"
 
 
-def compare_means(groups: list[str], a: list[dict], b: list[dict], diff: list[dict], labels: tuple[str, str]) -> str:
-    """Left: mean Dice of A and B per class with 95% CIs. Right: paired difference B − A with its CI."""
+def compare_means(groups: list[str], a: list[dict], b: list[dict], diff: list[dict], labels: tuple[str, str],
+                  diff_title: str = "Paired difference, 95% CI") -> str:
+    """Left: mean Dice of A and B per class with 95% CIs. Right: the difference B − A with its CI (titled diff_title)."""
     with rc_context(_STYLE):
         fig = _figure(10.0, 3.8)
         left, right = fig.subplots(1, 2, width_ratios=[1.25, 1])
@@ -323,7 +261,7 @@ def compare_means(groups: list[str], a: list[dict], b: list[dict], diff: list[di
         right.grid(axis="y", visible=False)
         span = max([abs(v) for d in diff if d.get("mean") is not None for v in d["ci95"]] + [0.02]) * 1.25
         right.set_xlim(-span, span)
-        right.set(xlabel=f"Dice difference ({labels[1]} − {labels[0]})", title="Paired difference, 95% CI")
+        right.set(xlabel=f"Dice difference ({labels[1]} − {labels[0]})", title=diff_title)
         return to_data_uri(fig)
 
 

@@ -468,8 +468,9 @@ def _worst_section(folder: EvaluationFolder) -> str:
         parts.append(_absent("No case with ground truth and a defined Dice: no worst cases to show."))
         return "".join(parts) + "</section>"
     parts.append(f"<p>The {len(worst)} case{'s' if len(worst) > 1 else ''} with the lowest Dice averaged over the "
-                 "foreground classes, worst first. Each picture shows the axial slice with the most ground-truth plus "
-                 "predicted foreground, in radiological convention (patient's right on the left).</p>")
+                 "foreground classes, worst first. Each picture shows the axial slice with the most voxels labelled "
+                 "in the ground truth or the prediction, in radiological convention (patient's right on the left, "
+                 "anterior at the top); the last panel marks where the prediction disagrees with the ground truth.</p>")
     by_id = {c["case_id"]: c for c in folder.cases}
     dice_by_case: dict[str, dict[str, float]] = {}
     for row in folder.rows:
@@ -508,9 +509,13 @@ def _resolve(folder: EvaluationFolder, text: str) -> Path:
 
 
 def _case_picture(folder: EvaluationFolder, case: dict, title: str) -> tuple[str, str]:
-    """The case's picture and where its slice lies; raises when a file is missing or grids differ."""
+    """The case's picture and where its slice lies; raises when a file is missing or grids differ.
+
+    Slice choice, orientation, windowing and overlay colours come from ``medft.slices``, which
+    the review app draws with too: a case looks the same in the report and in the app.
+    """
+    from medft import slices
     from medft.data.loading import geometry_mismatch, load_image, load_label
-    from medft.evaluate import plots
 
     if case.get("status") != "ok" or not case.get("label") or not case.get("prediction") or not case.get("image"):
         raise MedftError("evaluation.json gives no image, ground truth and prediction for this case")
@@ -524,12 +529,65 @@ def _case_picture(folder: EvaluationFolder, case: dict, title: str) -> tuple[str
     volume = np.asarray(image[0].detach().cpu(), dtype=np.float32)
     truth_map = np.rint(np.asarray(truth[0].detach().cpu())).astype(np.int16)
     prediction_map = np.rint(np.asarray(prediction[0].detach().cpu())).astype(np.int16)
-    foreground = (truth_map > 0).sum(axis=(0, 1)) + (prediction_map > 0).sum(axis=(0, 1))
-    z = int(np.argmax(foreground)) if foreground.any() else volume.shape[2] // 2
-    spacing = np.linalg.norm(np.asarray(image.affine, dtype=float)[:3, :3], axis=0)
-    uri = plots.case_slice(volume[:, :, z], truth_map[:, :, z], prediction_map[:, :, z], folder.class_names,
-                           (float(spacing[0]), float(spacing[1])), plots.intensity_window(volume), title)
+    z = slices.best_slice(truth_map, prediction_map, "axial", by="label")
+    n_classes = max(len(folder.class_names), int(max(truth_map.max(), prediction_map.max())) + 1)
+    image_slice = slices.extract_slice(volume, "axial", z)
+    truth_slice = slices.extract_slice(truth_map, "axial", z)
+    prediction_slice = slices.extract_slice(prediction_map, "axial", z)
+    spacing = slices.pixel_spacing(slices.voxel_spacing(image.affine), "axial")
+    # Small images are magnified here (not by the figure) so that outlines stay one fine pixel wide.
+    scale = max(1, math.ceil(_PANEL_PIXELS / max(slices.display_shape(image_slice.shape, spacing))))
+    draw = {"window": slices.percentile_window(volume), "spacing": spacing, "scale": scale}
+    colours = slices.class_colors(n_classes)
+    panels = [
+        ("Image", slices.render(image_slice, **draw)),
+        ("Ground truth", slices.render(image_slice, truth_slice, class_colors=colours, opacity=0.35, mode="both",
+                                       **draw)),
+        ("Prediction", slices.render(image_slice, prediction_slice, class_colors=colours, opacity=0.35, mode="both",
+                                     **draw)),
+        ("Difference", slices.render_difference(image_slice, truth_slice, prediction_slice, opacity=0.6, **draw)),
+    ]
+    legend = [(slices.class_hex(c), folder.class_names[c] if c < len(folder.class_names) else f"class {c}")
+              for c in range(1, n_classes)]
+    legend += [(slices.DIFFERENCE_HEX[k], label) for k, label in
+               ((slices.FALSE_POSITIVE, "false positive"), (slices.FALSE_NEGATIVE, "false negative"),
+                (slices.WRONG_CLASS, "wrong class"))]
+    uri = _slice_figure(panels, slices.orientation_letters("axial"), legend, title)
     return uri, f"Axial slice {z + 1} of {volume.shape[2]}"
+
+
+_PANEL_PIXELS = 300  # about the width of one panel in the figure
+
+
+def _slice_figure(panels: list[tuple[str, np.ndarray]], letters: dict[str, str], legend: list[tuple[str, str]],
+                  title: str) -> str:
+    """Pictures drawn by medft.slices side by side, each with its orientation letters, one legend below."""
+    from matplotlib import patheffects, rc_context
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    from medft.evaluate import plots
+
+    height, width = panels[0][1].shape[:2]
+    panel_width = 2.5
+    panel_height = min(max(0.92 * panel_width * height / width, 1.4), 4.0)
+    with rc_context({"font.size": 9, "axes.titlesize": 10, "savefig.facecolor": "white"}):
+        fig = Figure(figsize=(len(panels) * panel_width, panel_height + 0.9), layout="constrained")
+        axes = fig.subplots(1, len(panels))
+        for ax, (name, rgb) in zip(axes, panels):
+            ax.imshow(rgb, interpolation="nearest")
+            ax.set_title(name)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for edge, (x, y, ha, va) in {"left": (0.02, 0.5, "left", "center"), "right": (0.98, 0.5, "right", "center"),
+                                         "top": (0.5, 0.98, "center", "top"),
+                                         "bottom": (0.5, 0.02, "center", "bottom")}.items():
+                ax.text(x, y, letters[edge], transform=ax.transAxes, color="white", fontsize=9, fontweight="bold",
+                        ha=ha, va=va, path_effects=[patheffects.withStroke(linewidth=2.2, foreground="black")])
+        handles = [Patch(facecolor=colour, edgecolor=colour, label=label) for colour, label in legend]
+        fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 7), fontsize=8)
+        fig.suptitle(title, fontsize=10)
+        return plots.to_data_uri(fig)
 
 
 # ---- failed and prediction-only cases ---------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Summaries of per-case metrics: means with bootstrap confidence intervals, per site, paired comparisons.
+"""Summaries of per-case metrics: means with bootstrap confidence intervals, per site, paired and unpaired comparisons.
 
 Input rows follow the evaluation folder's ``per_case.csv`` contract, one per case and class:
 ``case_id, site, class_index, class_name, dice, sensitivity, specificity, hd95, nsd, tp, fp, fn, tn``.
@@ -15,6 +15,9 @@ Conventions:
 - Confidence intervals: percentile bootstrap of the mean over cases (cases resampled with
   replacement, numpy ``default_rng(seed)``), so the same input and seed give the same interval.
   Cases are put in ``case_id`` order first: the row order of the input does not matter.
+  Two evaluations of the same cases are compared per case (``paired_difference``), of different
+  cases (e.g. two sites) by the difference of their means with each side resampled on its own
+  (``unpaired_difference``).
 - Summaries are JSON-safe: NaN (and any other non-finite float) becomes None (``null``), so
   ``json.dumps(..., allow_nan=False)`` works.
 
@@ -43,6 +46,9 @@ PER_CASE_COLUMNS = (
 METRICS = ("dice", "sensitivity", "specificity", "hd95", "nsd")
 COUNTS = ("tp", "fp", "fn", "tn")
 BOOTSTRAP_METHOD = "percentile bootstrap of the mean, cases resampled"
+UNPAIRED_BOOTSTRAP_METHOD = (
+    "percentile bootstrap of the difference of means, each evaluation's cases resampled independently"
+)
 UNKNOWN_SITE = "unknown"
 MEAN_FOREGROUND = "mean_foreground"
 _CHUNK = 1_000_000  # resampled values drawn at a time: bounds memory for many cases
@@ -66,12 +72,7 @@ def bootstrap_ci(values: np.ndarray, n_resamples: int = 2000, seed: int = 0, lev
     n = v.size
     if n < 2:
         return math.nan, math.nan
-    rng = np.random.default_rng(seed)
-    per_chunk = max(1, _CHUNK // n)
-    means = np.empty(n_resamples, dtype=np.float64)
-    for start in range(0, n_resamples, per_chunk):
-        stop = min(start + per_chunk, n_resamples)
-        means[start:stop] = v[rng.integers(0, n, size=(stop - start, n))].mean(axis=1)
+    means = _resampled_means(v, n_resamples, np.random.default_rng(seed))
     tail = (1.0 - level) / 2.0
     lo, hi = np.quantile(means, [tail, 1.0 - tail])
     return float(lo), float(hi)
@@ -191,6 +192,76 @@ def _paired(a: np.ndarray, b: np.ndarray, n_resamples: int, seed: int) -> dict:
     }
 
 
+def unpaired_difference(
+    rows_a: list[dict],
+    rows_b: list[dict],
+    class_names: Sequence[str],
+    metric: str = "dice",
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> dict:
+    """Compare two evaluations of different cases (e.g. two sites' held-out sets): difference of means.
+
+    Per foreground class and for the per-case foreground mean, all of A's cases against all of
+    B's (case ids need not match; NaN values are dropped on each side separately):
+    ``{"n_a", "n_b", "mean_a", "mean_b", "mean_diff" (mean_b - mean_a), "ci95"}``. The interval is
+    a percentile bootstrap of the difference of means, A's and B's cases resampled independently
+    (A's first, then B's, from one ``numpy.random.default_rng(seed)``; cases in ``case_id``
+    order), (nan, nan) when a side has fewer than 2 values. The difference reflects the two case
+    populations as well as the models: prefer ``paired_difference`` when the cases are the same.
+    Returns ``{"metric", "difference": "b - a", "bootstrap", "n_cases_a", "n_cases_b", "classes",
+    "differences": {class_name: ..., "mean_foreground": ...}}``, JSON-safe (NaN as None).
+    """
+    (metric,) = _check_metrics([metric])
+    if n_resamples < 1:
+        raise ValueError(f"unpaired_difference: n_resamples must be >= 1, got {n_resamples}.")
+    table_a, table_b = _Table(rows_a, class_names), _Table(rows_b, class_names)
+    ids_a, ids_b = table_a.case_ids, table_b.case_ids
+    differences = {}
+    for c, name in table_a.foreground:
+        differences[name] = _unpaired(table_a.values(ids_a, c, metric), table_b.values(ids_b, c, metric),
+                                      n_resamples, seed)
+    differences[MEAN_FOREGROUND] = _unpaired(
+        table_a.foreground_means(ids_a, metric), table_b.foreground_means(ids_b, metric), n_resamples, seed
+    )
+    return _json_safe({
+        "metric": metric,
+        "difference": "b - a",
+        "bootstrap": _bootstrap_info(n_resamples, seed, UNPAIRED_BOOTSTRAP_METHOD),
+        "n_cases_a": len(ids_a),
+        "n_cases_b": len(ids_b),
+        "classes": table_a.foreground_names,
+        "differences": differences,
+    })
+
+
+def _unpaired(a: np.ndarray, b: np.ndarray, n_resamples: int, seed: int, level: float = 0.95) -> dict:
+    a, b = _drop_nan(a), _drop_nan(b)
+    n_a, n_b = int(a.size), int(b.size)
+    mean_a = float(a.mean()) if n_a else math.nan
+    mean_b = float(b.mean()) if n_b else math.nan
+    lo = hi = math.nan
+    if n_a >= 2 and n_b >= 2:
+        rng = np.random.default_rng(seed)
+        means_a = _resampled_means(a, n_resamples, rng)  # A's resamples first, then B's: independent draws
+        diffs = _resampled_means(b, n_resamples, rng) - means_a
+        tail = (1.0 - level) / 2.0
+        lo, hi = (float(q) for q in np.quantile(diffs, [tail, 1.0 - tail]))
+    return {"n_a": n_a, "n_b": n_b, "mean_a": mean_a, "mean_b": mean_b, "mean_diff": mean_b - mean_a,
+            "ci95": [lo, hi]}
+
+
+def _resampled_means(v: np.ndarray, n_resamples: int, rng: np.random.Generator) -> np.ndarray:
+    """Means of ``n_resamples`` resamples of v (cases drawn with replacement), chunked to bound memory."""
+    n = v.size
+    per_chunk = max(1, _CHUNK // n)
+    means = np.empty(n_resamples, dtype=np.float64)
+    for start in range(0, n_resamples, per_chunk):
+        stop = min(start + per_chunk, n_resamples)
+        means[start:stop] = v[rng.integers(0, n, size=(stop - start, n))].mean(axis=1)
+    return means
+
+
 def _group_summary(table: "_Table", case_ids: list[str], metrics: Sequence[str], n_resamples: int, seed: int) -> dict:
     group = {
         name: {m: describe(table.values(case_ids, c, m), n_resamples, seed) for m in metrics}
@@ -200,8 +271,8 @@ def _group_summary(table: "_Table", case_ids: list[str], metrics: Sequence[str],
     return group
 
 
-def _bootstrap_info(n_resamples: int, seed: int) -> dict:
-    return {"resamples": int(n_resamples), "seed": int(seed), "level": 0.95, "method": BOOTSTRAP_METHOD}
+def _bootstrap_info(n_resamples: int, seed: int, method: str = BOOTSTRAP_METHOD) -> dict:
+    return {"resamples": int(n_resamples), "seed": int(seed), "level": 0.95, "method": method}
 
 
 def _check_metrics(metrics: Sequence[str]) -> list[str]:

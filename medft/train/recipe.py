@@ -71,6 +71,7 @@ class FineTuneRecipe:
         self._check_forward()
 
         self.schedule = FreezeSchedule([FreezeStage(s.epoch, s.preset, tuple(s.patterns)) for s in config.freeze])
+        self.schedule.validate(self.network, self.head)  # a stage that does not fit fails now, not at epoch 20
         optim = config.optim
         groups = parameter_groups(self.network, self.head, optim.lr, optim.head_lr or 10 * optim.lr, optim.weight_decay)
         self.optimizer = torch.optim.AdamW(groups)
@@ -102,6 +103,11 @@ class FineTuneRecipe:
             for epoch in range(self.start_epoch, 0 if stopped else config.train.epochs):
                 frozen = self.schedule.frozen_at(self.network, self.head, epoch)
                 apply_freezing(self.network, frozen)
+                if self.schedule.changes_at(epoch) or epoch == self.start_epoch:
+                    stage = self.schedule.stage_at(epoch)
+                    log.info("epoch %d: freezing stage %s%s, %d of %d parameter tensors frozen", epoch, stage.preset or "none",
+                             f" + patterns {list(stage.patterns)}" if stage.patterns else "", len(frozen),
+                             len(list(self.network.parameters())))
                 started = time.perf_counter()
                 train_loss = self._train_epoch(epoch, frozen)
                 record = {"epoch": epoch, "train_loss": train_loss, "lr": self.scheduler.get_last_lr(),

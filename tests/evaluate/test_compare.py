@@ -1,4 +1,5 @@
-"""comparison.html / comparison.json: two evaluations side by side, paired differences with CIs."""
+"""comparison.html / comparison.json: two evaluations side by side, paired (or, with no common case, unpaired)
+differences with CIs."""
 from __future__ import annotations
 
 import base64
@@ -13,7 +14,7 @@ import pytest
 
 from medft.errors import MedftError
 from medft.evaluate.compare import compare_evaluations
-from medft.evaluate.summary import summarize, write_per_case
+from medft.evaluate.summary import METRICS, summarize, write_per_case
 
 CLASSES = ["background", "anterior", "posterior"]
 
@@ -67,6 +68,7 @@ def test_a_constant_shift_gives_that_difference_and_a_zero_width_interval(shifte
     page = compare_evaluations(eval_a, eval_b)
     assert page == eval_b / "comparison.html"
     result = json.loads((eval_b / "comparison.json").read_text())
+    assert result["design"] == "paired" and "share 12 scored cases" in result["design_reason"]
     assert result["common_cases"] == ids and result["only_in_a"] == ["case_extra"] and result["only_in_b"] == []
     assert result["a"]["label"] == "pretrained" and result["b"]["label"] == "finetuned"
     for key, n in [("anterior", 11), ("posterior", 12), ("mean_foreground", 12)]:
@@ -110,20 +112,26 @@ def test_paired_interval_matches_the_normal_approximation(tmp_path):
     assert result["a"]["label"] == "bundle"
 
 
-def test_comparison_page_is_self_contained_with_its_plots(shifted_pair):
-    eval_a, eval_b, _ = shifted_pair
-    text = compare_evaluations(eval_a, eval_b, out=eval_a / "vs.html").read_text()
-    assert (eval_a / "vs.json").is_file()
+def _assert_self_contained(text: str, n_images: int) -> None:
+    """Nothing loaded from elsewhere; n_images inline PNGs of a sensible size."""
     assert "http" not in text.lower()
     assert not re.search(r"<(script|link|iframe)\b|@import|url\(", text, re.I)
     for value in re.findall(r"""\b(?:src|href)\s*=\s*["']?([^"'\s>]*)""", text, re.I):
         assert value.startswith(("data:", "#")), value
     images = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", text)
-    assert len(images) == 2  # means with CIs and differences; paired per-case lines
+    assert len(images) == n_images
     for data in map(base64.b64decode, images):
         assert data[:8] == b"\x89PNG\r\n\x1a\n"
         width, height = struct.unpack(">II", data[16:24])
         assert 300 <= width <= 3000 and 150 <= height <= 3000
+
+
+def test_comparison_page_is_self_contained_with_its_plots(shifted_pair):
+    eval_a, eval_b, _ = shifted_pair
+    text = compare_evaluations(eval_a, eval_b, out=eval_a / "vs.html").read_text()
+    assert (eval_a / "vs.json").is_file()
+    _assert_self_contained(text, 2)  # means with CIs and differences; paired per-case lines
+    assert "Paired comparison" in text and "unpaired" not in text.lower()
     assert "case_extra" in text  # named as scored in A only
     for case_id in ["case_00", "case_11"]:
         assert case_id in text
@@ -141,11 +149,72 @@ def test_different_classes_are_refused_naming_both_folders(tmp_path):
     assert str(eval_a) in str(error.value) and str(eval_b) in str(error.value)
 
 
-def test_no_common_case_is_refused_naming_both_folders(tmp_path):
+def test_no_common_case_is_compared_unpaired(tmp_path):
     dice = {"anterior": [0.5, 0.6], "posterior": [0.7, 0.8]}
     eval_a = _folder(tmp_path / "a", _rows(dice, ["c1", "c2"], ["", ""]), "m1")
     eval_b = _folder(tmp_path / "b", _rows(dice, ["c3", "c4"], ["", ""]), "m2")
-    with pytest.raises(MedftError, match="no case is scored in both") as error:
-        compare_evaluations(eval_a, eval_b)
-    assert str(eval_a) in str(error.value) and str(eval_b) in str(error.value)
-    assert not (eval_b / "comparison.html").exists()
+    assert compare_evaluations(eval_a, eval_b) == eval_b / "comparison.html"
+    result = json.loads((eval_b / "comparison.json").read_text())
+    assert result["design"] == "unpaired" and "share no scored case" in result["design_reason"]
+    assert (result["common_cases"], result["only_in_a"], result["only_in_b"]) == ([], ["c1", "c2"], ["c3", "c4"])
+    assert result["dice"]["anterior"]["unpaired"]["mean_diff"] == pytest.approx(0.0, abs=1e-12)
+
+
+# --------------------------------------------------------------------------------------------
+# Two sites: the same model on two held-out sets that share no case
+# --------------------------------------------------------------------------------------------
+def _two_sites(tmp_path: Path, noise: float = 0.0, same_ids: bool = False) -> tuple[Path, Path]:
+    """A: 12 cases of site north; B: A's Dice + 0.05 (+ per-case noise of mean exactly 0) under site south's ids,
+    or under A's own ids with same_ids (the equivalent paired construction)."""
+    rng = np.random.default_rng(4)
+    ids_a = [f"north_{i:02d}" for i in range(12)]
+    ids_b = ids_a if same_ids else [f"south_{i:02d}" for i in range(12)]
+    a = {n: rng.uniform(0.5, 0.9, 12) for n in CLASSES[1:]}
+    jitter = {n: rng.normal(0, noise, 12) if noise else np.zeros(12) for n in CLASSES[1:]}
+    b = {n: list(a[n] + 0.05 + jitter[n] - jitter[n].mean()) for n in CLASSES[1:]}
+    name = "paired" if same_ids else "sites"
+    eval_a = _folder(tmp_path / f"{name}_north", _rows({n: list(v) for n, v in a.items()}, ids_a, ["north"] * 12), "m")
+    eval_b = _folder(tmp_path / f"{name}_south", _rows(b, ids_b, ["north" if same_ids else "south"] * 12), "m")
+    return eval_a, eval_b
+
+
+@pytest.mark.parametrize("noise", [0.0, 0.01])
+def test_two_sites_are_compared_unpaired_and_the_interval_is_wider_than_paired(tmp_path, noise):
+    eval_a, eval_b = _two_sites(tmp_path, noise)
+    compare_evaluations(eval_a, eval_b, out=tmp_path / "sites.html")
+    result = json.loads((tmp_path / "sites.json").read_text())
+    assert result["design"] == "unpaired"
+    assert result["a"]["label"] == "sites_north" and result["b"]["label"] == "sites_south"
+    assert result["common_cases"] == [] and result["cases"] == [] and len(result["only_in_b"]) == 12
+    assert result["bootstrap"]["method"] == (
+        "percentile bootstrap of the difference of means, each evaluation's cases resampled independently")
+    assert "paired_differences" not in result and set(result["unpaired_differences"]) == set(METRICS)
+    compare_evaluations(*_two_sites(tmp_path, noise, same_ids=True), out=tmp_path / "paired.html")
+    paired = json.loads((tmp_path / "paired.json").read_text())
+    assert paired["design"] == "paired"
+    for key in ("anterior", "posterior", "mean_foreground"):
+        d = result["dice"][key]["unpaired"]
+        assert "paired" not in result["dice"][key]
+        assert (d["n_a"], d["n_b"]) == (12, 12)
+        assert d["mean_diff"] == pytest.approx(0.05, abs=1e-12)
+        assert d["mean_b"] - d["mean_a"] == pytest.approx(0.05, abs=1e-12)
+        # each side's own mean (its summary.json) is the mean that enters the difference
+        assert d["mean_a"] == pytest.approx(result["dice"][key]["a"]["mean"], abs=1e-12)
+        lo, hi = d["ci95"]
+        assert lo < 0.05 < hi
+        p = paired["dice"][key]["paired"]
+        assert p["mean_diff"] == pytest.approx(0.05, abs=1e-12)
+        assert hi - lo > 5 * (p["ci95"][1] - p["ci95"][0])
+    # HD95 = 1 + 10 (1 - Dice): B's is lower by 0.5 mm on average.
+    assert result["unpaired_differences"]["hd95"]["posterior"]["mean_diff"] == pytest.approx(-0.5, abs=1e-9)
+
+
+def test_two_sites_page_is_self_contained_and_says_unpaired(tmp_path):
+    eval_a, eval_b = _two_sites(tmp_path)
+    text = compare_evaluations(eval_a, eval_b, labels=("north", "south")).read_text()
+    _assert_self_contained(text, 1)  # means with CIs and the difference; no per-case pairs
+    assert "Unpaired comparison" in text and "unpaired" in text.lower()
+    assert "share no scored case" in text and "case populations" in text
+    assert "No per-case plot" in text and "Paired Dice per case" not in text
+    assert "+0.050" in text and "n = 12 (A), 12 (B)" in text
+    assert "north_00" not in text and "south_00" not in text  # no per-case table

@@ -164,7 +164,8 @@ def _section(text: str, anchor: str) -> str:
 
 
 def _assert_self_contained(text: str) -> None:
-    assert "http" not in text.lower()
+    # Base64 picture data may spell "hTTp" by chance: look for links in everything else.
+    assert "http" not in DATA_URI.sub("data:image/png;base64,", text).lower()
     assert not re.search(r"<(script|link|iframe|object|embed)\b", text, re.I)
     assert not re.search(r"@import|url\(", text, re.I)
     for attribute in re.findall(r"""\b(?:src|srcset|href|poster|data)\s*=\s*["']?([^"'\s>]*)""", text, re.I):
@@ -225,6 +226,13 @@ def test_worst_cases_are_shown_worst_first_each_with_its_picture(report):
     assert all("<img" in f and "Picture not drawn" not in f for f in figures)
     dicom_figure = next(f for f in figures if "dicom_13" in f)
     assert "Axial slice" in dicom_figure
+    # The slice is the one medft.slices picks (the review app opens the same one): most labelled voxels.
+    from medft.slices import best_slice
+
+    truth = np.asarray(nib.load(folder / "truth" / "dicom_13.nii.gz").dataobj)
+    pred = np.asarray(nib.load(folder / "predictions" / "dicom_13.nii.gz").dataobj)
+    z = best_slice(truth, pred, "axial", by="label")
+    assert f"Axial slice {z + 1} of {truth.shape[2]}" in dicom_figure
 
 
 def test_report_embeds_the_expected_images(report):

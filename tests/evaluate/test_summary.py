@@ -1,4 +1,4 @@
-"""Summaries of per-case metrics: bootstrap intervals, NaN handling, sites, paired differences, per_case.csv."""
+"""Summaries of per-case metrics: bootstrap intervals, NaN handling, sites, paired and unpaired differences, per_case.csv."""
 import json
 import math
 import random
@@ -8,7 +8,8 @@ import pytest
 
 from medft.errors import DataError
 from medft.evaluate.summary import (
-    PER_CASE_COLUMNS, bootstrap_ci, describe, paired_difference, read_per_case, summarize, write_per_case,
+    PER_CASE_COLUMNS, bootstrap_ci, describe, paired_difference, read_per_case, summarize, unpaired_difference,
+    write_per_case,
 )
 
 NAN = float("nan")
@@ -201,6 +202,98 @@ def test_paired_difference_of_an_evaluation_with_itself_is_zero_and_unpaired_is_
     assert other["n_common_cases"] == 0
     assert other["differences"]["anterior"] == {"n_common": 0, "mean_a": None, "mean_b": None, "mean_diff": None,
                                                 "ci95": [None, None]}
+
+
+# --------------------------------------------------------------------------------------------
+# unpaired_difference
+# --------------------------------------------------------------------------------------------
+def _disjoint(n_a: int, n_b: int, seed: int, shift: float = 0.0) -> tuple[dict, dict]:
+    """Two case sets with no common id: A ~ U(0.5, 0.9) per class, B the same law moved by shift."""
+    rng = np.random.default_rng(seed)
+    a = {f"a{i:03d}": ("north", *rng.uniform(0.5, 0.9, 2)) for i in range(n_a)}
+    b = {f"b{i:03d}": ("south", *(rng.uniform(0.5, 0.9, 2) + shift)) for i in range(n_b)}
+    return a, b
+
+
+def test_unpaired_difference_compares_the_means_of_two_case_sets_dropping_nan_per_side():
+    a = {"c1": ("", 0.60, 0.70), "c2": ("", 0.80, NAN), "c3": ("", NAN, 0.50), "c4": ("", 0.70, 0.90)}
+    b = {"x1": ("", 0.90, 0.60), "x2": ("", 0.70, 0.80), "x3": ("", 0.80, NAN)}
+    result = unpaired_difference(_rows(a), _rows(b), CLASS_NAMES, metric="dice", n_resamples=500, seed=3)
+    assert set(result) == {"metric", "difference", "bootstrap", "n_cases_a", "n_cases_b", "classes", "differences"}
+    assert (result["metric"], result["difference"], result["classes"]) == ("dice", "b - a", ["anterior", "posterior"])
+    assert result["bootstrap"] == {"resamples": 500, "seed": 3, "level": 0.95, "method": (
+        "percentile bootstrap of the difference of means, each evaluation's cases resampled independently")}
+    assert (result["n_cases_a"], result["n_cases_b"]) == (4, 3)
+    anterior, posterior, fg = (result["differences"][k] for k in ("anterior", "posterior", "mean_foreground"))
+    assert set(anterior) == {"n_a", "n_b", "mean_a", "mean_b", "mean_diff", "ci95"}
+    assert (anterior["n_a"], anterior["n_b"], posterior["n_a"], posterior["n_b"]) == (3, 3, 3, 2)
+    assert anterior["mean_a"] == pytest.approx(0.7) and anterior["mean_b"] == pytest.approx(0.8)
+    assert anterior["mean_diff"] == pytest.approx(0.1)
+    assert posterior["mean_diff"] == pytest.approx(0.7 - 0.7, abs=1e-12)
+    # per-case foreground means, their NaN classes left out: A 0.65, 0.8, 0.5, 0.8; B 0.75, 0.75, 0.8
+    assert (fg["n_a"], fg["n_b"]) == (4, 3)
+    assert fg["mean_diff"] == pytest.approx(2.3 / 3 - 2.75 / 4)
+    # the interval: A's values resampled first, then B's, from one generator seeded with `seed`
+    rng = np.random.default_rng(3)
+    va, vb = np.array([0.6, 0.8, 0.7]), np.array([0.9, 0.7, 0.8])
+    means_a = va[rng.integers(0, 3, size=(500, 3))].mean(axis=1)
+    means_b = vb[rng.integers(0, 3, size=(500, 3))].mean(axis=1)
+    assert anterior["ci95"] == pytest.approx(list(np.quantile(means_b - means_a, [0.025, 0.975])), abs=1e-12)
+    assert anterior["ci95"][0] < anterior["mean_diff"] < anterior["ci95"][1]
+    json.dumps(result, allow_nan=False)
+
+
+def test_unpaired_difference_needs_two_values_on_each_side_for_an_interval():
+    a = {"c1": ("", 0.6, 0.7), "c2": ("", 0.8, NAN), "c3": ("", NAN, NAN)}
+    b = {"x1": ("", 0.9, NAN), "x2": ("", 0.7, NAN)}
+    result = unpaired_difference(_rows(a), _rows(b), CLASS_NAMES)
+    anterior, posterior = result["differences"]["anterior"], result["differences"]["posterior"]
+    assert anterior["ci95"][0] is not None and anterior["mean_diff"] == pytest.approx(0.1)
+    # posterior: one value in A, none in B
+    assert posterior == {"n_a": 1, "n_b": 0, "mean_a": 0.7, "mean_b": None, "mean_diff": None, "ci95": [None, None]}
+    one = unpaired_difference(_rows(a), _rows({"x1": ("", 0.9, 0.5)}), CLASS_NAMES)["differences"]["anterior"]
+    assert one["mean_diff"] == pytest.approx(0.2) and one["ci95"] == [None, None]
+
+
+def test_unpaired_difference_is_deterministic_for_a_seed_and_independent_of_row_order():
+    a, b = _disjoint(15, 20, seed=5, shift=0.05)
+    rows_a, rows_b = _rows(a), _rows(b)
+    first = unpaired_difference(rows_a, rows_b, CLASS_NAMES, seed=0)
+    random.Random(0).shuffle(rows_a)
+    random.Random(1).shuffle(rows_b)
+    assert unpaired_difference(rows_a, rows_b, CLASS_NAMES, seed=0) == first
+    other = unpaired_difference(rows_a, rows_b, CLASS_NAMES, seed=1)
+    assert other["differences"]["anterior"]["ci95"] != first["differences"]["anterior"]["ci95"]
+    assert other["differences"]["anterior"]["mean_diff"] == first["differences"]["anterior"]["mean_diff"]
+
+
+def test_unpaired_difference_of_a_shifted_copy_and_its_interval_width():
+    """B = A's values + 0.05 under other ids: the difference is the shift, with a real (non-zero) interval."""
+    a, _ = _disjoint(40, 0, seed=6)
+    b = {f"b{k}": (site, va + 0.05, vp + 0.05) for k, (site, va, vp) in a.items()}
+    result = unpaired_difference(_rows(a), _rows(b), CLASS_NAMES)
+    paired_same_ids = paired_difference(_rows(a), _rows({k[1:]: v for k, v in b.items()}), CLASS_NAMES)
+    for key in ("anterior", "posterior", "mean_foreground"):
+        d = result["differences"][key]
+        assert d["mean_diff"] == pytest.approx(0.05, abs=1e-12)
+        lo, hi = d["ci95"]
+        assert lo < 0.05 < hi
+        # independent resampling of the two sides: about 1.96 * sqrt(var_a / n_a + var_b / n_b) each way
+        per_case = {"anterior": lambda v: v[1], "posterior": lambda v: v[2], "mean_foreground": lambda v: (v[1] + v[2]) / 2}
+        values = np.array([per_case[key](v) for v in a.values()])
+        half = 1.96 * math.sqrt(2 * values.var(ddof=1) / values.size)
+        assert (hi - lo) / 2 == pytest.approx(half, rel=0.2)
+        p_lo, p_hi = paired_same_ids["differences"][key]["ci95"]
+        assert p_hi - p_lo < 1e-9 < hi - lo  # the paired interval of a constant shift has no width
+
+
+def test_unpaired_interval_narrows_with_more_cases():
+    widths = []
+    for n in (10, 100, 1000):
+        a, b = _disjoint(n, n, seed=7, shift=0.03)
+        lo, hi = unpaired_difference(_rows(a), _rows(b), CLASS_NAMES, n_resamples=1000)["differences"]["anterior"]["ci95"]
+        widths.append(hi - lo)
+    assert widths[0] > 2 * widths[1] > 4 * widths[2]
 
 
 # --------------------------------------------------------------------------------------------

@@ -48,7 +48,9 @@ def test_the_run_folder_holds_the_contract_files(finished_run):
     assert [r["epoch"] for r in records] == [0, 1, 2, 3]
     assert [r["frozen_tensors"] > 0 for r in records] == [True, True, False, False]
     assert records[0]["frozen_tensors"] > records[1]["frozen_tensors"]
-    assert "medft" in (run_dir / "train.log").read_text() and "epoch 3" in (run_dir / "train.log").read_text()
+    log = (run_dir / "train.log").read_text()
+    assert "medft" in log and "epoch 3" in log
+    assert "epoch 1: freezing stage encoder" in log and "epoch 2: freezing stage none, 0 of" in log
     assert "loaded" in (run_dir / "head_adaptation.txt").read_text()
 
 

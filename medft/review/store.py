@@ -1,0 +1,479 @@
+"""The review store: clinicians' grades and comments, kept in a database next to the evaluation.
+
+One row per submission, never updated in place: a clinician who changes a grade adds a row, and
+the earlier grade stays in the history. "Current" means the latest row, where latest is the
+highest ``id`` (the order in which the database accepted the submissions), never the clock:
+two machines' clocks may disagree, ids may not.
+
+By default the store is an SQLite file, ``<eval_dir>/reviews.sqlite``, opened so that several
+reviewers can grade at the same time (WAL journal, a busy timeout so writers wait for each
+other instead of failing) and so that a grade the app has acknowledged survives a killed
+process or a power cut (``synchronous=FULL``: each commit is on disk before ``submit``
+returns). Any other SQLAlchemy URL works too, for instance PostgreSQL for a team
+(``postgresql+psycopg://user@host/medft_reviews``); the SQL here is plain SQLAlchemy Core,
+and SQLite-only statements are confined to the SQLite setup. Use one database per evaluation:
+the store holds case ids, and two evaluations that share case ids would share their reviews.
+
+The store holds case ids, reviewer usernames, grades and free-text comments. Comments are
+written by clinicians and may name a patient: treat ``reviews.sqlite`` and its CSV export like
+the evaluation's other files, and keep them where the images are allowed to be.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import os
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+    func,
+    insert,
+    select,
+)
+from sqlalchemy import inspect as sa_inspect
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.types import TypeDecorator
+
+from medft.errors import MedftError
+
+GRADES: dict[int, str] = {
+    1: "accept as is",
+    2: "minor edits",
+    3: "major edits",
+    4: "reject",
+    5: "image not assessable",
+}
+
+DEFAULT_DB_NAME = "reviews.sqlite"
+SCHEMA_VERSION = 1
+MAX_COMMENT_CHARS = 10_000
+MAX_CASE_ID_CHARS = 256
+MAX_REVIEWER_CHARS = 128
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+CSV_COLUMNS = ("case_id", "reviewer", "grade", "grade_label", "comment", "reviewed_at", "is_current")
+# A spreadsheet treats a cell that opens with one of these as a formula (OWASP "CSV injection").
+_FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+@dataclass(frozen=True)
+class Review:
+    """One submission: a reviewer's grade of a case, with the time the store accepted it."""
+
+    case_id: str
+    reviewer: str
+    grade: int
+    comment: str
+    reviewed_at: datetime  # timezone-aware, UTC
+    id: int  # assigned by the database; a higher id is a later submission
+
+    @property
+    def grade_label(self) -> str:
+        return GRADES.get(self.grade, f"unknown grade {self.grade}")
+
+
+class _UTCDateTime(TypeDecorator):
+    """A datetime stored as UTC and always read back timezone-aware (SQLite keeps no zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("reviewed_at must be timezone-aware")
+        value = value.astimezone(timezone.utc)
+        # PostgreSQL keeps the zone (timestamptz); elsewhere (SQLite, ...) the column holds
+        # the UTC wall-clock digits and the zone is implied.
+        return value if dialect.name == "postgresql" else value.replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+
+_metadata = MetaData()
+
+_schema_version = Table(
+    "schema_version",
+    _metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),  # always 1: one row
+    Column("version", Integer, nullable=False),
+    Column("updated_at", _UTCDateTime, nullable=False),
+)
+
+_reviews = Table(
+    "reviews",
+    _metadata,
+    # AUTOINCREMENT on SQLite: ids only grow, even past deleted rows, so id order stays
+    # submission order.
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("case_id", String(MAX_CASE_ID_CHARS), nullable=False),
+    Column("reviewer", String(MAX_REVIEWER_CHARS), nullable=False),
+    Column("grade", Integer, nullable=False),
+    Column("comment", Text, nullable=False),
+    Column("reviewed_at", _UTCDateTime, nullable=False),
+    Index("ix_reviews_case_reviewer", "case_id", "reviewer", "id"),
+    Index("ix_reviews_reviewer", "reviewer"),
+    sqlite_autoincrement=True,
+)
+
+
+def _safe_url(url: str) -> str:
+    """The URL without its password, fit for an error message."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - a URL too broken to parse is shown as given
+        return str(url)
+
+
+def _setup_sqlite(engine: Engine) -> None:
+    """SQLite only: WAL, synchronous=FULL, a busy timeout, and explicit transactions.
+
+    Python's sqlite3 module opens transactions on its own schedule; here SQLAlchemy emits
+    BEGIN itself, and a write opens with BEGIN IMMEDIATE: it takes the write lock first (waiting
+    up to the busy timeout) so that two writers never both read and then both try to write.
+    """
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # we send BEGIN ourselves, below
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+            cursor.execute("PRAGMA journal_mode = WAL")  # persistent; a no-op once set
+            cursor.execute("PRAGMA synchronous = FULL")  # per connection
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        immediate = conn.get_execution_options().get("medft_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+class ReviewStore:
+    """Grades and comments of clinicians, for one evaluation.
+
+    >>> with ReviewStore.for_eval_dir(Path("runs/demo/eval")) as store:   # doctest: +SKIP
+    ...     store.submit("case_001", "alice", 2, "boundary off by a slice at the apex")
+    ...     store.current("alice")["case_001"].grade
+    2
+    """
+
+    def __init__(self, url: str):
+        self.url = str(url)
+        self._shown_url = _safe_url(self.url)
+        try:
+            parsed = make_url(self.url)
+            self._is_sqlite = parsed.get_backend_name() == "sqlite"
+            if self._is_sqlite and parsed.database and parsed.database != ":memory:":
+                db_file = Path(parsed.database)
+                if not db_file.parent.is_dir():
+                    raise MedftError(
+                        f"{db_file}: cannot create the review database, the folder "
+                        f"{db_file.parent} does not exist. Fix: create the folder, or pass "
+                        "the path of an existing evaluation directory"
+                    )
+            connect_args = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000} if self._is_sqlite else {}
+            self._engine = create_engine(self.url, connect_args=connect_args)
+        except (ArgumentError, NoSuchModuleError, ImportError, ValueError) as exc:
+            raise MedftError(
+                f"{self._shown_url}: not a usable database URL ({exc}). Fix: give an SQLAlchemy "
+                "URL such as sqlite:///path/to/reviews.sqlite or "
+                "postgresql+psycopg://user@host/dbname, with its driver installed"
+            ) from exc
+        if self._is_sqlite:
+            _setup_sqlite(self._engine)
+        try:
+            self._ensure_schema()
+        except BaseException:
+            self._engine.dispose()
+            raise
+
+    @classmethod
+    def for_eval_dir(cls, eval_dir: Path | str, url: str | None = None) -> "ReviewStore":
+        """The store of an evaluation directory: ``url``, or ``<eval_dir>/reviews.sqlite``."""
+        eval_dir = Path(eval_dir)
+        if url is not None:
+            return cls(url)
+        if not eval_dir.is_dir():
+            raise MedftError(
+                f"{eval_dir}: no such evaluation directory, so there is nowhere to keep the "
+                "reviews. Fix: run `medft evaluate MODEL --manifest MANIFEST --out "
+                f"{eval_dir}` first, or pass the evaluation directory it wrote"
+            )
+        return cls(f"sqlite:///{eval_dir.resolve() / DEFAULT_DB_NAME}")
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    @property
+    def engine(self) -> Engine:
+        """The SQLAlchemy engine (for inspection and tests; the methods below are the API)."""
+        return self._engine
+
+    def close(self) -> None:
+        """Close every connection. Everything submitted is already committed."""
+        self._engine.dispose()
+
+    def __enter__(self) -> "ReviewStore":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"ReviewStore({self._shown_url!r})"
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def submit(self, case_id: str, reviewer: str, grade: int, comment: str | None = "") -> Review:
+        """Record a grade and return it; it is committed (on disk, for SQLite) on return.
+
+        A second submission for the same case and reviewer adds a row: the earlier one stays
+        in ``history`` and the new one becomes ``current``.
+        """
+        case_id = _check_name("case_id", case_id, MAX_CASE_ID_CHARS)
+        reviewer = _check_name("reviewer", reviewer, MAX_REVIEWER_CHARS)
+        grade = _check_grade(grade)
+        comment = _check_comment(comment)
+        reviewed_at = datetime.now(timezone.utc)
+        values = dict(case_id=case_id, reviewer=reviewer, grade=grade, comment=comment,
+                      reviewed_at=reviewed_at)
+        with self._transaction(
+            write=True,
+            what=f"could not save the grade of case {case_id} by {reviewer}",
+            fix="the grade was NOT saved; submit it again, and if this repeats check that the "
+            "database is reachable and its disk is not full or read-only",
+        ) as conn:
+            result = conn.execute(insert(_reviews).values(**values))
+            new_id = int(result.inserted_primary_key[0])
+        return Review(id=new_id, **values)
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def current(self, reviewer: str | None = None) -> dict[str, Review]:
+        """The latest review of each case: by ``reviewer``, or by anyone when None.
+
+        Latest means highest id, the order the database accepted the submissions in.
+        """
+        latest = select(func.max(_reviews.c.id).label("id")).group_by(_reviews.c.case_id)
+        if reviewer is not None:
+            latest = latest.where(_reviews.c.reviewer == reviewer)
+        query = select(_reviews).where(_reviews.c.id.in_(latest.scalar_subquery()))
+        return {review.case_id: review for review in self._rows(query.order_by(_reviews.c.id))}
+
+    def history(self, case_id: str) -> list[Review]:
+        """Every review of a case, by every reviewer, oldest first."""
+        query = select(_reviews).where(_reviews.c.case_id == case_id).order_by(_reviews.c.id)
+        return self._rows(query)
+
+    def reviewed_case_ids(self, reviewer: str | None = None) -> set[str]:
+        """The cases with at least one review (by ``reviewer``, or by anyone when None)."""
+        query = select(_reviews.c.case_id).distinct()
+        if reviewer is not None:
+            query = query.where(_reviews.c.reviewer == reviewer)
+        with self._read() as conn:
+            return set(conn.execute(query).scalars())
+
+    def export_csv(self, path: Path | str, case_ids: Sequence[str] | None = None) -> Path:
+        """Write every review (all of history) to a CSV file and return its path.
+
+        Columns: ``case_id,reviewer,grade,grade_label,comment,reviewed_at,is_current``, one
+        row per submission, sorted by case and then submission order. ``is_current`` is
+        ``true`` on the latest row of each case and reviewer. ``reviewed_at`` is ISO 8601 UTC.
+        ``case_id`` is written as stored, so the file joins with ``per_case.csv`` on it;
+        ``case_ids`` limits the export to those cases. A comment or reviewer that a spreadsheet
+        would run as a formula (opening with = + - @, a tab or a carriage return) is written
+        with a leading apostrophe. The file is written whole or not at all.
+        """
+        path = Path(path)
+        query = select(_reviews).order_by(_reviews.c.case_id, _reviews.c.id)
+        if case_ids is not None:
+            if isinstance(case_ids, str):
+                case_ids = [case_ids]
+            query = query.where(_reviews.c.case_id.in_(list(case_ids)))
+        current_ids = select(func.max(_reviews.c.id)).group_by(_reviews.c.case_id,
+                                                                _reviews.c.reviewer)
+        with self._read() as conn:
+            rows = [self._review(row) for row in conn.execute(query)]
+            is_current = set(conn.execute(current_ids).scalars())
+        if not path.parent.is_dir():
+            raise MedftError(
+                f"{path}: cannot write the review export, the folder {path.parent} does not "
+                "exist. Fix: create it, or choose a path in an existing folder"
+            )
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+                writer = csv.writer(handle, quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
+                writer.writerow(CSV_COLUMNS)
+                for review in rows:
+                    writer.writerow([
+                        review.case_id,
+                        _defuse_formula(review.reviewer),
+                        review.grade,
+                        review.grade_label,
+                        _defuse_formula(review.comment),
+                        review.reviewed_at.isoformat(),
+                        "true" if review.id in is_current else "false",
+                    ])
+            os.chmod(tmp_name, 0o644 & ~_umask())
+            os.replace(tmp_name, path)
+        except BaseException:
+            Path(tmp_name).unlink(missing_ok=True)
+            raise
+        return path
+
+    # -- internals ---------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _transaction(self, write: bool, what: str, fix: str) -> Iterator[Connection]:
+        """One transaction, committed when the block ends and rolled back on error.
+
+        A write begins with BEGIN IMMEDIATE on SQLite (see ``_setup_sqlite``). A database error
+        becomes a MedftError that names the database, ``what`` failed and the ``fix``.
+        """
+        try:
+            with self._engine.connect() as conn:
+                if write:
+                    conn.execution_options(medft_write=True)
+                with conn.begin():
+                    yield conn
+        except SQLAlchemyError as exc:
+            detail = getattr(exc, "orig", None) or exc
+            if "locked" in str(detail).lower():
+                fix = (f"another program held the database locked for more than "
+                       f"{SQLITE_BUSY_TIMEOUT_MS // 1000} s; close it (a DB browser, a stuck "
+                       f"process) and try again. {fix[0].upper()}{fix[1:]}")
+            raise MedftError(f"{self._shown_url}: {what} ({type(detail).__name__}: {detail}). "
+                             f"Fix: {fix}") from exc
+
+    def _read(self) -> contextlib.AbstractContextManager[Connection]:
+        return self._transaction(write=False, what="could not read the reviews",
+                                 fix="check that the database is reachable and readable")
+
+    def _rows(self, query: Any) -> list[Review]:
+        with self._read() as conn:
+            return [self._review(row) for row in conn.execute(query)]
+
+    @staticmethod
+    def _review(row: Any) -> Review:
+        return Review(case_id=row.case_id, reviewer=row.reviewer, grade=int(row.grade),
+                      comment=row.comment, reviewed_at=row.reviewed_at, id=int(row.id))
+
+    def _ensure_schema(self) -> None:
+        """Create the tables when missing, and refuse a database from a newer medft.
+
+        An existing database is only read. Several processes may create a new one at once: on
+        SQLite the write lock taken first serializes them; elsewhere a loser of the race
+        retries once and finds the tables made.
+        """
+        fix = ("check the URL, that the database server is running and that the file and its "
+               "folder are readable and writable by this user")
+        with self._transaction(write=False, what="could not open the review database",
+                               fix=fix) as conn:
+            found = self._schema_version(conn)
+        for attempt in (1, 2):
+            if found is not None:
+                break
+            try:
+                with self._transaction(write=True, what="could not create the review tables",
+                                       fix=fix) as conn:
+                    _metadata.create_all(conn, checkfirst=True)
+                    found = self._schema_version(conn)
+                    if found is None:
+                        conn.execute(insert(_schema_version).values(
+                            id=1, version=SCHEMA_VERSION, updated_at=datetime.now(timezone.utc)))
+                        found = SCHEMA_VERSION
+            except MedftError:
+                if attempt == 2:
+                    raise
+        if found > SCHEMA_VERSION:
+            raise MedftError(
+                f"{self._shown_url}: the review database has schema version {found}, newer "
+                f"than this medft understands ({SCHEMA_VERSION}). Fix: upgrade medft; do not "
+                "open this database with the older version"
+            )
+        # Migrations from older schema versions go here when SCHEMA_VERSION grows.
+
+    @staticmethod
+    def _schema_version(conn: Connection) -> int | None:
+        if not sa_inspect(conn).has_table(_schema_version.name):
+            return None
+        found = conn.execute(
+            select(_schema_version.c.version).where(_schema_version.c.id == 1)).scalar()
+        return None if found is None else int(found)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _defuse_formula(value: str) -> str:
+    return "'" + value if value.startswith(_FORMULA_PREFIXES) else value
+
+
+def _check_name(what: str, value: Any, max_chars: int) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise MedftError(
+            f"review store: {what} must be a non-empty string, got {value!r}. Fix: pass the "
+            f"{'case id from per_case.csv' if what == 'case_id' else 'logged-in username'}"
+        )
+    if len(value) > max_chars:
+        raise MedftError(f"review store: {what} is {len(value)} characters long, more than "
+                         f"{max_chars}. Fix: use a shorter {what}")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        raise MedftError(f"review store: {what} {value!r} contains a control character (a line "
+                         f"break or tab, say). Fix: remove it")
+    return value
+
+
+def _check_grade(grade: Any) -> int:
+    # Integers only (numpy's too); not bool, float or str, which would hide a caller's bug.
+    if isinstance(grade, bool) or not hasattr(grade, "__index__"):
+        raise MedftError(_grade_message(grade))
+    grade = int(grade.__index__())
+    if grade not in GRADES:
+        raise MedftError(_grade_message(grade))
+    return grade
+
+
+def _grade_message(grade: Any) -> str:
+    choices = ", ".join(f"{key} ({label})" for key, label in GRADES.items())
+    return f"review store: grade {grade!r} is not one of the grades. Fix: pass one of {choices}"
+
+
+def _check_comment(comment: Any) -> str:
+    if comment is None:
+        return ""
+    if not isinstance(comment, str):
+        raise MedftError(f"review store: the comment must be text, got {type(comment).__name__}. "
+                         "Fix: pass a string (or nothing)")
+    if len(comment) > MAX_COMMENT_CHARS:
+        raise MedftError(f"review store: the comment is {len(comment)} characters long, more than "
+                         f"{MAX_COMMENT_CHARS}. Fix: shorten it")
+    if "\x00" in comment:
+        raise MedftError("review store: the comment contains a NUL character, which databases "
+                         "such as PostgreSQL cannot store. Fix: remove it")
+    return comment

@@ -1,0 +1,243 @@
+"""The review page under Streamlit's AppTest, on an evaluation folder of real sample cases.
+
+AppTest runs the script in this process without a command line: the tests give the app its
+arguments the way `streamlit run apps/review.py -- --eval-dir D --users U` does, by setting
+``sys.argv`` (or, for the fallback, the MEDFT_REVIEW_* environment variables).
+"""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from medft.errors import MedftError
+from medft.review import app_support as support
+from medft.review.auth import LoginThrottle, add_user
+from medft.review.store import ReviewStore
+from tests.review.test_cases import make_review_eval
+
+APP = Path(__file__).resolve().parents[2] / "apps" / "review.py"
+PASSWORD = "correct horse battery"
+USERS = ("alice", "bob", "dana", "erin", "frank")
+TIMEOUT = 60  # the first case load imports torch and MONAI
+
+
+@pytest.fixture(scope="module")
+def eval_dir(tmp_path_factory) -> Path:
+    folder = make_review_eval(tmp_path_factory.mktemp("review") / "eval")
+    for user in USERS:
+        add_user(folder / "users.json", user, PASSWORD, name=f"Dr {user.title()}")
+    return folder
+
+
+@pytest.fixture
+def app(eval_dir, monkeypatch):
+    monkeypatch.setattr(sys, "argv", [str(APP), "--eval-dir", str(eval_dir)])
+    for name in (support.ENV_EVAL_DIR, support.ENV_USERS, support.ENV_DB):
+        monkeypatch.delenv(name, raising=False)
+    return AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+
+
+def log_in(at: AppTest, user: str, password: str = PASSWORD) -> AppTest:
+    at.run()
+    at.text_input(key="login_username").input(user)
+    at.text_input(key="login_password").input(password)
+    return button(at, "Log in").click().run()
+
+
+def button(at: AppTest, label: str):
+    return next(b for b in at.button if b.label == label)
+
+
+def texts(at: AppTest) -> str:
+    parts = [m.value for m in at.markdown] + [c.value for c in at.caption] + [e.value for e in at.error]
+    parts += [w.value for w in at.warning] + [s.value for s in at.success] + [i.value for i in at.info]
+    parts += [o for r in at.radio for o in r.options]
+    return "\n".join(str(p) for p in parts)
+
+
+def shown_case(at: AppTest) -> str:
+    return next(m.value for m in at.markdown if m.value.startswith("### "))[4:]
+
+
+def test_wrong_password_shows_an_error_and_no_case_data(app):
+    at = log_in(app, "alice", "not the password")
+    assert not at.exception
+    assert [e.value for e in at.error] == ["Wrong username or password."]
+    assert "hippocampus" not in texts(at) and "dicom" not in texts(at)
+    assert not at.image and not at.sidebar.radio
+    at = log_in(AppTest.from_file(str(APP), default_timeout=TIMEOUT), "nobody", PASSWORD)
+    assert [e.value for e in at.error] == ["Wrong username or password."]  # same words: usernames stay secret
+
+
+def test_log_in_review_the_worst_case_move_the_slider_and_grade_it(app, eval_dir):
+    at = log_in(app, "bob")
+    assert not at.exception and not at.error
+    assert shown_case(at) == "hippocampus_335"  # the worst case opens first
+    assert "Signed in as **Dr Bob**" in texts(at)
+    assert len(at.image) == 3 and all(i.proto.imgs[0].url.endswith(".png") for i in at.image)
+
+    # pick another case in the list, then the worst one again
+    at.sidebar.radio(key="case_pick").set_value("hippocampus_334").run()
+    assert shown_case(at) == "hippocampus_334"
+    at.sidebar.radio(key="case_pick").set_value("hippocampus_335").run()
+    assert shown_case(at) == "hippocampus_335"
+    assert at.sidebar.radio(key="case_pick").value == "hippocampus_335"  # highlighted in the list
+
+    slider = at.slider(key="slice_hippocampus_335_axial")
+    start = slider.value
+    urls = [i.proto.imgs[0].url for i in at.image]
+    slider.set_value(start + 2).run()
+    assert f"Axial slice {start + 2} of 41" in texts(at)
+    assert [i.proto.imgs[0].url for i in at.image] != urls  # both panels follow the one slider
+
+    at.radio(key="grade_hippocampus_335").set_value(3)
+    at.text_area(key="comment_hippocampus_335").input("posterior tail missed")
+    button(at, "Submit grade").click().run()
+    assert not at.exception
+    assert any("Saved: grade 3" in s.value for s in at.success)
+    with ReviewStore.for_eval_dir(eval_dir) as store:
+        review = store.current("bob")["hippocampus_335"]
+    assert (review.grade, review.comment) == (3, "posterior tail missed")
+    assert "1 of 5 reviewed" in [p.proto.text for p in at.get("progress")]
+    assert "graded 3" in "\n".join(at.sidebar.radio(key="case_pick").proto.captions)
+
+    # the next case, from the button at the top; the previous grade shows when coming back
+    button(at, "Next").click().run()
+    assert shown_case(at) == "hippocampus_334"
+    button(at, "Previous").click().run()
+    assert shown_case(at) == "hippocampus_335"
+    assert any("Your previous grade: **3" in i.value for i in at.info)
+
+    # the "not reviewed" list leaves it out
+    at.sidebar.selectbox(key="review_filter").set_value("not reviewed").run()
+    assert "hippocampus_335" not in at.sidebar.radio(key="case_pick").options
+
+
+def test_viewer_controls(app):
+    at = log_in(app, "dana")
+    at.segmented_control(key="plane").set_value("coronal").run()
+    assert "Coronal slice" in texts(at) and not at.exception
+    at.selectbox(key="window_choice").set_value("CT bone").run()
+    assert (at.number_input(key="window_width").value, at.number_input(key="window_level").value) == (2500.0, 480.0)
+    at.number_input(key="window_width").set_value(300.0).run()
+    assert at.selectbox(key="window_choice").value == "Manual"
+    at.segmented_control(key="overlay_mode").set_value("contour").run()
+    slider = at.slider(key="slice_hippocampus_335_coronal")
+    slider.set_value(1).run()
+    button(at, "Most error").click().run()
+    assert at.slider(key="slice_hippocampus_335_coronal").value > 1
+    assert not at.exception and not at.error
+
+    at.sidebar.radio(key="case_pick").set_value("hippocampus_336").run()  # prediction only
+    assert len(at.image) == 2 and "No ground truth: no metrics." in texts(at)
+    at.sidebar.radio(key="case_pick").set_value("dicom_13").run()  # a DICOM series
+    assert len(at.image) == 3 and not at.error
+    at.sidebar.radio(key="case_pick").set_value("hippocampus_338").run()  # failed
+    assert not at.image and any("could not be evaluated" in w.value for w in at.warning)
+    at.sidebar.selectbox(key="site").set_value("north").run()
+    assert set(at.sidebar.radio(key="case_pick").options) == {"hippocampus_333", "hippocampus_334", "hippocampus_338"}
+
+
+def test_a_case_named_in_the_url_must_be_in_the_table(app, eval_dir):
+    app.query_params["case"] = "../../../etc/passwd"
+    at = log_in(app, "erin")
+    assert shown_case(at) == "hippocampus_335"
+    assert any("not in this evaluation" in w.value for w in at.warning)
+    at2 = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    at2.query_params["case"] = "dicom_13"
+    at2 = log_in(at2, "erin")
+    assert shown_case(at2) == "dicom_13" and at2.query_params["case"] == "dicom_13"
+
+
+def test_errors_show_a_short_message_and_no_traceback(tmp_path, monkeypatch):
+    folder = make_review_eval(tmp_path / "eval")
+    add_user(folder / "users.json", "alice", PASSWORD)
+    (folder / "predictions" / "hippocampus_335.nii.gz").unlink()
+    monkeypatch.setattr(sys, "argv", [str(APP), "--eval-dir", str(folder)])
+    at = log_in(AppTest.from_file(str(APP), default_timeout=TIMEOUT), "alice")
+    assert not at.exception
+    assert [e.value for e in at.error] == [
+        "case hippocampus_335: file not found. Fix: correct the path in the manifest (relative paths start at the "
+        "manifest's folder)"]
+
+    monkeypatch.setattr(sys, "argv", [str(APP)])  # no arguments at all
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()
+    assert not at.exception and "no evaluation folder given" in at.error[0].value
+
+
+def test_arguments_from_the_environment(eval_dir, monkeypatch, tmp_path):
+    monkeypatch.setattr(sys, "argv", [str(APP)])
+    monkeypatch.setenv(support.ENV_EVAL_DIR, str(eval_dir))
+    monkeypatch.setenv(support.ENV_DB, f"sqlite:///{tmp_path / 'other.sqlite'}")
+    at = log_in(AppTest.from_file(str(APP), default_timeout=TIMEOUT), "frank")
+    at.radio(key="grade_hippocampus_335").set_value(1)
+    button(at, "Submit grade").click().run()
+    with ReviewStore(f"sqlite:///{tmp_path / 'other.sqlite'}") as store:
+        assert store.current("frank")["hippocampus_335"].grade == 1
+
+
+def test_single_sign_on_when_the_secrets_configure_it(eval_dir, app, monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "authlib" else real(name, *a))
+    app.secrets["auth"] = {"redirect_uri": "http://localhost:8501/oauth2callback", "cookie_secret": "x" * 32}
+    app.secrets["medft_review"] = {"allowed_emails": ["Carol@Hospital.org"]}
+    app.user = {"is_logged_in": False}
+    at = app.run()
+    assert "Log in with single sign-on" in [b.label for b in at.button]
+    at.user = {"is_logged_in": True, "email": "carol@hospital.org", "name": "Carol"}
+    at.run()
+    assert shown_case(at) == "hippocampus_335" and "Signed in as **carol@hospital.org**" in texts(at)
+    at.user = {"is_logged_in": True, "email": "mallory@elsewhere.org"}
+    at.run()
+    assert not at.image and any("not on this evaluation's list" in e.value for e in at.error)
+
+
+# --------------------------------------------------------------------------------------------
+# app_support without Streamlit
+# --------------------------------------------------------------------------------------------
+def test_launch_checks_the_folder_and_the_users_file(eval_dir, tmp_path, monkeypatch):
+    with pytest.raises(MedftError, match="not an evaluation folder"):
+        support.launch(tmp_path, None, None, None)
+    bare = make_review_eval(tmp_path / "bare")
+    with pytest.raises(MedftError, match=r"medft add-reviewer USERNAME --users .*users\.json"):
+        support.launch(bare, None, None, None)
+    with pytest.raises(MedftError, match="database URL"):
+        support.launch(eval_dir, None, None, "nosuchdb://x")
+
+    calls = []
+
+    class FakeServer:
+        def __init__(self, command):
+            calls.append(command)
+
+        def wait(self, timeout=None):
+            return 0
+
+    monkeypatch.setattr(support.subprocess, "Popen", FakeServer)
+    url = f"sqlite:///{tmp_path / 'team.sqlite'}"
+    assert support.launch(eval_dir, 8765, None, url) == 0
+    command = calls[0]
+    assert command[:5] == [sys.executable, "-m", "streamlit", "run", str(support.APP_PATH)]
+    options = dict(zip(command[5:command.index("--")][::2], command[5:command.index("--")][1::2]))
+    assert options["--server.headless"] == "true" and options["--server.port"] == "8765"
+    assert options["--client.showErrorDetails"] == "none" and options["--browser.gatherUsageStats"] == "false"
+    args = command[command.index("--") + 1:]
+    assert args == ["--eval-dir", str(eval_dir.resolve()), "--users", str((eval_dir / "users.json").resolve()),
+                    "--db", url]
+    assert support.parse_app_args(args, {}) == support.AppConfig(eval_dir.resolve(), (eval_dir / "users.json").resolve(),
+                                                                 url)
+
+
+def test_password_login_is_throttled(eval_dir):
+    throttle = LoginThrottle(max_failures=3)
+    users = eval_dir / "users.json"
+    for _ in range(3):
+        assert support.password_login(users, throttle, "alice", "wrong") == (False, "Wrong username or password.")
+    ok, message = support.password_login(users, throttle, "alice", PASSWORD)
+    assert not ok and message.startswith("Too many failed attempts")
+    assert support.password_login(users, throttle, "bob", PASSWORD) == (True, "")
+    assert support.password_login(users, throttle, "", "") == (False, "Enter your username and password.")
