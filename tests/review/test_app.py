@@ -17,7 +17,7 @@ from medft.errors import MedftError
 from medft.review import app_support as support
 from medft.review.auth import LoginThrottle, add_user
 from medft.review.store import ReviewStore
-from tests.review.test_cases import make_review_eval
+from tests.evaluate.helpers import make_review_eval
 
 APP = Path(__file__).resolve().parents[2] / "apps" / "review.py"
 PASSWORD = "correct horse battery"

@@ -20,7 +20,7 @@ import pytest
 
 from medft.review import app_support as support
 from medft.review.auth import add_user
-from tests.review.test_cases import make_review_eval
+from tests.evaluate.helpers import make_review_eval
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",

@@ -1,7 +1,5 @@
-"""The review app's case table and case loading, on an evaluation folder made of real sample cases.
-
-``make_review_eval`` is shared with the app tests (``test_app.py``, ``test_browser.py``).
-"""
+"""The review app's case table and case loading, on an evaluation folder made of real sample cases
+(``make_review_eval`` in ``tests/evaluate/helpers.py``)."""
 from __future__ import annotations
 
 import json
@@ -13,114 +11,9 @@ import numpy as np
 import pytest
 
 from medft.errors import MedftError
-from medft.evaluate.summary import write_per_case
 from medft.review.cases import CaseTable, UnknownCaseError, check_eval_dir, format_score
-from tests.conftest import SAMPLE, sample_case
-
-CLASS_NAMES = ["background", "anterior", "posterior"]
-DICOM_SERIES = SAMPLE / "dicom" / "study1" / "13_HCropVolume"
-
-
-# --------------------------------------------------------------------------------------------
-# An evaluation folder as `medft evaluate` writes it
-# --------------------------------------------------------------------------------------------
-def _perturb(label: np.ndarray, how: str) -> np.ndarray:
-    if how == "shift1":
-        return np.roll(label, 1, axis=0)
-    if how == "shift3_swap":  # bad: shifted, and every other slice of posterior called anterior
-        out = np.roll(label, 3, axis=1)
-        out[(out == 2) & (np.arange(out.shape[2])[None, None, :] % 2 == 0)] = 1
-        return out
-    if how == "posterior_missed":  # anterior right, posterior mostly missed
-        out = label.copy()
-        out[(label == 2) & (np.arange(label.shape[1])[None, :, None] % 8 != 0)] = 0
-        return out
-    return label.copy()
-
-
-def _rows(case_id: str, site: str, truth: np.ndarray, pred: np.ndarray) -> list[dict]:
-    rows = []
-    for c, name in enumerate(CLASS_NAMES):
-        t, p = truth == c, pred == c
-        tp, fp, fn = int((t & p).sum()), int((~t & p).sum()), int((t & ~p).sum())
-        tn = int(t.size - tp - fp - fn)
-        ratio = lambda a, b: a / b if b else math.nan  # noqa: E731
-        rows.append({"case_id": case_id, "site": site, "class_index": c, "class_name": name,
-                     "dice": ratio(2 * tp, 2 * tp + fp + fn), "sensitivity": ratio(tp, tp + fn),
-                     "specificity": ratio(tn, tn + fp), "hd95": math.nan, "nsd": math.nan,
-                     "tp": tp, "fp": fp, "fn": fn, "tn": tn})
-    return rows
-
-
-def _lps(img: nib.Nifti1Image) -> nib.Nifti1Image:
-    """The same voxels stored left-right and front-back flipped (an LPS file): RAS loading undoes it."""
-    data = np.asanyarray(img.dataobj)[::-1, ::-1, :]
-    flip = np.diag([-1.0, -1.0, 1.0, 1.0])
-    flip[0, 3], flip[1, 3] = data.shape[0] - 1, data.shape[1] - 1
-    return nib.Nifti1Image(np.ascontiguousarray(data), img.affine @ flip)
-
-
-def make_review_eval(folder: Path) -> Path:
-    """An evaluation folder of real sample cases.
-
-    Scored: hippocampus_333 (north, one voxel shift), hippocampus_334 (north, posterior mostly
-    missed, stored as an LPS file), hippocampus_335 (south, the worst), dicom_13 (south, a DICOM
-    series, only anterior in the truth: posterior's Dice is NaN). hippocampus_336: prediction
-    only; hippocampus_338: failed.
-    """
-    folder = Path(folder)
-    (folder / "predictions").mkdir(parents=True)
-    (folder / "truth").mkdir()
-    cases, rows = [], []
-    for case_id, site, how in (("hippocampus_333", "north", "shift1"), ("hippocampus_334", "north", "posterior_missed"),
-                               ("hippocampus_335", "south", "shift3_swap")):
-        image_path, label_path = sample_case(case_id)
-        label = nib.load(label_path)
-        truth = np.asarray(label.dataobj).astype(np.uint8)
-        pred = _perturb(truth, how)
-        pred_img = nib.Nifti1Image(pred, label.affine)
-        if case_id == "hippocampus_334":  # image, label and prediction as LPS files
-            image_path, label_path = folder / "truth" / "334_img.nii.gz", folder / "truth" / "334_seg.nii.gz"
-            nib.save(_lps(nib.load(sample_case(case_id)[0])), image_path)
-            nib.save(_lps(label), label_path)
-            pred_img = _lps(pred_img)
-        nib.save(pred_img, folder / "predictions" / f"{case_id}.nii.gz")
-        cases.append({"case_id": case_id, "site": site, "image": [str(image_path)], "series_uid": None,
-                      "label": str(label_path), "prediction": f"predictions/{case_id}.nii.gz", "status": "ok",
-                      "message": None})
-        rows += _rows(case_id, site, truth, pred)
-
-    from medft.data.loading import load_image
-
-    image = load_image([DICOM_SERIES])
-    affine = np.asarray(image.affine, dtype=np.float64)
-    truth = np.zeros(image.shape[1:], dtype=np.uint8)
-    x, y, z = (s // 2 for s in truth.shape)
-    truth[x - 6:x + 6, y - 8:y + 4, z - 5:z + 5] = 1
-    pred = np.roll(truth, 2, axis=1)
-    nib.save(nib.Nifti1Image(truth, affine), folder / "truth" / "dicom_13.nii.gz")
-    nib.save(nib.Nifti1Image(pred, affine), folder / "predictions" / "dicom_13.nii.gz")
-    cases.append({"case_id": "dicom_13", "site": "south", "image": [str(DICOM_SERIES)], "series_uid": None,
-                  "label": str(folder / "truth" / "dicom_13.nii.gz"), "prediction": "predictions/dicom_13.nii.gz",
-                  "status": "ok", "message": None})
-    rows += _rows("dicom_13", "south", truth, pred)
-
-    image_path, label_path = sample_case("hippocampus_336")
-    label = nib.load(label_path)
-    nib.save(nib.Nifti1Image(np.asarray(label.dataobj).astype(np.uint8), label.affine),
-             folder / "predictions" / "hippocampus_336.nii.gz")
-    cases.append({"case_id": "hippocampus_336", "site": "south", "image": [str(image_path)], "series_uid": None,
-                  "label": None, "prediction": "predictions/hippocampus_336.nii.gz", "status": "prediction_only",
-                  "message": None})
-    cases.append({"case_id": "hippocampus_338", "site": "north", "image": [str(sample_case("hippocampus_338")[0])],
-                  "series_uid": None, "label": None, "prediction": None, "status": "failed",
-                  "message": "cannot be read (EOFError: Compressed file ended before the end-of-stream marker)"})
-    write_per_case(folder / "per_case.csv", rows)
-    (folder / "summary.json").write_text("{}")
-    evaluation = {"model": {"name": "hippo_ft", "kind": "run"}, "class_names": CLASS_NAMES, "split": "test",
-                  "cases": cases, "warnings": []}
-    (folder / "evaluation.json").write_text(json.dumps(evaluation, indent=1))
-    return folder
+from tests.conftest import sample_case
+from tests.evaluate.helpers import CLASS_NAMES, make_review_eval, perturb
 
 
 @pytest.fixture(scope="module")
@@ -233,7 +126,7 @@ def test_nifti_case_loads_in_ras_whatever_the_file_orientation(table):
     truth = np.asarray(nib.load(sample_case("hippocampus_334")[1]).dataobj)
     np.testing.assert_allclose(case.image, original)
     np.testing.assert_array_equal(case.truth, truth)
-    np.testing.assert_array_equal(case.prediction, _perturb(truth.astype(np.uint8), "posterior_missed"))
+    np.testing.assert_array_equal(case.prediction, perturb(truth.astype(np.uint8), "posterior_missed"))
     assert nib.aff2axcodes(case.affine) == ("R", "A", "S")
     assert case.spacing == pytest.approx((1.0, 1.0, 1.0))
     assert case.class_names == CLASS_NAMES
