@@ -12,6 +12,7 @@ import math
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -39,8 +40,12 @@ class TrainingInterrupted(Exception):
 
 
 class FineTuneRecipe:
-    def __init__(self, config: RunConfig, run_dir: Path, resume: bool = False):
+    def __init__(self, config: RunConfig, run_dir: Path, resume: bool = False,
+                 on_validation: Callable[[int, float], None] | None = None):
+        """``on_validation(epoch, val_dice)`` runs after each validation, once the epoch is saved
+        (hyperparameter search reports there; an exception it raises ends the run)."""
         self.config, self.run_dir, self.resume = config, Path(run_dir), resume
+        self.on_validation = on_validation
         self.checkpoints = self.run_dir / "checkpoints"
         self.start_epoch = self.start_step = 0
         self._stop_requested = False
@@ -124,6 +129,8 @@ class FineTuneRecipe:
                 if improved:  # before last.pt: a kill in between redoes this epoch, saving best again
                     self.save_checkpoint("best.pt", epoch + 1, 0)
                 self.save_checkpoint("last.pt", epoch + 1, 0)
+                if self.on_validation is not None and "val_dice" in record:
+                    self.on_validation(epoch, record["val_dice"])
                 if config.early_stopping.enabled and self.early.should_stop:
                     log.info("early stopping: no rise above %.4g in %d validations", self.early.min_delta, self.early.bad_validations)
                     break
@@ -279,8 +286,9 @@ class FineTuneRecipe:
         log.warning("Ctrl-C: saving after this step (press again to stop at once, without saving)")
 
 
-def run_training(config: RunConfig, run_dir: Path, resume: bool = False) -> dict:
-    recipe = FineTuneRecipe(config, run_dir, resume)
+def run_training(config: RunConfig, run_dir: Path, resume: bool = False,
+                 on_validation: Callable[[int, float], None] | None = None) -> dict:
+    recipe = FineTuneRecipe(config, run_dir, resume, on_validation)
     try:
         recipe.setup()
         return recipe.train()

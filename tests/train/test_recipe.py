@@ -223,3 +223,22 @@ def test_a_damaged_training_file_is_one_clear_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "case damaged" in err and "damaged_img.nii.gz: cannot be read" in err and "Fix:" in err
     assert "internal error" not in err and "Traceback" not in err
+
+
+def test_on_validation_sees_every_validation_and_can_end_the_run(tmp_path):
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def report(epoch, value):
+        seen.append((epoch, value))
+        if epoch == 1:
+            raise Stop
+
+    config = make_config(tmp_path, **{"train.epochs": 4})
+    with pytest.raises(Stop):
+        run_training(load_config(config), tmp_path / "out", on_validation=report)
+    assert [e for e, _ in seen] == [0, 1]
+    assert [v for _, v in seen] == [r["val_dice"] for r in _metrics(tmp_path / "out")]
+    assert torch.load(tmp_path / "out" / "checkpoints" / "last.pt", weights_only=False)["epoch"] == 2
