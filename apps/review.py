@@ -38,6 +38,8 @@ def case_table(eval_dir: str) -> CaseTable:
 
 @st.cache_resource(show_spinner=False)
 def review_store(eval_dir: str, db: str | None):
+    """The reviews of this evaluation only (its evaluation_id, from evaluation.json), in the
+    folder's reviews.sqlite or in the shared database ``db``."""
     from medft.review.store import ReviewStore
 
     return ReviewStore.for_eval_dir(eval_dir, db)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -81,6 +82,7 @@ def evaluate(model_path: str | Path, manifest_path: str | Path, out: str | Path,
     summary = summarize(rows, model.class_names)
     (out / "summary.json").write_text(json.dumps(summary, indent=1, allow_nan=False) + "\n")
     evaluation = {
+        "evaluation_id": uuid.uuid4().hex,  # scopes this evaluation's rows in a shared review store
         "model": model.info, "manifest": str(manifest.path), "split": split, "class_names": model.class_names,
         "tta": tta, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "medft_version": __version__,
         "cases": records, "confusion_matrix": confusion.tolist(), "roc": _roc_curves(histograms, model.class_names),

@@ -100,7 +100,9 @@ def check_launch(eval_dir: Path, users: Path | None = None, db: str | None = Non
     if not list_users(users):
         raise MedftError(f"{users}: the users file lists no reviewer. Fix: "
                          f"'{ADD_REVIEWER_HINT.format(path=users)}'")
-    ReviewStore.for_eval_dir(eval_dir, db).close()  # a bad URL or unwritable folder fails here, not in the browser
+    # A bad URL, an unwritable folder or an evaluation.json without an evaluation_id (which scopes
+    # the reviews, so that evaluations sharing a --db stay apart) fails here, not in the browser.
+    ReviewStore.for_eval_dir(eval_dir, db).close()
     return AppConfig(eval_dir=eval_dir, users=users.resolve(), db=db)
 
 
@@ -250,7 +252,8 @@ def legend_html(class_names: Sequence[str], difference: bool = True) -> str:
 # Reviews and errors
 # --------------------------------------------------------------------------------------------
 def reviews_csv(store) -> bytes:
-    """Every review of the store as CSV bytes (``ReviewStore.export_csv``)."""
+    """Every review of the store's evaluation as CSV bytes (``ReviewStore.export_csv``: other
+    evaluations sharing the database are left out)."""
     with tempfile.TemporaryDirectory(prefix="medft-reviews-") as folder:
         path = store.export_csv(Path(folder) / "reviews.csv")
         return path.read_bytes()

@@ -11,17 +11,23 @@ other instead of failing) and so that a grade the app has acknowledged survives 
 process or a power cut (``synchronous=FULL``: each commit is on disk before ``submit``
 returns). Any other SQLAlchemy URL works too, for instance PostgreSQL for a team
 (``postgresql+psycopg://user@host/medft_reviews``); the SQL here is plain SQLAlchemy Core,
-and SQLite-only statements are confined to the SQLite setup. Use one database per evaluation:
-the store holds case ids, and two evaluations that share case ids would share their reviews.
+and SQLite-only statements are confined to the SQLite setup.
 
-The store holds case ids, reviewer usernames, grades and free-text comments. Comments are
-written by clinicians and may name a patient: treat ``reviews.sqlite`` and its CSV export like
-the evaluation's other files, and keep them where the images are allowed to be.
+Every row belongs to one evaluation: a store is opened for an ``evaluation_id`` (the one that
+``medft evaluate`` writes into ``evaluation.json``; ``ReviewStore.for_eval_dir`` reads it from
+there), writes it into every row it adds, and reads only the rows that carry it. So one database
+can be shared by a team across evaluations: two models' predictions of the same cases get
+separate grades, histories and exports, although their case ids are the same.
+
+The store holds evaluation ids, case ids, reviewer usernames, grades and free-text comments.
+Comments are written by clinicians and may name a patient: treat ``reviews.sqlite`` and its CSV
+export like the evaluation's other files, and keep them where the images are allowed to be.
 """
 from __future__ import annotations
 
 import contextlib
 import csv
+import json
 import os
 import tempfile
 from dataclasses import dataclass
@@ -63,16 +69,22 @@ DEFAULT_DB_NAME = "reviews.sqlite"
 SCHEMA_VERSION = 1
 MAX_COMMENT_CHARS = 10_000
 MAX_CASE_ID_CHARS = 256
+MAX_EVALUATION_ID_CHARS = 64  # medft writes a uuid4 hex: 32 characters
 MAX_REVIEWER_CHARS = 128
 SQLITE_BUSY_TIMEOUT_MS = 30_000
-CSV_COLUMNS = ("case_id", "reviewer", "grade", "grade_label", "comment", "reviewed_at", "is_current")
+EVALUATION_FILE = "evaluation.json"
+# evaluation_id last: case_id stays the first column (the key that joins per_case.csv) and the
+# other columns keep their places.
+CSV_COLUMNS = ("case_id", "reviewer", "grade", "grade_label", "comment", "reviewed_at",
+               "is_current", "evaluation_id")
 # A spreadsheet treats a cell that opens with one of these as a formula (OWASP "CSV injection").
 _FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 
 
 @dataclass(frozen=True)
 class Review:
-    """One submission: a reviewer's grade of a case, with the time the store accepted it."""
+    """One submission: a reviewer's grade of a case of one evaluation, with the time the store
+    accepted it."""
 
     case_id: str
     reviewer: str
@@ -80,6 +92,7 @@ class Review:
     comment: str
     reviewed_at: datetime  # timezone-aware, UTC
     id: int  # assigned by the database; a higher id is a later submission
+    evaluation_id: str  # the evaluation whose prediction was graded (evaluation.json)
 
     @property
     def grade_label(self) -> str:
@@ -126,13 +139,15 @@ _reviews = Table(
     # AUTOINCREMENT on SQLite: ids only grow, even past deleted rows, so id order stays
     # submission order.
     Column("id", Integer, primary_key=True, autoincrement=True),
+    # Every query filters on it: a store sees only the rows of its own evaluation.
+    Column("evaluation_id", String(MAX_EVALUATION_ID_CHARS), nullable=False),
     Column("case_id", String(MAX_CASE_ID_CHARS), nullable=False),
     Column("reviewer", String(MAX_REVIEWER_CHARS), nullable=False),
     Column("grade", Integer, nullable=False),
     Column("comment", Text, nullable=False),
     Column("reviewed_at", _UTCDateTime, nullable=False),
-    Index("ix_reviews_case_reviewer", "case_id", "reviewer", "id"),
-    Index("ix_reviews_reviewer", "reviewer"),
+    Index("ix_reviews_evaluation_case_reviewer", "evaluation_id", "case_id", "reviewer", "id"),
+    Index("ix_reviews_evaluation_reviewer", "evaluation_id", "reviewer"),
     sqlite_autoincrement=True,
 )
 
@@ -171,7 +186,10 @@ def _setup_sqlite(engine: Engine) -> None:
 
 
 class ReviewStore:
-    """Grades and comments of clinicians, for one evaluation.
+    """Grades and comments of clinicians, for one evaluation (``evaluation_id``).
+
+    Submissions are stored with the evaluation id, and every query sees only the rows of that
+    evaluation, so several evaluations may share one database.
 
     >>> with ReviewStore.for_eval_dir(Path("runs/demo/eval")) as store:   # doctest: +SKIP
     ...     store.submit("case_001", "alice", 2, "boundary off by a slice at the apex")
@@ -179,7 +197,8 @@ class ReviewStore:
     2
     """
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, evaluation_id: str):
+        self.evaluation_id = _check_name("evaluation_id", evaluation_id, MAX_EVALUATION_ID_CHARS)
         self.url = str(url)
         self._shown_url = _safe_url(self.url)
         try:
@@ -211,17 +230,13 @@ class ReviewStore:
 
     @classmethod
     def for_eval_dir(cls, eval_dir: Path | str, url: str | None = None) -> "ReviewStore":
-        """The store of an evaluation directory: ``url``, or ``<eval_dir>/reviews.sqlite``."""
+        """The store of an evaluation directory: in ``url``, or ``<eval_dir>/reviews.sqlite``,
+        for the evaluation id of ``<eval_dir>/evaluation.json`` (see ``evaluation_id_of``)."""
         eval_dir = Path(eval_dir)
+        evaluation_id = evaluation_id_of(eval_dir)
         if url is not None:
-            return cls(url)
-        if not eval_dir.is_dir():
-            raise MedftError(
-                f"{eval_dir}: no such evaluation directory, so there is nowhere to keep the "
-                "reviews. Fix: run `medft evaluate MODEL --manifest MANIFEST --out "
-                f"{eval_dir}` first, or pass the evaluation directory it wrote"
-            )
-        return cls(f"sqlite:///{eval_dir.resolve() / DEFAULT_DB_NAME}")
+            return cls(url, evaluation_id)
+        return cls(f"sqlite:///{eval_dir.resolve() / DEFAULT_DB_NAME}", evaluation_id)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -241,12 +256,13 @@ class ReviewStore:
         self.close()
 
     def __repr__(self) -> str:
-        return f"ReviewStore({self._shown_url!r})"
+        return f"ReviewStore({self._shown_url!r}, evaluation_id={self.evaluation_id!r})"
 
     # -- writing -----------------------------------------------------------------------------
 
     def submit(self, case_id: str, reviewer: str, grade: int, comment: str | None = "") -> Review:
-        """Record a grade and return it; it is committed (on disk, for SQLite) on return.
+        """Record a grade of this evaluation's prediction of a case and return it; it is
+        committed (on disk, for SQLite) on return.
 
         A second submission for the same case and reviewer adds a row: the earlier one stays
         in ``history`` and the new one becomes ``current``.
@@ -256,8 +272,8 @@ class ReviewStore:
         grade = _check_grade(grade)
         comment = _check_comment(comment)
         reviewed_at = datetime.now(timezone.utc)
-        values = dict(case_id=case_id, reviewer=reviewer, grade=grade, comment=comment,
-                      reviewed_at=reviewed_at)
+        values = dict(evaluation_id=self.evaluation_id, case_id=case_id, reviewer=reviewer,
+                      grade=grade, comment=comment, reviewed_at=reviewed_at)
         with self._transaction(
             write=True,
             what=f"could not save the grade of case {case_id} by {reviewer}",
@@ -271,48 +287,55 @@ class ReviewStore:
     # -- reading -----------------------------------------------------------------------------
 
     def current(self, reviewer: str | None = None) -> dict[str, Review]:
-        """The latest review of each case: by ``reviewer``, or by anyone when None.
+        """The latest review of each case of this evaluation: by ``reviewer``, or by anyone
+        when None.
 
         Latest means highest id, the order the database accepted the submissions in.
         """
-        latest = select(func.max(_reviews.c.id).label("id")).group_by(_reviews.c.case_id)
+        latest = (select(func.max(_reviews.c.id).label("id")).where(self._mine())
+                  .group_by(_reviews.c.case_id))
         if reviewer is not None:
             latest = latest.where(_reviews.c.reviewer == reviewer)
-        query = select(_reviews).where(_reviews.c.id.in_(latest.scalar_subquery()))
+        query = select(_reviews).where(self._mine(), _reviews.c.id.in_(latest.scalar_subquery()))
         return {review.case_id: review for review in self._rows(query.order_by(_reviews.c.id))}
 
     def history(self, case_id: str) -> list[Review]:
-        """Every review of a case, by every reviewer, oldest first."""
-        query = select(_reviews).where(_reviews.c.case_id == case_id).order_by(_reviews.c.id)
+        """Every review of a case in this evaluation, by every reviewer, oldest first."""
+        query = (select(_reviews).where(self._mine(), _reviews.c.case_id == case_id)
+                 .order_by(_reviews.c.id))
         return self._rows(query)
 
     def reviewed_case_ids(self, reviewer: str | None = None) -> set[str]:
-        """The cases with at least one review (by ``reviewer``, or by anyone when None)."""
-        query = select(_reviews.c.case_id).distinct()
+        """The cases of this evaluation with at least one review (by ``reviewer``, or by anyone
+        when None)."""
+        query = select(_reviews.c.case_id).where(self._mine()).distinct()
         if reviewer is not None:
             query = query.where(_reviews.c.reviewer == reviewer)
         with self._read() as conn:
             return set(conn.execute(query).scalars())
 
     def export_csv(self, path: Path | str, case_ids: Sequence[str] | None = None) -> Path:
-        """Write every review (all of history) to a CSV file and return its path.
+        """Write every review of this evaluation (all of history) to a CSV file; return its path.
 
-        Columns: ``case_id,reviewer,grade,grade_label,comment,reviewed_at,is_current``, one
-        row per submission, sorted by case and then submission order. ``is_current`` is
-        ``true`` on the latest row of each case and reviewer. ``reviewed_at`` is ISO 8601 UTC.
+        Columns: ``case_id,reviewer,grade,grade_label,comment,reviewed_at,is_current,
+        evaluation_id``, one row per submission, sorted by case and then submission order.
+        ``is_current`` is ``true`` on the latest row of each case and reviewer. ``reviewed_at``
+        is ISO 8601 UTC. ``evaluation_id`` comes last (the same on every row: the store's
+        own, as in ``evaluation.json``), so that exports of several evaluations can be
+        concatenated and told apart; rows of other evaluations in the database are left out.
         ``case_id`` is written as stored, so the file joins with ``per_case.csv`` on it;
         ``case_ids`` limits the export to those cases. A comment or reviewer that a spreadsheet
         would run as a formula (opening with = + - @, a tab or a carriage return) is written
         with a leading apostrophe. The file is written whole or not at all.
         """
         path = Path(path)
-        query = select(_reviews).order_by(_reviews.c.case_id, _reviews.c.id)
+        query = select(_reviews).where(self._mine()).order_by(_reviews.c.case_id, _reviews.c.id)
         if case_ids is not None:
             if isinstance(case_ids, str):
                 case_ids = [case_ids]
             query = query.where(_reviews.c.case_id.in_(list(case_ids)))
-        current_ids = select(func.max(_reviews.c.id)).group_by(_reviews.c.case_id,
-                                                                _reviews.c.reviewer)
+        current_ids = (select(func.max(_reviews.c.id)).where(self._mine())
+                       .group_by(_reviews.c.case_id, _reviews.c.reviewer))
         with self._read() as conn:
             rows = [self._review(row) for row in conn.execute(query)]
             is_current = set(conn.execute(current_ids).scalars())
@@ -335,6 +358,7 @@ class ReviewStore:
                         _defuse_formula(review.comment),
                         review.reviewed_at.isoformat(),
                         "true" if review.id in is_current else "false",
+                        review.evaluation_id,
                     ])
             os.chmod(tmp_name, 0o644 & ~_umask())
             os.replace(tmp_name, path)
@@ -367,6 +391,10 @@ class ReviewStore:
             raise MedftError(f"{self._shown_url}: {what} ({type(detail).__name__}: {detail}). "
                              f"Fix: {fix}") from exc
 
+    def _mine(self) -> Any:
+        """The condition that keeps a query to this store's evaluation."""
+        return _reviews.c.evaluation_id == self.evaluation_id
+
     def _read(self) -> contextlib.AbstractContextManager[Connection]:
         return self._transaction(write=False, what="could not read the reviews",
                                  fix="check that the database is reachable and readable")
@@ -378,10 +406,12 @@ class ReviewStore:
     @staticmethod
     def _review(row: Any) -> Review:
         return Review(case_id=row.case_id, reviewer=row.reviewer, grade=int(row.grade),
-                      comment=row.comment, reviewed_at=row.reviewed_at, id=int(row.id))
+                      comment=row.comment, reviewed_at=row.reviewed_at, id=int(row.id),
+                      evaluation_id=row.evaluation_id)
 
     def _ensure_schema(self) -> None:
-        """Create the tables when missing, and refuse a database from a newer medft.
+        """Create the tables when missing, and refuse a database from a newer medft or one
+        whose reviews are not kept per evaluation (from a development version of medft).
 
         An existing database is only read. Several processes may create a new one at once: on
         SQLite the write lock taken first serializes them; elsewhere a loser of the race
@@ -392,6 +422,7 @@ class ReviewStore:
         with self._transaction(write=False, what="could not open the review database",
                                fix=fix) as conn:
             found = self._schema_version(conn)
+            columns = self._review_columns(conn)
         for attempt in (1, 2):
             if found is not None:
                 break
@@ -400,6 +431,7 @@ class ReviewStore:
                                        fix=fix) as conn:
                     _metadata.create_all(conn, checkfirst=True)
                     found = self._schema_version(conn)
+                    columns = self._review_columns(conn)
                     if found is None:
                         conn.execute(insert(_schema_version).values(
                             id=1, version=SCHEMA_VERSION, updated_at=datetime.now(timezone.utc)))
@@ -413,7 +445,24 @@ class ReviewStore:
                 f"than this medft understands ({SCHEMA_VERSION}). Fix: upgrade medft; do not "
                 "open this database with the older version"
             )
+        if columns is not None and "evaluation_id" not in columns:
+            raise MedftError(
+                f"{self._shown_url}: this review database comes from a development version of "
+                "medft that kept reviews without their evaluation (its reviews table has no "
+                "evaluation_id column), so its grades cannot be told apart from other "
+                "evaluations'. Fix: move the database away (for SQLite, rename or move the "
+                f"{DEFAULT_DB_NAME} file and its -wal and -shm files) and start the review "
+                "again; the old file stays readable with any SQLite tool"
+            )
         # Migrations from older schema versions go here when SCHEMA_VERSION grows.
+
+    @staticmethod
+    def _review_columns(conn: Connection) -> set[str] | None:
+        """The column names of the reviews table; None when there is no such table."""
+        inspector = sa_inspect(conn)
+        if not inspector.has_table(_reviews.name):
+            return None
+        return {column["name"] for column in inspector.get_columns(_reviews.name)}
 
     @staticmethod
     def _schema_version(conn: Connection) -> int | None:
@@ -422,6 +471,46 @@ class ReviewStore:
         found = conn.execute(
             select(_schema_version.c.version).where(_schema_version.c.id == 1)).scalar()
         return None if found is None else int(found)
+
+
+def evaluation_id_of(eval_dir: Path | str) -> str:
+    """The ``evaluation_id`` that ``medft evaluate`` wrote into ``<eval_dir>/evaluation.json``.
+
+    MedftError naming the folder or file, and the fix, when the folder, the file or the id is
+    missing or unreadable (evaluations from before medft wrote an id have none).
+    """
+    eval_dir = Path(eval_dir)
+    rerun = (f"re-run medft evaluate (`medft evaluate MODEL --manifest MANIFEST --out {eval_dir}`) "
+             "to write an evaluation.json with an evaluation_id")
+    if not eval_dir.is_dir():
+        raise MedftError(
+            f"{eval_dir}: no such evaluation directory, so there is nowhere to keep the "
+            "reviews. Fix: run `medft evaluate MODEL --manifest MANIFEST --out "
+            f"{eval_dir}` first, or pass the evaluation directory it wrote"
+        )
+    path = eval_dir / EVALUATION_FILE
+    if not path.is_file():
+        raise MedftError(f"{path}: no such file, so the reviews cannot be tied to an evaluation. "
+                         f"Fix: {rerun}")
+    try:
+        evaluation = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise MedftError(f"{path}: cannot be read as JSON ({exc}). Fix: {rerun}") from None
+    evaluation_id = evaluation.get("evaluation_id") if isinstance(evaluation, dict) else None
+    if evaluation_id is None:
+        raise MedftError(
+            f"{path}: has no evaluation_id (it was written by a medft from before reviews were "
+            "kept per evaluation), so its reviews could mix with other evaluations' in a shared "
+            f"database. Fix: {rerun}"
+        )
+    if (not isinstance(evaluation_id, str) or not evaluation_id.strip()
+            or len(evaluation_id) > MAX_EVALUATION_ID_CHARS
+            or any(ord(ch) < 32 or ord(ch) == 127 for ch in evaluation_id)):
+        raise MedftError(
+            f"{path}: the evaluation_id {evaluation_id!r} is not a usable id (medft writes 32 hex "
+            f"digits; at most {MAX_EVALUATION_ID_CHARS} printable characters). Fix: {rerun}"
+        )
+    return evaluation_id
 
 
 def _umask() -> int:
@@ -434,11 +523,19 @@ def _defuse_formula(value: str) -> str:
     return "'" + value if value.startswith(_FORMULA_PREFIXES) else value
 
 
+_NAME_SOURCES = {
+    "case_id": "case id from per_case.csv",
+    "reviewer": "logged-in username",
+    "evaluation_id": "evaluation_id of the evaluation's evaluation.json (or use "
+                     "ReviewStore.for_eval_dir)",
+}
+
+
 def _check_name(what: str, value: Any, max_chars: int) -> str:
     if not isinstance(value, str) or not value.strip():
         raise MedftError(
             f"review store: {what} must be a non-empty string, got {value!r}. Fix: pass the "
-            f"{'case id from per_case.csv' if what == 'case_id' else 'logged-in username'}"
+            f"{_NAME_SOURCES.get(what, what)}"
         )
     if len(value) > max_chars:
         raise MedftError(f"review store: {what} is {len(value)} characters long, more than "

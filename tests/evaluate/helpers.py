@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import uuid
 from pathlib import Path
 
 import nibabel as nib
@@ -97,7 +98,7 @@ def _case(case_id: str, site: str | None, image: Path, label: Path | None, predi
 
 def make_evaluation(folder: Path, *, cases=REPORT_CASES, lps_cases: tuple[str, ...] = (), dicom: bool = True,
                     prediction_only: bool = True, failed: bool = True, sites: bool = True, roc: bool = True,
-                    labelled: bool = True) -> Path:
+                    labelled: bool = True, evaluation_id: str | None = None) -> Path:
     """An evaluation folder of real sample cases.
 
     Scored: ``cases`` ((case id, site, perturbation) of hippocampus samples; those in ``lps_cases``
@@ -105,6 +106,7 @@ def make_evaluation(folder: Path, *, cases=REPORT_CASES, lps_cases: tuple[str, .
     dicom_13 (south, a DICOM series, only anterior in the truth: posterior's Dice is NaN).
     ``prediction_only``: hippocampus_336 (south, no label); ``failed``: hippocampus_338 (north).
     ``labelled=False`` scores nothing; ``sites=False`` leaves the sites out; ``roc=False``, no curves.
+    ``evaluation.json`` gets ``evaluation_id`` (a new uuid4 hex when None), as ``medft evaluate`` writes.
     """
     from medft.data.loading import load_image
 
@@ -167,6 +169,7 @@ def make_evaluation(folder: Path, *, cases=REPORT_CASES, lps_cases: tuple[str, .
     summary = summarize(rows, CLASS_NAMES, n_resamples=300)
     (folder / "summary.json").write_text(json.dumps(summary, indent=1, allow_nan=False))
     evaluation = {
+        "evaluation_id": evaluation_id or uuid.uuid4().hex,
         "model": {"path": "/runs/hippo_ft", "kind": "run", "name": "hippo_ft", "version": "0.2.0"},
         "manifest": "/data/hospital_test.csv", "split": "test", "class_names": CLASS_NAMES, "tta": False,
         "created": "2025-03-04T10:15:00+00:00", "medft_version": "0.1.0", "cases": records,

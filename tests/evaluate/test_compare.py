@@ -7,6 +7,7 @@ import json
 import math
 import re
 import struct
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,7 @@ def _folder(path: Path, rows: list[dict], name: str, classes: list[str] = CLASSE
     (path / "summary.json").write_text(json.dumps(summarize(rows, classes, n_resamples=200), allow_nan=False))
     cases = sorted({r["case_id"] for r in rows})
     (path / "evaluation.json").write_text(json.dumps({
+        "evaluation_id": uuid.uuid4().hex,
         "model": {"path": f"/models/{name}", "kind": "bundle" if name == "pretrained" else "run", "name": name,
                   "version": None},
         "manifest": "/data/test.csv", "split": "test", "class_names": classes, "tta": False,

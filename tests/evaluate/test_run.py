@@ -1,6 +1,7 @@
 """medft evaluate / predict on a run trained for a few steps, with real sample cases."""
 import csv
 import json
+import re
 from pathlib import Path
 
 import nibabel as nib
@@ -73,7 +74,9 @@ def test_the_folder_holds_the_contract_files(evaluated):
         assert (out / name).is_file(), name
     header = (out / "per_case.csv").read_text().splitlines()[0]
     assert header == "case_id,site,class_index,class_name,dice,sensitivity,specificity,hd95,nsd,tp,fp,fn,tn"
-    status = {c["case_id"]: c["status"] for c in json.loads((out / "evaluation.json").read_text())["cases"]}
+    evaluation = json.loads((out / "evaluation.json").read_text())
+    status = {c["case_id"]: c["status"] for c in evaluation["cases"]}
+    assert re.fullmatch(r"[0-9a-f]{32}", evaluation["evaluation_id"])  # a uuid4 hex: scopes the reviews
     assert status == {"a1": "ok", "a2": "ok", "b1": "ok", "nolabel": "prediction_only", "broken": "failed", "dicom": "prediction_only"}
     assert sorted(p.name for p in (out / "predictions").iterdir()) == [f"{c}.nii.gz" for c in ("a1", "a2", "b1", "dicom", "nolabel")]
 

@@ -7,6 +7,7 @@ arguments the way `streamlit run apps/review.py -- --eval-dir D --users U` does,
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -176,7 +177,7 @@ def test_arguments_from_the_environment(eval_dir, monkeypatch, tmp_path):
     at = log_in(AppTest.from_file(str(APP), default_timeout=TIMEOUT), "frank")
     at.radio(key="grade_hippocampus_335").set_value(1)
     button(at, "Submit grade").click().run()
-    with ReviewStore(f"sqlite:///{tmp_path / 'other.sqlite'}") as store:
+    with ReviewStore.for_eval_dir(eval_dir, f"sqlite:///{tmp_path / 'other.sqlite'}") as store:
         assert store.current("frank")["hippocampus_335"].grade == 1
 
 
@@ -207,6 +208,14 @@ def test_launch_checks_the_folder_and_the_users_file(eval_dir, tmp_path, monkeyp
         support.launch(bare, None, None, None)
     with pytest.raises(MedftError, match="database URL"):
         support.launch(eval_dir, None, None, "nosuchdb://x")
+    # An evaluation.json from before evaluation ids: refused before any server starts.
+    old = make_review_eval(tmp_path / "old")
+    add_user(old / "users.json", "alice", PASSWORD)
+    evaluation = json.loads((old / "evaluation.json").read_text())
+    del evaluation["evaluation_id"]
+    (old / "evaluation.json").write_text(json.dumps(evaluation))
+    with pytest.raises(MedftError, match="has no evaluation_id.*Fix: re-run medft evaluate"):
+        support.launch(old, None, None, f"sqlite:///{tmp_path / 'team.sqlite'}")
 
     calls = []
 

@@ -5,6 +5,7 @@ database. A screenshot goes to tmp_path and, when MEDFT_SCREENSHOT_DIR is set, t
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -138,8 +139,9 @@ def test_log_in_view_the_worst_case_and_grade_it(server, tmp_path):
         shutil.copyfile(shot, target / shot.name)
     assert shot.stat().st_size > 10_000
 
+    evaluation_id = json.loads((eval_dir / "evaluation.json").read_text())["evaluation_id"]
     with sqlite3.connect(eval_dir / "reviews.sqlite") as db:
-        rows = db.execute("SELECT case_id, reviewer, grade, comment FROM reviews").fetchall()
-    assert rows == [("hippocampus_335", "alice", 2, "posterior tail missed on the lower slices")]
+        rows = db.execute("SELECT evaluation_id, case_id, reviewer, grade, comment FROM reviews").fetchall()
+    assert rows == [(evaluation_id, "hippocampus_335", "alice", 2, "posterior tail missed on the lower slices")]
     text = log.read_text()
     assert "Traceback" not in text, text[-3000:]

@@ -1,7 +1,9 @@
-"""The review store: history semantics, validation, CSV export, restarts, concurrency, durability."""
+"""The review store: history semantics, validation, CSV export, restarts, concurrency, durability,
+and reviews kept apart per evaluation in a shared database."""
 from __future__ import annotations
 
 import csv
+import json
 import multiprocessing
 import os
 import signal
@@ -18,6 +20,16 @@ from medft.errors import MedftError
 from medft.review.store import CSV_COLUMNS, GRADES, MAX_COMMENT_CHARS, Review, ReviewStore
 
 REPO = Path(__file__).resolve().parents[2]
+EVAL_ID = "0123456789abcdef0123456789abcdef"  # as medft evaluate writes it: a uuid4 hex
+
+
+def _write_evaluation(folder: Path, evaluation_id: str | None = EVAL_ID) -> Path:
+    """A minimal evaluation.json in ``folder``, with ``evaluation_id`` unless None."""
+    evaluation = {"class_names": ["background", "organ"], "cases": []}
+    if evaluation_id is not None:
+        evaluation["evaluation_id"] = evaluation_id
+    (folder / "evaluation.json").write_text(json.dumps(evaluation), encoding="utf-8")
+    return folder
 
 
 @pytest.fixture(params=["sqlite", "sqlite+pysqlite"])
@@ -28,7 +40,7 @@ def url(request, tmp_path) -> str:
 
 @pytest.fixture
 def store(url):
-    with ReviewStore(url) as opened:
+    with ReviewStore(url, EVAL_ID) as opened:
         yield opened
 
 
@@ -109,11 +121,11 @@ def test_comment_at_the_cap_and_none_are_fine(store):
 
 def test_grades_survive_an_app_restart(tmp_path):
     url = f"sqlite:///{tmp_path / 'reviews.sqlite'}"
-    with ReviewStore(url) as store:
+    with ReviewStore(url, EVAL_ID) as store:
         first = store.submit("case_1", "alice", 3, "überall\nzwei Zeilen")
         second = store.submit("case_1", "alice", 2)
         other = store.submit("case_2", "bob", 5)
-    with ReviewStore(url) as reopened:
+    with ReviewStore(url, EVAL_ID) as reopened:
         assert reopened.history("case_1") == [first, second]
         assert reopened.current() == {"case_1": second, "case_2": other}
         # Ids keep growing after a restart.
@@ -121,11 +133,14 @@ def test_grades_survive_an_app_restart(tmp_path):
 
 
 def test_for_eval_dir_puts_the_database_in_the_evaluation(tmp_path):
+    _write_evaluation(tmp_path)
     with ReviewStore.for_eval_dir(tmp_path) as store:
-        store.submit("case_1", "alice", 1)
+        assert store.evaluation_id == EVAL_ID  # read from evaluation.json
+        assert store.submit("case_1", "alice", 1).evaluation_id == EVAL_ID
     assert (tmp_path / "reviews.sqlite").is_file()
     other = tmp_path / "elsewhere.sqlite"
     with ReviewStore.for_eval_dir(tmp_path, url=f"sqlite:///{other}") as store:
+        assert store.evaluation_id == EVAL_ID
         assert store.current() == {}
     assert other.is_file()
 
@@ -134,9 +149,9 @@ def test_a_missing_eval_dir_or_folder_is_a_clear_error(tmp_path):
     with pytest.raises(MedftError, match="no such evaluation directory.*Fix: run `medft evaluate"):
         ReviewStore.for_eval_dir(tmp_path / "missing")
     with pytest.raises(MedftError, match="does not exist. Fix"):
-        ReviewStore(f"sqlite:///{tmp_path / 'missing' / 'reviews.sqlite'}")
+        ReviewStore(f"sqlite:///{tmp_path / 'missing' / 'reviews.sqlite'}", EVAL_ID)
     with pytest.raises(MedftError, match="not a usable database URL"):
-        ReviewStore("nonsense-without-scheme")
+        ReviewStore("nonsense-without-scheme", EVAL_ID)
 
 
 def test_sqlite_runs_in_wal_mode_with_full_sync_and_a_busy_timeout(store, tmp_path):
@@ -156,13 +171,13 @@ def test_sqlite_runs_in_wal_mode_with_full_sync_and_a_busy_timeout(store, tmp_pa
 
 def test_a_database_from_a_newer_medft_is_refused(tmp_path):
     url = f"sqlite:///{tmp_path / 'reviews.sqlite'}"
-    ReviewStore(url).close()
+    ReviewStore(url, EVAL_ID).close()
     raw = sqlite3.connect(tmp_path / "reviews.sqlite")
     with raw:
         raw.execute("UPDATE schema_version SET version = 99")
     raw.close()
     with pytest.raises(MedftError, match="schema version 99.*Fix: upgrade medft"):
-        ReviewStore(url)
+        ReviewStore(url, EVAL_ID)
 
 
 # -- CSV export ----------------------------------------------------------------------------------
@@ -192,6 +207,8 @@ def test_export_csv_writes_every_row_and_marks_the_current_ones(store, tmp_path)
     assert rows[1]["reviewed_at"] == a1.reviewed_at.isoformat()
     assert rows[2]["reviewed_at"].endswith("+00:00")
     assert rows[2]["comment"] == a2.comment
+    assert CSV_COLUMNS[-1] == "evaluation_id" and CSV_COLUMNS[0] == "case_id"
+    assert {r["evaluation_id"] for r in rows} == {EVAL_ID}
 
 
 def test_is_current_is_per_case_and_reviewer(store, tmp_path):
@@ -267,7 +284,7 @@ PER_WORKER = 50
 
 def _grade_many(url: str, reviewer: str, barrier) -> None:
     """A reviewer in its own process: open the store (maybe creating it), then submit fast."""
-    with ReviewStore(url) as store:
+    with ReviewStore(url, EVAL_ID) as store:
         barrier.wait(timeout=60)
         for i in range(PER_WORKER):
             store.submit(f"case_{i % 7}", reviewer, 1 + i % 5, f"{reviewer} #{i}")
@@ -285,7 +302,7 @@ def test_concurrent_reviewers_in_separate_processes_lose_nothing(tmp_path):
         worker.join(timeout=120)
     assert [w.exitcode for w in workers] == [0] * len(workers)
 
-    with ReviewStore(url) as store:
+    with ReviewStore(url, EVAL_ID) as store:
         everything = [r for case in sorted(store.reviewed_case_ids()) for r in store.history(case)]
         assert len(everything) == len(reviewers) * PER_WORKER
         assert len({r.id for r in everything}) == len(everything)
@@ -303,7 +320,7 @@ def test_a_grade_survives_the_process_being_killed_right_after_submit(tmp_path):
     script = textwrap.dedent(f"""
         import sys, time
         from medft.review.store import ReviewStore
-        store = ReviewStore({url!r})
+        store = ReviewStore({url!r}, {EVAL_ID!r})
         review = store.submit("case_7", "alice", 4, "kill me now")
         print(review.id, flush=True)
         time.sleep(60)  # never closes: SIGKILL arrives first
@@ -323,8 +340,139 @@ def test_a_grade_survives_the_process_being_killed_right_after_submit(tmp_path):
     submitted_id = int(line)
     assert (tmp_path / "reviews.sqlite-wal").exists()  # killed before any checkpoint or close
 
-    with ReviewStore(url) as reopened:
+    with ReviewStore(url, EVAL_ID) as reopened:
         [review] = reopened.history("case_7")
     assert (review.id, review.reviewer, review.grade, review.comment) == (
         submitted_id, "alice", 4, "kill me now")
     assert review.reviewed_at.tzinfo == timezone.utc
+
+
+# -- one database, several evaluations ------------------------------------------------------------
+
+def test_two_evaluations_in_one_database_see_only_their_own_reviews(url, tmp_path):
+    """Two models' predictions of the same cases, reviewed in one shared database (same URL)."""
+    model_a, model_b = "a" * 32, "b" * 32
+    with ReviewStore(url, model_a) as a, ReviewStore(url, model_b) as b:
+        a1 = a.submit("case_1", "alice", 1, "model A: fine")
+        b1 = b.submit("case_1", "alice", 4, "model B: missed the tail")
+        a2 = a.submit("case_2", "bob", 2)
+        b1_again = b.submit("case_1", "alice", 3, "model B: on second look")
+        b3 = b.submit("case_3", "bob", 5)
+        a1_again = a.submit("case_1", "alice", 2, "model A: one slice off")
+
+        # current: B's later grade of case_1 does not become A's, and the other way round
+        assert a.current() == {"case_1": a1_again, "case_2": a2}
+        assert b.current() == {"case_1": b1_again, "case_3": b3}
+        assert a.current("alice") == {"case_1": a1_again}
+        assert b.current("alice") == {"case_1": b1_again}
+        assert a.current("bob") == {"case_2": a2}
+        assert b.current("bob") == {"case_3": b3}
+        # history
+        assert a.history("case_1") == [a1, a1_again]
+        assert b.history("case_1") == [b1, b1_again]
+        assert a.history("case_3") == [] and b.history("case_2") == []
+        assert {r.evaluation_id for r in a.history("case_1")} == {model_a}
+        # reviewed cases
+        assert a.reviewed_case_ids() == {"case_1", "case_2"}
+        assert b.reviewed_case_ids() == {"case_1", "case_3"}
+        assert a.reviewed_case_ids("bob") == {"case_2"}
+        assert b.reviewed_case_ids("bob") == {"case_3"}
+        # export: own rows only, is_current computed within the evaluation
+        rows_a = _read_csv(a.export_csv(tmp_path / "a.csv"))
+        rows_b = _read_csv(b.export_csv(tmp_path / "b.csv"))
+        assert [(r["case_id"], r["reviewer"], r["grade"], r["is_current"], r["evaluation_id"])
+                for r in rows_a] == [
+            ("case_1", "alice", "1", "false", model_a),
+            ("case_1", "alice", "2", "true", model_a),
+            ("case_2", "bob", "2", "true", model_a),
+        ]
+        assert [(r["case_id"], r["reviewer"], r["grade"], r["is_current"], r["evaluation_id"])
+                for r in rows_b] == [
+            ("case_1", "alice", "4", "false", model_b),
+            ("case_1", "alice", "3", "true", model_b),
+            ("case_3", "bob", "5", "true", model_b),
+        ]
+        limited = _read_csv(b.export_csv(tmp_path / "b1.csv", case_ids=["case_1", "case_2"]))
+        assert [(r["grade"], r["evaluation_id"]) for r in limited] == [("4", model_b), ("3", model_b)]
+    # Both live in the one file, and a third evaluation opened on it starts empty.
+    with ReviewStore(url, "c" * 32) as c:
+        assert c.current() == {} and c.reviewed_case_ids() == set() and c.history("case_1") == []
+        assert _read_csv(c.export_csv(tmp_path / "c.csv")) == []
+    raw = sqlite3.connect(tmp_path / "reviews.sqlite")
+    try:
+        assert raw.execute("SELECT evaluation_id, COUNT(*) FROM reviews GROUP BY evaluation_id "
+                           "ORDER BY evaluation_id").fetchall() == [(model_a, 3), (model_b, 3)]
+    finally:
+        raw.close()
+
+
+def test_two_evaluation_folders_sharing_a_db_url_keep_their_reviews_apart(tmp_path):
+    shared = f"sqlite:///{tmp_path / 'team.sqlite'}"
+    folder_a, folder_b = tmp_path / "eval_a", tmp_path / "eval_b"
+    folder_a.mkdir()
+    folder_b.mkdir()
+    _write_evaluation(folder_a, "a" * 32)
+    _write_evaluation(folder_b, "b" * 32)
+    with ReviewStore.for_eval_dir(folder_a, shared) as a:
+        a.submit("case_1", "alice", 1)
+    with ReviewStore.for_eval_dir(folder_b, shared) as b:
+        assert b.current() == {}
+        b.submit("case_1", "alice", 4)
+    with ReviewStore.for_eval_dir(folder_a, shared) as a:
+        assert a.current()["case_1"].grade == 1
+    assert not (folder_a / "reviews.sqlite").exists() and not (folder_b / "reviews.sqlite").exists()
+
+
+def test_for_eval_dir_refuses_an_evaluation_without_an_id(tmp_path):
+    other = f"sqlite:///{tmp_path / 'elsewhere.sqlite'}"
+    with pytest.raises(MedftError, match=r"evaluation\.json: no such file.*Fix: re-run medft evaluate"):
+        ReviewStore.for_eval_dir(tmp_path)
+    _write_evaluation(tmp_path, evaluation_id=None)
+    for url in (None, other):  # with --db too: the id scopes the rows of a shared database
+        with pytest.raises(MedftError, match=r"evaluation\.json: has no evaluation_id.*"
+                                             r"Fix: re-run medft evaluate") as caught:
+            ReviewStore.for_eval_dir(tmp_path, url)
+        assert str(tmp_path / "evaluation.json") in str(caught.value)
+    for bad in ("", "   ", 42, "x" * 65, "a\nb"):
+        _write_evaluation(tmp_path, evaluation_id=bad)
+        with pytest.raises(MedftError, match="not a usable id.*Fix: re-run medft evaluate"):
+            ReviewStore.for_eval_dir(tmp_path)
+    (tmp_path / "evaluation.json").write_text("{not json", encoding="utf-8")
+    with pytest.raises(MedftError, match="cannot be read as JSON.*Fix: re-run medft evaluate"):
+        ReviewStore.for_eval_dir(tmp_path)
+    assert not (tmp_path / "reviews.sqlite").exists()  # nothing was created for a refused folder
+
+
+def test_a_store_needs_an_evaluation_id(tmp_path):
+    url = f"sqlite:///{tmp_path / 'reviews.sqlite'}"
+    with pytest.raises(TypeError):
+        ReviewStore(url)  # noqa - the id is required
+    for bad in ("", "  ", None, "x" * 65, "a\tb"):
+        with pytest.raises(MedftError, match="evaluation_id.*Fix"):
+            ReviewStore(url, bad)
+    assert not (tmp_path / "reviews.sqlite").exists()
+
+
+def test_an_old_format_database_is_refused_with_a_fix(tmp_path):
+    """A reviews.sqlite from development, before rows carried their evaluation id."""
+    raw = sqlite3.connect(tmp_path / "reviews.sqlite")
+    with raw:
+        raw.execute("CREATE TABLE schema_version (id INTEGER PRIMARY KEY, version INTEGER NOT NULL, "
+                    "updated_at DATETIME NOT NULL)")
+        raw.execute("INSERT INTO schema_version VALUES (1, 1, '2025-03-04 10:15:00')")
+        raw.execute("CREATE TABLE reviews (id INTEGER PRIMARY KEY AUTOINCREMENT, case_id VARCHAR(256) "
+                    "NOT NULL, reviewer VARCHAR(128) NOT NULL, grade INTEGER NOT NULL, comment TEXT "
+                    "NOT NULL, reviewed_at DATETIME NOT NULL)")
+        raw.execute("INSERT INTO reviews (case_id, reviewer, grade, comment, reviewed_at) "
+                    "VALUES ('case_1', 'alice', 2, '', '2025-03-04 10:15:00')")
+    raw.close()
+    with pytest.raises(MedftError, match="no evaluation_id column.*Fix: move the database away"):
+        ReviewStore(f"sqlite:///{tmp_path / 'reviews.sqlite'}", EVAL_ID)
+    _write_evaluation(tmp_path)
+    with pytest.raises(MedftError, match="Fix: move the database away"):
+        ReviewStore.for_eval_dir(tmp_path)
+    raw = sqlite3.connect(tmp_path / "reviews.sqlite")  # left as it was
+    try:
+        assert raw.execute("SELECT case_id, grade FROM reviews").fetchall() == [("case_1", 2)]
+    finally:
+        raw.close()
