@@ -72,7 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
         "Loads the bundle, adapts its head to the config's classes, checks the data and a dummy batch,\n"
         "then trains with the config's freezing schedule and early stopping. The run folder gets\n"
         "config.yaml, metrics.jsonl, checkpoints/last.pt and best.pt, train.log and TensorBoard logs.\n"
-        "Ctrl-C saves the state; --resume continues a stopped or killed run exactly.",
+        "Ctrl-C saves the state; --resume continues a stopped or killed run exactly. Launched by\n"
+        "torchrun (torchrun --nproc_per_node N -m medft train ...) it trains data-parallel on N\n"
+        "processes (GPUs), train.batch_size volumes each; rank 0 writes the run folder.",
         "medft train configs/demo.yaml --set train.epochs=5 --out runs/demo5",
     )
     train.add_argument("config", type=Path, help="YAML run config (see configs/)")
@@ -94,6 +96,32 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                           help="override a config value (repeatable)")
     validate.set_defaults(run=_validate)
+
+    tune = _command(
+        commands,
+        "tune",
+        "search hyperparameters: many short training runs, the poor ones pruned",
+        "Tries the values of the config's search section (learning rates, freezing, augmentation...) in\n"
+        "Optuna trials: a TPE sampler picks them, a Hyperband or successive-halving pruner stops poor\n"
+        "trials from their validation Dice after each epoch. Each trial is a run folder OUT/trial_<n>.\n"
+        "The study lives in OUT/study.db (SQLite; several workers on one machine may share it) or in\n"
+        "--storage, any database URL (postgresql://user@host/db for workers on several machines).\n"
+        "Running the same command again resumes the study: only the missing trials run; Ctrl-C marks\n"
+        "the current trial failed and keeps the finished ones. Writes OUT/best_config.yaml (ready for\n"
+        "medft train), OUT/trials.csv and plots of the study.",
+        "medft tune configs/tune_demo.yaml --trials 12 --out runs/tune_demo",
+    )
+    tune.add_argument("config", type=Path, help="YAML run config with a search section (see configs/tune_demo.yaml)")
+    tune.add_argument("--trials", type=int, required=True, metavar="N",
+                      help="finished (complete or pruned) trials the study should hold; those already there count")
+    tune.add_argument("--out", type=Path, default=None, help="folder for the trials and results (default: runs/<config name>)")
+    tune.add_argument("--storage", default=None, metavar="URL",
+                      help="database URL of the study (default: sqlite:///OUT/study.db)")
+    tune.add_argument("--study", default=None, metavar="NAME",
+                      help="study name (default: search.study_name, else the config file's name)")
+    tune.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                      help="override a config value, e.g. --set train.epochs=10 (repeatable)")
+    tune.set_defaults(run=_tune)
 
     evaluate = _command(
         commands,
@@ -235,15 +263,18 @@ def _train(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, args.overrides)
     _console_logging()
+    from medft.train.distributed import is_main
     from medft.train.recipe import TrainingInterrupted, run_training
 
     run_dir = args.out or Path("runs") / args.config.stem
     try:
         summary = run_training(config, run_dir, resume=args.resume)
     except TrainingInterrupted as stop:
-        print(f"medft: {stop}", file=sys.stderr)
+        if is_main():  # under torchrun, rank 0 speaks for all processes
+            print(f"medft: {stop}", file=sys.stderr)
         return 130
-    print(f"best validation Dice {summary['best_val_dice']:.4f} at epoch {summary['best_epoch']}; run folder: {run_dir}")
+    if is_main():
+        print(f"best validation Dice {summary['best_val_dice']:.4f} at epoch {summary['best_epoch']}; run folder: {run_dir}")
     return 0
 
 
@@ -253,6 +284,24 @@ def _validate(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
     print(dump_config(config), end="")
     print(f"{args.config}: valid")
+    return 0
+
+
+def _tune(args: argparse.Namespace) -> int:
+    import logging
+
+    _console_logging()
+    console = next(h for h in logging.getLogger("medft").handlers if h.get_name() == "medft-console")
+    console.addFilter(lambda record: record.name == "medft.tune" or record.levelno >= logging.WARNING)  # runs log to their train.log
+    from medft.tune import TuneInterrupted, tune
+
+    try:
+        result = tune(args.config, args.trials, out=args.out, storage=args.storage, study_name=args.study,
+                      overrides=args.overrides)
+    except TuneInterrupted as stop:
+        print(f"medft: {stop}", file=sys.stderr)
+        return 130
+    print(result.summary())
     return 0
 
 

@@ -7,10 +7,11 @@ Relative paths in a config file resolve against the file's own folder.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_serializer, model_validator)
 
 from medft.errors import MedftError
 
@@ -69,6 +70,24 @@ class TrainConfig(_Section):
     amp: bool | None = Field(None, description="Mixed precision; by default on with CUDA, off on CPU.")
     max_steps_per_epoch: int | None = Field(None, ge=1, description="Cap on steps per epoch (quick tests).")
     deterministic: bool = Field(True, description="Deterministic algorithms, so a run is reproducible from its seed.")
+    dice_weight: float = Field(1.0, ge=0, description="Weight of the Dice term of the dice_ce loss.")
+    ce_weight: float = Field(1.0, ge=0, description="Weight of the cross-entropy term of the dice_ce loss.")
+
+    @field_validator("dice_weight", "ce_weight")
+    @classmethod
+    def _loss_weight(cls, value: float, info: ValidationInfo) -> float:
+        if value == 1.0:
+            return value
+        if info.data.get("loss", "dice_ce") != "dice_ce":
+            raise ValueError(f"train.{info.field_name} weighs a term of the dice_ce loss; with train.loss "
+                             f"{info.data['loss']} leave it at 1")
+        return value
+
+    @model_validator(mode="after")
+    def _some_loss(self) -> "TrainConfig":
+        if self.dice_weight == 0 and self.ce_weight == 0:
+            raise ValueError("train.dice_weight and train.ce_weight are both 0: nothing to learn from")
+        return self
 
 
 class ValidationConfig(_Section):
@@ -82,6 +101,109 @@ class EarlyStoppingConfig(_Section):
     min_delta: float = Field(0.001, ge=0, description="Smallest rise of the validation Dice that counts as an improvement.")
 
 
+# --- hyperparameter search (medft tune) -------------------------------------------------------
+
+
+# Searched keys that are not config keys: they build the freeze schedule (see SearchConfig).
+FREEZE_PRESET_KEY = "freeze.preset"
+UNFREEZE_EPOCH_KEY = "freeze.unfreeze_epoch"
+_NOT_SEARCHABLE = {
+    "train.epochs": "it is the budget of every trial (and of the pruner); set it in train.epochs",
+    "freeze": f"search {FREEZE_PRESET_KEY} and/or {UNFREEZE_EPOCH_KEY} instead",
+    "search": "the search cannot search itself",
+}
+
+
+def _searchable_key(key: str) -> str:
+    """A dotted key of the run config (or one of the freeze keys) that a search may set."""
+    if key in (FREEZE_PRESET_KEY, UNFREEZE_EPOCH_KEY):
+        return key
+    parts = key.split(".")
+    for prefix in (key, parts[0]):
+        if prefix in _NOT_SEARCHABLE:
+            raise ValueError(f"{key} cannot be searched: {_NOT_SEARCHABLE[prefix]}")
+    model: type[BaseModel] = RunConfig
+    for depth, part in enumerate(parts):
+        field = model.model_fields.get(part)
+        where = ".".join(parts[:depth + 1])
+        if field is None:
+            known = ", ".join(model.model_fields)
+            raise ValueError(f"{where} is not a key of the run config (known here: {known})")
+        if _is_dict(field.annotation):
+            return key  # e.g. model.network_overrides.dropout: a free-form mapping
+        section = field.annotation if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel) else None
+        if depth < len(parts) - 1 and section is None:
+            raise ValueError(f"{where} is a value, not a section, so {key} does not exist")
+        if depth == len(parts) - 1 and section is not None:
+            raise ValueError(f"{key} is a section; name one of its keys, e.g. {key}.{next(iter(section.model_fields))}")
+        model = section or model
+    return key
+
+
+def _is_dict(annotation: Any) -> bool:
+    return get_origin(annotation) is dict or any(get_origin(arg) is dict for arg in get_args(annotation))
+
+
+class SearchParam(_Section):
+    type: Literal["float", "int", "categorical"] = Field(description="float or int: a value from low to high; categorical: one of choices.")
+    low: float | None = Field(None, description="Smallest value (float and int).")
+    high: float | None = Field(None, description="Largest value, included (float and int).")
+    log: bool = Field(False, description="Sample on a log scale (float and int; low must be above 0), as for learning rates.")
+    step: float | None = Field(None, gt=0, description="Spacing of the values (float and int; int steps by 1 by default); not with log.")
+    choices: list[str | bool | int | float | None] | None = Field(None, description="The values to choose from (categorical): strings, numbers, true/false or null.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "SearchParam":
+        if self.type == "categorical":
+            if not self.choices or len(self.choices) < 2:
+                raise ValueError("a categorical parameter needs choices: a list of at least two values "
+                                 "(a single value belongs in the config, not in the search)")
+            extra = [name for name in ("low", "high", "step") if getattr(self, name) is not None] + (["log"] if self.log else [])
+            if extra:
+                raise ValueError(f"{', '.join(extra)} apply to float and int parameters, not to categorical ones")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError(f"a {self.type} parameter needs low and high, e.g. {{type: {self.type}, low: 1, high: 10}}")
+        if self.choices is not None:
+            raise ValueError(f"choices apply to categorical parameters; a {self.type} parameter takes low and high")
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low:g}) must be below high ({self.high:g})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"log needs low above 0, got low {self.low:g}")
+        if self.log and self.step is not None:
+            raise ValueError("give log or step, not both")
+        if self.type == "int" and any(v is not None and v != int(v) for v in (self.low, self.high, self.step)):
+            raise ValueError("low, high and step of an int parameter must be whole numbers")
+        return self
+
+
+class SearchConfig(_Section):
+    params: dict[Annotated[str, AfterValidator(_searchable_key)], SearchParam] = Field(
+        min_length=1,
+        description=f"What to search, by dotted config key (as --set takes them), e.g. optim.lr: {{type: float, low: 1.0e-4, "
+                    f"high: 1.0e-2, log: true}}. Two keys build the freeze schedule: {FREEZE_PRESET_KEY} (categorical over "
+                    f"none, all_but_head, encoder) replaces the preset of the stage at epoch 0, and {UNFREEZE_EPOCH_KEY} "
+                    f"(int) replaces the later stages with one that unfreezes everything at that epoch (0: no freezing).",
+    )
+    pruner: Literal["hyperband", "successive_halving", "none"] = Field("hyperband", description="Stops unpromising trials early from their validation Dice after each epoch: hyperband, successive_halving or none.")
+    min_resource: int = Field(1, ge=1, description="Epochs a trial trains before the pruner first compares it with the others.")
+    reduction_factor: int = Field(3, ge=2, description="At each pruning rung only the best 1/reduction_factor of the trials go on (rungs at min_resource x reduction_factor^k epochs).")
+    n_startup_trials: int = Field(10, ge=0, description="Trials sampled at random before the TPE sampler models the results.")
+    sampler_seed: int | None = Field(None, description="Seed of the sampler; trial n draws from (seed, n), so parallel workers and resumed studies do not repeat draws. By default the config's seed.")
+    study_name: str | None = Field(None, min_length=1, description="Name of the study in the storage; by default the config file's name (medft tune --study overrides it).")
+
+    @model_validator(mode="after")
+    def _freeze_keys(self) -> "SearchConfig":
+        preset, unfreeze = self.params.get(FREEZE_PRESET_KEY), self.params.get(UNFREEZE_EPOCH_KEY)
+        if preset is not None:
+            allowed = {value for arg in get_args(FreezeStage.model_fields["preset"].annotation) for value in get_args(arg)}
+            if preset.type != "categorical" or not set(preset.choices) <= allowed:
+                raise ValueError(f"{FREEZE_PRESET_KEY} must be categorical with choices among {sorted(allowed)}")
+        if unfreeze is not None and (unfreeze.type != "int" or unfreeze.low < 0):
+            raise ValueError(f"{UNFREEZE_EPOCH_KEY} must be an int parameter with low >= 0 (an epoch)")
+        return self
+
+
 class RunConfig(_Section):
     seed: int = Field(0, description="Seed of every random choice: data order, augmentation, initialisation.")
     model: ModelConfig = Field(description="The pretrained bundle (or scratch network) and how to adapt it.")
@@ -91,6 +213,7 @@ class RunConfig(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig, description="The training loop.")
     validation: ValidationConfig = Field(default_factory=ValidationConfig, description="Sliding-window validation.")
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig, description="Early stopping on the validation Dice.")
+    search: SearchConfig | None = Field(None, description="Hyperparameter search for medft tune: the values to try and how to prune trials; medft train ignores it.")
 
     @field_validator("freeze")
     @classmethod
@@ -99,6 +222,14 @@ class RunConfig(_Section):
         if epochs != sorted(set(epochs)):
             raise ValueError(f"freeze stages must have strictly increasing epochs, got {epochs}")
         return stages
+
+    @model_serializer(mode="wrap")
+    def _without_empty_search(self, handler) -> dict:
+        """A config without a search dumps as before the search existed (run folders compare config.yaml)."""
+        data = handler(self)
+        if self.search is None:
+            data.pop("search", None)
+        return data
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:

@@ -3,6 +3,12 @@
 Reproducibility: the randomness of epoch e (data order, augmentation) is seeded from (seed, e)
 and that of each step (dropout) from (seed, e, step). A run resumed from any checkpoint, at the
 end of an epoch or mid-epoch after Ctrl-C, therefore continues exactly as an uninterrupted run.
+
+Under torchrun (``medft.train.distributed``) every process runs this recipe on its share of each
+batch, DistributedDataParallel averages the gradients, and rank 0 alone writes the run folder.
+The data order of an epoch is the single-process one; augmentation and dropout are seeded from
+(seed, e, rank) and (seed, e, step, rank). The validation Dice is summed over the processes'
+shares of the validation cases, so every process takes the same early-stopping decision.
 """
 from __future__ import annotations
 
@@ -26,6 +32,7 @@ from medft.config import RunConfig, dump_config
 from medft.data.manifest import load_manifest
 from medft.errors import MedftError
 from medft.metrics import confusion_counts, dice, foreground_mean
+from medft.train import distributed
 from medft.train.checkpoint import atomic_save, load_checkpoint, restore_rng_states, rng_states
 from medft.train.data import build_loaders
 from medft.train.early_stopping import EarlyStopping
@@ -43,37 +50,61 @@ class FineTuneRecipe:
     def __init__(self, config: RunConfig, run_dir: Path, resume: bool = False,
                  on_validation: Callable[[int, float], None] | None = None):
         """``on_validation(epoch, val_dice)`` runs after each validation, once the epoch is saved
-        (hyperparameter search reports there; an exception it raises ends the run)."""
+        (hyperparameter search reports there; an exception it raises ends the run). Under
+        torchrun it runs in every process with the same values: one that raises must raise in all
+        of them (as it will when it decides from its arguments), or the launch ends in an error."""
         self.config, self.run_dir, self.resume = config, Path(run_dir), resume
         self.on_validation = on_validation
         self.checkpoints = self.run_dir / "checkpoints"
         self.start_epoch = self.start_step = 0
+        self._epoch_loss = self._resumed_loss = (0.0, 0)  # (sum, steps) of the epoch's training loss
         self._stop_requested = False
+        self.main = distributed.is_main()
+        # Seeds of augmentation and dropout get the rank in a distributed run (processes draw differently).
+        self._rank_salt: tuple[int, ...] = (distributed.rank(),) if distributed.is_distributed() else ()
+        self._wrapped = None  # the DistributedDataParallel wrapper and the frozen set it was built for
+        self._wrapped_frozen: set[str] | None = None
 
     # --- setup ---------------------------------------------------------------------------------
 
     def setup(self) -> None:
         config = self.config
-        self._prepare_run_dir()
+        if distributed.is_distributed():
+            # Join the other processes first, so that a problem rank 0 finds in the run folder ends them all.
+            self.device = distributed.init(_device(config.train.device))
+            self._quiet_logger = _quiet_other_ranks()
+            _on_main_then_share(self._prepare_run_dir)
+            log.info("%d processes (this is rank 0), %s, global batch %d", distributed.world_size(), self.device,
+                     config.train.batch_size * distributed.world_size())
+        else:
+            self._prepare_run_dir()
         log.info("medft %s, resolved config:\n%s", __version__, dump_config(config))
         torch.manual_seed(config.seed)
         if config.train.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
-        self.device = _device(config.train.device)
+        if not distributed.is_distributed():
+            self.device = _device(config.train.device)
         self.amp = config.train.amp if config.train.amp is not None else self.device.type == "cuda"
 
         manifest = load_manifest(config.data.manifest)
         self.class_names = _class_names(config, manifest.class_names)
         prepared = prepare_network(config.model, len(self.class_names))
         self.prepared, self.network, self.head = prepared, prepared.network.to(self.device), prepared.head
-        if prepared.report is not None:
+        if prepared.report is not None and self.main:
             (self.run_dir / "head_adaptation.txt").write_text(prepared.report.table() + "\n")
             log.info("head adaptation:\n%s", prepared.report.table())
 
         self.generator = torch.Generator()
-        self.train_loader, self.val_loader, self.train_transform = build_loaders(config, manifest, self.generator)
+        self.train_loader, self.val_loader, self.train_transform = build_loaders(
+            config, manifest, self.generator, distributed.rank(), distributed.world_size())
         self._check_channels()
         self._check_forward()
+        self._unused = set()
+        if distributed.is_distributed():
+            example = torch.zeros(1, self.prepared.in_channels, *config.data.spatial_size, device=self.device)
+            self._unused = distributed.unused_parameters(self.network, example)
+            if self._unused:
+                log.info("%d parameter tensors get no gradient from the loss (DDP looks for them every step)", len(self._unused))
 
         self.schedule = FreezeSchedule([FreezeStage(s.epoch, s.preset, tuple(s.patterns)) for s in config.freeze])
         self.schedule.validate(self.network, self.head)  # a stage that does not fit fails now, not at epoch 20
@@ -84,18 +115,27 @@ class FineTuneRecipe:
         total = config.train.epochs * self.steps_per_epoch
         self.scheduler = WarmupCosineSchedule(self.optimizer, warmup_steps=round(optim.warmup_epochs * self.steps_per_epoch), t_total=total)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp and self.device.type == "cuda")
-        self.loss_fn = _loss(config.train.loss)
+        self.loss_fn = _loss(config.train.loss, config.train.dice_weight, config.train.ce_weight)
         self.inferer = SlidingWindowInferer(
             roi_size=config.data.spatial_size, sw_batch_size=config.validation.sw_batch_size,
             overlap=config.validation.overlap, mode="gaussian",
         )
         self.early = EarlyStopping(config.early_stopping.patience, config.early_stopping.min_delta)
-        self.tensorboard = _tensorboard(self.run_dir / "tensorboard")
-        if self.resume and (self.checkpoints / "last.pt").is_file():
-            self._load_last()
-        elif self.resume:  # stopped before its first checkpoint: nothing was saved, so start again
-            _truncate_metrics(self.run_dir / "metrics.jsonl", 0)
-            log.warning("%s has no checkpoint yet: starting from epoch 0", self.run_dir)
+        self.tensorboard = _tensorboard(self.run_dir / "tensorboard") if self.main else _NoTensorboard()
+        if self.resume:
+            last = self.checkpoints / "last.pt"
+            seen = distributed.all_gather_object(last.is_file())  # each process reads last.pt itself
+            if seen[0] and not all(seen):
+                raise MedftError(
+                    f"{last}: rank 0 has it but rank(s) {[r for r, s in enumerate(seen) if not s]} cannot read it. "
+                    "Fix: keep the run folder on a filesystem that every machine mounts at the same path"
+                )
+            if seen[0]:
+                self._load_last()
+            else:  # stopped before its first checkpoint: nothing was saved, so start again
+                if self.main:
+                    _truncate_metrics(self.run_dir / "metrics.jsonl", 0)
+                log.warning("%s has no checkpoint yet: starting from epoch 0", self.run_dir)
 
     # --- train ---------------------------------------------------------------------------------
 
@@ -108,13 +148,14 @@ class FineTuneRecipe:
             for epoch in range(self.start_epoch, 0 if stopped else config.train.epochs):
                 frozen = self.schedule.frozen_at(self.network, self.head, epoch)
                 apply_freezing(self.network, frozen)
+                self._wrap(frozen)
                 if self.schedule.changes_at(epoch) or epoch == self.start_epoch:
                     stage = self.schedule.stage_at(epoch)
                     log.info("epoch %d: freezing stage %s%s, %d of %d parameter tensors frozen", epoch, stage.preset or "none",
                              f" + patterns {list(stage.patterns)}" if stage.patterns else "", len(frozen),
                              len(list(self.network.parameters())))
                 started = time.perf_counter()
-                train_loss = self._train_epoch(epoch, frozen)
+                train_loss = distributed.all_reduce_mean(self._train_epoch(epoch, frozen))  # the global mean
                 record = {"epoch": epoch, "train_loss": train_loss, "lr": self.scheduler.get_last_lr(),
                           "frozen_tensors": len(frozen), "seconds": None}
                 improved = False
@@ -138,31 +179,35 @@ class FineTuneRecipe:
             if in_main_thread:
                 signal.signal(signal.SIGINT, previous)
         summary = {"best_val_dice": self.early.best, "best_epoch": self.early.best_epoch, "run_dir": str(self.run_dir)}
-        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+        if self.main:
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+        distributed.barrier()  # the processes end together, after rank 0's last write
         return summary
 
     def _train_epoch(self, epoch: int, frozen: set[str]) -> float:
-        seed = self.config.seed
-        self.generator.manual_seed(_mix(seed, epoch))
-        self.train_transform.set_random_state(seed=_mix(seed, epoch) % 2**32)
+        seed, salt = self.config.seed, self._rank_salt
+        self.generator.manual_seed(_mix(seed, epoch))  # the data order: the same in every process
+        self.train_transform.set_random_state(seed=_mix(seed, epoch, *salt) % 2**32)
         set_train_mode(self.network, frozen)
         first = self.start_step if epoch == self.start_epoch else 0
-        total, count = 0.0, 0
+        total, count = self._resumed_loss if epoch == self.start_epoch else (0.0, 0)
         bar = tqdm(total=self.steps_per_epoch, initial=first, desc=f"epoch {epoch}/{self.config.train.epochs - 1}",
-                   unit="step", leave=False, disable=None)
+                   unit="step", leave=False, disable=None if self.main else True)
         for step, batch in enumerate(self.train_loader):
             if step >= self.steps_per_epoch:
                 break
             if step < first:  # replay the data stream up to where an interrupted epoch stopped
                 continue
-            torch.manual_seed(_mix(seed, epoch, step))
+            torch.manual_seed(_mix(seed, epoch, step, *salt))
             loss = self._step(batch)
             total, count = total + loss, count + 1
+            self._epoch_loss = (total, count)
             bar.update()
             bar.set_postfix(loss=f"{loss:.4f}")
-            if self._stop_requested:
+            if distributed.any_process(self._stop_requested):  # every process stops after the same step
                 bar.close()
                 self.save_checkpoint("last.pt", epoch, step + 1)
+                distributed.barrier()  # no process ends (and gets the others killed) before the save
                 raise TrainingInterrupted(
                     f"stopped at epoch {epoch}, step {step + 1}; state saved to {self.checkpoints / 'last.pt'}. "
                     f"Continue with: medft train {self.run_dir / 'config.yaml'} --out {self.run_dir} --resume"
@@ -174,7 +219,7 @@ class FineTuneRecipe:
         image, label = batch["image"].to(self.device), batch["label"].to(self.device)
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(self.device.type, enabled=self.amp):
-            loss = _supervised_loss(self.loss_fn, self.network(image), label)
+            loss = _supervised_loss(self.loss_fn, self._trained(image), label)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
@@ -183,7 +228,12 @@ class FineTuneRecipe:
 
     @torch.no_grad()
     def _validate(self) -> torch.Tensor:
-        """Mean Dice per foreground class over the validation cases (NaN cases left out)."""
+        """Mean Dice per foreground class over the validation cases (NaN cases left out).
+
+        Distributed: each process predicts its share of the cases (with the unwrapped network, no
+        collective per case); the sums and counts of the per-case values are summed over the
+        processes, and rank 0's result is the one every process uses.
+        """
         self.network.eval()
         counts = []
         for batch in self.val_loader:
@@ -192,9 +242,18 @@ class FineTuneRecipe:
                 logits = self.inferer(image, self.network)
             pred = logits.argmax(dim=1)
             counts.append(confusion_counts(pred.cpu(), batch["label"][:, 0].cpu(), len(self.class_names)))
-        return foreground_mean(dice(torch.cat(counts)))
+        if not distributed.is_distributed():
+            return foreground_mean(dice(torch.cat(counts)))
+        classes = len(self.class_names)
+        values = dice(torch.cat(counts))[:, 1:] if counts else torch.empty(0, classes - 1, dtype=torch.float64)
+        known = ~values.isnan()
+        sums = distributed.all_reduce_sum(torch.stack([values.nan_to_num().sum(0), known.sum(0).double()]))
+        per_class = torch.where(sums[1] > 0, sums[0] / sums[1].clamp(min=1), torch.full_like(sums[0], math.nan))
+        return distributed.broadcast_tensor(per_class)
 
     def _log_epoch(self, record: dict) -> None:
+        if not self.main:
+            return
         with (self.run_dir / "metrics.jsonl").open("a") as file:
             file.write(json.dumps(record) + "\n")
         self.tensorboard.add_scalar("train/loss", record["train_loss"], record["epoch"])
@@ -210,7 +269,9 @@ class FineTuneRecipe:
     # --- checkpoints ---------------------------------------------------------------------------
 
     def save_checkpoint(self, name: str, epoch: int, step: int) -> None:
-        """Save the state after ``epoch`` full epochs and ``step`` steps of the next one."""
+        """Save the state after ``epoch`` full epochs and ``step`` steps of the next one (rank 0 only)."""
+        if not self.main:
+            return
         atomic_save({
             "epoch": epoch,
             "step": step,
@@ -219,6 +280,7 @@ class FineTuneRecipe:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "early_stopping": self.early.state_dict(),
+            "epoch_loss": self._epoch_loss if step else (0.0, 0),  # so a mid-epoch resume logs the whole epoch's loss
             "rng": rng_states(),
             "class_names": self.class_names,
             "network_def": self.prepared.network_def,
@@ -234,7 +296,9 @@ class FineTuneRecipe:
         self.early.load_state_dict(state["early_stopping"])
         restore_rng_states(state["rng"])
         self.start_epoch, self.start_step = state["epoch"], state["step"]
-        _truncate_metrics(self.run_dir / "metrics.jsonl", self.start_epoch)
+        self._resumed_loss = tuple(state.get("epoch_loss", (0.0, 0)))
+        if self.main:
+            _truncate_metrics(self.run_dir / "metrics.jsonl", self.start_epoch)
         log.info("resumed from %s at epoch %d, step %d", self.checkpoints / "last.pt", self.start_epoch, self.start_step)
 
     # --- cleanup -------------------------------------------------------------------------------
@@ -242,6 +306,12 @@ class FineTuneRecipe:
     def cleanup(self) -> None:
         if hasattr(self, "tensorboard"):
             self.tensorboard.close()
+        if distributed.is_distributed():
+            distributed.unwrap(self._wrapped)
+            self._wrapped = None
+            distributed.cleanup()
+            if hasattr(self, "_quiet_logger"):
+                logging.getLogger("medft").setLevel(self._quiet_logger)
 
     # --- helpers -------------------------------------------------------------------------------
 
@@ -263,7 +333,22 @@ class FineTuneRecipe:
         saved.write_text(dump_config(self.config))
         _log_to_file(self.run_dir / "train.log")
 
+    def _wrap(self, frozen: set[str]) -> None:
+        """Distributed: a new DDP wrapper when the trainable parameters change (see distributed.wrap)."""
+        if not distributed.is_distributed() or frozen == self._wrapped_frozen:
+            return
+        distributed.unwrap(self._wrapped)
+        self._wrapped = None
+        self._wrapped = distributed.wrap(self.network, self.device, self._unused)
+        self._wrapped_frozen = set(frozen)
+
+    def _trained(self, image: torch.Tensor):
+        """The training forward pass: through DDP in a distributed run (it averages the gradients)."""
+        return (self._wrapped if self._wrapped is not None else self.network)(image)
+
     def _check_channels(self) -> None:
+        if len(self.val_loader.dataset) == 0:  # a process with no validation case (more processes than cases)
+            return
         sample = self.val_loader.dataset[0]["image"]
         if sample.shape[0] != self.prepared.in_channels:
             raise MedftError(
@@ -315,9 +400,9 @@ def _supervised_loss(loss_fn, output, label: torch.Tensor) -> torch.Tensor:
     return loss_fn(output, label)
 
 
-def _loss(name: str):
+def _loss(name: str, dice_weight: float = 1.0, ce_weight: float = 1.0):
     if name == "dice_ce":
-        return DiceCELoss(to_onehot_y=True, softmax=True)
+        return DiceCELoss(to_onehot_y=True, softmax=True, lambda_dice=dice_weight, lambda_ce=ce_weight)
     if name == "dice":
         return DiceLoss(to_onehot_y=True, softmax=True)
     ce = torch.nn.CrossEntropyLoss()
@@ -344,6 +429,43 @@ def _tensorboard(folder: Path):
     from torch.utils.tensorboard import SummaryWriter
 
     return SummaryWriter(log_dir=str(folder))
+
+
+class _NoTensorboard:
+    """The TensorBoard writer of ranks other than 0: writes nothing."""
+
+    def add_scalar(self, *args, **kwargs) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _on_main_then_share(action: Callable[[], None]) -> None:
+    """Run ``action`` on rank 0 only; when it fails, every process fails with its message (none waits)."""
+    if distributed.is_main():
+        try:
+            action()
+        except Exception as exc:
+            distributed.broadcast_object(str(exc) if isinstance(exc, MedftError) else f"{type(exc).__name__}: {exc}")
+            raise
+        distributed.broadcast_object(None)
+    else:
+        error = distributed.broadcast_object(None)
+        if error is not None:
+            raise MedftError(f"rank 0 stopped: {error}")
+
+
+def _quiet_other_ranks() -> int:
+    """Ranks other than 0 log warnings only (rank 0 tells the story); returns the previous level."""
+    logger = logging.getLogger("medft")
+    level = logger.level
+    if not distributed.is_main():
+        logger.setLevel(logging.WARNING)
+    return level
 
 
 def _truncate_metrics(path: Path, epochs_done: int) -> None:

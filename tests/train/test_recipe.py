@@ -151,11 +151,13 @@ def test_ctrl_c_saves_and_the_run_resumes_exactly(tmp_path):
     assert stopped.returncode == 130, err
     assert "--resume" in err and "state saved" in err
     state = torch.load(tmp_path / "stopped" / "checkpoints" / "last.pt", weights_only=False)
-    assert state["step"] > 0
+    assert state["step"] > 0 and state["epoch_loss"][1] == state["step"]
     resumed = _medft("train", str(config), "--out", str(tmp_path / "stopped"), "--resume")
     assert resumed.wait() == 0, resumed.communicate()
     expected, got = _final_weights(tmp_path / "reference"), _final_weights(tmp_path / "stopped")
     assert all(torch.equal(expected[name], got[name]) for name in expected)
+    losses = lambda run: [r["train_loss"] for r in _metrics(tmp_path / run)]  # noqa: E731
+    assert losses("stopped") == pytest.approx(losses("reference"), rel=1e-9)  # the interrupted epoch's loss too
 
 
 def test_export_loads_with_plain_monai_and_gives_the_same_outputs(finished_run, tmp_path):
@@ -242,3 +244,16 @@ def test_on_validation_sees_every_validation_and_can_end_the_run(tmp_path):
     assert [e for e, _ in seen] == [0, 1]
     assert [v for _, v in seen] == [r["val_dice"] for r in _metrics(tmp_path / "out")]
     assert torch.load(tmp_path / "out" / "checkpoints" / "last.pt", weights_only=False)["epoch"] == 2
+
+
+def test_loss_weights_reach_the_dice_ce_loss():
+    from monai.losses import DiceLoss
+
+    from medft.train.recipe import _loss
+
+    torch.manual_seed(0)
+    logits, label = torch.randn(2, 3, 8, 8, 8), torch.randint(0, 3, (2, 1, 8, 8, 8))
+    ce = torch.nn.functional.cross_entropy(logits, label[:, 0])
+    dice = DiceLoss(to_onehot_y=True, softmax=True)(logits, label)
+    assert torch.allclose(_loss("dice_ce", 0.0, 2.0)(logits, label), 2 * ce)
+    assert torch.allclose(_loss("dice_ce", 0.5, 1.0)(logits, label), 0.5 * dice + ce)

@@ -1,0 +1,566 @@
+"""Hyperparameter search: ``medft tune CONFIG --trials N``.
+
+The ``search`` section of a run config names the values to try by dotted key (as ``--set``
+takes them). Each trial is a ``medft train`` run: the sampled values are set into the config,
+which is validated and trained into ``OUT/trial_<n>``; after each validation the Dice is
+reported to the pruner (the step is the number of epochs trained), which may stop the trial
+there. A trial's value is its best validation Dice.
+
+Optuna does the search: a TPE sampler (trial n draws its random numbers from (seed, n), so
+workers sharing a study and resumed studies never repeat a draw), a Hyperband or successive
+halving pruner, and a study in a database: SQLite in ``OUT/study.db`` by default (WAL mode:
+several workers on one machine share it), or any SQLAlchemy URL that Optuna's RDB storage
+takes (PostgreSQL for workers on several machines). Running the same command again resumes
+the study: it counts the finished trials (complete or pruned) and runs only the missing ones.
+
+After the trials, ``OUT`` holds ``best_config.yaml`` (ready for ``medft train``),
+``trials.csv`` and plots of the study.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import hashlib
+import json
+import logging
+import math
+import os
+import socket
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+import yaml
+
+from medft.config import (FREEZE_PRESET_KEY, UNFREEZE_EPOCH_KEY, RunConfig, SearchConfig, SearchParam, _set_dotted,
+                          dump_config, read_yaml, validate_config)
+from medft.errors import MedftError
+from medft.train.recipe import TrainingInterrupted, run_training
+
+log = logging.getLogger("medft.tune")
+
+HEARTBEAT_SECONDS = 20  # a trial whose worker died counts as failed after 3 heartbeats without news
+
+
+class TrialFailed(MedftError):
+    """A trial that cannot give a value (out of memory, no finite validation Dice): the study goes on."""
+
+
+class TrialInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a trial: Optuna marks the trial failed; the study keeps its finished trials."""
+
+    def __init__(self, number: int):
+        super().__init__(f"Ctrl-C during trial {number}")
+        self.number = number
+
+
+class TuneInterrupted(MedftError):
+    """The tune stopped on Ctrl-C; running the same command again resumes the study."""
+
+
+@dataclass
+class TuneResult:
+    study_name: str
+    storage: str  # the URL without its password
+    out: Path
+    trials: int  # the target
+    finished_before: int
+    ran: int
+    counts: dict[str, int] = field(default_factory=dict)  # trials of the study by state
+    best: dict | None = None  # number, value, best_epoch, params, run_dir
+    files: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        counts = ", ".join(f"{n} {state}" for state, n in self.counts.items()) or "none"
+        lines = [f"study {self.study_name!r} ({self.storage}): {sum(self.counts.values())} trial(s): {counts}; "
+                 f"{self.ran} run now, {self.finished_before} finished before"]
+        if self.best:
+            lines.append(f"best: trial {self.best['number']}, validation Dice {self.best['value']:.4f} at epoch "
+                         f"{self.best['best_epoch']}: {_describe(self.best['params'])}")
+            lines.append(f"  its run folder: {self.best['run_dir']}")
+        if self.files:
+            lines.append(f"written to {self.out}: " + ", ".join(path.name for path in self.files))
+        if self.best:
+            lines.append(f"train the best config: medft train {self.out / 'best_config.yaml'} --out {self.out / 'best'}")
+        lines += [f"note: {note}" for note in self.notes]
+        return "\n".join(lines)
+
+
+# --- the search space --------------------------------------------------------------------------
+
+def apply_params(base: dict, params: dict[str, Any]) -> dict:
+    """A copy of the raw config ``base`` with the searched values set (the freeze keys build the schedule)."""
+    raw = copy.deepcopy(base)
+    raw.pop("search", None)
+    for key, value in params.items():
+        if key not in (FREEZE_PRESET_KEY, UNFREEZE_EPOCH_KEY):
+            _set_dotted(raw, key, value, f"search.params.{key}")
+    if FREEZE_PRESET_KEY in params or UNFREEZE_EPOCH_KEY in params:
+        raw["freeze"] = freeze_schedule(raw.get("freeze") or [], params.get(FREEZE_PRESET_KEY), params.get(UNFREEZE_EPOCH_KEY))
+    return raw
+
+
+def freeze_schedule(stages: list[dict], preset: str | None, unfreeze_epoch: int | None) -> list[dict]:
+    """The schedule from a searched preset (replaces the epoch-0 stage's) and unfreeze epoch
+    (replaces the later stages with one that trains everything from that epoch on)."""
+    first = next((dict(s) for s in stages if s.get("epoch") == 0), {"epoch": 0, "preset": "none"})
+    later = [dict(s) for s in stages if s.get("epoch", 0) > 0]
+    if preset is not None:
+        first["preset"] = preset
+    if unfreeze_epoch is not None:
+        if unfreeze_epoch == 0:
+            return []
+        later = [{"epoch": int(unfreeze_epoch), "preset": "none"}]
+    if first.get("preset") in (None, "none") and not first.get("patterns"):
+        return later if any(s.get("preset") not in (None, "none") or s.get("patterns") for s in later) else []
+    return [first, *later]
+
+
+def check_search_space(base: dict, search: SearchConfig, source: str) -> None:
+    """Validate the config at each end of every range and with each choice, before any trial."""
+    problems = []
+    epochs = base["train"]["epochs"]
+    if search.pruner != "none" and search.min_resource >= epochs:
+        problems.append(f"  search.min_resource: {search.min_resource} epoch(s) is not below train.epochs ({epochs}), so the "
+                        f"pruner could never stop a trial. Fix: lower search.min_resource or set search.pruner: none")
+    if UNFREEZE_EPOCH_KEY in search.params and FREEZE_PRESET_KEY not in search.params:
+        first = next((s for s in base.get("freeze") or [] if s.get("epoch") == 0), None)
+        if first is None or first.get("preset") in (None, "none") and not first.get("patterns"):
+            problems.append(f"  search.params.{UNFREEZE_EPOCH_KEY}: nothing is frozen at epoch 0, so there is nothing to "
+                            f"unfreeze. Fix: search {FREEZE_PRESET_KEY} too, or give a freeze stage at epoch 0 with a preset")
+    for key, spec in search.params.items():
+        for value in _extremes(spec):
+            try:
+                validate_config(apply_params(base, {key: value}), source=f"{key}={value!r}")
+            except MedftError as exc:
+                details = str(exc).split("\n")[1:]
+                problems.append(f"  search.params.{key}: the value {value!r} makes the config invalid:\n" +
+                                "\n".join("  " + line for line in details))
+    if problems:
+        raise MedftError(f"{source}: {len(problems)} problem(s) in the search section:\n" + "\n".join(problems))
+
+
+def _extremes(spec: SearchParam) -> list:
+    if spec.type == "categorical":
+        return list(spec.choices)
+    cast = int if spec.type == "int" else float
+    return [cast(spec.low), cast(spec.high)]
+
+
+def suggest(trial, key: str, spec: SearchParam):
+    if spec.type == "categorical":
+        return trial.suggest_categorical(key, spec.choices)
+    if spec.type == "int":
+        return trial.suggest_int(key, int(spec.low), int(spec.high), step=int(spec.step or 1), log=spec.log)
+    return trial.suggest_float(key, spec.low, spec.high, step=spec.step, log=spec.log)
+
+
+# --- the study ---------------------------------------------------------------------------------
+
+def tune(config_path: str | Path, trials: int, out: str | Path | None = None, storage: str | None = None,
+         study_name: str | None = None, overrides: list[str] = ()) -> TuneResult:
+    """Run the search until the study holds ``trials`` finished trials; write the results to ``out``."""
+    if trials < 1:
+        raise MedftError(f"--trials {trials}: give the number of trials the study should hold, at least 1")
+    config_path = Path(config_path)
+    out = Path(out) if out is not None else Path("runs") / config_path.stem
+    raw = read_yaml(config_path)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise MedftError(f"--set {item!r}: expected dotted.key=value, e.g. --set train.epochs=5")
+        _set_dotted(raw, key.strip(), yaml.safe_load(value), item)
+    config = validate_config(raw, source=str(config_path), base=config_path.parent)
+    if config.search is None:
+        raise MedftError(f"{config_path}: no search section, so there is nothing to tune. Fix: add one, e.g. "
+                         "search: {params: {optim.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}}} "
+                         "(see configs/tune_demo.yaml)")
+    search = config.search
+    base = config.model_dump(mode="json", exclude={"search"})  # paths resolved
+    check_search_space(base, search, str(config_path))
+
+    out.mkdir(parents=True, exist_ok=True)
+    url = storage or f"sqlite:///{(out / 'study.db').resolve()}"
+    name = study_name or search.study_name or config_path.stem
+    _claim_out(out, name, _masked(url))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study = optuna.create_study(
+            storage=_storage(url), sampler=TrialSeededTPE(_seed(search, config), search.n_startup_trials),
+            pruner=_pruner(search, config.train.epochs), study_name=name, direction="maximize", load_if_exists=True,
+        )
+    _check_same_search(study, config, name)
+
+    finished = _finished(study)
+    missing = max(0, trials - finished)
+    result = TuneResult(name, _masked(url), out, trials, finished, 0)
+    if missing == 0:
+        log.info("study %r in %s already holds %d finished trial(s) of %d: nothing to run", name, result.storage, finished, trials)
+    else:
+        log.info("study %r in %s: %d of %d trial(s) finished%s; running %d", name, result.storage, finished, trials,
+                 " (resumed)" if finished else "", missing)
+    resume_command = _command(config_path, trials, out, storage, study_name, overrides)
+    objective = _Objective(base, search, out, name)
+    try:
+        with _quiet_known_failures():
+            study.optimize(objective, n_trials=missing, catch=(TrialFailed,), callbacks=[_StopAt(trials)],
+                           gc_after_trial=True)
+    except KeyboardInterrupt as stop:  # Ctrl-C: Optuna has marked the running trial failed
+        result.ran = objective.started
+        _write_results(study, out, result)
+        where = f" during trial {stop.number}" if isinstance(stop, TrialInterrupted) else ""
+        raise TuneInterrupted(
+            f"interrupted{where}: that trial is marked failed; the study keeps its {_finished(study)} finished "
+            f"trial(s). Continue with: {resume_command}"
+        ) from None
+    result.ran = objective.started
+    _write_results(study, out, result)
+    return result
+
+
+class _Objective:
+    """One trial: sample, build and validate the config, train with pruning, return the best Dice."""
+
+    def __init__(self, base: dict, search: SearchConfig, out: Path, study_name: str):
+        self.base, self.search, self.out, self.study_name = base, search, out, study_name
+        self.started = 0
+        self.worker = f"{socket.gethostname()}:{os.getpid()}"
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        self.started += 1
+        params = {key: suggest(trial, key, spec) for key, spec in self.search.params.items()}
+        config = validate_config(apply_params(self.base, params), source=f"trial {trial.number} ({_describe(params)})")
+        run_dir = self.out / f"trial_{trial.number}"
+        trial.set_user_attr("run_dir", str(run_dir.resolve()))
+        trial.set_user_attr("worker", self.worker)
+        trial.set_user_attr("config", dump_config(config))
+        log.info("trial %d of study %r: %s -> %s", trial.number, self.study_name, _describe(params), run_dir)
+
+        def report(epoch: int, val_dice: float) -> None:
+            log.info("trial %d, epoch %d: validation Dice %.4f", trial.number, epoch, val_dice)
+            trial.report(float(val_dice), step=epoch + 1)  # the step is the number of epochs trained
+            if trial.should_prune():
+                trial.set_user_attr("pruned_at_epoch", epoch)
+                raise optuna.TrialPruned(f"validation Dice {val_dice:.4f} after {epoch + 1} epoch(s)")
+
+        try:
+            summary = run_training(config, run_dir, on_validation=report)
+        except (TrainingInterrupted, KeyboardInterrupt):
+            raise TrialInterrupted(trial.number) from None  # Optuna marks the trial failed
+        except torch.cuda.OutOfMemoryError as exc:  # torch.OutOfMemoryError, on older torch too
+            raise TrialFailed(f"trial {trial.number} ran out of memory ({exc}); the study goes on") from None
+        finally:
+            _close_trial_log(run_dir)
+        best = summary["best_val_dice"]
+        if best is None or not math.isfinite(best):
+            raise TrialFailed(f"trial {trial.number} gave no finite validation Dice (no foreground in the validation "
+                              "cases?); the study goes on")
+        trial.set_user_attr("best_epoch", summary["best_epoch"])
+        return float(best)
+
+
+def _close_trial_log(run_dir: Path) -> None:
+    """The recipe logs to the trial's train.log until the next run: end that with the trial."""
+    logger = logging.getLogger("medft")
+    for handler in list(logger.handlers):
+        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).parent == run_dir.resolve():
+            logger.removeHandler(handler)
+            handler.close()
+
+
+class _StopAt:
+    """Stop this worker once the study holds ``target`` trials, counting those other workers are running."""
+
+    def __init__(self, target: int):
+        self.target = target
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)  # a killed worker's trial no longer counts as running
+        running = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
+        if _finished(study) + running >= self.target:
+            study.stop()
+
+
+class TrialSeededTPE(optuna.samplers.BaseSampler):
+    """Optuna's TPE sampler, seeded for trial n from (seed, n).
+
+    TPE keeps no state between trials but its random generator: what it learns comes from the
+    study. A fresh TPE seeded from the trial number therefore samples as a long-lived one would,
+    but two workers on one study, or a study resumed with the same seed, never repeat a draw;
+    and the random start-up trials of a study are the same whichever worker runs them.
+    """
+
+    def __init__(self, seed: int, n_startup_trials: int):
+        self.seed, self.n_startup_trials = seed, n_startup_trials
+        self._number: int | None = None
+        self._tpe: optuna.samplers.TPESampler | None = None
+
+    def _for(self, trial: optuna.trial.FrozenTrial) -> optuna.samplers.TPESampler:
+        if trial.number != self._number:
+            seed = int.from_bytes(hashlib.sha256(f"{self.seed}:{trial.number}".encode()).digest()[:4], "little")
+            self._number = trial.number
+            self._tpe = optuna.samplers.TPESampler(seed=seed, n_startup_trials=self.n_startup_trials)
+        return self._tpe
+
+    def before_trial(self, study, trial):
+        self._for(trial).before_trial(study, trial)
+
+    def infer_relative_search_space(self, study, trial):
+        return self._for(trial).infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial, search_space):
+        return self._for(trial).sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return self._for(trial).sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(self, study, trial, state, values):
+        self._for(trial).after_trial(study, trial, state, values)
+
+
+def _seed(search: SearchConfig, config: RunConfig) -> int:
+    return config.seed if search.sampler_seed is None else search.sampler_seed
+
+
+def _pruner(search: SearchConfig, epochs: int) -> optuna.pruners.BasePruner:
+    if search.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=search.min_resource, max_resource=epochs,
+                                              reduction_factor=search.reduction_factor)
+    if search.pruner == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=search.min_resource,
+                                                      reduction_factor=search.reduction_factor)
+    return optuna.pruners.NopPruner()
+
+
+def _storage(url: str):
+    """Optuna's RDB storage with a heartbeat; SQLite in WAL mode with a generous lock timeout."""
+    import sqlalchemy
+
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+    except sqlalchemy.exc.ArgumentError:
+        raise MedftError(f"--storage {url!r}: not a database URL. Fix: give sqlite:///path/study.db or "
+                         "postgresql://user@host/db") from None
+    engine_kwargs: dict = {}
+    if parsed.get_backend_name() == "sqlite":
+        if not parsed.database or parsed.database == ":memory:":
+            raise MedftError(f"--storage {url}: an in-memory database cannot hold a study. Fix: give sqlite:///path/study.db")
+        import sqlite3
+
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        with sqlite3.connect(parsed.database, timeout=60) as connection:  # WAL persists in the file
+            connection.execute("PRAGMA journal_mode=WAL")
+        engine_kwargs = {"connect_args": {"timeout": 60}}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_SECONDS,
+                                              grace_period=3 * HEARTBEAT_SECONDS)
+    except ImportError:
+        raise MedftError(f"--storage {_masked(url)}: the database driver for {parsed.get_backend_name()} is not "
+                         "installed. Fix: install it into medft's environment (PostgreSQL: pip install psycopg2-binary)") from None
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        raise MedftError(f"--storage {_masked(url)}: cannot open the study database ({exc.__class__.__name__}: "
+                         f"{str(exc).splitlines()[0]}). Fix: check the URL, that the server is up and that you may "
+                         "write there") from None
+
+
+def _masked(url: str) -> str:
+    import sqlalchemy
+
+    try:
+        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+    except sqlalchemy.exc.ArgumentError:
+        return url
+
+
+def _claim_out(out: Path, study_name: str, storage: str) -> None:
+    """One output folder holds one study's trials (trial numbers restart in each study)."""
+    marker = out / "study.json"
+    if marker.is_file():
+        held = json.loads(marker.read_text())
+        if (held.get("study_name"), held.get("storage")) != (study_name, storage):
+            raise MedftError(f"{out} holds the trials of study {held.get('study_name')!r} in {held.get('storage')}, not of "
+                             f"study {study_name!r} in {storage}. Fix: give another --out, or the --study and --storage "
+                             "of that study to continue it")
+        return
+    marker.write_text(json.dumps({"study_name": study_name, "storage": storage}, indent=1) + "\n")
+
+
+def _fingerprint(config: RunConfig) -> str:
+    """The config and search a study runs, with the data and bundle paths cut to their names (workers
+    on several machines keep them in different folders)."""
+    dumped = config.model_dump(mode="json")
+    dumped["data"]["manifest"] = Path(dumped["data"]["manifest"]).name
+    if dumped["model"]["bundle"]:
+        dumped["model"]["bundle"] = Path(dumped["model"]["bundle"]).name
+    dumped["search"].pop("study_name", None)
+    return json.dumps(dumped, sort_keys=True)
+
+
+def _check_same_search(study, config: RunConfig, name: str) -> None:
+    fingerprint = _fingerprint(config)
+    held = study.user_attrs.get("medft_config")
+    if held is None:
+        study.set_user_attr("medft_config", fingerprint)
+    elif held != fingerprint:
+        old, new = _flat(json.loads(held)), _flat(json.loads(fingerprint))
+        differ = sorted(key for key in old.keys() | new.keys() if old.get(key) != new.get(key))
+        raise MedftError(f"study {name!r} was started with another config (it differs in {', '.join(differ)}): its trials "
+                         "would not compare. Fix: give a new study name (--study) or --out, or go back to the config "
+                         "the study started with")
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value and prefix + key != "search.params":
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def _finished(study: optuna.Study) -> int:
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    return len(study.get_trials(deepcopy=False, states=states))
+
+
+def _describe(params: dict) -> str:
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+
+
+def _command(config_path: Path, trials: int, out: Path, storage: str | None, study_name: str | None,
+             overrides: list[str]) -> str:
+    parts = ["medft tune", str(config_path), "--trials", str(trials), "--out", str(out)]
+    if storage:
+        parts += ["--storage", _masked(storage)]
+    if study_name:
+        parts += ["--study", study_name]
+    for item in overrides:
+        parts += ["--set", item]
+    return " ".join(parts)
+
+
+class _quiet_known_failures:
+    """Optuna logs a failed trial with its traceback; for Ctrl-C and medft's own errors, whose
+    message says everything, keep the message only."""
+
+    class _Filter(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            if record.exc_info and isinstance(record.exc_info[1], (KeyboardInterrupt, MedftError)):
+                record.exc_info, record.exc_text = None, None
+            return True
+
+    def __enter__(self):
+        self.filter = self._Filter()
+        self.loggers = [logging.getLogger(name) for name in ("optuna", "optuna.study._optimize")]
+        for logger in self.loggers:
+            logger.addFilter(self.filter)
+        return self
+
+    def __exit__(self, *exc):
+        for logger in self.loggers:
+            logger.removeFilter(self.filter)
+
+
+# --- results -----------------------------------------------------------------------------------
+
+def _write_results(study, out: Path, result: TuneResult) -> None:
+    """best_config.yaml, trials.csv and the plots, from every trial of the study (all workers)."""
+    trials = study.get_trials(deepcopy=False)
+    result.counts = {state.name.lower(): n for state in optuna.trial.TrialState
+                     if (n := sum(t.state == state for t in trials))}
+    result.files.append(_write_trials_csv(trials, out / "trials.csv"))
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if complete:
+        best = study.best_trial
+        result.best = {"number": best.number, "value": best.value, "best_epoch": best.user_attrs.get("best_epoch"),
+                       "params": dict(best.params), "run_dir": best.user_attrs.get("run_dir")}
+        result.files.append(_write_best_config(best, study.study_name, out))
+    else:
+        result.notes.append("no trial completed yet, so there is no best_config.yaml")
+    result.files += _write_plots(study, complete, out, result.notes)
+
+
+def _write_trials_csv(trials, path: Path) -> Path:
+    names = list(dict.fromkeys(name for t in trials for name in t.params))
+    columns = ["number", "state", "value", "best_epoch", "epochs_trained", "pruned_at_epoch", "duration_s", "worker", "run_dir", *names]
+    rows = []
+    for t in trials:
+        duration = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and t.datetime_start else None
+        row = {"number": t.number, "state": t.state.name.lower(), "value": t.value,
+               "best_epoch": t.user_attrs.get("best_epoch"), "epochs_trained": t.last_step,
+               "pruned_at_epoch": t.user_attrs.get("pruned_at_epoch"),
+               "duration_s": None if duration is None else round(duration, 1),
+               "worker": t.user_attrs.get("worker"), "run_dir": t.user_attrs.get("run_dir"), **t.params}
+        rows.append({key: "" if value is None else value for key, value in row.items()})
+    temporary = path.with_name(f".{path.name}.{os.getpid()}")
+    with temporary.open("w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(temporary, path)  # several workers may write it at once
+    return path
+
+
+def _write_best_config(best, study_name: str, out: Path) -> Path:
+    path = out / "best_config.yaml"
+    searched = "\n".join(f"#   {key}: {value!r}" for key, value in best.params.items())
+    header = (
+        f"# Run: medft train {path} --out {out / 'best'}\n"
+        f"# The best trial of study {study_name!r}: trial {best.number}, validation Dice {best.value:.4f}"
+        f" at epoch {best.user_attrs.get('best_epoch')}; its run folder (with the trained weights) is\n"
+        f"# {best.user_attrs.get('run_dir')}. The searched values:\n{searched}\n"
+    )
+    temporary = path.with_name(f".{path.name}.{os.getpid()}")
+    temporary.write_text(header + best.user_attrs["config"])
+    os.replace(temporary, path)
+    return path
+
+
+def _importances(study: optuna.Study):
+    """PED-ANOVA (Optuna 5's default) on every Optuna: older ones default to fANOVA, which needs scikit-learn."""
+    from optuna.visualization import matplotlib as plots
+
+    return plots.plot_param_importances(study, evaluator=optuna.importance.PedAnovaImportanceEvaluator(),
+                                        target_name="validation Dice")
+
+
+def _write_plots(study, complete: list, out: Path, notes: list[str]) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as plots
+
+    written = []
+    wanted = [("optimization_history.png", plots.plot_optimization_history, 1, "trial", "validation Dice (best epoch)"),
+              ("intermediate_values.png", plots.plot_intermediate_values, 1, "epochs trained", "validation Dice"),
+              ("param_importances.png", _importances, 2, None, None)]
+    for name, plot, needed, xlabel, ylabel in wanted:
+        if len(complete) < needed:
+            notes.append(f"{name} needs at least {needed} complete trial(s), the study has {len(complete)}: not drawn")
+            continue
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                axes = plot(study)
+            if xlabel:
+                axes.set_xlabel(xlabel)
+                axes.set_ylabel(ylabel)
+            temporary = out / f".{os.getpid()}.{name}"
+            axes.figure.set_size_inches(8, 5)
+            axes.figure.savefig(temporary, dpi=100, format="png", bbox_inches="tight")
+            plt.close(axes.figure)
+            os.replace(temporary, out / name)  # several workers may draw at once
+            written.append(out / name)
+        except Exception as exc:  # a plot is never worth losing the study's results for
+            notes.append(f"{name}: not drawn ({type(exc).__name__}: {exc})")
+    return written
