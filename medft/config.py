@@ -235,13 +235,18 @@ class RunConfig(_Section):
 def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
     """Read a YAML config, apply ``dotted.key=value`` overrides, validate, resolve paths."""
     path = Path(path)
-    raw = read_yaml(path)
+    return validate_config(read_raw_config(path, overrides), source=str(path), base=path.parent)
+
+
+def read_raw_config(path: Path, overrides: list[str] = ()) -> dict:
+    """The YAML config as a dict, with ``--set dotted.key=value`` overrides applied (not validated)."""
+    raw = read_yaml(Path(path))
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise MedftError(f"--set {item!r}: expected dotted.key=value, e.g. --set train.epochs=5")
         _set_dotted(raw, key.strip(), yaml.safe_load(value), item)
-    return validate_config(raw, source=str(path), base=path.parent)
+    return raw
 
 
 def read_yaml(path: Path) -> dict:

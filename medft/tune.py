@@ -33,10 +33,9 @@ from typing import Any
 
 import optuna
 import torch
-import yaml
 
 from medft.config import (FREEZE_PRESET_KEY, UNFREEZE_EPOCH_KEY, RunConfig, SearchConfig, SearchParam, _set_dotted,
-                          dump_config, read_yaml, validate_config)
+                          dump_config, read_raw_config, validate_config)
 from medft.errors import MedftError
 from medft.train.recipe import TrainingInterrupted, run_training
 
@@ -168,12 +167,7 @@ def tune(config_path: str | Path, trials: int, out: str | Path | None = None, st
         raise MedftError(f"--trials {trials}: give the number of trials the study should hold, at least 1")
     config_path = Path(config_path)
     out = Path(out) if out is not None else Path("runs") / config_path.stem
-    raw = read_yaml(config_path)
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise MedftError(f"--set {item!r}: expected dotted.key=value, e.g. --set train.epochs=5")
-        _set_dotted(raw, key.strip(), yaml.safe_load(value), item)
+    raw = read_raw_config(config_path, overrides)
     config = validate_config(raw, source=str(config_path), base=config_path.parent)
     if config.search is None:
         raise MedftError(f"{config_path}: no search section, so there is nothing to tune. Fix: add one, e.g. "
