@@ -39,6 +39,7 @@ SPLIT_SEED = 20240606
 N_VAL = 30
 TRAIN_SIZES = (5, 10, 20, 50)
 N_SITE_B_TRAIN = 20
+N_FOLDS = 5  # cross-validation folds of the 200 cases (configs/hippocampus.yaml trains on fold 0)
 DISTURBED_SHARE = 0.05  # other processes using more than this share of the CPUs invalidate a timing
 
 # The fine-tuning recipe of configs/demo.yaml and the from-scratch recipe of
@@ -78,6 +79,26 @@ def bench_split() -> dict[str, list[str]]:
     train_pool = order[N_VAL:N_VAL + max(TRAIN_SIZES)]
     site_b = sorted(order[N_VAL + max(TRAIN_SIZES):N_VAL + max(TRAIN_SIZES) + N_SITE_B_TRAIN])
     return {"val": val, "train_pool": train_pool, "site_b": site_b}
+
+
+def cv_folds() -> list[list[str]]:
+    """``N_FOLDS`` disjoint validation folds of all the cases (seed ``SPLIT_SEED``), for the
+    accuracy recipe: fold k validates on ``folds[k]`` and trains on the rest. Unlike the
+    benchmark split these include the bundle's pretraining cases, so a fold is only a fair
+    validation set for networks trained from random weights."""
+    cases = all_cases()
+    order = [cases[i] for i in np.random.default_rng(SPLIT_SEED + 1).permutation(len(cases))]
+    return [sorted(order[k::N_FOLDS]) for k in range(N_FOLDS)]
+
+
+def fold_rows(folds: list[list[str]]) -> dict[str, list[tuple]]:
+    """(case_id, image, label, split, site) rows of ``hippocampus_fold{k}.csv``: fold k val, the rest train."""
+    manifests = {}
+    for k, val in enumerate(folds):
+        held = set(val)
+        split = {c: ("val" if c in held else "train") for c in all_cases()}
+        manifests[f"hippocampus_fold{k}"] = [(c, image_path(c), label_path(c), split[c], "A") for c in all_cases()]
+    return manifests
 
 
 def image_path(case_id: str) -> Path:
@@ -368,7 +389,9 @@ def timed_recipe_class():
 
 
 def train_and_evaluate(spec: dict) -> dict:
-    """Worker task: train ``spec['config']`` into ``spec['run_dir']`` and evaluate it on ``spec['eval_manifest']``."""
+    """Worker task: train ``spec['config']`` into ``spec['run_dir']`` and evaluate it on
+    ``spec['eval_manifest']`` (into ``eval_dir``; also with left-right TTA into ``eval_tta_dir`` when given),
+    from the run's ``eval_checkpoint`` (best, the default, or last)."""
     import shutil
 
     import torch
@@ -406,9 +429,17 @@ def train_and_evaluate(spec: dict) -> dict:
         from medft.evaluate.run import evaluate
 
         t0 = time.perf_counter()
-        out = evaluate(run_dir, spec["eval_manifest"], Path(spec["eval_dir"]), split=spec.get("eval_split"))
+        checkpoint = spec.get("eval_checkpoint", "best")
+        out = evaluate(run_dir, spec["eval_manifest"], Path(spec["eval_dir"]), split=spec.get("eval_split"),
+                       checkpoint=checkpoint)
         result["eval_seconds"] = time.perf_counter() - t0
         result["eval"] = json.loads((out / "summary.json").read_text())
+        if spec.get("eval_tta_dir"):  # the same model again, with left-right test-time augmentation
+            t0 = time.perf_counter()
+            out = evaluate(run_dir, spec["eval_manifest"], Path(spec["eval_tta_dir"]), split=spec.get("eval_split"),
+                           tta=True, checkpoint=checkpoint)
+            result["eval_tta_seconds"] = time.perf_counter() - t0
+            result["eval_tta"] = json.loads((out / "summary.json").read_text())
     result["worker_seconds"] = time.perf_counter() - started
     return result
 
@@ -579,9 +610,8 @@ class Benchmark:
 
     def finish(self, results: dict, markdown: str) -> Path:
         disturbed = [job["name"] for job in self.jobs if job["disturbed"]]
-        timing_disturbed = [job["name"] for job in self.jobs if job["disturbed"] and job["timing"]]
         markdown += (f"\n\nOther processes used more than {DISTURBED_SHARE:.0%} of the CPUs during: {', '.join(disturbed)}"
-                     + (" (their timings are not valid)" if timing_disturbed else " (timings not reported from them)")
+                     " (their timings are not valid)"
                      if disturbed else f"\n\nNo job was disturbed by other processes (each under {DISTURBED_SHARE:.0%} of the CPUs).")
         self.record.update(results=results, markdown=markdown, load_average_at_end=load_average(), jobs=self.jobs,
                            disturbed_jobs=disturbed, duration_seconds=round(time.perf_counter() - self.started, 1))

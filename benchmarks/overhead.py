@@ -30,7 +30,8 @@
    overlap 0.25, 4 windows per batch), the same with left-right TTA, and MONAI's
    ``sliding_window_inference`` + softmax with the same settings; and ``medft predict``'s path
    (``predict_files``: read, preprocess, predict, write NIfTI) end to end. Volumes per second
-   after warming up on 3 volumes.
+   after warming up on 3 volumes, from the median of 5 passes over the 30 volumes (the four
+   alternate, the order rotating every pass).
 
 Run: ``.venv/bin/python benchmarks/overhead.py [--quick] [--repeats 8] [--epochs 8] [--out DIR] [--device auto]``
 """
@@ -212,9 +213,7 @@ def inference(spec: dict) -> dict:
     volumes = [prep(case.record())["image"] for case in cases]
     warmup = spec["warmup"]
 
-    def timed(fn) -> float:
-        for image in volumes[:warmup]:
-            fn(image)
+    def one_pass(fn) -> float:
         _sync(device)
         started = time.perf_counter()
         for image in volumes:
@@ -228,18 +227,32 @@ def inference(spec: dict) -> dict:
                                               model.network, overlap=model.overlap, mode="gaussian")
             return torch.softmax(logits.float(), dim=1)[0].cpu()
 
-    results = {"volumes": len(volumes), "roi_size": model.roi_size, "overlap": model.overlap,
-               "sw_batch_size": model.sw_batch_size, "seconds": {}}
-    reset_peak_memory()
-    results["seconds"]["monai_sliding_window"] = timed(plain)
-    results["seconds"]["medft_predict"] = timed(lambda image: predict(model, image))
-    results["seconds"]["medft_predict_tta"] = timed(lambda image: predict(model, image, tta=True))
     paths = [case.image[0] for case in cases]
-    with tempfile.TemporaryDirectory() as folder:
-        predict_files(BUNDLE, paths[:warmup], Path(folder) / "warmup")
-        started = time.perf_counter()
-        predict_files(BUNDLE, paths, Path(folder) / "out")  # loads the model once, as `medft predict` does
-        results["seconds"]["medft_predict_files_end_to_end"] = time.perf_counter() - started
+    folder = Path(tempfile.mkdtemp())
+    variants = {
+        "monai_sliding_window": plain,
+        "medft_predict": lambda image: predict(model, image),
+        "medft_predict_tta": lambda image: predict(model, image, tta=True),
+    }
+    reset_peak_memory()
+    for fn in variants.values():  # warm-up
+        for image in volumes[:warmup]:
+            fn(image)
+    predict_files(BUNDLE, paths[:warmup], folder / "warmup")
+    passes: dict[str, list[float]] = {name: [] for name in [*variants, "medft_predict_files_end_to_end"]}
+    names = list(passes)
+    for r in range(spec["rounds"]):
+        for name in names[r % len(names):] + names[:r % len(names)]:  # rotate the order every round
+            if name in variants:
+                passes[name].append(one_pass(variants[name]))
+            else:  # `medft predict`: loads the model once, then reads, preprocesses, predicts, writes each file
+                started = time.perf_counter()
+                predict_files(BUNDLE, paths, folder / f"out{r}")
+                passes[name].append(time.perf_counter() - started)
+    shutil.rmtree(folder, ignore_errors=True)
+    results = {"volumes": len(volumes), "roi_size": model.roi_size, "overlap": model.overlap,
+               "sw_batch_size": model.sw_batch_size, "rounds": spec["rounds"], "passes_seconds": passes,
+               "seconds": {name: statistics.median(v) for name, v in passes.items()}}
     results["volumes_per_s"] = {k: len(volumes) / v for k, v in results["seconds"].items()}
     results["memory"] = {"peak_rss_mb": peak_rss_mb(), "cuda_peak_mb": cuda_peak_mb()}
     return results
@@ -304,7 +317,8 @@ def main() -> int:
                                                      timing=True)
 
     inference_result = bench.isolated(__file__, {"task": "inference", "manifest": str(val_manifest),
-                                                 "warmup": 1 if quick else 3}, "inference", timing=True)
+                                                 "warmup": 1 if quick else 3, "rounds": 1 if quick else 5},
+                                     "inference", timing=True)
 
     results = {"training": _training_summary(training), "training_runs": training, "loading": loading_results,
                "inference": inference_result, "repeats": repeats, "timed_epochs": epochs, "warmup_epochs": WARMUP_EPOCHS}
@@ -385,14 +399,16 @@ def _markdown(results: dict) -> str:
     inf_labels = {"monai_sliding_window": "MONAI sliding_window_inference + softmax",
                   "medft_predict": "medft predict()", "medft_predict_tta": "medft predict(), left-right TTA",
                   "medft_predict_files_end_to_end": "medft predict_files (read, preprocess, predict, write NIfTI)"}
-    inf_rows = [[inf_labels[k], fmt(v, 1), fmt(inf["seconds"][k], 2)] for k, v in inf["volumes_per_s"].items()]
-    inference = markdown_table(["inference", "volumes/s", f"seconds for {inf['volumes']} volumes"], inf_rows)
+    inf_rows = [[inf_labels[k], fmt(v, 1), fmt(inf["seconds"][k], 2),
+                 f"{min(inf['passes_seconds'][k]):.2f}-{max(inf['passes_seconds'][k]):.2f}" if "passes_seconds" in inf else ""]
+                for k, v in inf["volumes_per_s"].items()]
+    inference = markdown_table(["inference", "volumes/s", f"seconds for {inf['volumes']} volumes (median)", "range"], inf_rows)
     return (f"Training throughput: {results['timed_epochs']} timed epochs after {results['warmup_epochs']} warm-up "
             f"({t['plain']['steps_per_process']} steps per process, batch {BATCH}), {results['repeats']} alternating "
             f"repeats; disturbed processes left out; overhead = 1 - medft steps/s / plain steps/s, paired within a "
             f"repeat\n\n{training}\n\nData loading (medft loaders, num_workers 0)\n\n{loading}\n\n"
             f"Inference (sliding window, roi {inf['roi_size']}, overlap {inf['overlap']}, {inf['sw_batch_size']} "
-            f"windows per batch)\n\n{inference}")
+            f"windows per batch; {inf.get('rounds', 1)} alternating passes over the volumes)\n\n{inference}")
 
 
 if __name__ == "__main__":

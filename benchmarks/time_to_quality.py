@@ -104,7 +104,7 @@ def _markdown(results: dict) -> str:
     saved = results["time_saved_share"]
     headline = ("fine-tuning never reached the target" if saved is None
                 else f"fine-tuning reaches the target in {ratio['wall_seconds_to_target']:.2f} x the wall time of "
-                     f"training from scratch ({saved:+.0%} saved)")
+                     f"training from scratch ({saved:.0%} less)")
     return (f"Time to quality: {results['epochs']} epochs each on {results['train_cases']} training cases; target "
             f"= {TARGET_SHARE:.0%} of the scratch final validation Dice {results['scratch_final_val_dice']:.3f} "
             f"= {results['target_val_dice']:.3f}\n\n{table}\n\nHeadline: {headline}.")

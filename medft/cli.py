@@ -138,6 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", type=Path, required=True, help="evaluation folder to write")
     evaluate.add_argument("--split", default=None, help="evaluate one split (train, val, test); default: all cases")
     evaluate.add_argument("--tta", action="store_true", help="average with the left-right mirrored prediction")
+    evaluate.add_argument("--largest-component", action="store_true",
+                          help="keep only each class's largest connected component (structures that are one piece)")
+    evaluate.add_argument("--checkpoint", choices=("best", "last"), default="best",
+                          help="a run's best checkpoint (picked on its validation split; default) or its last one "
+                               "(the final model: an unbiased score on that validation split)")
     evaluate.add_argument("--compare", type=Path, default=None, metavar="OTHER_EVAL_DIR",
                           help="also write comparison.html: this evaluation against another one (paired on "
                                "common cases, unpaired when they share none, e.g. two sites)")
@@ -155,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("inputs", type=Path, nargs="+", help="NIfTI files or DICOM series folders")
     predict.add_argument("--out", type=Path, required=True, help="folder for the predictions")
     predict.add_argument("--tta", action="store_true", help="average with the left-right mirrored prediction")
+    predict.add_argument("--largest-component", action="store_true",
+                         help="keep only each class's largest connected component (structures that are one piece)")
     predict.set_defaults(run=_predict)
 
     export = _command(
@@ -309,7 +316,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     _console_logging()
     from medft.evaluate.run import evaluate
 
-    out = evaluate(args.model, args.manifest, args.out, split=args.split, tta=args.tta)
+    out = evaluate(args.model, args.manifest, args.out, split=args.split, tta=args.tta,
+                   largest_component=args.largest_component, checkpoint=args.checkpoint)
     print(f"evaluation written to {out}: per_case.csv, summary.json, predictions/, report.html")
     if args.compare:
         from medft.evaluate.compare import compare_evaluations
@@ -325,7 +333,7 @@ def _predict(args: argparse.Namespace) -> int:
     missing = [p for p in args.inputs if not p.exists()]
     if missing:
         raise MedftError(f"{missing[0]}: no such file or folder. Fix: give NIfTI files or DICOM series folders")
-    for path in predict_files(args.model, args.inputs, args.out, tta=args.tta):
+    for path in predict_files(args.model, args.inputs, args.out, tta=args.tta, largest_component=args.largest_component):
         print(path)
     return 0
 
@@ -401,7 +409,7 @@ def _demo(args: argparse.Namespace) -> int:
         return status
     print(f"== medft evaluate {out / 'train'} --manifest {SAMPLE_MANIFEST.relative_to(REPO_ROOT)} --split test --out {out / 'eval'}")
     _evaluate(argparse.Namespace(model=out / "train", manifest=SAMPLE_MANIFEST, out=out / "eval", split="test",
-                                 tta=False, compare=None))
+                                 tta=False, largest_component=False, checkpoint="best", compare=None))
     print(f"== medft export {out / 'train'} --out {out / 'bundle'}")
     _export(argparse.Namespace(run_dir=out / "train", out=out / "bundle"))
     print(

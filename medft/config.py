@@ -22,7 +22,7 @@ class _Section(BaseModel):
 class ModelConfig(_Section):
     bundle: str | None = Field(None, description="Pretrained MONAI bundle: a local folder in Model Zoo layout, or a Model Zoo name (downloaded when a network is reachable).")
     bundle_version: str | None = Field(None, description="Model Zoo version to download; the latest when empty. Ignored for a local folder.")
-    network_def: dict[str, Any] | None = Field(None, description="Train from random weights instead of a bundle: a MONAI bundle-style network definition ({_target_: UNet, ...}). out_channels and in_channels are set by medft.")
+    network_def: dict[str, Any] | None = Field(None, description="Train from random weights instead of a bundle: a MONAI bundle-style network definition ({_target_: UNet, ...}). out_channels is set by medft, and in_channels (1 unless given here) by model.in_channels.")
     network_overrides: dict[str, Any] = Field(default_factory=dict, description="Arguments of the bundle's network_def to set; a null value drops the argument (e.g. {img_size: null} for SwinUNETR on MONAI >= 1.5).")
     min_loaded_fraction: float = Field(0.5, ge=0, le=1, description="Fail when fewer than this share of the pretrained tensors load into the adapted network.")
     in_channels: int | None = Field(None, ge=1, description="Input channels of the adapted network; by default the bundle's.")
@@ -43,7 +43,7 @@ class DataConfig(_Section):
     samples_per_volume: int = Field(2, ge=1, description="Patches drawn from each volume per epoch (patch sampling).")
     foreground_ratio: float = Field(0.67, ge=0, le=1, description="Share of patches centred on foreground (patch sampling).")
     intensity: Literal["zscore", "none"] = Field("zscore", description="Intensity normalisation per image and channel: zscore (mean 0, sd 1) or none.")
-    augmentation: Literal["none", "light", "standard"] = Field("standard", description="Augmentation preset: none; light (left-right flips); standard (flips, small rotations and scaling, intensity scale/shift, noise).")
+    augmentation: Literal["none", "light", "standard", "strong"] = Field("standard", description="Augmentation preset: none; light (left-right flips); standard (flips, small rotations and scaling, intensity scale/shift, noise); strong (nnU-Net's ranges: larger rotations and scaling, noise, blur, brightness, gamma, low resolution).")
     cache: bool = Field(True, description="Keep loaded, normalised volumes in memory between epochs.")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes (0: load in the training process).")
 
@@ -67,7 +67,7 @@ class TrainConfig(_Section):
     loss: Literal["dice_ce", "dice", "ce"] = Field("dice_ce", description="Loss: Dice + cross-entropy (default), Dice or cross-entropy.")
     val_every: int = Field(1, ge=1, description="Validate every this many epochs.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when present, else CPU.")
-    amp: bool | None = Field(None, description="Mixed precision; by default on with CUDA, off on CPU.")
+    amp: bool | None = Field(None, description="Mixed precision: float16 on CUDA, bfloat16 on CPU (much faster on CPUs with AVX-512 BF16 or AMX). By default on with CUDA, off on CPU.")
     max_steps_per_epoch: int | None = Field(None, ge=1, description="Cap on steps per epoch (quick tests).")
     deterministic: bool = Field(True, description="Deterministic algorithms, so a run is reproducible from its seed.")
     dice_weight: float = Field(1.0, ge=0, description="Weight of the Dice term of the dice_ce loss.")

@@ -7,12 +7,15 @@ import numpy as np
 from monai.transforms import (
     MapLabelValued,
     NormalizeIntensityd,
+    RandAdjustContrastd,
     RandAffined,
     RandCropByPosNegLabeld,
     RandFlipd,
     RandGaussianNoised,
+    RandGaussianSmoothd,
     RandScaleIntensityd,
     RandShiftIntensityd,
+    RandSimulateLowResolutiond,
     RandSpatialCropd,
     SpatialPadd,
 )
@@ -52,7 +55,15 @@ def sampling(mode: str, spatial_size: Sequence[int], samples_per_volume: int = 1
 def augmentation(preset: str) -> list:
     """Augmentation presets. Axis 0 is left-right (volumes are in RAS), the only axis flipped:
     flipping front-back or up-down would swap anatomical structures such as the anterior and
-    posterior hippocampus."""
+    posterior hippocampus.
+
+    - ``light``: left-right flips;
+    - ``standard``: + small rotations (up to 15 degrees) and scaling (0.9-1.1) in 30% of the
+      samples, intensity scale and shift, mild noise;
+    - ``strong``: the ranges nnU-Net trains with, for longer runs on more cases: rotations up to
+      30 degrees and scaling 0.7-1.4 in 30% of the samples, noise, blur, brightness, gamma
+      contrast and simulated low resolution.
+    """
     if preset == "none":
         return []
     steps: list = [RandFlipd(keys=KEYS, prob=0.5, spatial_axis=0)]
@@ -65,5 +76,17 @@ def augmentation(preset: str) -> list:
             RandScaleIntensityd(keys="image", factors=0.1, prob=0.5),
             RandShiftIntensityd(keys="image", offsets=0.1, prob=0.5),
             RandGaussianNoised(keys="image", prob=0.2, std=0.05),
+        ]
+    elif preset == "strong":
+        steps += [
+            RandAffined(
+                keys=KEYS, prob=0.3, rotate_range=[np.pi / 6] * 3, scale_range=[(-0.3, 0.4)] * 3,
+                mode=("bilinear", "nearest"), padding_mode="zeros",
+            ),
+            RandGaussianNoised(keys="image", prob=0.1, std=0.1),
+            RandGaussianSmoothd(keys="image", prob=0.2, sigma_x=(0.5, 1.0), sigma_y=(0.5, 1.0), sigma_z=(0.5, 1.0)),
+            RandScaleIntensityd(keys="image", factors=0.25, prob=0.15),
+            RandAdjustContrastd(keys="image", prob=0.3, gamma=(0.7, 1.5)),
+            RandSimulateLowResolutiond(keys="image", prob=0.25, zoom_range=(0.5, 1.0)),
         ]
     return steps

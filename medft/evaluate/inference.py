@@ -43,12 +43,17 @@ class TrainedModel:
         return Compose(preprocessing(self.intensity, self.label_map))
 
 
-def load_model(path: str | Path, device: torch.device | None = None) -> TrainedModel:
-    """A run folder (config.yaml + checkpoints/best.pt, else last.pt) or a bundle folder."""
+def load_model(path: str | Path, device: torch.device | None = None, checkpoint: str = "best") -> TrainedModel:
+    """A run folder (config.yaml + checkpoints/best.pt, else last.pt) or a bundle folder.
+
+    ``checkpoint="last"`` takes a run's last.pt: the final model of a fixed budget, rather than
+    the one picked on the validation split (whose Dice on that split is optimistic)."""
+    if checkpoint not in ("best", "last"):
+        raise MedftError(f"checkpoint {checkpoint!r}: expected best or last")
     path = Path(path)
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if (path / "config.yaml").is_file() and (path / "checkpoints").is_dir():
-        model = _from_run(path)
+        model = _from_run(path, checkpoint)
     elif (path / "configs").is_dir():
         model = _from_bundle(path)
     else:
@@ -60,11 +65,12 @@ def load_model(path: str | Path, device: torch.device | None = None) -> TrainedM
     return model
 
 
-def _from_run(run_dir: Path) -> TrainedModel:
+def _from_run(run_dir: Path, checkpoint: str = "best") -> TrainedModel:
     config = validate_config(read_yaml(run_dir / "config.yaml"), source=str(run_dir / "config.yaml"))
-    checkpoint_path = next((p for p in (run_dir / "checkpoints" / n for n in ("best.pt", "last.pt")) if p.is_file()), None)
+    names = ("best.pt", "last.pt") if checkpoint == "best" else ("last.pt",)
+    checkpoint_path = next((p for p in (run_dir / "checkpoints" / n for n in names) if p.is_file()), None)
     if checkpoint_path is None:
-        raise MedftError(f"{run_dir}: no checkpoints/best.pt or last.pt yet. Fix: train first, or give another run folder")
+        raise MedftError(f"{run_dir}: no checkpoints/{' or '.join(names)} yet. Fix: train first, or give another run folder")
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
     if config.model.bundle:  # rebuild through the bundle: its network_def may refer to its config or scripts/
         bundle = load_bundle(config.model.bundle, version=config.model.bundle_version)
@@ -126,6 +132,16 @@ def predict(model: TrainedModel, image: MetaTensor, tta: bool = False) -> torch.
             mirrored = inferer(torch.flip(batch, dims=[2]), model.network).float()
             probs = (probs + torch.flip(torch.softmax(mirrored, dim=1), dims=[2])) / 2
     return probs[0].cpu()
+
+
+def keep_largest_components(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Post-processing: keep each foreground class's largest connected component (26-connected);
+    voxels of the smaller ones become background. For structures known to be one piece."""
+    from monai.transforms import KeepLargestConnectedComponent
+
+    keep = KeepLargestConnectedComponent(applied_labels=list(range(1, num_classes)), is_onehot=False,
+                                         independent=True, connectivity=3)
+    return torch.as_tensor(keep(labels[None]))[0].to(labels.dtype)
 
 
 def save_prediction(labels: torch.Tensor, like: MetaTensor, path: Path) -> Path:

@@ -238,6 +238,7 @@ def _overview(folder: EvaluationFolder) -> str:
         ("Split", evaluation.get("split") or "all cases of the manifest"),
         ("Classes", ", ".join(f"{i} {n}" for i, n in enumerate(folder.class_names))),
         ("Test-time augmentation", "yes" if evaluation.get("tta") else "no"),
+        ("Post-processing", "largest connected component per class" if evaluation.get("largest_component") else "none"),
         ("Evaluated on", _date(evaluation.get("created"))),
         ("medft version", evaluation.get("medft_version") or "n/a"),
         ("Cases", f"{len(folder.cases)} in total: {counts['ok']} evaluated against ground truth, "

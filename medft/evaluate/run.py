@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from medft import __version__
 from medft.data.manifest import Case, load_manifest
 from medft.errors import MedftError, find_user_error
-from medft.evaluate.inference import TrainedModel, load_model, predict, save_prediction
+from medft.evaluate.inference import TrainedModel, keep_largest_components, load_model, predict, save_prediction
 from medft.evaluate.report import write_report
 from medft.evaluate.summary import summarize, write_per_case
 from medft.metrics import confusion_counts, dice, sensitivity, specificity, surface_metrics
@@ -29,10 +29,14 @@ ROC_BINS = 1000  # probability histogram resolution of the ROC curves
 
 
 def evaluate(model_path: str | Path, manifest_path: str | Path, out: str | Path, split: str | None = None,
-             tta: bool = False) -> Path:
-    """Evaluate a run or bundle on the cases of a manifest (one split, or all) into ``out``."""
+             tta: bool = False, largest_component: bool = False, checkpoint: str = "best") -> Path:
+    """Evaluate a run or bundle on the cases of a manifest (one split, or all) into ``out``.
+
+    ``tta``: average with the left-right mirrored prediction; ``largest_component``: keep each
+    class's largest connected component (``keep_largest_components``); ``checkpoint``: a run's
+    best.pt (default) or last.pt (see ``load_model``)."""
     out = Path(out)
-    model = load_model(model_path)
+    model = load_model(model_path, checkpoint=checkpoint)
     manifest = load_manifest(manifest_path)
     _check_classes(model, manifest.class_names, manifest.path)
     cases = manifest.split(split)
@@ -65,7 +69,7 @@ def evaluate(model_path: str | Path, manifest_path: str | Path, out: str | Path,
             warnings.append(f"case {case.case_id}: not evaluated: {problem}")
             continue
         probs = predict(model, data["image"], tta=tta)
-        labels = probs.argmax(0)
+        labels = _label_map(probs, largest_component)
         record["prediction"] = str(save_prediction(labels, data["image"], out / "predictions" / f"{case.case_id}.nii.gz").relative_to(out))
         if "label" not in data:
             record["status"] = "prediction_only"
@@ -84,7 +88,7 @@ def evaluate(model_path: str | Path, manifest_path: str | Path, out: str | Path,
     evaluation = {
         "evaluation_id": uuid.uuid4().hex,  # scopes this evaluation's rows in a shared review store
         "model": model.info, "manifest": str(manifest.path), "split": split, "class_names": model.class_names,
-        "tta": tta, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "medft_version": __version__,
+        "tta": tta, "largest_component": largest_component, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "medft_version": __version__,
         "cases": records, "confusion_matrix": confusion.tolist(), "roc": _roc_curves(histograms, model.class_names),
         "warnings": warnings,
     }
@@ -95,7 +99,8 @@ def evaluate(model_path: str | Path, manifest_path: str | Path, out: str | Path,
     return out
 
 
-def predict_files(model_path: str | Path, inputs: list[Path], out: Path, tta: bool = False) -> list[Path]:
+def predict_files(model_path: str | Path, inputs: list[Path], out: Path, tta: bool = False,
+                  largest_component: bool = False) -> list[Path]:
     """Predict NIfTI files or DICOM series folders; one ``<case_id>.nii.gz`` each in ``out``."""
     model = load_model(model_path)
     prep = model.preprocess()
@@ -103,9 +108,14 @@ def predict_files(model_path: str | Path, inputs: list[Path], out: Path, tta: bo
     for path in tqdm(inputs, desc="predicting", unit="case", disable=None):
         case_id = _case_id(path)
         data = prep(Case(case_id, (Path(path).resolve(),)).record())
-        labels = predict(model, data["image"], tta=tta).argmax(0)
+        labels = _label_map(predict(model, data["image"], tta=tta), largest_component)
         written.append(save_prediction(labels, data["image"], out / f"{case_id}.nii.gz"))
     return written
+
+
+def _label_map(probs: torch.Tensor, largest_component: bool) -> torch.Tensor:
+    labels = probs.argmax(0)
+    return keep_largest_components(labels, probs.shape[0]) if largest_component else labels
 
 
 def _check_classes(model: TrainedModel, manifest_names: list[str], source: Path) -> None:

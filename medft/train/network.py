@@ -35,7 +35,7 @@ def prepare_network(config: ModelConfig, num_classes: int) -> PreparedNetwork:
         network_def = {k: v for k, v in merged.items() if v is not None}  # None dropped the argument
         in_channels = config.in_channels or bundle.in_channels or 1  # the bundle resolves @references
         return PreparedNetwork(network, set(report.head), network_def, in_channels, bundle.spatial_dims or 3, report)
-    network_def = {**config.network_def, **channels}
+    network_def = {"in_channels": 1, **config.network_def, **channels}  # one channel unless told
     network = build_network(network_def, source="model.network_def")
     head = head_parameter_names(lambda n: build_network({**network_def, "out_channels": n}), num_classes)
     return PreparedNetwork(network, head, network_def, _int(network_def, "in_channels", 1), _int(network_def, "spatial_dims", 3))

@@ -160,3 +160,48 @@ def test_evaluate_command_on_the_exported_bundle_matches_the_run(trained, tmp_pa
     bundle_pred = nib.load(tmp_path / "from_bundle" / "predictions" / "a1.nii.gz").get_fdata()
     run_pred = nib.load(tmp_path / "from_run" / "predictions" / "a1.nii.gz").get_fdata()
     np.testing.assert_array_equal(bundle_pred, run_pred)
+
+
+def test_largest_component_keeps_one_piece_per_class_as_an_independent_labelling_does():
+    from skimage.measure import label as connected
+
+    from medft.evaluate.inference import keep_largest_components
+
+    labels = torch.zeros(20, 20, 20, dtype=torch.int64)
+    labels[2:8, 2:8, 2:8] = 1          # class 1: a large piece ...
+    labels[12:14, 12:14, 12:14] = 1    # ... and an island
+    labels[8, 8, 8] = 1                # touches the large piece at a corner only: 26-connected to it
+    labels[2:6, 12:18, 2:6] = 2        # class 2: one piece
+    labels[16, 2, 16] = 2              # and a single-voxel island
+    kept = keep_largest_components(labels, 3)
+    for c in (1, 2):
+        components = connected(labels.numpy() == c, connectivity=3)
+        largest = np.bincount(components.ravel())[1:].argmax() + 1
+        np.testing.assert_array_equal(kept.numpy() == c, components == largest)
+    assert kept[8, 8, 8] == 1 and kept[12, 12, 12] == 0 and kept[16, 2, 16] == 0
+    assert kept.dtype == labels.dtype
+
+
+def test_evaluate_with_largest_component_records_it(trained, tmp_path):
+    manifest = write_csv(tmp_path / "m.csv", [{"case_id": "a1", "image": sample_case("hippocampus_340")[0],
+                                               "label": sample_case("hippocampus_340")[1]}], classes=CLASSES)
+    assert main(["evaluate", str(trained), "--manifest", str(manifest), "--out", str(tmp_path / "e"),
+                 "--largest-component"]) == 0
+    assert json.loads((tmp_path / "e" / "evaluation.json").read_text())["largest_component"] is True
+    pred = np.asanyarray(nib.load(tmp_path / "e" / "predictions" / "a1.nii.gz").dataobj)
+    from skimage.measure import label as connected
+
+    for c in (1, 2):
+        assert connected(pred == c, connectivity=3).max() <= 1, "at most one component per class"
+    assert "largest connected component" in (tmp_path / "e" / "report.html").read_text()
+
+
+def test_checkpoint_last_evaluates_the_final_model(trained, tmp_path):
+    manifest = write_csv(tmp_path / "m.csv", [{"case_id": "a1", "image": sample_case("hippocampus_340")[0],
+                                               "label": sample_case("hippocampus_340")[1]}], classes=CLASSES)
+    for choice, expected in (("best", "best.pt"), ("last", "last.pt")):
+        assert main(["evaluate", str(trained), "--manifest", str(manifest), "--out", str(tmp_path / choice),
+                     "--checkpoint", choice]) == 0
+        assert json.loads((tmp_path / choice / "evaluation.json").read_text())["model"]["checkpoint"] == expected
+    with pytest.raises(MedftError, match="expected best or last"):
+        evaluate(trained, manifest, tmp_path / "x", checkpoint="final")

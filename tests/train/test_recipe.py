@@ -257,3 +257,23 @@ def test_loss_weights_reach_the_dice_ce_loss():
     dice = DiceLoss(to_onehot_y=True, softmax=True)(logits, label)
     assert torch.allclose(_loss("dice_ce", 0.0, 2.0)(logits, label), 2 * ce)
     assert torch.allclose(_loss("dice_ce", 0.5, 1.0)(logits, label), 0.5 * dice + ce)
+
+
+def test_bfloat16_mixed_precision_on_cpu(tmp_path):
+    """train.amp on CPU runs the forward passes in bfloat16; the weights stay float32."""
+    from medft.train.recipe import FineTuneRecipe
+
+    config = load_config(make_config(tmp_path, **{"train.epochs": 1, "train.amp": True, "train.device": "cpu"}))
+    recipe = FineTuneRecipe(config, tmp_path / "out")
+    dtypes = set()
+    try:
+        recipe.setup()
+        recipe.network.register_forward_hook(lambda module, args, output: dtypes.add(output.dtype))
+        summary = recipe.train()
+    finally:
+        recipe.cleanup()
+    assert dtypes == {torch.bfloat16}
+    state = torch.load(tmp_path / "out" / "checkpoints" / "last.pt", weights_only=False)["model"]
+    assert {t.dtype for t in state.values() if t.is_floating_point()} == {torch.float32}
+    record = _metrics(tmp_path / "out")[0]
+    assert torch.isfinite(torch.tensor(record["train_loss"])) and 0 <= summary["best_val_dice"] <= 1

@@ -1,0 +1,91 @@
+"""Training-step time in float32 against bfloat16 mixed precision (``train.amp``), per network.
+
+For each network (MONAI UNets of the sizes medft's configs use) and input size, a training step
+(forward under ``torch.autocast``, loss in float32, backward, AdamW step) on a random batch of 2,
+timed as the median of ``--steps`` steps after 2 warm-up steps, float32 and bfloat16 alternating
+in rounds. On CUDA, float16 instead of bfloat16 (what ``train.amp`` uses there).
+
+Run: ``.venv/bin/python benchmarks/cpu_precision.py [--quick] [--steps 8] [--rounds 3] [--out DIR] [--device auto]``
+"""
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+
+from common import WORKER_TASKS, Benchmark, fmt, is_worker, markdown_table, parser, worker_main
+
+NETWORKS = {  # name -> MONAI UNet channels (strides 2, 2, 2; 2 residual units)
+    "UNet 8-16-32-64 (demo bundle)": [8, 16, 32, 64],
+    "UNet 16-32-64-128": [16, 32, 64, 128],
+    "UNet 32-64-128-256 (configs/hippocampus.yaml)": [32, 64, 128, 256],
+}
+SIZES = ([48, 64, 48], [40, 56, 40])
+
+
+def step_times(spec: dict) -> dict:
+    """Worker task: median seconds per training step of each network, size and precision."""
+    import torch
+    from monai.networks.nets import UNet
+
+    device = torch.device(spec["device"])
+    results = []
+    for name, channels in NETWORKS.items():
+        for size in SIZES:
+            torch.manual_seed(0)
+            network = UNet(3, 1, 3, channels, (2, 2, 2), num_res_units=2).to(device)
+            optimizer = torch.optim.AdamW(network.parameters(), 1e-3)
+            image = torch.randn(2, 1, *size, device=device)
+
+            def step(amp: bool) -> float:
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                started = time.perf_counter()
+                with torch.autocast(device.type, enabled=amp):
+                    output = network(image)
+                output.float().mean().backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                return time.perf_counter() - started
+
+            times = {False: [], True: []}
+            for _ in range(spec["rounds"]):
+                for amp in (False, True):
+                    for _ in range(2):  # warm-up after switching precision
+                        step(amp)
+                    times[amp] += [step(amp) for _ in range(spec["steps"])]
+            results.append({"network": name, "size": size, "parameters": sum(p.numel() for p in network.parameters()),
+                            "fp32_ms": 1000 * statistics.median(times[False]),
+                            "amp_ms": 1000 * statistics.median(times[True])})
+    return {"results": results, "threads": torch.get_num_threads(),
+            "amp_dtype": "float16" if device.type == "cuda" else "bfloat16"}
+
+
+def main() -> int:
+    p = parser("cpu_precision", __doc__)
+    p.add_argument("--steps", type=int, default=None, help="timed steps per precision and round (default 8; quick: 1)")
+    p.add_argument("--rounds", type=int, default=None, help="alternating rounds (default 3; quick: 1)")
+    args = p.parse_args()
+    bench = Benchmark("cpu_precision", args)
+    spec = {"task": "step_times", "steps": args.steps or (1 if args.quick else 8),
+            "rounds": args.rounds or (1 if args.quick else 3)}
+    result = bench.isolated(__file__, spec, "step_times", timing=True)
+    rows = [[r["network"], f"{r['parameters'] / 1e6:.2f}M", " x ".join(map(str, r["size"])), fmt(r["fp32_ms"], 0),
+             fmt(r["amp_ms"], 0), fmt(r["fp32_ms"] / r["amp_ms"], 2)] for r in result["results"]]
+    table = markdown_table(["network", "parameters", "input (batch 2)", "float32 ms / step",
+                            f"{result['amp_dtype']} autocast ms / step", "speed-up"], rows)
+    markdown = (f"Training step (forward, backward, AdamW) on a random batch of 2, median of {spec['steps'] * spec['rounds']} "
+                f"steps per cell, {result['threads']} threads\n\n{table}")
+    bench.finish(result, markdown)
+    return 0
+
+
+WORKER_TASKS = {**WORKER_TASKS, "step_times": step_times}
+
+if __name__ == "__main__":
+    if is_worker():
+        worker_main(WORKER_TASKS)
+        sys.exit(0)
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""Accuracy: configs/hippocampus.yaml on MSD hippocampus, and what each of its levers adds.
+
+Each variant is configs/hippocampus.yaml with one or more keys changed (``VARIANTS``, applied
+like ``medft train --set``), trained in its own process on the 160 training cases of a
+cross-validation fold and validated on its 40 (``data_manifests/hippocampus_fold{k}.csv``,
+written by ``benchmarks/make_manifests.py``). The trained run is then evaluated by
+``medft.evaluate.run.evaluate`` on the fold's 40 validation cases, without and with left-right
+test-time augmentation (``medft evaluate --tta``), from the run's last checkpoint
+(``--checkpoint last``: the model after the fixed budget of epochs, not one picked on the
+validation cases): Dice per class with medft's 95% bootstrap interval over cases. Also reported: the training wall time (``train()`` from start to end:
+steps, validations, checkpoints; setup, i.e. reading and caching the data, listed apart), the
+epochs, the epoch of the best validation Dice during training (for the record: it does not
+choose the evaluated model), and peak memory.
+
+The recipe trains from random weights (the demo bundle's pretraining cases are among the
+folds' validation cases, so fine-tuning it would validate on cases it has seen).
+
+Run: ``.venv/bin/python benchmarks/hippocampus_recipe.py [--variants recipe baseline ...] [--folds 0] [--quick] [--out DIR]``
+
+A full run of the recipe takes about 20 minutes of training on 2 CPU cores; each variant as
+long again, so ablations are chosen with ``--variants``.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from common import (
+    MANIFESTS, N_FOLDS, REPO, WORKER_TASKS, Benchmark, cv_folds, dice_of, fmt, fmt_dice, is_worker, markdown_table,
+    parser, read_rows, subset_manifest, worker_main,
+)
+
+CONFIG = REPO / "configs" / "hippocampus.yaml"
+
+# name -> (what changes, overrides of configs/hippocampus.yaml)
+VARIANTS: dict[str, tuple[str, dict]] = {
+    "recipe": ("configs/hippocampus.yaml as it is", {}),
+    "baseline": ("the issue's plain setup in medft: UNet 16-32-64-128 (2 residual units, 1.2M parameters), "
+                 "whole volumes 48 x 64 x 48, standard augmentation, float32, batch 2, lr 1e-3",
+                 {"model.network_def": {"_target_": "UNet", "spatial_dims": 3, "channels": [16, 32, 64, 128],
+                                        "strides": [2, 2, 2], "num_res_units": 2},
+                  "data.sampling": "whole", "data.spatial_size": [48, 64, 48], "data.augmentation": "standard",
+                  "train.amp": False, "optim.lr": 1e-3, "optim.head_lr": 1e-3}),
+    "fp32": ("float32 instead of bfloat16 mixed precision (same epochs)", {"train.amp": False}),
+    "strong_aug": ("strong augmentation (nnU-Net's ranges) instead of standard", {"data.augmentation": "strong"}),
+    "leakyrelu_76": ("leaky ReLU (slope 0.01, as nnU-Net) instead of PReLU, and 76 epochs instead of 68",
+                     {"model.network_def.act": ["leakyrelu", {"negative_slope": 0.01}], "train.epochs": 76}),
+    "whole_48": ("whole volumes padded to 48 x 64 x 48 instead of 40 x 56 x 40 patches",
+                 {"data.sampling": "whole", "data.spatial_size": [48, 64, 48]}),
+}
+
+
+def variant_config(name: str, manifest: Path, quick: bool) -> dict:
+    """configs/hippocampus.yaml with the variant's keys set, as ``medft train --set`` sets them."""
+    from medft.config import read_raw_config, validate_config
+
+    overrides = {**VARIANTS[name][1], "data.manifest": str(Path(manifest).resolve())}
+    if quick:
+        overrides.update({"train.epochs": 2, "train.max_steps_per_epoch": 2, "train.val_every": 1})
+    raw = read_raw_config(CONFIG, [f"{key}={json.dumps(value)}" for key, value in overrides.items()])
+    return validate_config(raw, source=f"{CONFIG} ({name})", base=CONFIG.parent).model_dump(mode="json")
+
+
+def main() -> int:
+    p = parser("hippocampus_recipe", __doc__)
+    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=["recipe"],
+                   help="what to train (default: recipe)")
+    p.add_argument("--folds", type=int, nargs="+", choices=range(N_FOLDS), default=[0],
+                   help="cross-validation folds to train each variant on (default: 0, the fold of configs/hippocampus.yaml)")
+    args = p.parse_args()
+    bench = Benchmark("hippocampus_recipe", args)
+    folds = cv_folds()
+    runs = []
+    for fold in args.folds:
+        manifest = MANIFESTS / f"hippocampus_fold{fold}.csv"
+        if sorted(r["case_id"] for r in read_rows(manifest) if r["split"] == "val") != folds[fold]:
+            raise SystemExit(f"{manifest} differs from the folds. Fix: .venv/bin/python benchmarks/make_manifests.py")
+        if args.quick:
+            manifest = subset_manifest(manifest, bench.out / "manifests" / f"fold{fold}.csv", n_train=4, n_val=2)
+        for variant in args.variants:
+            name = f"{variant}_fold{fold}"
+            result = bench.isolated(__file__, {
+                "task": "train_and_evaluate", "name": name, "config": variant_config(variant, manifest, args.quick),
+                "run_dir": str(bench.out / "runs" / name), "eval_manifest": str(manifest), "eval_split": "val",
+                "eval_dir": str(bench.out / "eval" / name), "eval_tta_dir": str(bench.out / "eval_tta" / name),
+                "eval_checkpoint": "last",
+            }, name, timing=True)
+            runs.append({"variant": variant, "fold": fold, **_digest(result)})
+    bench.finish({"runs": runs, "variants": {v: VARIANTS[v] for v in args.variants}}, _markdown(runs))
+    return 0
+
+
+def _digest(result: dict) -> dict:
+    metrics = result["metrics"]
+    validated = [m for m in metrics if "val_dice" in m]
+    return {
+        "epochs": len(metrics),
+        "best_val_epoch": result["summary"]["best_epoch"],
+        "setup_seconds": result["setup_seconds"],
+        "train_wall_seconds": result["train_wall_seconds"],
+        "train_step_seconds": sum(result["timing"]["train_seconds"]),
+        "val_curve": [(m["epoch"], m["val_dice"]) for m in validated],
+        "memory": result["memory"],
+        "dice": {cls: dice_of(result["eval"], cls) for cls in ("anterior", "posterior", "mean_foreground")},
+        "dice_tta": {cls: dice_of(result["eval_tta"], cls) for cls in ("anterior", "posterior", "mean_foreground")},
+        "run_dir": result["run_dir"],
+    }
+
+
+def _markdown(runs: list[dict]) -> str:
+    rows = []
+    for run in runs:
+        for tta in (False, True):
+            dice = run["dice_tta" if tta else "dice"]
+            rows.append([run["variant"], run["fold"], "yes" if tta else "no", fmt_dice(dice["anterior"]),
+                         fmt_dice(dice["posterior"]), fmt_dice(dice["mean_foreground"]), run["epochs"],
+                         run["best_val_epoch"], fmt(run["train_wall_seconds"] / 60, 1), fmt(run["setup_seconds"], 0),
+                         fmt(run["memory"]["process_peak_rss_mb"], 0)])
+    headers = ["variant", "fold", "TTA", "anterior Dice [95% CI]", "posterior Dice [95% CI]", "mean Dice [95% CI]",
+               "epochs", "best validation epoch", "training min", "setup s", "peak RSS MiB"]
+    return (f"configs/hippocampus.yaml and variants, each trained on a fold's 160 cases and evaluated on its 40 "
+            f"validation cases (medft evaluate --checkpoint last: the final model; TTA: left-right flip)\n\n{markdown_table(headers, rows)}")
+
+
+if __name__ == "__main__":
+    if is_worker():
+        worker_main(WORKER_TASKS)
+        sys.exit(0)
+    sys.exit(main())

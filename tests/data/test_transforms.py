@@ -1,0 +1,50 @@
+"""Augmentation presets on a real case: geometry stays anatomical and labels stay labels."""
+import numpy as np
+import pytest
+import torch
+from monai.transforms import Compose
+
+from medft.data.transforms import augmentation, preprocessing, sampling
+from tests.conftest import sample_case
+
+SIZE = [48, 64, 48]
+
+
+def _centroid(label: torch.Tensor, value: int) -> np.ndarray:
+    return np.argwhere(label[0].numpy() == value).mean(axis=0)
+
+
+@pytest.mark.parametrize("preset", ["none", "light", "standard", "strong"])
+def test_presets_keep_anterior_in_front_of_posterior(preset):
+    image, label = sample_case("hippocampus_334")
+    case = Compose(preprocessing())({"case_id": "hippocampus_334", "image": [image], "label": label})
+    transform = Compose(sampling("whole", SIZE) + augmentation(preset))
+    transform.set_random_state(seed=0)
+    changed = 0
+    for _ in range(12):
+        out = transform(dict(case))
+        img, lab = out["image"].as_tensor(), out["label"].as_tensor()
+        assert list(img.shape[1:]) == SIZE and list(lab.shape[1:]) == SIZE
+        assert torch.isfinite(img).all()
+        assert set(torch.unique(lab).tolist()) <= {0, 1, 2}, "labels must stay label values (nearest interpolation)"
+        # RAS: axis 1 points anterior. No preset may swap anterior and posterior.
+        assert _centroid(lab, 1)[1] > _centroid(lab, 2)[1]
+        reference = Compose(sampling("whole", SIZE))(dict(case))["image"].as_tensor()
+        changed += not torch.equal(img, reference)
+    if preset == "none":
+        assert changed == 0
+    else:
+        assert changed >= 3, f"{preset}: augmentation should change most samples"
+
+
+def test_strong_changes_intensities_more_than_standard():
+    image, label = sample_case("hippocampus_334")
+    case = Compose(preprocessing())({"case_id": "hippocampus_334", "image": [image], "label": label})
+    spread = {}
+    for preset in ("standard", "strong"):
+        transform = Compose(sampling("whole", SIZE) + augmentation(preset))
+        transform.set_random_state(seed=1)
+        reference = Compose(sampling("whole", SIZE))(dict(case))["image"].as_tensor()
+        spread[preset] = np.mean([float((transform(dict(case))["image"].as_tensor() - reference).abs().mean())
+                                  for _ in range(20)])
+    assert spread["strong"] > spread["standard"]
