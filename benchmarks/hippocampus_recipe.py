@@ -37,15 +37,19 @@ CONFIG = REPO / "configs" / "hippocampus.yaml"
 VARIANTS: dict[str, tuple[str, dict]] = {
     "recipe": ("configs/hippocampus.yaml as it is", {}),
     "baseline": ("the issue's plain setup in medft: UNet 16-32-64-128 (2 residual units, 1.2M parameters), "
-                 "whole volumes 48 x 64 x 48, standard augmentation, float32, batch 2, lr 1e-3",
+                 "whole volumes 48 x 64 x 48, standard augmentation, float32, batch 2, lr 1e-3, 68 epochs",
                  {"model.network_def": {"_target_": "UNet", "spatial_dims": 3, "channels": [16, 32, 64, 128],
                                         "strides": [2, 2, 2], "num_res_units": 2},
                   "data.sampling": "whole", "data.spatial_size": [48, 64, 48], "data.augmentation": "standard",
-                  "train.amp": False, "optim.lr": 1e-3, "optim.head_lr": 1e-3}),
+                  "train.amp": False, "optim.lr": 1e-3, "optim.head_lr": 1e-3, "train.epochs": 68, "train.val_every": 10}),
+    "unet32": ("the previous recipe's network: MONAI UNet 32-64-128-256 (2 residual units, PReLU, 4.7M parameters; "
+               "its first convolution already halves the resolution), no deep supervision, 68 epochs",
+               {"model.network_def": {"_target_": "UNet", "spatial_dims": 3, "channels": [32, 64, 128, 256],
+                                      "strides": [2, 2, 2], "num_res_units": 2},
+                "train.epochs": 68, "train.val_every": 10}),
+    "dynunet_48": ("48 epochs instead of 40, validation every 24", {"train.epochs": 48, "train.val_every": 24}),
     "fp32": ("float32 instead of bfloat16 mixed precision (same epochs)", {"train.amp": False}),
     "strong_aug": ("strong augmentation (nnU-Net's ranges) instead of standard", {"data.augmentation": "strong"}),
-    "leakyrelu_76": ("leaky ReLU (slope 0.01, as nnU-Net) instead of PReLU, and 76 epochs instead of 68",
-                     {"model.network_def.act": ["leakyrelu", {"negative_slope": 0.01}], "train.epochs": 76}),
     "whole_48": ("whole volumes padded to 48 x 64 x 48 instead of 40 x 56 x 40 patches",
                  {"data.sampling": "whole", "data.spatial_size": [48, 64, 48]}),
 }

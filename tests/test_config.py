@@ -19,6 +19,21 @@ def test_every_shipped_config_is_valid_and_says_how_to_run_it(path):
     assert Path(config.data.manifest).exists() or "shared" in config.data.manifest
 
 
+@pytest.mark.parametrize("path", [p for p in CONFIGS if "network_def:" in p.read_text()],
+                         ids=lambda p: p.name)
+def test_every_shipped_network_builds_and_segments_its_patch(path):
+    import torch
+
+    from medft.train.network import prepare_network
+
+    config = load_config(path)
+    prepared = prepare_network(config.model, num_classes=3)
+    x = torch.zeros(1, prepared.in_channels, *config.data.spatial_size)
+    prepared.network.eval()
+    with torch.no_grad():
+        assert prepared.network(x).shape == (1, 3, *config.data.spatial_size)
+
+
 def test_every_field_has_a_description():
     from medft.config import RunConfig
 
