@@ -25,7 +25,7 @@ def pooled(dirs: str) -> tuple[list[dict], list[str]]:
     rows, names = [], None
     for folder in dirs.split(","):
         evaluation = read_evaluation(Path(folder))
-        these = list(evaluation.evaluation["class_names"])
+        these = evaluation.class_names
         if names is not None and these != names:
             raise SystemExit(f"{folder}: classes {these} differ from {names}. Fix: pool evaluations of one task")
         names = these
