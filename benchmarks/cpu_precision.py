@@ -18,7 +18,7 @@ from common import WORKER_TASKS, Benchmark, fmt, is_worker, markdown_table, pars
 NETWORKS = {  # name -> MONAI UNet channels (strides 2, 2, 2; 2 residual units)
     "UNet 8-16-32-64 (demo bundle)": [8, 16, 32, 64],
     "UNet 16-32-64-128": [16, 32, 64, 128],
-    "UNet 32-64-128-256 (configs/hippocampus.yaml)": [32, 64, 128, 256],
+    "UNet 32-64-128-256": [32, 64, 128, 256],
 }
 SIZES = ([48, 64, 48], [40, 56, 40])
 

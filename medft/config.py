@@ -72,6 +72,10 @@ class TrainConfig(_Section):
     deterministic: bool = Field(True, description="Deterministic algorithms, so a run is reproducible from its seed.")
     dice_weight: float = Field(1.0, ge=0, description="Weight of the Dice term of the dice_ce loss.")
     ce_weight: float = Field(1.0, ge=0, description="Weight of the cross-entropy term of the dice_ce loss.")
+    dice_batch: bool = Field(False, description="Dice term over the whole batch (overlaps and volumes summed over "
+                             "its volumes, as nnU-Net does) instead of per volume and averaged.")
+    dice_background: bool = Field(True, description="Count the background in the Dice term (MONAI's default); "
+                                  "nnU-Net leaves it out, so the Dice term weighs only the structures.")
 
     @field_validator("dice_weight", "ce_weight")
     @classmethod
@@ -87,6 +91,9 @@ class TrainConfig(_Section):
     def _some_loss(self) -> "TrainConfig":
         if self.dice_weight == 0 and self.ce_weight == 0:
             raise ValueError("train.dice_weight and train.ce_weight are both 0: nothing to learn from")
+        if self.loss == "ce" and (self.dice_batch or not self.dice_background):
+            raise ValueError("train.dice_batch and train.dice_background shape the Dice term; with train.loss ce "
+                             "there is none: leave them out")
         return self
 
 

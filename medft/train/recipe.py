@@ -29,7 +29,7 @@ from monai.optimizers import WarmupCosineSchedule
 from tqdm.auto import tqdm
 
 from medft import __version__
-from medft.config import RunConfig, dump_config
+from medft.config import RunConfig, TrainConfig, dump_config
 from medft.data.manifest import load_manifest
 from medft.errors import MedftError
 from medft.metrics import confusion_counts, dice, foreground_mean
@@ -116,7 +116,7 @@ class FineTuneRecipe:
         total = config.train.epochs * self.steps_per_epoch
         self.scheduler = WarmupCosineSchedule(self.optimizer, warmup_steps=round(optim.warmup_epochs * self.steps_per_epoch), t_total=total)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp and self.device.type == "cuda")
-        self.loss_fn = _loss(config.train.loss, config.train.dice_weight, config.train.ce_weight)
+        self.loss_fn = _loss(config.train)
         self.inferer = SlidingWindowInferer(
             roi_size=config.data.spatial_size, sw_batch_size=config.validation.sw_batch_size,
             overlap=config.validation.overlap, mode="gaussian",
@@ -417,11 +417,12 @@ def _supervised_loss(loss_fn, output, label: torch.Tensor) -> torch.Tensor:
     return loss_fn(output, label)
 
 
-def _loss(name: str, dice_weight: float = 1.0, ce_weight: float = 1.0):
-    if name == "dice_ce":
-        return DiceCELoss(to_onehot_y=True, softmax=True, lambda_dice=dice_weight, lambda_ce=ce_weight)
-    if name == "dice":
-        return DiceLoss(to_onehot_y=True, softmax=True)
+def _loss(train: TrainConfig):
+    dice = {"to_onehot_y": True, "softmax": True, "batch": train.dice_batch, "include_background": train.dice_background}
+    if train.loss == "dice_ce":
+        return DiceCELoss(**dice, lambda_dice=train.dice_weight, lambda_ce=train.ce_weight)
+    if train.loss == "dice":
+        return DiceLoss(**dice)
     ce = torch.nn.CrossEntropyLoss()
     return lambda logits, label: ce(logits, label[:, 0].long())
 

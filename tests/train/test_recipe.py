@@ -16,7 +16,7 @@ from monai.networks.utils import one_hot
 from monai.transforms import ResizeWithPadOrCrop
 
 from medft.bundle.export import export_run
-from medft.config import load_config
+from medft.config import TrainConfig, load_config
 from medft.data.loading import LoadCased
 from medft.data.transforms import preprocessing
 from medft.errors import MedftError
@@ -270,8 +270,44 @@ def test_loss_weights_reach_the_dice_ce_loss():
     logits, label = torch.randn(2, 3, 8, 8, 8), torch.randint(0, 3, (2, 1, 8, 8, 8))
     ce = torch.nn.functional.cross_entropy(logits, label[:, 0])
     dice = DiceLoss(to_onehot_y=True, softmax=True)(logits, label)
-    assert torch.allclose(_loss("dice_ce", 0.0, 2.0)(logits, label), 2 * ce)
-    assert torch.allclose(_loss("dice_ce", 0.5, 1.0)(logits, label), 0.5 * dice + ce)
+    assert torch.allclose(_loss(TrainConfig(dice_weight=0.0, ce_weight=2.0))(logits, label), 2 * ce)
+    assert torch.allclose(_loss(TrainConfig(dice_weight=0.5))(logits, label), 0.5 * dice + ce)
+
+
+def _soft_dice_loss_by_hand(probs: torch.Tensor, onehot: torch.Tensor, over: tuple[int, ...]) -> torch.Tensor:
+    eps = 1e-5  # MONAI's smoothing, in numerator and denominator
+    overlap, total = (probs * onehot).sum(over), (probs + onehot).sum(over)
+    return (1 - (2 * overlap + eps) / (total + eps)).mean()
+
+
+def test_batch_dice_and_foreground_dice_match_a_hand_computation():
+    """train.dice_batch sums overlaps over the batch before the ratio; train.dice_background false
+    drops class 0 from the Dice term (nnU-Net's Dice); the cross-entropy term is unchanged."""
+    from medft.train.recipe import _loss
+
+    torch.manual_seed(0)
+    logits, label = torch.randn(2, 3, 6, 6, 6), torch.randint(0, 3, (2, 1, 6, 6, 6))
+    label[1] = 0  # the second volume has no structure: per-volume and batch Dice differ most here
+    probs = torch.softmax(logits, dim=1)
+    onehot = torch.nn.functional.one_hot(label[:, 0], 3).permute(0, 4, 1, 2, 3).float()
+    ce = torch.nn.functional.cross_entropy(logits, label[:, 0])
+    spatial, batch_and_spatial = (2, 3, 4), (0, 2, 3, 4)
+    cases = {
+        (False, True): _soft_dice_loss_by_hand(probs, onehot, spatial),
+        (True, True): _soft_dice_loss_by_hand(probs, onehot, batch_and_spatial),
+        (False, False): _soft_dice_loss_by_hand(probs[:, 1:], onehot[:, 1:], spatial),
+        (True, False): _soft_dice_loss_by_hand(probs[:, 1:], onehot[:, 1:], batch_and_spatial),
+    }
+    for (batch, background), dice in cases.items():
+        train = TrainConfig(dice_batch=batch, dice_background=background)
+        assert torch.allclose(_loss(train)(logits, label), dice + ce), (batch, background)
+        assert torch.allclose(_loss(train.model_copy(update={"loss": "dice"}))(logits, label), dice), (batch, background)
+    assert len({round(float(d), 6) for d in cases.values()}) == 4  # the four variants really differ
+
+
+def test_dice_options_are_refused_without_a_dice_term():
+    with pytest.raises(ValueError, match="train.dice_batch and train.dice_background"):
+        TrainConfig(loss="ce", dice_batch=True)
 
 
 def test_bfloat16_mixed_precision_on_cpu(tmp_path):

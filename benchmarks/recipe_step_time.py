@@ -1,0 +1,141 @@
+"""Training-step time of configs/hippocampus.yaml's network, and what each change to it costs.
+
+A training step as medft runs it (forward under ``torch.autocast`` when ``train.amp``, medft's
+loss with deep supervision in float32, backward, AdamW step) on a batch of real patches: two
+sample cases loaded, normalised and cropped by medft's own transforms and collated by MONAI, as
+the training loader delivers them. Each variant changes one thing: the batch left as MONAI
+MetaTensors (what medft passed to the network before it stripped the metadata), deep supervision
+off, float32, wider filters, a batch of 4. The variants alternate in rounds (``--rounds``), each
+timed as the median of its steps after 2 warm-up steps; the table gives ms per step and per
+sample, relative to the config's. It compares variants; it does not predict a run's minutes: the
+same step repeated on one batch runs faster here than the steps of a training run, whose epochs
+also load and augment their data (see benchmarks/RESULTS.md). ``torch.use_deterministic_algorithms``
+is left off here (medft turns it on by default; RESULTS.md item 5 measured medft with and without it
+within noise of each other).
+
+Run: ``.venv/bin/python benchmarks/recipe_step_time.py [--quick] [--steps 6] [--rounds 3] [--out DIR] [--device auto]``
+"""
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+
+from common import REPO, WORKER_TASKS, Benchmark, fmt, is_worker, markdown_table, parser, worker_main
+
+CONFIG = REPO / "configs" / "hippocampus.yaml"
+SAMPLE_CASES = ("hippocampus_334", "hippocampus_340", "hippocampus_341", "hippocampus_345")
+
+# name -> (network_def changes, other changes)
+VARIANTS: dict[str, tuple[dict, dict]] = {
+    "configs/hippocampus.yaml": ({}, {}),
+    "batch as MetaTensors": ({}, {"metatensor": True}),
+    "no deep supervision": ({"deep_supervision": False}, {}),
+    "float32": ({}, {"amp": False}),
+    "filters 20-40-80-160": ({"filters": [20, 40, 80, 160]}, {}),
+    "filters 24-48-96-192": ({"filters": [24, 48, 96, 192]}, {}),
+    "batch of 4": ({}, {"batch": 4}),
+}
+
+
+def _batch(size: list[int], n: int):
+    """n real patches through medft's transforms, collated as the training loader collates them."""
+    from monai.data import list_data_collate
+    from monai.transforms import Compose
+    from monai.utils import set_determinism
+
+    from medft.data.transforms import preprocessing, sampling
+
+    set_determinism(0)
+    root = REPO / "sample_data" / "hippocampus"
+    transform = Compose([*preprocessing("zscore"), *sampling("patch", size)])
+    samples = []
+    for case in SAMPLE_CASES[:n]:
+        out = transform({"case_id": case, "image": [str(root / "imagesTr" / f"{case}.nii.gz")],
+                         "label": str(root / "labelsTr" / f"{case}.nii.gz")})
+        samples += out if isinstance(out, list) else [out]
+    return list_data_collate(samples)
+
+
+def step_times(spec: dict) -> dict:
+    """Worker task: median ms per training step of each variant."""
+    import torch
+    from monai.data import MetaTensor
+
+    from medft.config import ModelConfig, TrainConfig, read_raw_config
+    from medft.train.network import prepare_network
+    from medft.train.recipe import _loss, _plain, _supervised_loss
+
+    device = torch.device(spec["device"])
+    raw = read_raw_config(CONFIG, [])
+    model, train = ModelConfig(**raw["model"]), TrainConfig(**raw["train"])
+    size = raw["data"]["spatial_size"]
+    loss_fn = _loss(train)
+    batches = {n: _batch(size, n) for n in (2, 4)}
+    jobs = {}
+    for name, (network_changes, other) in VARIANTS.items():
+        torch.manual_seed(0)
+        config = model.model_copy(update={"network_def": {**model.network_def, **network_changes}})
+        network = prepare_network(config, num_classes=3).network.to(device).train()
+        batch = batches[other.get("batch", 2)]
+        image, label = batch["image"].to(device), batch["label"].to(device)
+        if not other.get("metatensor"):
+            image, label = _plain(image), _plain(label)
+        assert isinstance(image, MetaTensor) == bool(other.get("metatensor"))
+        jobs[name] = {"network": network, "optimizer": torch.optim.AdamW(network.parameters(), 1e-3),
+                      "image": image, "label": label, "amp": other.get("amp", bool(train.amp)),
+                      "batch": image.shape[0], "parameters": sum(p.numel() for p in network.parameters())}
+
+    def step(job: dict) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        with torch.autocast(device.type, enabled=job["amp"]):
+            output = job["network"](job["image"])
+        _supervised_loss(loss_fn, output, job["label"]).backward()
+        job["optimizer"].step()
+        job["optimizer"].zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - started
+
+    times: dict[str, list[float]] = {name: [] for name in jobs}
+    for _ in range(spec["rounds"]):
+        for name, job in jobs.items():
+            for _ in range(2):  # warm-up after switching network
+                step(job)
+            times[name] += [step(job) for _ in range(spec["steps"])]
+    results = []
+    for name, job in jobs.items():
+        ms = 1000 * statistics.median(times[name])
+        results.append({"variant": name, "parameters": job["parameters"], "batch": job["batch"], "amp": job["amp"],
+                        "ms_per_step": ms, "ms_per_sample": ms / job["batch"]})
+    return {"results": results, "threads": torch.get_num_threads(), "patch": size}
+
+
+def main() -> int:
+    p = parser("recipe_step_time", __doc__)
+    p.add_argument("--steps", type=int, default=None, help="timed steps per variant and round (default 6; quick: 1)")
+    p.add_argument("--rounds", type=int, default=None, help="alternating rounds (default 3; quick: 1)")
+    args = p.parse_args()
+    bench = Benchmark("recipe_step_time", args)
+    spec = {"task": "step_times", "steps": args.steps or (1 if args.quick else 6),
+            "rounds": args.rounds or (1 if args.quick else 3)}
+    result = bench.isolated(__file__, spec, "step_times", timing=True)
+    base = result["results"][0]["ms_per_sample"]
+    rows = [[r["variant"], f"{r['parameters'] / 1e6:.2f}M", r["batch"], fmt(r["ms_per_step"], 0), fmt(r["ms_per_sample"], 0),
+             fmt(r["ms_per_sample"] / base, 2)] for r in result["results"]]
+    table = markdown_table(["variant", "parameters", "batch", "ms / step", "ms / sample", "x recipe (per sample)"], rows)
+    markdown = (f"Training step of configs/hippocampus.yaml's network on real {' x '.join(map(str, result['patch']))} "
+                f"patches, median of {spec['steps'] * spec['rounds']} steps per variant, {result['threads']} threads\n\n{table}")
+    bench.finish(result, markdown)
+    return 0
+
+
+WORKER_TASKS = {**WORKER_TASKS, "step_times": step_times}
+
+if __name__ == "__main__":
+    if is_worker():
+        worker_main(WORKER_TASKS)
+        sys.exit(0)
+    sys.exit(main())
