@@ -281,6 +281,50 @@ def run_isolated(script: str | Path, spec: dict, workdir: Path, device: str, nam
     return result
 
 
+def add_step_options(p: argparse.ArgumentParser, what: str, default_steps: int) -> None:
+    """--steps and --rounds of a step-time benchmark."""
+    p.add_argument("--steps", type=int, default=None,
+                   help=f"timed steps per {what} and round (default {default_steps}; quick: 1)")
+    p.add_argument("--rounds", type=int, default=None, help="alternating rounds (default 3; quick: 1)")
+
+
+def step_spec(args: argparse.Namespace, default_steps: int) -> dict:
+    return {"task": "step_times", "steps": args.steps or (1 if args.quick else default_steps),
+            "rounds": args.rounds or (1 if args.quick else 3)}
+
+
+def training_step(device, optimizer, amp: bool, forward, loss) -> float:
+    """Seconds of one training step: ``forward()`` under autocast when ``amp``, ``loss(output)``
+    outside it, backward, optimizer step (CUDA synchronised at both ends)."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    with torch.autocast(device.type, enabled=amp):
+        output = forward()
+    loss(output).backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - started
+
+
+def median_step_ms(steps_of: dict, spec: dict) -> dict:
+    """Median milliseconds of each step function in ``steps_of``, the functions alternating in
+    ``spec["rounds"]`` rounds of ``spec["steps"]`` timed steps, after 2 warm-up steps at each switch."""
+    import statistics
+
+    times = {key: [] for key in steps_of}
+    for _ in range(spec["rounds"]):
+        for key, step in steps_of.items():
+            for _ in range(2):
+                step()
+            times[key] += [step() for _ in range(spec["steps"])]
+    return {key: 1000 * statistics.median(values) for key, values in times.items()}
+
+
 def worker_main(tasks: dict) -> None:
     """Entry point of a worker process: run ``tasks[spec['task']](spec)`` and write its result."""
     spec = json.loads(Path(sys.argv[sys.argv.index("--worker") + 1]).read_text())

@@ -9,11 +9,13 @@ Run: ``.venv/bin/python benchmarks/cpu_precision.py [--quick] [--steps 8] [--rou
 """
 from __future__ import annotations
 
-import statistics
 import sys
-import time
+from functools import partial
 
-from common import WORKER_TASKS, Benchmark, fmt, is_worker, markdown_table, parser, worker_main
+from common import (
+    WORKER_TASKS, Benchmark, add_step_options, fmt, is_worker, markdown_table, median_step_ms, parser, step_spec,
+    training_step, worker_main,
+)
 
 NETWORKS = {  # name -> MONAI UNet channels (strides 2, 2, 2; 2 residual units)
     "UNet 8-16-32-64 (demo bundle)": [8, 16, 32, 64],
@@ -36,41 +38,21 @@ def step_times(spec: dict) -> dict:
             network = UNet(3, 1, 3, channels, (2, 2, 2), num_res_units=2).to(device)
             optimizer = torch.optim.AdamW(network.parameters(), 1e-3)
             image = torch.randn(2, 1, *size, device=device)
-
-            def step(amp: bool) -> float:
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                started = time.perf_counter()
-                with torch.autocast(device.type, enabled=amp):
-                    output = network(image)
-                output.float().mean().backward()
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                return time.perf_counter() - started
-
-            times = {False: [], True: []}
-            for _ in range(spec["rounds"]):
-                for amp in (False, True):
-                    for _ in range(2):  # warm-up after switching precision
-                        step(amp)
-                    times[amp] += [step(amp) for _ in range(spec["steps"])]
+            ms = median_step_ms({amp: partial(training_step, device, optimizer, amp, partial(network, image),
+                                              lambda output: output.float().mean())
+                                 for amp in (False, True)}, spec)
             results.append({"network": name, "size": size, "parameters": sum(p.numel() for p in network.parameters()),
-                            "fp32_ms": 1000 * statistics.median(times[False]),
-                            "amp_ms": 1000 * statistics.median(times[True])})
+                            "fp32_ms": ms[False], "amp_ms": ms[True]})
     return {"results": results, "threads": torch.get_num_threads(),
             "amp_dtype": "float16" if device.type == "cuda" else "bfloat16"}
 
 
 def main() -> int:
     p = parser("cpu_precision", __doc__)
-    p.add_argument("--steps", type=int, default=None, help="timed steps per precision and round (default 8; quick: 1)")
-    p.add_argument("--rounds", type=int, default=None, help="alternating rounds (default 3; quick: 1)")
+    add_step_options(p, "precision", default_steps=8)
     args = p.parse_args()
     bench = Benchmark("cpu_precision", args)
-    spec = {"task": "step_times", "steps": args.steps or (1 if args.quick else 8),
-            "rounds": args.rounds or (1 if args.quick else 3)}
+    spec = step_spec(args, default_steps=8)
     result = bench.isolated(__file__, spec, "step_times", timing=True)
     rows = [[r["network"], f"{r['parameters'] / 1e6:.2f}M", " x ".join(map(str, r["size"])), fmt(r["fp32_ms"], 0),
              fmt(r["amp_ms"], 0), fmt(r["fp32_ms"] / r["amp_ms"], 2)] for r in result["results"]]

@@ -17,11 +17,13 @@ Run: ``.venv/bin/python benchmarks/recipe_step_time.py [--quick] [--steps 6] [--
 """
 from __future__ import annotations
 
-import statistics
 import sys
-import time
+from functools import partial
 
-from common import REPO, WORKER_TASKS, Benchmark, fmt, is_worker, markdown_table, parser, worker_main
+from common import (
+    REPO, WORKER_TASKS, Benchmark, add_step_options, fmt, is_worker, markdown_table, median_step_ms, parser, step_spec,
+    training_step, worker_main,
+)
 
 CONFIG = REPO / "configs" / "hippocampus.yaml"
 SAMPLE_CASES = ("hippocampus_334", "hippocampus_340", "hippocampus_341", "hippocampus_345")
@@ -86,41 +88,20 @@ def step_times(spec: dict) -> dict:
                       "image": image, "label": label, "amp": other.get("amp", bool(train.amp)),
                       "batch": image.shape[0], "parameters": sum(p.numel() for p in network.parameters())}
 
-    def step(job: dict) -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        started = time.perf_counter()
-        with torch.autocast(device.type, enabled=job["amp"]):
-            output = job["network"](job["image"])
-        _supervised_loss(loss_fn, output, job["label"]).backward()
-        job["optimizer"].step()
-        job["optimizer"].zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - started
-
-    times: dict[str, list[float]] = {name: [] for name in jobs}
-    for _ in range(spec["rounds"]):
-        for name, job in jobs.items():
-            for _ in range(2):  # warm-up after switching network
-                step(job)
-            times[name] += [step(job) for _ in range(spec["steps"])]
-    results = []
-    for name, job in jobs.items():
-        ms = 1000 * statistics.median(times[name])
-        results.append({"variant": name, "parameters": job["parameters"], "batch": job["batch"], "amp": job["amp"],
-                        "ms_per_step": ms, "ms_per_sample": ms / job["batch"]})
+    ms = median_step_ms({name: partial(training_step, device, job["optimizer"], job["amp"], partial(job["network"], job["image"]),
+                                       partial(_supervised_loss, loss_fn, label=job["label"]))
+                         for name, job in jobs.items()}, spec)
+    results = [{"variant": name, "parameters": job["parameters"], "batch": job["batch"], "amp": job["amp"],
+                "ms_per_step": ms[name], "ms_per_sample": ms[name] / job["batch"]} for name, job in jobs.items()]
     return {"results": results, "threads": torch.get_num_threads(), "patch": size}
 
 
 def main() -> int:
     p = parser("recipe_step_time", __doc__)
-    p.add_argument("--steps", type=int, default=None, help="timed steps per variant and round (default 6; quick: 1)")
-    p.add_argument("--rounds", type=int, default=None, help="alternating rounds (default 3; quick: 1)")
+    add_step_options(p, "variant", default_steps=6)
     args = p.parse_args()
     bench = Benchmark("recipe_step_time", args)
-    spec = {"task": "step_times", "steps": args.steps or (1 if args.quick else 6),
-            "rounds": args.rounds or (1 if args.quick else 3)}
+    spec = step_spec(args, default_steps=6)
     result = bench.isolated(__file__, spec, "step_times", timing=True)
     base = result["results"][0]["ms_per_sample"]
     rows = [[r["variant"], f"{r['parameters'] / 1e6:.2f}M", r["batch"], fmt(r["ms_per_step"], 0), fmt(r["ms_per_sample"], 0),
