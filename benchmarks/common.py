@@ -311,9 +311,11 @@ def training_step(device, optimizer, amp: bool, forward, loss) -> float:
     return time.perf_counter() - started
 
 
-def median_step_ms(steps_of: dict, spec: dict) -> dict:
-    """Median milliseconds of each step function in ``steps_of``, the functions alternating in
-    ``spec["rounds"]`` rounds of ``spec["steps"]`` timed steps, after 2 warm-up steps at each switch."""
+def step_ms(steps_of: dict, spec: dict) -> dict:
+    """Milliseconds of each step function in ``steps_of``, the functions alternating in
+    ``spec["rounds"]`` rounds of ``spec["steps"]`` timed steps, after 2 warm-up steps at each switch:
+    ``{key: {"median": of all its steps, "rounds": [median of each round]}}``. Comparing keys round
+    by round cancels what drifts between rounds (this machine's speed does, by 20-50%)."""
     import statistics
 
     times = {key: [] for key in steps_of}
@@ -321,8 +323,15 @@ def median_step_ms(steps_of: dict, spec: dict) -> dict:
         for key, step in steps_of.items():
             for _ in range(2):
                 step()
-            times[key] += [step() for _ in range(spec["steps"])]
-    return {key: 1000 * statistics.median(values) for key, values in times.items()}
+            times[key].append([step() for _ in range(spec["steps"])])
+    return {key: {"median": 1000 * statistics.median(t for r in rounds for t in r),
+                  "rounds": [1000 * statistics.median(r) for r in rounds]} for key, rounds in times.items()}
+
+
+def ratio_range(numerators: list[float], denominators: list[float]) -> str:
+    """The smallest and the largest of the round-by-round ratios, as 'low-high'."""
+    ratios = [n / d for n, d in zip(numerators, denominators, strict=True)]
+    return f"{min(ratios):.2f}-{max(ratios):.2f}"
 
 
 def worker_main(tasks: dict) -> None:

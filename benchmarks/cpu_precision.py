@@ -13,7 +13,7 @@ import sys
 from functools import partial
 
 from common import (
-    WORKER_TASKS, Benchmark, add_step_options, fmt, is_worker, markdown_table, median_step_ms, parser, step_spec,
+    WORKER_TASKS, Benchmark, add_step_options, fmt, is_worker, markdown_table, parser, ratio_range, step_ms, step_spec,
     training_step, worker_main,
 )
 
@@ -38,11 +38,12 @@ def step_times(spec: dict) -> dict:
             network = UNet(3, 1, 3, channels, (2, 2, 2), num_res_units=2).to(device)
             optimizer = torch.optim.AdamW(network.parameters(), 1e-3)
             image = torch.randn(2, 1, *size, device=device)
-            ms = median_step_ms({amp: partial(training_step, device, optimizer, amp, partial(network, image),
-                                              lambda output: output.float().mean())
-                                 for amp in (False, True)}, spec)
+            ms = step_ms({amp: partial(training_step, device, optimizer, amp, partial(network, image),
+                                       lambda output: output.float().mean())
+                          for amp in (False, True)}, spec)
             results.append({"network": name, "size": size, "parameters": sum(p.numel() for p in network.parameters()),
-                            "fp32_ms": ms[False], "amp_ms": ms[True]})
+                            "fp32_ms": ms[False]["median"], "amp_ms": ms[True]["median"],
+                            "fp32_ms_rounds": ms[False]["rounds"], "amp_ms_rounds": ms[True]["rounds"]})
     return {"results": results, "threads": torch.get_num_threads(),
             "amp_dtype": "float16" if device.type == "cuda" else "bfloat16"}
 
@@ -55,9 +56,10 @@ def main() -> int:
     spec = step_spec(args, default_steps=8)
     result = bench.isolated(__file__, spec, "step_times", timing=True)
     rows = [[r["network"], f"{r['parameters'] / 1e6:.2f}M", " x ".join(map(str, r["size"])), fmt(r["fp32_ms"], 0),
-             fmt(r["amp_ms"], 0), fmt(r["fp32_ms"] / r["amp_ms"], 2)] for r in result["results"]]
+             fmt(r["amp_ms"], 0), fmt(r["fp32_ms"] / r["amp_ms"], 2), ratio_range(r["fp32_ms_rounds"], r["amp_ms_rounds"])]
+            for r in result["results"]]
     table = markdown_table(["network", "parameters", "input (batch 2)", "float32 ms / step",
-                            f"{result['amp_dtype']} autocast ms / step", "speed-up"], rows)
+                            f"{result['amp_dtype']} autocast ms / step", "speed-up", "speed-up, range over rounds"], rows)
     markdown = (f"Training step (forward, backward, AdamW) on a random batch of 2, median of {spec['steps'] * spec['rounds']} "
                 f"steps per cell, {result['threads']} threads\n\n{table}")
     bench.finish(result, markdown)

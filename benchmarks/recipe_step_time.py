@@ -7,21 +7,23 @@ the training loader delivers them. Each variant changes one thing: the batch lef
 MetaTensors (what medft passed to the network before it stripped the metadata), deep supervision
 off, float32, wider filters, a batch of 4. The variants alternate in rounds (``--rounds``), each
 timed as the median of its steps after 2 warm-up steps; the table gives ms per step and per
-sample, relative to the config's. It compares variants; it does not predict a run's minutes: the
-same step repeated on one batch runs faster here than the steps of a training run, whose epochs
-also load and augment their data (see benchmarks/RESULTS.md). ``torch.use_deterministic_algorithms``
-is left off here (medft turns it on by default; RESULTS.md item 5 measured medft with and without it
-within noise of each other).
+sample, relative to the config's, and the range of that ratio over the rounds (each round's
+medians compared, which cancels the drift of the machine's speed between rounds). The config's
+row runs as medft trains, with ``torch.use_deterministic_algorithms`` on (``train.deterministic``,
+medft's default); one variant turns it off, and every other variant keeps it on. It compares
+variants; it does not predict a run's minutes: a training run's epochs also load and augment
+their data, and its steps see a new batch each time (see benchmarks/RESULTS.md).
 
 Run: ``.venv/bin/python benchmarks/recipe_step_time.py [--quick] [--steps 6] [--rounds 3] [--out DIR] [--device auto]``
 """
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 from functools import partial
 
 from common import (
-    REPO, WORKER_TASKS, Benchmark, add_step_options, fmt, is_worker, markdown_table, median_step_ms, parser, step_spec,
+    REPO, WORKER_TASKS, Benchmark, add_step_options, fmt, is_worker, markdown_table, parser, ratio_range, step_ms, step_spec,
     training_step, worker_main,
 )
 
@@ -31,6 +33,7 @@ SAMPLE_CASES = ("hippocampus_334", "hippocampus_340", "hippocampus_341", "hippoc
 # name -> (network_def changes, other changes)
 VARIANTS: dict[str, tuple[dict, dict]] = {
     "configs/hippocampus.yaml": ({}, {}),
+    "deterministic algorithms off": ({}, {"deterministic": False}),
     "batch as MetaTensors": ({}, {"metatensor": True}),
     "no deep supervision": ({"deep_supervision": False}, {}),
     "float32": ({}, {"amp": False}),
@@ -59,6 +62,31 @@ def _batch(size: list[int], n: int):
     return list_data_collate(samples)
 
 
+@contextmanager
+def _deterministic(on: bool):
+    """torch's deterministic algorithms on or off for one step, as ``train.deterministic`` sets them."""
+    import torch
+
+    from medft.train.recipe import use_deterministic_algorithms
+
+    if on:
+        use_deterministic_algorithms()
+    else:
+        torch.use_deterministic_algorithms(False)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+def _step(job: dict, device, loss_fn) -> float:
+    from medft.train.recipe import _supervised_loss
+
+    with _deterministic(job["deterministic"]):
+        return training_step(device, job["optimizer"], job["amp"], partial(job["network"], job["image"]),
+                             partial(_supervised_loss, loss_fn, label=job["label"]))
+
+
 def step_times(spec: dict) -> dict:
     """Worker task: median ms per training step of each variant."""
     import torch
@@ -66,7 +94,7 @@ def step_times(spec: dict) -> dict:
 
     from medft.config import ModelConfig, TrainConfig, read_raw_config
     from medft.train.network import prepare_network
-    from medft.train.recipe import _loss, _plain, _supervised_loss
+    from medft.train.recipe import _loss, _plain
 
     device = torch.device(spec["device"])
     raw = read_raw_config(CONFIG, [])
@@ -86,13 +114,14 @@ def step_times(spec: dict) -> dict:
         assert isinstance(image, MetaTensor) == bool(other.get("metatensor"))
         jobs[name] = {"network": network, "optimizer": torch.optim.AdamW(network.parameters(), 1e-3),
                       "image": image, "label": label, "amp": other.get("amp", bool(train.amp)),
+                      "deterministic": other.get("deterministic", train.deterministic),
                       "batch": image.shape[0], "parameters": sum(p.numel() for p in network.parameters())}
 
-    ms = median_step_ms({name: partial(training_step, device, job["optimizer"], job["amp"], partial(job["network"], job["image"]),
-                                       partial(_supervised_loss, loss_fn, label=job["label"]))
-                         for name, job in jobs.items()}, spec)
+    ms = step_ms({name: partial(_step, job, device, loss_fn) for name, job in jobs.items()}, spec)
     results = [{"variant": name, "parameters": job["parameters"], "batch": job["batch"], "amp": job["amp"],
-                "ms_per_step": ms[name], "ms_per_sample": ms[name] / job["batch"]} for name, job in jobs.items()]
+                "deterministic": job["deterministic"],
+                "ms_per_step": ms[name]["median"], "ms_per_sample": ms[name]["median"] / job["batch"],
+                "ms_per_sample_rounds": [t / job["batch"] for t in ms[name]["rounds"]]} for name, job in jobs.items()]
     return {"results": results, "threads": torch.get_num_threads(), "patch": size}
 
 
@@ -103,10 +132,12 @@ def main() -> int:
     bench = Benchmark("recipe_step_time", args)
     spec = step_spec(args, default_steps=6)
     result = bench.isolated(__file__, spec, "step_times", timing=True)
-    base = result["results"][0]["ms_per_sample"]
+    base = result["results"][0]
     rows = [[r["variant"], f"{r['parameters'] / 1e6:.2f}M", r["batch"], fmt(r["ms_per_step"], 0), fmt(r["ms_per_sample"], 0),
-             fmt(r["ms_per_sample"] / base, 2)] for r in result["results"]]
-    table = markdown_table(["variant", "parameters", "batch", "ms / step", "ms / sample", "x recipe (per sample)"], rows)
+             fmt(r["ms_per_sample"] / base["ms_per_sample"], 2), ratio_range(r["ms_per_sample_rounds"], base["ms_per_sample_rounds"])]
+            for r in result["results"]]
+    table = markdown_table(["variant", "parameters", "batch", "ms / step", "ms / sample", "x recipe (per sample)",
+                            "x recipe, range over rounds"], rows)
     markdown = (f"Training step of configs/hippocampus.yaml's network on real {' x '.join(map(str, result['patch']))} "
                 f"patches, median of {spec['steps'] * spec['rounds']} steps per variant, {result['threads']} threads\n\n{table}")
     bench.finish(result, markdown)

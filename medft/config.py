@@ -69,7 +69,8 @@ class TrainConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when present, else CPU.")
     amp: bool | None = Field(None, description="Mixed precision: float16 on CUDA, bfloat16 on CPU (much faster on CPUs with AVX-512 BF16 or AMX). By default on with CUDA, off on CPU.")
     max_steps_per_epoch: int | None = Field(None, ge=1, description="Cap on steps per epoch (quick tests).")
-    deterministic: bool = Field(True, description="Deterministic algorithms, so a run is reproducible from its seed.")
+    deterministic: bool = Field(True, description="Deterministic algorithms, so a run is reproducible from its seed "
+                               "(with CUBLAS_WORKSPACE_CONFIG=:4096:8 unless set, which cuBLAS needs for it on CUDA).")
     dice_weight: float = Field(1.0, ge=0, description="Weight of the Dice term of the dice_ce loss.")
     ce_weight: float = Field(1.0, ge=0, description="Weight of the cross-entropy term of the dice_ce loss.")
     dice_batch: bool = Field(False, description="Dice term over the whole batch (overlaps and volumes summed over "

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import signal
 import threading
 import time
@@ -82,7 +83,7 @@ class FineTuneRecipe:
         log.info("medft %s, resolved config:\n%s", __version__, dump_config(config))
         torch.manual_seed(config.seed)
         if config.train.deterministic:
-            torch.use_deterministic_algorithms(True, warn_only=True)
+            use_deterministic_algorithms()
         if not distributed.is_distributed():
             self.device = _device(config.train.device)
         self.amp = config.train.amp if config.train.amp is not None else self.device.type == "cuda"
@@ -415,6 +416,13 @@ def _supervised_loss(loss_fn, output, label: torch.Tensor) -> torch.Tensor:
         weights = [0.5**i for i in range(len(heads))]
         return sum(w * loss_fn(h, label) for w, h in zip(weights, heads)) / sum(weights)
     return loss_fn(output, label)
+
+
+def use_deterministic_algorithms() -> None:
+    """Deterministic kernels, warning where torch has none. cuBLAS is deterministic only with a
+    fixed workspace, which must be set before its first call (a value the user set is kept)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def _loss(train: TrainConfig):

@@ -347,3 +347,19 @@ def test_the_network_sees_plain_tensors_in_training_and_validation(tmp_path):
         recipe.cleanup()
     assert {mode for mode, _ in inputs} == {True, False}  # training steps and validation windows
     assert {kind for _, kind in inputs} == {torch.Tensor}
+
+
+def test_deterministic_algorithms_fix_the_cublas_workspace_and_keep_a_users_value(monkeypatch):
+    from medft.train.recipe import use_deterministic_algorithms
+
+    was = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    try:
+        monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+        use_deterministic_algorithms()
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+        assert torch.are_deterministic_algorithms_enabled()
+        monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")
+        use_deterministic_algorithms()
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"
+    finally:
+        torch.use_deterministic_algorithms(was[0], warn_only=was[1])
