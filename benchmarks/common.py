@@ -281,16 +281,19 @@ def run_isolated(script: str | Path, spec: dict, workdir: Path, device: str, nam
     return result
 
 
-def add_step_options(p: argparse.ArgumentParser, what: str, default_steps: int) -> None:
-    """--steps and --rounds of a step-time benchmark."""
+def run_step_benchmark(name: str, description: str, script: str, what: str, default_steps: int):
+    """The command line and the run of a step-time benchmark: its options (``--steps``,
+    ``--rounds`` beside the common ones), then its ``step_times`` task in an isolated worker.
+    Returns the Benchmark, the task's spec and its result."""
+    p = parser(name, description)
     p.add_argument("--steps", type=int, default=None,
                    help=f"timed steps per {what} and round (default {default_steps}; quick: 1)")
     p.add_argument("--rounds", type=int, default=None, help="alternating rounds (default 3; quick: 1)")
-
-
-def step_spec(args: argparse.Namespace, default_steps: int) -> dict:
-    return {"task": "step_times", "steps": args.steps or (1 if args.quick else default_steps),
+    args = p.parse_args()
+    bench = Benchmark(name, args)
+    spec = {"task": "step_times", "steps": args.steps or (1 if args.quick else default_steps),
             "rounds": args.rounds or (1 if args.quick else 3)}
+    return bench, spec, bench.isolated(script, spec, "step_times", timing=True)
 
 
 def training_step(device, optimizer, amp: bool, forward, loss) -> float:

@@ -13,8 +13,7 @@ import sys
 from functools import partial
 
 from common import (
-    WORKER_TASKS, Benchmark, add_step_options, fmt, is_worker, markdown_table, parser, ratio_range, step_ms, step_spec,
-    training_step, worker_main,
+    WORKER_TASKS, fmt, is_worker, markdown_table, ratio_range, run_step_benchmark, step_ms, training_step, worker_main,
 )
 
 NETWORKS = {  # name -> MONAI UNet channels (strides 2, 2, 2; 2 residual units)
@@ -49,12 +48,7 @@ def step_times(spec: dict) -> dict:
 
 
 def main() -> int:
-    p = parser("cpu_precision", __doc__)
-    add_step_options(p, "precision", default_steps=8)
-    args = p.parse_args()
-    bench = Benchmark("cpu_precision", args)
-    spec = step_spec(args, default_steps=8)
-    result = bench.isolated(__file__, spec, "step_times", timing=True)
+    bench, spec, result = run_step_benchmark("cpu_precision", __doc__, __file__, "precision", default_steps=8)
     rows = [[r["network"], f"{r['parameters'] / 1e6:.2f}M", " x ".join(map(str, r["size"])), fmt(r["fp32_ms"], 0),
              fmt(r["amp_ms"], 0), fmt(r["fp32_ms"] / r["amp_ms"], 2), ratio_range(r["fp32_ms_rounds"], r["amp_ms_rounds"])]
             for r in result["results"]]

@@ -23,8 +23,8 @@ from contextlib import contextmanager
 from functools import partial
 
 from common import (
-    REPO, WORKER_TASKS, Benchmark, add_step_options, fmt, is_worker, markdown_table, parser, ratio_range, step_ms, step_spec,
-    training_step, worker_main,
+    REPO, WORKER_TASKS, fmt, is_worker, markdown_table, ratio_range, run_step_benchmark, step_ms, training_step,
+    worker_main,
 )
 
 CONFIG = REPO / "configs" / "hippocampus.yaml"
@@ -79,12 +79,9 @@ def _deterministic(on: bool):
         torch.use_deterministic_algorithms(False)
 
 
-def _step(job: dict, device, loss_fn) -> float:
-    from medft.train.recipe import _supervised_loss
-
+def _step(job: dict, device) -> float:
     with _deterministic(job["deterministic"]):
-        return training_step(device, job["optimizer"], job["amp"], partial(job["network"], job["image"]),
-                             partial(_supervised_loss, loss_fn, label=job["label"]))
+        return training_step(device, job["optimizer"], job["amp"], job["forward"], job["loss"])
 
 
 def step_times(spec: dict) -> dict:
@@ -94,7 +91,7 @@ def step_times(spec: dict) -> dict:
 
     from medft.config import ModelConfig, TrainConfig, read_raw_config
     from medft.train.network import prepare_network
-    from medft.train.recipe import _loss, _plain
+    from medft.train.recipe import _loss, _plain, _supervised_loss
 
     device = torch.device(spec["device"])
     raw = read_raw_config(CONFIG, [])
@@ -112,12 +109,12 @@ def step_times(spec: dict) -> dict:
         if not other.get("metatensor"):
             image, label = _plain(image), _plain(label)
         assert isinstance(image, MetaTensor) == bool(other.get("metatensor"))
-        jobs[name] = {"network": network, "optimizer": torch.optim.AdamW(network.parameters(), 1e-3),
-                      "image": image, "label": label, "amp": other.get("amp", bool(train.amp)),
+        jobs[name] = {"optimizer": torch.optim.AdamW(network.parameters(), 1e-3), "forward": partial(network, image),
+                      "loss": partial(_supervised_loss, loss_fn, label=label), "amp": other.get("amp", bool(train.amp)),
                       "deterministic": other.get("deterministic", train.deterministic),
                       "batch": image.shape[0], "parameters": sum(p.numel() for p in network.parameters())}
 
-    ms = step_ms({name: partial(_step, job, device, loss_fn) for name, job in jobs.items()}, spec)
+    ms = step_ms({name: partial(_step, job, device) for name, job in jobs.items()}, spec)
     results = [{"variant": name, "parameters": job["parameters"], "batch": job["batch"], "amp": job["amp"],
                 "deterministic": job["deterministic"],
                 "ms_per_step": ms[name]["median"], "ms_per_sample": ms[name]["median"] / job["batch"],
@@ -126,12 +123,7 @@ def step_times(spec: dict) -> dict:
 
 
 def main() -> int:
-    p = parser("recipe_step_time", __doc__)
-    add_step_options(p, "variant", default_steps=6)
-    args = p.parse_args()
-    bench = Benchmark("recipe_step_time", args)
-    spec = step_spec(args, default_steps=6)
-    result = bench.isolated(__file__, spec, "step_times", timing=True)
+    bench, spec, result = run_step_benchmark("recipe_step_time", __doc__, __file__, "variant", default_steps=6)
     base = result["results"][0]
     rows = [[r["variant"], f"{r['parameters'] / 1e6:.2f}M", r["batch"], fmt(r["ms_per_step"], 0), fmt(r["ms_per_sample"], 0),
              fmt(r["ms_per_sample"] / base["ms_per_sample"], 2), ratio_range(r["ms_per_sample_rounds"], base["ms_per_sample_rounds"])]

@@ -354,6 +354,7 @@ def test_deterministic_algorithms_fix_the_cublas_workspace_and_keep_a_users_valu
 
     was = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     try:
+        torch.use_deterministic_algorithms(False)
         monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
         use_deterministic_algorithms()
         assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
