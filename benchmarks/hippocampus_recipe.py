@@ -59,6 +59,13 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                  {"model.network_def.filters": [24, 48, 96, 192], "train.epochs": 20, "train.val_every": 10}),
     "width_32": ("nnU-Net's widths 32-64-128-256 instead of 16-32-64-128 (5.6M parameters, 4x the arithmetic: "
                  "for a GPU)", {"model.network_def.filters": [32, 64, 128, 256]}),
+    "res_block": ("residual blocks (DynUNet res_block: a shortcut around each pair of convolutions, encoder and "
+                  "decoder; nnU-Net's residual-encoder presets have them in the encoder only)",
+                  {"model.network_def.res_block": True}),
+    "lr_4e-3": ("peak learning rate 4e-3 instead of 2e-3", {"optim.lr": 4e-3, "optim.head_lr": 4e-3}),
+    "sgd": ("nnU-Net's optimizer instead of AdamW: SGD with Nesterov momentum 0.99, lr 0.01, weight decay 3e-5 "
+            "(same warm-up and cosine schedule)",
+            {"optim.name": "sgd", "optim.lr": 0.01, "optim.head_lr": 0.01, "optim.weight_decay": 3e-5}),
     "strong_aug": ("strong augmentation (nnU-Net's ranges) instead of standard", {"data.augmentation": "strong"}),
     "whole_48": ("whole volumes padded to 48 x 64 x 48 instead of 40 x 56 x 40 patches",
                  {"data.sampling": "whole", "data.spatial_size": [48, 64, 48]}),

@@ -4,8 +4,9 @@ A training step as medft runs it (forward under ``torch.autocast`` when ``train.
 loss with deep supervision in float32, backward, AdamW step) on a batch of real patches: two
 sample cases loaded, normalised and cropped by medft's own transforms and collated by MONAI, as
 the training loader delivers them. Each variant changes one thing: the batch left as MONAI
-MetaTensors (what medft passed to the network before it stripped the metadata), deep supervision
-off, float32, wider filters, a batch of 4. The variants alternate in rounds (``--rounds``), each
+MetaTensors (what medft passed to the network before it stripped the metadata), weights and
+batch in the channels-last memory format (``torch.channels_last_3d``), deep supervision off,
+float32, wider filters, a batch of 4. The variants alternate in rounds (``--rounds``), each
 timed as the median of its steps after 2 warm-up steps; the table gives ms per step and per
 sample, relative to the config's, and the range of that ratio over the rounds (each round's
 medians compared, which cancels the drift of the machine's speed between rounds). The config's
@@ -35,6 +36,7 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     "configs/hippocampus.yaml": ({}, {}),
     "deterministic algorithms off": ({}, {"deterministic": False}),
     "batch as MetaTensors": ({}, {"metatensor": True}),
+    "channels-last memory format": ({}, {"channels_last": True}),
     "no deep supervision": ({"deep_supervision": False}, {}),
     "float32": ({}, {"amp": False}),
     "filters 20-40-80-160": ({"filters": [20, 40, 80, 160]}, {}),
@@ -109,6 +111,9 @@ def step_times(spec: dict) -> dict:
         if not other.get("metatensor"):
             image, label = _plain(image), _plain(label)
         assert isinstance(image, MetaTensor) == bool(other.get("metatensor"))
+        if other.get("channels_last"):
+            network = network.to(memory_format=torch.channels_last_3d)
+            image = image.contiguous(memory_format=torch.channels_last_3d)
         jobs[name] = {"optimizer": torch.optim.AdamW(network.parameters(), 1e-3), "forward": partial(network, image),
                       "loss": partial(_supervised_loss, loss_fn, label=label), "amp": other.get("amp", bool(train.amp)),
                       "deterministic": other.get("deterministic", train.deterministic),

@@ -55,10 +55,18 @@ class FreezeStage(_Section):
 
 
 class OptimConfig(_Section):
-    lr: float = Field(1e-3, gt=0, description="Peak learning rate of the pretrained layers (AdamW).")
+    name: Literal["adamw", "sgd"] = Field("adamw", description="adamw, or sgd: SGD with Nesterov momentum (nnU-Net's optimizer).")
+    lr: float = Field(1e-3, gt=0, description="Peak learning rate of the pretrained layers.")
     head_lr: float | None = Field(None, gt=0, description="Peak learning rate of the new head; by default 10 x lr.")
-    weight_decay: float = Field(1e-5, ge=0, description="AdamW weight decay.")
+    weight_decay: float = Field(1e-5, ge=0, description="Weight decay (decoupled for adamw, L2 for sgd).")
+    momentum: float | None = Field(None, gt=0, lt=1, description="Nesterov momentum of sgd; by default 0.99 (nnU-Net's).")
     warmup_epochs: float = Field(1.0, ge=0, description="Linear warmup from 0, in epochs; cosine decay to 0 after it.")
+
+    @model_validator(mode="after")
+    def _momentum_is_sgds(self) -> "OptimConfig":
+        if self.momentum is not None and self.name != "sgd":
+            raise ValueError("optim.momentum is SGD's; AdamW has none. Fix: set optim.name: sgd, or remove optim.momentum")
+        return self
 
 
 class TrainConfig(_Section):

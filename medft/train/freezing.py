@@ -99,8 +99,8 @@ def frozen_parameter_names(
 def apply_freezing(model: nn.Module, frozen: Collection[str]) -> None:
     """requires_grad False for the frozen parameters, True for the rest.
 
-    A frozen parameter's gradient is also dropped: AdamW updates every parameter whose grad is
-    not None (decay and momentum included), so a stale zero gradient would keep moving it.
+    A frozen parameter's gradient is also dropped: AdamW and SGD update every parameter whose grad
+    is not None (decay and momentum included), so a stale zero gradient would keep moving it.
     """
     _check_known(model, frozen)
     for name, param in model.named_parameters():
@@ -182,7 +182,7 @@ def parameter_groups(model: nn.Module, head: Collection[str], lr: float, head_lr
 
     Groups are named as in ``GROUP_NAMES``; empty ones are left out. Head groups use ``head_lr``,
     body groups ``lr``; ``no_decay`` groups have weight decay 0. Frozen parameters get no
-    gradient, and AdamW leaves parameters without one untouched.
+    gradient, and AdamW and SGD leave parameters without one untouched.
     """
     head = _checked_head(model, head)
     groups: dict[str, dict] = {}

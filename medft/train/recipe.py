@@ -112,7 +112,11 @@ class FineTuneRecipe:
         self.schedule.validate(self.network, self.head)  # a stage that does not fit fails now, not at epoch 20
         optim = config.optim
         groups = parameter_groups(self.network, self.head, optim.lr, optim.head_lr or 10 * optim.lr, optim.weight_decay)
-        self.optimizer = torch.optim.AdamW(groups)
+        if optim.name == "sgd":
+            momentum = 0.99 if optim.momentum is None else optim.momentum
+            self.optimizer = torch.optim.SGD(groups, momentum=momentum, nesterov=True)
+        else:
+            self.optimizer = torch.optim.AdamW(groups)
         self.steps_per_epoch = min(len(self.train_loader), config.train.max_steps_per_epoch or math.inf)
         total = config.train.epochs * self.steps_per_epoch
         self.scheduler = WarmupCosineSchedule(self.optimizer, warmup_steps=round(optim.warmup_epochs * self.steps_per_epoch), t_total=total)

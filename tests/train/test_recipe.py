@@ -364,3 +364,37 @@ def test_deterministic_algorithms_fix_the_cublas_workspace_and_keep_a_users_valu
         assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"
     finally:
         torch.use_deterministic_algorithms(was[0], warn_only=was[1])
+
+
+def test_sgd_trains_with_nesterov_momentum_and_checkpoints_it(tmp_path):
+    """optim.name sgd: torch's SGD with Nesterov momentum; its momentum buffers are checkpointed."""
+    from medft.train.recipe import FineTuneRecipe
+
+    config = load_config(make_config(tmp_path, **{"train.epochs": 1, "optim.name": "sgd", "optim.lr": 0.01,
+                                                  "optim.momentum": 0.9, "optim.weight_decay": 3e-5}))
+    recipe = FineTuneRecipe(config, tmp_path / "out")
+    try:
+        recipe.setup()
+        before = {k: v.clone() for k, v in recipe.network.state_dict().items() if v.is_floating_point()}
+        summary = recipe.train()
+        optimizer = recipe.optimizer
+    finally:
+        recipe.cleanup()
+    assert isinstance(optimizer, torch.optim.SGD)
+    assert {(g["momentum"], g["nesterov"]) for g in optimizer.param_groups} == {(0.9, True)}
+    changed = [k for k, v in recipe.network.state_dict().items() if k in before and not torch.equal(v, before[k])]
+    assert changed and 0 <= summary["best_val_dice"] <= 1
+    saved = torch.load(tmp_path / "out" / "checkpoints" / "last.pt", weights_only=False)["optimizer"]
+    assert saved["state"] and all("momentum_buffer" in s for s in saved["state"].values())
+
+
+def test_momentum_is_refused_with_adamw():
+    from medft.config import OptimConfig
+
+    assert OptimConfig(name="sgd", momentum=0.9).momentum == 0.9
+    for momentum in (0.9, 0.99):  # the default too, when a user writes it
+        with pytest.raises(ValueError, match="optim.momentum is SGD's"):
+            OptimConfig(momentum=momentum)
+    for name in ("adamw", "sgd"):  # a run folder's config.yaml, every field written out, loads again
+        written = OptimConfig(name=name).model_dump()
+        assert OptimConfig(**written) == OptimConfig(name=name)
