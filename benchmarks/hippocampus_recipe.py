@@ -66,6 +66,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "sgd": ("nnU-Net's optimizer instead of AdamW: SGD with Nesterov momentum 0.99, lr 0.01, weight decay 3e-5 "
             "(same warm-up and cosine schedule)",
             {"optim.name": "sgd", "optim.lr": 0.01, "optim.head_lr": 0.01, "optim.weight_decay": 3e-5}),
+    "light_aug": ("light augmentation (left-right flips only) instead of standard", {"data.augmentation": "light"}),
     "strong_aug": ("strong augmentation (nnU-Net's ranges) instead of standard", {"data.augmentation": "strong"}),
     "whole_48": ("whole volumes padded to 48 x 64 x 48 instead of 40 x 56 x 40 patches",
                  {"data.sampling": "whole", "data.spatial_size": [48, 64, 48]}),
