@@ -18,10 +18,11 @@ import json
 from pathlib import Path
 
 import torch
-from common import MANIFESTS, markdown_table
+from common import MANIFESTS, N_FOLDS, markdown_table
 from tqdm.auto import tqdm
 
 from medft.data.manifest import load_manifest
+from medft.errors import MedftError
 from medft.evaluate.inference import load_model, predict
 from medft.evaluate.summary import MEAN_FOREGROUND, paired_difference, summarize
 from medft.metrics import confusion_counts, dice
@@ -65,7 +66,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--members", nargs="+", required=True, metavar="RUN_TEMPLATE",
                    help="run folders, {fold} standing for the fold number; the first is the reference")
-    p.add_argument("--folds", type=int, nargs="+", default=[1, 3])
+    p.add_argument("--folds", type=int, nargs="+", choices=range(N_FOLDS), default=[1, 3])
     p.add_argument("--json", type=Path, help="also write the per-case rows and differences here")
     args = p.parse_args()
     if len(args.members) < 2:
@@ -77,7 +78,10 @@ def main() -> int:
         labels = list(args.members)
     merged: dict[str, list[dict]] = {label: [] for label in [*labels, ENSEMBLE]}
     for fold in args.folds:
-        rows, names = fold_rows(fold, args.members, labels)
+        try:
+            rows, names = fold_rows(fold, args.members, labels)
+        except MedftError as exc:
+            raise SystemExit(f"fold {fold}: {exc}") from None
         for label in merged:
             merged[label] += rows[label]
     means = {label: summarize(rows, names, metrics=["dice"])["overall"] for label, rows in merged.items()}
