@@ -72,6 +72,10 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "half_data": ("80 of the fold's 160 training cases (the manifest's first 80) and 72 epochs instead of 36: "
                   "the same 2,880 steps on half the cases; validated on the same 40 cases",
                   {"train.epochs": 72, "train.val_every": 36}),
+    "epochs_18": ("18 epochs instead of 36, validation every 9: half the budget, a member of a two-model ensemble "
+                  "(benchmarks/ensemble_gain.py)", {"train.epochs": 18, "train.val_every": 9}),
+    "epochs_18_seed1": ("as epochs_18, seed 1 instead of 0: the ensemble's second member",
+                        {"train.epochs": 18, "train.val_every": 9, "seed": 1}),
     "light_aug": ("light augmentation (left-right flips only) instead of standard", {"data.augmentation": "light"}),
     "strong_aug": ("strong augmentation (nnU-Net's ranges) instead of standard", {"data.augmentation": "strong"}),
     "whole_48": ("whole volumes padded to 48 x 64 x 48 instead of 40 x 56 x 40 patches",
