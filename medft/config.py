@@ -54,12 +54,15 @@ class FreezeStage(_Section):
     patterns: list[str] = Field(default_factory=list, description="Regular expressions over parameter names to freeze, added to the preset.")
 
 
+SGD_MOMENTUM = 0.99  # nnU-Net's; optim.momentum's default for sgd
+
+
 class OptimConfig(_Section):
     name: Literal["adamw", "sgd"] = Field("adamw", description="adamw, or sgd: SGD with Nesterov momentum (nnU-Net's optimizer).")
     lr: float = Field(1e-3, gt=0, description="Peak learning rate of the pretrained layers.")
     head_lr: float | None = Field(None, gt=0, description="Peak learning rate of the new head; by default 10 x lr.")
     weight_decay: float = Field(1e-5, ge=0, description="Weight decay (decoupled for adamw, L2 for sgd).")
-    momentum: float | None = Field(None, gt=0, lt=1, description="Nesterov momentum of sgd; by default 0.99 (nnU-Net's).")
+    momentum: float | None = Field(None, gt=0, lt=1, description=f"Nesterov momentum of sgd; by default {SGD_MOMENTUM} (nnU-Net's).")
     warmup_epochs: float = Field(1.0, ge=0, description="Linear warmup from 0, in epochs; cosine decay to 0 after it.")
 
     @model_validator(mode="after")

@@ -30,7 +30,7 @@ from monai.optimizers import WarmupCosineSchedule
 from tqdm.auto import tqdm
 
 from medft import __version__
-from medft.config import RunConfig, TrainConfig, dump_config
+from medft.config import SGD_MOMENTUM, RunConfig, TrainConfig, dump_config
 from medft.data.manifest import load_manifest
 from medft.errors import MedftError
 from medft.metrics import confusion_counts, dice, foreground_mean
@@ -113,7 +113,7 @@ class FineTuneRecipe:
         optim = config.optim
         groups = parameter_groups(self.network, self.head, optim.lr, optim.head_lr or 10 * optim.lr, optim.weight_decay)
         if optim.name == "sgd":
-            momentum = 0.99 if optim.momentum is None else optim.momentum
+            momentum = SGD_MOMENTUM if optim.momentum is None else optim.momentum
             self.optimizer = torch.optim.SGD(groups, momentum=momentum, nesterov=True)
         else:
             self.optimizer = torch.optim.AdamW(groups)
