@@ -444,10 +444,11 @@ def timed_recipe_class():
     return TimedRecipe
 
 
-def train_and_evaluate(spec: dict) -> dict:
+def train_and_evaluate(spec: dict, recipe_class=None) -> dict:
     """Worker task: train ``spec['config']`` into ``spec['run_dir']`` and evaluate it on
     ``spec['eval_manifest']`` (into ``eval_dir``; also with left-right TTA into ``eval_tta_dir`` when given),
-    from the run's ``eval_checkpoint`` (best, the default, or last)."""
+    from the run's ``eval_checkpoint`` (best, the default, or last). ``recipe_class``: a subclass
+    of ``timed_recipe_class()`` that does more while it trains (default: that class)."""
     import shutil
 
     import torch
@@ -459,7 +460,7 @@ def train_and_evaluate(spec: dict) -> dict:
     if run_dir.exists():
         shutil.rmtree(run_dir)
     config = validate_config(spec["config"], source=spec.get("name", "benchmark config"))
-    recipe = timed_recipe_class()(config, run_dir)
+    recipe = (recipe_class or timed_recipe_class())(config, run_dir)
     try:
         t0 = time.perf_counter()
         recipe.setup()
