@@ -17,7 +17,7 @@ folds' validation cases, so fine-tuning it would validate on cases it has seen).
 
 Run: ``.venv/bin/python benchmarks/hippocampus_recipe.py [--variants recipe baseline ...] [--folds 0] [--quick] [--out DIR]``
 
-A full run of the recipe takes 16-18 minutes of training on 2 CPU cores; each variant about as
+A full run of the recipe takes 13-19 minutes of training on 2 CPU cores; each variant about as
 long again, so ablations are chosen with ``--variants``.
 """
 from __future__ import annotations
