@@ -531,6 +531,12 @@ def fmt_dice(value: dict | None) -> str:
     return f"{value['mean']:.3f}{interval}"
 
 
+def fmt_difference(difference: dict) -> str:
+    """A paired difference (``paired_difference``'s per-class entry) as ``+0.0012 [-0.0003, +0.0027]``."""
+    lo, hi = difference["ci95"]
+    return f"{difference['mean_diff']:+.4f} [{lo:+.4f}, {hi:+.4f}]"
+
+
 def fmt(value, digits: int = 2, suffix: str = "") -> str:
     if value is None or (isinstance(value, float) and not np.isfinite(value)):
         return "n/a"

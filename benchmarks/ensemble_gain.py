@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 
 import torch
-from common import MANIFESTS, N_FOLDS, markdown_table
+from common import MANIFESTS, N_FOLDS, fmt_difference, markdown_table
 from tqdm.auto import tqdm
 
 from medft.data.manifest import load_manifest
@@ -106,8 +106,7 @@ def main() -> int:
         diff = paired_difference(merged[reference], merged[ENSEMBLE], names)
         differences[reference] = diff
         table.append([f"{ENSEMBLE} - {reference}", diff["n_common_cases"],
-                      *[f"{d['mean_diff']:+.4f} [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}]"
-                        for d in (diff["differences"][n] for n in [*names[1:], MEAN_FOREGROUND])]])
+                      *[fmt_difference(diff["differences"][n]) for n in [*names[1:], MEAN_FOREGROUND]]])
     print()
     print(markdown_table(["difference", "cases", *[f"{n} Dice" for n in names[1:]], "mean Dice"], table))
     if args.json:

@@ -14,7 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-from common import markdown_table
+from common import fmt_difference, markdown_table
 
 from medft.evaluate.report import read_evaluation
 from medft.evaluate.summary import MEAN_FOREGROUND, paired_difference
@@ -48,7 +48,7 @@ def main() -> int:
         cells = []
         for name in [*names[1:], MEAN_FOREGROUND]:
             d = diff["differences"][name]
-            cells.append(f"{d['mean_diff']:+.4f} [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}]")
+            cells.append(fmt_difference(d))
         table.append([f"{label_b} - {label_a}", diff["n_common_cases"], *cells])
     print(markdown_table(["B - A", "cases", *[f"{n} Dice" for n in names[1:]], "mean Dice"], table))
     if args.json:

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from common import (
-    MANIFESTS, N_FOLDS, WORKER_TASKS, Benchmark, dice_of, fmt, fmt_dice, is_worker, markdown_table, parser,
+    MANIFESTS, N_FOLDS, WORKER_TASKS, Benchmark, dice_of, fmt, fmt_dice, fmt_difference, is_worker, markdown_table, parser,
     subset_manifest, timed_recipe_class, train_and_evaluate, worker_main,
 )
 from hippocampus_recipe import variant_config
@@ -139,16 +139,13 @@ def main() -> int:
 
 def pooled_differences(runs: list[dict]) -> dict:
     """Per model: the folds' cases pooled, its mean Dice per class and its paired difference to the last weights."""
-    from medft.evaluate.report import read_evaluation
+    from paired_ablation import pooled as pooled_rows
+
     from medft.evaluate.summary import MEAN_FOREGROUND, paired_difference, summarize
 
-    rows: dict[str, list[dict]] = {}
-    names = None
-    for run in runs:
-        for model, folder in run["eval_dirs"].items():
-            evaluation = read_evaluation(Path(folder))
-            names = evaluation.class_names
-            rows.setdefault(model, []).extend(evaluation.rows)
+    rows, names = {}, None
+    for model in runs[0]["eval_dirs"]:
+        rows[model], names = pooled_rows(",".join(run["eval_dirs"][model] for run in runs))
     pooled = {}
     for model, model_rows in rows.items():
         means = summarize(model_rows, names, metrics=["dice"])["overall"]
@@ -176,8 +173,7 @@ def _markdown(runs: list[dict], pooled: dict) -> str:
     for model, entry in pooled.items():
         diff = entry.get("minus_last")
         table.append([model, entry["cases"], *[f"{entry['dice'][c]:.4f}" for c in entry["dice"]],
-                      *([f"{d['mean_diff']:+.4f} [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}]" for d in diff.values()]
-                        if diff else ["-"] * len(entry["dice"]))])
+                      *([fmt_difference(d) for d in diff.values()] if diff else ["-"] * len(entry["dice"]))])
     classes = list(next(iter(pooled.values()))["dice"])
     return text + "\n\nFolds pooled; minus the last weights, per case paired, 95% bootstrap interval:\n\n" + markdown_table(
         ["model", "cases", *[f"{c} Dice" for c in classes], *[f"{c} - last" for c in classes]], table)
