@@ -446,7 +446,7 @@ def timed_recipe_class():
 
 def train_and_evaluate(spec: dict, recipe_class=None) -> dict:
     """Worker task: train ``spec['config']`` into ``spec['run_dir']`` and evaluate it on
-    ``spec['eval_manifest']`` (into ``eval_dir``; also with left-right TTA into ``eval_tta_dir`` when given),
+    ``spec['eval_manifest']`` (into ``eval_dir``; also with test-time flips into ``eval_tta_dir`` when given),
     from the run's ``eval_checkpoint`` (best, the default, or last). ``recipe_class``: a subclass
     of ``timed_recipe_class()`` that does more while it trains (default: that class)."""
     import shutil
@@ -491,7 +491,7 @@ def train_and_evaluate(spec: dict, recipe_class=None) -> dict:
                        checkpoint=checkpoint)
         result["eval_seconds"] = time.perf_counter() - t0
         result["eval"] = json.loads((out / "summary.json").read_text())
-        if spec.get("eval_tta_dir"):  # the same model again, with left-right test-time augmentation
+        if spec.get("eval_tta_dir"):  # the same model again, with test-time flips (medft evaluate --tta)
             t0 = time.perf_counter()
             out = evaluate(run_dir, spec["eval_manifest"], Path(spec["eval_tta_dir"]), split=spec.get("eval_split"),
                            tta=True, checkpoint=checkpoint)

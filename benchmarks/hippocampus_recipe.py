@@ -4,8 +4,8 @@ Each variant is configs/hippocampus.yaml with one or more keys changed (``VARIAN
 like ``medft train --set``), trained in its own process on the 160 training cases of a
 cross-validation fold and validated on its 40 (``data_manifests/hippocampus_fold{k}.csv``,
 written by ``benchmarks/make_manifests.py``). The trained run is then evaluated by
-``medft.evaluate.run.evaluate`` on the fold's 40 validation cases, without and with left-right
-test-time augmentation (``medft evaluate --tta``), from the run's last checkpoint
+``medft.evaluate.run.evaluate`` on the fold's 40 validation cases, without and with test-time
+flips (``medft evaluate --tta``: left-right, or every mirroring of ``data.flip_axes``), from the run's last checkpoint
 (``--checkpoint last``: the model after the fixed budget of epochs, not one picked on the
 validation cases): Dice per class with medft's 95% bootstrap interval over cases. Also reported: the training wall time (``train()`` from start to end:
 steps, validations, checkpoints; setup, i.e. reading and caching the data, listed apart), the
@@ -78,6 +78,9 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                         {"train.epochs": 18, "train.val_every": 9, "seed": 1}),
     "light_aug": ("light augmentation (left-right flips only) instead of standard", {"data.augmentation": "light"}),
     "strong_aug": ("strong augmentation (nnU-Net's ranges) instead of standard", {"data.augmentation": "strong"}),
+    "mirror_all": ("mirrored along all three axes (nnU-Net's choice for this task), each with probability 0.5, "
+                   "instead of left-right only; test-time augmentation then averages 8 mirrorings instead of 2",
+                   {"data.flip_axes": [0, 1, 2]}),
     "whole_48": ("whole volumes padded to 48 x 64 x 48 instead of 40 x 56 x 40 patches",
                  {"data.sampling": "whole", "data.spatial_size": [48, 64, 48]}),
 }
@@ -162,7 +165,7 @@ def _markdown(runs: list[dict], settings: list[str]) -> str:
     headers = ["variant", "fold", "TTA", "anterior Dice [95% CI]", "posterior Dice [95% CI]", "mean Dice [95% CI]",
                "epochs", "best validation epoch", "training min", "setup s", "peak RSS MiB"]
     return ("configs/hippocampus.yaml and variants, each trained on a fold's 160 training cases (half_data: 80) and evaluated on its 40 "
-            "validation cases (medft evaluate --checkpoint last: the final model; TTA: left-right flip)"
+            "validation cases (medft evaluate --checkpoint last: the final model; TTA: the mirrorings of data.flip_axes, left-right in the recipe)"
             + (f"; every variant with --set {', '.join(settings)}" if settings else "")
             + f"\n\n{markdown_table(headers, rows)}")
 

@@ -137,7 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--manifest", type=Path, required=True, help="CSV manifest, MSD dataset.json or nnU-Net raw folder")
     evaluate.add_argument("--out", type=Path, required=True, help="evaluation folder to write")
     evaluate.add_argument("--split", default=None, help="evaluate one split (train, val, test); default: all cases")
-    evaluate.add_argument("--tta", action="store_true", help="average with the left-right mirrored prediction")
+    evaluate.add_argument("--tta", action="store_true",
+                          help="average with the mirrored predictions along the axes the model was trained to mirror (data.flip_axes: left-right by default)")
     evaluate.add_argument("--largest-component", action="store_true",
                           help="keep only each class's largest connected component (structures that are one piece)")
     evaluate.add_argument("--checkpoint", choices=("best", "last"), default="best",
@@ -159,7 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("model", type=Path, help="run folder (medft train) or bundle folder")
     predict.add_argument("inputs", type=Path, nargs="+", help="NIfTI files or DICOM series folders")
     predict.add_argument("--out", type=Path, required=True, help="folder for the predictions")
-    predict.add_argument("--tta", action="store_true", help="average with the left-right mirrored prediction")
+    predict.add_argument("--tta", action="store_true",
+                         help="average with the mirrored predictions along the axes the model was trained to mirror (data.flip_axes: left-right by default)")
     predict.add_argument("--largest-component", action="store_true",
                          help="keep only each class's largest connected component (structures that are one piece)")
     predict.set_defaults(run=_predict)

@@ -43,9 +43,18 @@ class DataConfig(_Section):
     samples_per_volume: int = Field(2, ge=1, description="Patches drawn from each volume per epoch (patch sampling).")
     foreground_ratio: float = Field(0.67, ge=0, le=1, description="Share of patches centred on foreground (patch sampling).")
     intensity: Literal["zscore", "none"] = Field("zscore", description="Intensity normalisation per image and channel: zscore (mean 0, sd 1) or none.")
-    augmentation: Literal["none", "light", "standard", "strong"] = Field("standard", description="Augmentation preset: none; light (left-right flips); standard (flips, small rotations and scaling, intensity scale/shift, noise); strong (nnU-Net's ranges: larger rotations and scaling, noise, blur, brightness, gamma, low resolution).")
+    augmentation: Literal["none", "light", "standard", "strong"] = Field("standard", description="Augmentation preset: none; light (the flips of flip_axes only); standard (flips, small rotations and scaling, intensity scale/shift, noise); strong (nnU-Net's ranges: larger rotations and scaling, noise, blur, brightness, gamma, low resolution).")
+    flip_axes: list[int] = Field(default_factory=lambda: [0], description="Spatial axes the augmentation mirrors, each on its own with probability 0.5, and test-time augmentation averages over (medft evaluate --tta): 0 left-right, 1 front-back, 2 up-down (RAS). nnU-Net mirrors all three; the default, left-right only, keeps anterior in front.")
     cache: bool = Field(True, description="Keep loaded, normalised volumes in memory between epochs.")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes (0: load in the training process).")
+
+    @model_validator(mode="after")
+    def _flip_axes_are_spatial(self) -> "DataConfig":
+        dims = len(self.spatial_size)
+        if any(not 0 <= a < dims for a in self.flip_axes) or len(set(self.flip_axes)) != len(self.flip_axes):
+            raise ValueError(f"data.flip_axes {self.flip_axes}: each axis once, from 0 to {dims - 1} "
+                             f"(spatial_size has {dims}). Fix: e.g. [0] for left-right only, [0, 1, 2] for all")
+        return self
 
 
 class FreezeStage(_Section):

@@ -85,6 +85,15 @@ def test_model_needs_exactly_one_source(tmp_path):
         load_config(path)
 
 
+def test_flip_axes_are_spatial_axes_each_once():
+    demo = REPO / "configs" / "demo.yaml"
+    assert load_config(demo).data.flip_axes == [0]
+    assert load_config(demo, ["data.flip_axes=[0, 1, 2]"]).data.flip_axes == [0, 1, 2]
+    for bad in ("[3]", "[0, 0]", "[-1]"):
+        with pytest.raises(MedftError, match=r"data.flip_axes .*each axis once, from 0 to 2 .*Fix: e.g. \[0\]"):
+            load_config(demo, [f"data.flip_axes={bad}"])
+
+
 def test_validate_command(capsys):
     assert main(["validate", str(REPO / "configs" / "demo.yaml")]) == 0
     assert capsys.readouterr().out.strip().endswith("demo.yaml: valid")

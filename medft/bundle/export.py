@@ -136,7 +136,8 @@ def _metadata(config: RunConfig, checkpoint: dict, run_dir: Path, parent) -> dic
         "evaluation": {"split": "val", "metric": "mean Dice over foreground classes", "val_dice": early["best"], "best_epoch": early["best_epoch"],
                        "val_dice_per_class": _best_per_class(run_dir, early["best_epoch"])},
         "class_names": class_names,
-        "preprocessing": {"orientation": "RAS", "intensity": config.data.intensity, "spatial_size": list(config.data.spatial_size)},
+        "preprocessing": {"orientation": "RAS", "intensity": config.data.intensity, "spatial_size": list(config.data.spatial_size),
+                          "flip_axes": list(config.data.flip_axes)},
         "medft_version": __version__,
     }
     return metadata

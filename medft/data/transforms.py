@@ -52,12 +52,13 @@ def sampling(mode: str, spatial_size: Sequence[int], samples_per_volume: int = 1
     return steps
 
 
-def augmentation(preset: str) -> list:
-    """Augmentation presets. Axis 0 is left-right (volumes are in RAS), the only axis flipped:
-    flipping front-back or up-down would swap anatomical structures such as the anterior and
-    posterior hippocampus.
+def augmentation(preset: str, flip_axes: Sequence[int] = (0,)) -> list:
+    """Augmentation presets. Each of ``flip_axes`` is mirrored on its own with probability 0.5;
+    by default axis 0 only, left-right (volumes are in RAS): mirroring front-back or up-down
+    moves structures such as the anterior hippocampus behind the posterior one, which the
+    network must then tell apart by shape alone (nnU-Net mirrors all three axes).
 
-    - ``light``: left-right flips;
+    - ``light``: the flips;
     - ``standard``: + small rotations (up to 15 degrees) and scaling (0.9-1.1) in 30% of the
       samples, intensity scale and shift, mild noise;
     - ``strong``: the ranges nnU-Net trains with, for longer runs on more cases: rotations up to
@@ -66,7 +67,7 @@ def augmentation(preset: str) -> list:
     """
     if preset == "none":
         return []
-    steps: list = [RandFlipd(keys=KEYS, prob=0.5, spatial_axis=0)]
+    steps: list = [RandFlipd(keys=KEYS, prob=0.5, spatial_axis=axis) for axis in flip_axes]
     if preset == "standard":
         steps += [
             RandAffined(

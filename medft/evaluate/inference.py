@@ -5,6 +5,7 @@ image (its affine and axis order as stored), so they overlay the input in any NI
 """
 from __future__ import annotations
 
+import itertools
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,7 @@ class TrainedModel:
     overlap: float = 0.25
     sw_batch_size: int = 4
     info: dict = field(default_factory=dict)  # path, kind, name, version: for reports
+    flip_axes: tuple[int, ...] = (0,)  # the axes its training mirrored: test-time augmentation's
 
     def preprocess(self) -> Compose:
         return Compose(preprocessing(self.intensity, self.label_map))
@@ -85,6 +87,7 @@ def _from_run(run_dir: Path, checkpoint: str = "best") -> TrainedModel:
         network, list(checkpoint["class_names"]), list(config.data.spatial_size), config.data.intensity,
         dict(config.data.label_map), config.validation.overlap, config.validation.sw_batch_size,
         {"path": str(run_dir), "kind": "run", "name": run_dir.name, "version": None, "checkpoint": checkpoint_path.name},
+        tuple(config.data.flip_axes),
     )
 
 
@@ -107,6 +110,7 @@ def _from_bundle(root: Path) -> TrainedModel:
         network, names, list(roi), prep.get("intensity", "zscore"), {},
         float(inferer.get("overlap", 0.25)), int(inferer.get("sw_batch_size", 4)),
         {"path": str(root), "kind": "bundle", "name": bundle.name, "version": bundle.version},
+        tuple(prep.get("flip_axes", (0,))),
     )
 
 
@@ -119,19 +123,31 @@ def _channel_names(bundle) -> list[str]:
 def predict(model: TrainedModel, image: MetaTensor, tta: bool = False) -> torch.Tensor:
     """Class probabilities (C, x, y, z) for a preprocessed RAS image (channels, x, y, z).
 
-    With ``tta`` the prediction is averaged with that of the left-right mirrored image (axis 0
-    in RAS), the one flip the augmentation presets train for.
+    With ``tta`` the probabilities are averaged over the image and its mirror images along every
+    combination of the axes the model was trained to mirror (``model.flip_axes``): 2 predictions
+    for left-right only, 8 for all three axes.
     """
     device = next(model.network.parameters()).device
     inferer = SlidingWindowInferer(roi_size=model.roi_size, sw_batch_size=model.sw_batch_size,
                                    overlap=model.overlap, mode="gaussian")
     batch = image.as_tensor()[None].to(device)
+    mirrors = tta_mirrors(model.flip_axes) if tta else [()]
     with torch.no_grad(), torch.autocast(device.type, enabled=device.type == "cuda"):
-        probs = torch.softmax(inferer(batch, model.network).float(), dim=1)
-        if tta:
-            mirrored = inferer(torch.flip(batch, dims=[2]), model.network).float()
-            probs = (probs + torch.flip(torch.softmax(mirrored, dim=1), dims=[2])) / 2
+        probs = None
+        for axes in mirrors:
+            dims = [2 + a for a in axes]  # after the batch and channel dimensions
+            mirrored = torch.flip(batch, dims) if dims else batch
+            p = torch.softmax(inferer(mirrored, model.network).float(), dim=1)
+            p = torch.flip(p, dims) if dims else p
+            probs = p if probs is None else probs + p
+        probs = probs / len(mirrors)
     return probs[0].cpu()
+
+
+def tta_mirrors(flip_axes: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """The mirrorings test-time augmentation averages over: no flip, then every non-empty
+    combination of ``flip_axes``."""
+    return [c for k in range(len(flip_axes) + 1) for c in itertools.combinations(flip_axes, k)]
 
 
 def keep_largest_components(labels: torch.Tensor, num_classes: int) -> torch.Tensor:

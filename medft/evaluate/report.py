@@ -237,7 +237,7 @@ def _overview(folder: EvaluationFolder) -> str:
         ("Data manifest", evaluation.get("manifest") or "n/a"),
         ("Split", evaluation.get("split") or "all cases of the manifest"),
         ("Classes", ", ".join(f"{i} {n}" for i, n in enumerate(folder.class_names))),
-        ("Test-time augmentation", "yes" if evaluation.get("tta") else "no"),
+        ("Test-time augmentation", _tta(evaluation)),
         ("Post-processing", "largest connected component per class" if evaluation.get("largest_component") else "none"),
         ("Evaluated on", _date(evaluation.get("created"))),
         ("medft version", evaluation.get("medft_version") or "n/a"),
@@ -272,6 +272,18 @@ def _nav(folder: EvaluationFolder) -> str:
              ("roc", "ROC"), ("sites", "Sites"), ("worst", "Worst cases"), ("other", "Unscored cases"),
              ("cases", "All cases"), ("notes", "How to read")]
     return "<nav>" + "".join(f'<a href="#{a}">{_e(t)}</a>' for a, t in links) + "</nav>"
+
+
+AXIS_NAMES = ("left-right", "front-back", "up-down")  # RAS
+
+
+def _tta(evaluation: dict) -> str:
+    if not evaluation.get("tta"):
+        return "no"
+    axes = evaluation.get("tta_flip_axes")
+    if not axes:  # evaluations written before the axes were recorded: left-right
+        return "yes (mirrored left-right)"
+    return f"yes: {2 ** len(axes)} mirrorings averaged ({', '.join(AXIS_NAMES[a] for a in axes)})"
 
 
 def _date(text: str | None) -> str:

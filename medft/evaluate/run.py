@@ -32,7 +32,7 @@ def evaluate(model_path: str | Path, manifest_path: str | Path, out: str | Path,
              tta: bool = False, largest_component: bool = False, checkpoint: str = "best") -> Path:
     """Evaluate a run or bundle on the cases of a manifest (one split, or all) into ``out``.
 
-    ``tta``: average with the left-right mirrored prediction; ``largest_component``: keep each
+    ``tta``: average over the mirrorings the model was trained with (``predict``); ``largest_component``: keep each
     class's largest connected component (``keep_largest_components``); ``checkpoint``: a run's
     best.pt (default) or last.pt (see ``load_model``)."""
     out = Path(out)
@@ -88,7 +88,7 @@ def evaluate(model_path: str | Path, manifest_path: str | Path, out: str | Path,
     evaluation = {
         "evaluation_id": uuid.uuid4().hex,  # scopes this evaluation's rows in a shared review store
         "model": model.info, "manifest": str(manifest.path), "split": split, "class_names": model.class_names,
-        "tta": tta, "largest_component": largest_component, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "medft_version": __version__,
+        "tta": tta, "tta_flip_axes": list(model.flip_axes) if tta else [], "largest_component": largest_component, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "medft_version": __version__,
         "cases": records, "confusion_matrix": confusion.tolist(), "roc": _roc_curves(histograms, model.class_names),
         "warnings": warnings,
     }

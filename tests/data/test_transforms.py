@@ -48,3 +48,20 @@ def test_strong_changes_intensities_more_than_standard():
         spread[preset] = np.mean([float((transform(dict(case))["image"].as_tensor() - reference).abs().mean())
                                   for _ in range(20)])
     assert spread["strong"] > spread["standard"]
+
+
+def test_flip_axes_mirror_each_axis_on_its_own():
+    image, label = sample_case("hippocampus_334")
+    case = Compose(preprocessing())({"case_id": "hippocampus_334", "image": [image], "label": label})
+    padded = Compose(sampling("whole", SIZE))(dict(case))
+    mirrorings = {axes: padded["label"].as_tensor().flip([a + 1 for a in axes]) if axes else padded["label"].as_tensor()
+                  for axes in [(), (0,), (1,), (2,), (0, 1), (0, 2), (1, 2), (0, 1, 2)]}
+    transform = Compose(sampling("whole", SIZE) + augmentation("light", flip_axes=[0, 1, 2]))
+    transform.set_random_state(seed=0)
+    seen = []
+    for _ in range(40):
+        label_out = transform(dict(case))["label"].as_tensor()
+        seen.append(next(axes for axes, mirrored in mirrorings.items() if torch.equal(label_out, mirrored)))
+    for axis in (0, 1, 2):  # each axis mirrored in about half of the samples, independently of the others
+        assert 10 <= sum(axis in axes for axes in seen) <= 30
+    assert len(set(seen)) >= 6

@@ -162,6 +162,28 @@ def test_evaluate_command_on_the_exported_bundle_matches_the_run(trained, tmp_pa
     np.testing.assert_array_equal(bundle_pred, run_pred)
 
 
+def test_the_mirrored_axes_travel_from_the_config_to_the_exported_bundle(trained, tmp_path):
+    import shutil
+
+    import yaml
+
+    from medft.bundle.export import export_run
+    from medft.evaluate.inference import load_model
+
+    assert load_model(trained).flip_axes == (0,)
+    run = Path(shutil.copytree(trained, tmp_path / "run"))
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["data"]["flip_axes"] = [0, 2]
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    assert load_model(run).flip_axes == (0, 2)
+    assert load_model(export_run(run, tmp_path / "bundle")).flip_axes == (0, 2)
+    manifest = write_csv(tmp_path / "m.csv", [{"case_id": "a1", "image": sample_case("hippocampus_340")[0],
+                                               "label": sample_case("hippocampus_340")[1]}], classes=CLASSES)
+    assert main(["evaluate", str(run), "--manifest", str(manifest), "--out", str(tmp_path / "e"), "--tta"]) == 0
+    assert json.loads((tmp_path / "e" / "evaluation.json").read_text())["tta_flip_axes"] == [0, 2]
+    assert "yes: 4 mirrorings averaged (left-right, up-down)" in (tmp_path / "e" / "report.html").read_text()
+
+
 def test_largest_component_keeps_one_piece_per_class_as_an_independent_labelling_does():
     from skimage.measure import label as connected
 

@@ -1,0 +1,42 @@
+"""Test-time augmentation: the average over exactly the mirrorings the model was trained with."""
+import pytest
+import torch
+from monai.data import MetaTensor
+
+from medft.evaluate.inference import TrainedModel, predict, tta_mirrors
+
+
+def _model(flip_axes: tuple[int, ...]) -> TrainedModel:
+    torch.manual_seed(0)
+    network = torch.nn.Conv3d(1, 3, kernel_size=3, padding=1)  # random weights: not mirror-symmetric
+    return TrainedModel(network.eval(), ["background", "a", "b"], roi_size=[6, 8, 5], flip_axes=flip_axes)
+
+
+def _by_hand(model: TrainedModel, image: torch.Tensor, mirrorings: list[tuple[int, ...]]) -> torch.Tensor:
+    """Softmax of the network on each mirrored image (the window covers the whole image), mirrored back, averaged."""
+    total = torch.zeros(3, *image.shape[1:])
+    with torch.no_grad():
+        for axes in mirrorings:
+            dims = [a + 1 for a in axes]
+            mirrored = image.flip(dims) if dims else image
+            probs = torch.softmax(model.network(mirrored[None])[0], dim=0)
+            total += probs.flip(dims) if dims else probs
+    return total / len(mirrorings)
+
+
+def test_mirrorings_are_every_combination_of_the_trained_axes():
+    assert tta_mirrors((0,)) == [(), (0,)]
+    assert tta_mirrors((0, 1, 2)) == [(), (0,), (1,), (2,), (0, 1), (0, 2), (1, 2), (0, 1, 2)]
+    assert tta_mirrors(()) == [()]
+
+
+@pytest.mark.parametrize("flip_axes", [(0,), (0, 1, 2), (1, 2)])
+def test_tta_averages_the_mirrorings_of_the_trained_axes(flip_axes):
+    image = torch.randn(1, 6, 8, 5, generator=torch.Generator().manual_seed(1))
+    model = _model(flip_axes)
+    plain = predict(model, MetaTensor(image))
+    with_tta = predict(model, MetaTensor(image), tta=True)
+    assert torch.allclose(plain, _by_hand(model, image, [()]), atol=1e-5)
+    assert torch.allclose(with_tta, _by_hand(model, image, tta_mirrors(flip_axes)), atol=1e-5)
+    assert not torch.allclose(with_tta, plain, atol=1e-3), "the mirrorings must change the prediction"
+    assert torch.allclose(with_tta.sum(0), torch.ones(6, 8, 5), atol=1e-5)
