@@ -81,6 +81,10 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "mirror_all": ("mirrored along all three axes (nnU-Net's choice for this task), each with probability 0.5, "
                    "instead of left-right only; test-time augmentation then averages 8 mirrorings instead of 2",
                    {"data.flip_axes": [0, 1, 2]}),
+    "nnunet_aug_108": ("nnU-Net's augmentation (the strong preset's ranges, mirroring on all three axes) for 3x the "
+                       "recipe's epochs (108, validation every 36): over the budget, to see whether a longer training "
+                       "(as on a GPU) lets the harder augmentation pay",
+                       {"data.augmentation": "strong", "data.flip_axes": [0, 1, 2], "train.epochs": 108, "train.val_every": 36}),
     "whole_48": ("whole volumes padded to 48 x 64 x 48 instead of 40 x 56 x 40 patches",
                  {"data.sampling": "whole", "data.spatial_size": [48, 64, 48]}),
 }
