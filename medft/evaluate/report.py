@@ -281,8 +281,10 @@ def _tta(evaluation: dict) -> str:
     if not evaluation.get("tta"):
         return "no"
     axes = evaluation.get("tta_flip_axes")
-    if not axes:  # evaluations written before the axes were recorded: left-right
+    if axes is None:  # evaluations written before the axes were recorded: left-right
         return "yes (mirrored left-right)"
+    if not axes:
+        return "yes, but the model was trained without flips: nothing mirrored"
     return f"yes: {2 ** len(axes)} mirrorings averaged ({', '.join(AXIS_NAMES[a] for a in axes)})"
 
 

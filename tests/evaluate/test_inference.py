@@ -40,3 +40,12 @@ def test_tta_averages_the_mirrorings_of_the_trained_axes(flip_axes):
     assert torch.allclose(with_tta, _by_hand(model, image, tta_mirrors(flip_axes)), atol=1e-5)
     assert not torch.allclose(with_tta, plain, atol=1e-3), "the mirrorings must change the prediction"
     assert torch.allclose(with_tta.sum(0), torch.ones(6, 8, 5), atol=1e-5)
+
+
+def test_the_report_names_the_mirrorings_or_their_absence():
+    from medft.evaluate.report import _tta
+
+    assert _tta({"tta": False}) == "no"
+    assert _tta({"tta": True}) == "yes (mirrored left-right)"  # written before the axes were recorded
+    assert _tta({"tta": True, "tta_flip_axes": []}) == "yes, but the model was trained without flips: nothing mirrored"
+    assert _tta({"tta": True, "tta_flip_axes": [0, 1, 2]}) == "yes: 8 mirrorings averaged (left-right, front-back, up-down)"
