@@ -44,7 +44,7 @@ class DataConfig(_Section):
     foreground_ratio: float = Field(0.67, ge=0, le=1, description="Share of patches centred on foreground (patch sampling).")
     intensity: Literal["zscore", "none"] = Field("zscore", description="Intensity normalisation per image and channel: zscore (mean 0, sd 1) or none.")
     augmentation: Literal["none", "light", "standard", "strong"] = Field("standard", description="Augmentation preset: none; light (the flips of flip_axes only); standard (flips, small rotations and scaling, intensity scale/shift, noise); strong (nnU-Net's ranges: larger rotations and scaling, noise, blur, brightness, gamma, low resolution).")
-    flip_axes: list[int] = Field(default_factory=lambda: [0], description="Spatial axes the augmentation mirrors, each on its own with probability 0.5, and test-time augmentation averages over (medft evaluate --tta): 0 left-right, 1 front-back, 2 up-down (RAS). nnU-Net mirrors all three; the default, left-right only, keeps anterior in front.")
+    flip_axes: list[int] = Field(default_factory=lambda: [0], description="Spatial axes the augmentation mirrors, each on its own with probability 0.5, and test-time augmentation averages over (medft evaluate --tta; none with augmentation: none): 0 left-right, 1 front-back, 2 up-down (RAS). nnU-Net mirrors all three; the default, left-right only, keeps anterior in front.")
     cache: bool = Field(True, description="Keep loaded, normalised volumes in memory between epochs.")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes (0: load in the training process).")
 
@@ -55,6 +55,12 @@ class DataConfig(_Section):
             raise ValueError(f"data.flip_axes {self.flip_axes}: each axis once, from 0 to {dims - 1} "
                              f"(spatial_size has {dims}). Fix: e.g. [0] for left-right only, [0, 1, 2] for all")
         return self
+
+    @property
+    def mirrored_axes(self) -> list[int]:
+        """The axes training mirrors: ``flip_axes``, none with ``augmentation: none``. Test-time
+        augmentation averages over these and no others."""
+        return [] if self.augmentation == "none" else list(self.flip_axes)
 
 
 class FreezeStage(_Section):

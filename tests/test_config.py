@@ -94,6 +94,13 @@ def test_flip_axes_are_spatial_axes_each_once():
             load_config(demo, [f"data.flip_axes={bad}"])
 
 
+def test_mirrored_axes_are_the_flip_axes_unless_augmentation_is_off():
+    demo = REPO / "configs" / "demo.yaml"
+    assert load_config(demo, ["data.flip_axes=[0, 2]"]).data.mirrored_axes == [0, 2]
+    assert load_config(demo, ["data.augmentation=light"]).data.mirrored_axes == [0]
+    assert load_config(demo, ["data.augmentation=none", "data.flip_axes=[0, 2]"]).data.mirrored_axes == []
+
+
 def test_validate_command(capsys):
     assert main(["validate", str(REPO / "configs" / "demo.yaml")]) == 0
     assert capsys.readouterr().out.strip().endswith("demo.yaml: valid")

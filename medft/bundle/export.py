@@ -137,7 +137,7 @@ def _metadata(config: RunConfig, checkpoint: dict, run_dir: Path, parent) -> dic
                        "val_dice_per_class": _best_per_class(run_dir, early["best_epoch"])},
         "class_names": class_names,
         "preprocessing": {"orientation": "RAS", "intensity": config.data.intensity, "spatial_size": list(config.data.spatial_size),
-                          "flip_axes": list(config.data.flip_axes)},
+                          "flip_axes": config.data.mirrored_axes},
         "medft_version": __version__,
     }
     return metadata

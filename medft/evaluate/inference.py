@@ -87,7 +87,7 @@ def _from_run(run_dir: Path, checkpoint: str = "best") -> TrainedModel:
         network, list(checkpoint["class_names"]), list(config.data.spatial_size), config.data.intensity,
         dict(config.data.label_map), config.validation.overlap, config.validation.sw_batch_size,
         {"path": str(run_dir), "kind": "run", "name": run_dir.name, "version": None, "checkpoint": checkpoint_path.name},
-        tuple(config.data.flip_axes),
+        tuple(config.data.mirrored_axes),
     )
 
 

@@ -183,6 +183,11 @@ def test_the_mirrored_axes_travel_from_the_config_to_the_exported_bundle(trained
     assert json.loads((tmp_path / "e" / "evaluation.json").read_text())["tta_flip_axes"] == [0, 2]
     assert "yes: 4 mirrorings averaged (left-right, up-down)" in (tmp_path / "e" / "report.html").read_text()
 
+    config["data"]["augmentation"] = "none"  # trained without any flip: nothing to average at test time
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    assert load_model(run).flip_axes == ()
+    assert load_model(export_run(run, tmp_path / "bundle_none")).flip_axes == ()
+
 
 def test_largest_component_keeps_one_piece_per_class_as_an_independent_labelling_does():
     from skimage.measure import label as connected
