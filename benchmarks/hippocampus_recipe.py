@@ -81,6 +81,10 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "mirror_all": ("mirrored along all three axes (nnU-Net's choice for this task), each with probability 0.5, "
                    "instead of left-right only; test-time augmentation then averages 8 mirrorings instead of 2",
                    {"data.flip_axes": [0, 1, 2]}),
+    "no_flip": ("no mirroring in training (data.flip_axes []) instead of left-right: the crops are all in one "
+                "orientation (the posterior part lies on the same side of the anterior along axis 0 in 185 of the "
+                "200 cases), so a mirrored crop is anatomy the validation cases never show; test-time "
+                "augmentation then has no mirroring to average", {"data.flip_axes": []}),
     "nnunet_aug_108": ("nnU-Net's augmentation (the strong preset's ranges, mirroring on all three axes) for 3x the "
                        "recipe's epochs (108, validation every 36): over the budget, to see whether a longer training "
                        "(as on a GPU) lets the harder augmentation pay",
