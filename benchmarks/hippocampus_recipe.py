@@ -85,6 +85,9 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                 "orientation (the posterior part lies on the same side of the anterior along axis 0 in 185 of the "
                 "200 cases), so a mirrored crop is anatomy the validation cases never show; test-time "
                 "augmentation then has no mirroring to average", {"data.flip_axes": []}),
+    "elastic": ("a mild elastic deformation in 30% of the training samples (data.elastic 0.3: displacements of "
+                "1-2 voxels on average, smooth over 5-7 voxels) on top of the standard augmentation: more shapes, "
+                "as the left-right flip gives, without mirrored anatomy", {"data.elastic": 0.3}),
     "nnunet_aug_108": ("nnU-Net's augmentation (the strong preset's ranges, mirroring on all three axes) for 3x the "
                        "recipe's epochs (108, validation every 36): over the budget, to see whether a longer training "
                        "(as on a GPU) lets the harder augmentation pay",

@@ -45,15 +45,19 @@ class DataConfig(_Section):
     intensity: Literal["zscore", "none"] = Field("zscore", description="Intensity normalisation per image and channel: zscore (mean 0, sd 1) or none.")
     augmentation: Literal["none", "light", "standard", "strong"] = Field("standard", description="Augmentation preset: none; light (the flips of flip_axes only); standard (flips, small rotations and scaling, intensity scale/shift, noise); strong (nnU-Net's ranges: larger rotations and scaling, noise, blur, brightness, gamma, low resolution).")
     flip_axes: list[int] = Field(default_factory=lambda: [0], description="Spatial axes the augmentation mirrors, each on its own with probability 0.5, and test-time augmentation averages over (medft evaluate --tta; none with augmentation: none): 0 left-right, 1 front-back, 2 up-down (RAS). nnU-Net mirrors all three; the default, left-right only, keeps anterior in front.")
+    elastic: float = Field(0.0, ge=0, le=1, description="Probability of a mild elastic deformation of a training sample (3D, with any augmentation preset but none): smooth displacements of 1-2 voxels on average (Gaussian-smoothed, sigma 5-7 voxels), shapes bent the way anatomy varies between people.")
     cache: bool = Field(True, description="Keep loaded, normalised volumes in memory between epochs.")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes (0: load in the training process).")
 
     @model_validator(mode="after")
-    def _flip_axes_are_spatial(self) -> "DataConfig":
+    def _spatial_augmentation_fits(self) -> "DataConfig":
         dims = len(self.spatial_size)
         if any(not 0 <= a < dims for a in self.flip_axes) or len(set(self.flip_axes)) != len(self.flip_axes):
             raise ValueError(f"data.flip_axes {self.flip_axes}: each axis once, from 0 to {dims - 1} "
                              f"(spatial_size has {dims}). Fix: e.g. [0] for left-right only, [0, 1, 2] for all")
+        if self.elastic and dims != 3:
+            raise ValueError(f"data.elastic {self.elastic}: elastic deformation is for 3D volumes (spatial_size has {dims} axes). "
+                             "Fix: set data.elastic to 0")
         return self
 
     @property

@@ -94,6 +94,16 @@ def test_flip_axes_are_spatial_axes_each_once():
             load_config(demo, [f"data.flip_axes={bad}"])
 
 
+def test_elastic_is_a_probability_for_3d_volumes():
+    demo = REPO / "configs" / "demo.yaml"
+    assert load_config(demo).data.elastic == 0
+    assert load_config(demo, ["data.elastic=0.3"]).data.elastic == 0.3
+    with pytest.raises(MedftError, match=r"data.elastic"):
+        load_config(demo, ["data.elastic=1.5"])
+    with pytest.raises(MedftError, match=r"data.elastic 0.3: elastic deformation is for 3D volumes .*Fix: set data.elastic to 0"):
+        load_config(demo, ["data.elastic=0.3", "data.spatial_size=[48, 64]"])
+
+
 def test_mirrored_axes_are_the_flip_axes_unless_augmentation_is_off():
     demo = REPO / "configs" / "demo.yaml"
     assert load_config(demo, ["data.flip_axes=[0, 2]"]).data.mirrored_axes == [0, 2]

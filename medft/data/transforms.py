@@ -8,6 +8,7 @@ from monai.transforms import (
     MapLabelValued,
     NormalizeIntensityd,
     RandAdjustContrastd,
+    Rand3DElasticd,
     RandAffined,
     RandCropByPosNegLabeld,
     RandFlipd,
@@ -52,7 +53,7 @@ def sampling(mode: str, spatial_size: Sequence[int], samples_per_volume: int = 1
     return steps
 
 
-def augmentation(preset: str, flip_axes: Sequence[int] = (0,)) -> list:
+def augmentation(preset: str, flip_axes: Sequence[int] = (0,), elastic: float = 0.0) -> list:
     """Augmentation presets. Each of ``flip_axes`` is mirrored on its own with probability 0.5;
     by default axis 0 only, left-right (volumes are in RAS): mirroring front-back or up-down
     moves structures such as the anterior hippocampus behind the posterior one, which the
@@ -64,10 +65,19 @@ def augmentation(preset: str, flip_axes: Sequence[int] = (0,)) -> list:
     - ``strong``: the ranges nnU-Net trains with, for longer runs on more cases: rotations up to
       30 degrees and scaling 0.7-1.4 in 30% of the samples, noise, blur, brightness, gamma
       contrast and simulated low resolution.
+
+    ``elastic``: with any preset but ``none``, the probability of a smooth 3D deformation
+    (displacements of 1-2 voxels on average, Gaussian-smoothed over 5-7 voxels; the parts of a
+    structure change volume by up to about a quarter, as scaling by 0.9-1.1 does).
     """
     if preset == "none":
         return []
     steps: list = [RandFlipd(keys=KEYS, prob=0.5, spatial_axis=axis) for axis in flip_axes]
+    if elastic:
+        steps.append(Rand3DElasticd(
+            keys=KEYS, prob=elastic, sigma_range=(5, 7), magnitude_range=(100, 200),
+            mode=("bilinear", "nearest"), padding_mode="zeros",
+        ))
     if preset == "standard":
         steps += [
             RandAffined(

@@ -65,3 +65,23 @@ def test_flip_axes_mirror_each_axis_on_its_own():
     for axis in (0, 1, 2):  # each axis mirrored in about half of the samples, independently of the others
         assert 10 <= sum(axis in axes for axes in seen) <= 30
     assert len(set(seen)) >= 6
+
+
+def test_elastic_bends_shapes_by_a_voxel_or_two_and_keeps_labels():
+    image, label = sample_case("hippocampus_334")
+    case = Compose(preprocessing() + sampling("whole", SIZE))({"case_id": "hippocampus_334", "image": [image], "label": label})
+    grid = torch.stack(torch.meshgrid(*[torch.arange(n, dtype=torch.float32) for n in SIZE], indexing="ij"))
+    original = case["label"].as_tensor()
+    assert augmentation("light", flip_axes=[], elastic=0.0) == []
+    transform = Compose(augmentation("light", flip_axes=[], elastic=1.0))
+    transform.set_random_state(seed=0)
+    for _ in range(3):
+        out = transform({"image": grid.clone(), "label": original.clone()})
+        # each voxel of the coordinate image now holds the coordinate it was taken from
+        shift = (out["image"].as_tensor() - grid)[:, 8:-8, 8:-8, 8:-8].norm(dim=0)
+        assert 0.5 < float(shift.mean()) < 3 and float(shift.max()) < 10
+        lab = out["label"].as_tensor()
+        assert set(torch.unique(lab).tolist()) <= {0, 1, 2}
+        assert not torch.equal(lab, original)
+        for value in (1, 2):  # bent, each part's volume within a third of its own, as scaling by 0.9-1.1 does
+            assert abs(int((lab == value).sum()) / int((original == value).sum()) - 1) < 0.33
