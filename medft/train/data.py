@@ -43,7 +43,7 @@ def build_loaders(config: RunConfig, manifest: Manifest, generator: torch.Genera
     prep = preprocessing(data.intensity, data.label_map)
     train_transform = Compose(
         sampling(data.sampling, data.spatial_size, data.samples_per_volume, data.foreground_ratio)
-        + augmentation(data.augmentation, data.flip_axes, data.elastic)
+        + augmentation(data.augmentation, data.mirrored_axes, data.elastic)
     )
     val_transform = Compose(prep)
 
