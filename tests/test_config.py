@@ -34,6 +34,18 @@ def test_every_shipped_network_builds_and_segments_its_patch(path):
         assert prepared.network(x).shape == (1, 3, *config.data.spatial_size)
 
 
+def test_the_hippocampus_step_cap_is_a_whole_epoch_of_its_own_split():
+    """The recipe was measured with whole epochs of fold 0 (160 cases, batch 2); its cap only
+    keeps the budget fixed when a manifest brings more training cases."""
+    import csv
+
+    config = load_config(REPO / "configs" / "hippocampus.yaml")
+    with open(config.data.manifest, newline="") as f:
+        n_train = sum(row["split"] == "train" for row in csv.DictReader(f))
+    per_epoch = n_train * config.data.samples_per_volume // config.train.batch_size
+    assert config.train.max_steps_per_epoch == per_epoch == 80
+
+
 def test_every_field_has_a_description():
     from medft.config import RunConfig
 

@@ -94,6 +94,29 @@ def test_frozen_tensors_stay_bit_identical(tmp_path):
         any(before[n].shape != after[n].shape for n in head)
 
 
+def test_a_step_cap_fixes_the_budget_and_epochs_still_draw_every_case(tmp_path, monkeypatch):
+    """4 training cases, batch 1, at most 2 steps an epoch: 2 steps each epoch, the schedule spans
+    the 6 steps taken (its cosine ends at 0), and the epochs draw different cases."""
+    from medft.train.recipe import FineTuneRecipe
+
+    seen: list[list[str]] = []
+    original = FineTuneRecipe._step
+
+    def recording_step(self, batch):
+        seen.append(list(batch["case_id"]))
+        return original(self, batch)
+
+    monkeypatch.setattr(FineTuneRecipe, "_step", recording_step)
+    config = make_config(tmp_path, freeze=[], **{"train.epochs": 3, "train.batch_size": 1, "train.max_steps_per_epoch": 2,
+                                                 "optim.warmup_epochs": 0})
+    run_training(load_config(config), tmp_path / "out")
+    assert len(seen) == 6
+    epochs = [sorted(c for batch in seen[i:i + 2] for c in batch) for i in (0, 2, 4)]
+    assert len(set(map(tuple, epochs))) > 1 and len({c for e in epochs for c in e}) > 2
+    assert set().union(*epochs) <= set(TRAIN_IDS)
+    assert max(_metrics(tmp_path / "out")[-1]["lr"]) < 1e-6  # uncapped (12 steps) it would end at half the peak
+
+
 def test_early_stopping_stops_after_patience(tmp_path):
     config = make_config(tmp_path, **{"train.epochs": 10, "early_stopping.patience": 2, "early_stopping.min_delta": 1.0})
     summary = run_training(load_config(config), tmp_path / "out")
