@@ -98,7 +98,7 @@ class TrainConfig(_Section):
     val_every: int = Field(1, ge=1, description="Validate every this many epochs.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when present, else CPU.")
     amp: bool | None = Field(None, description="Mixed precision: float16 on CUDA, bfloat16 on CPU (much faster on CPUs with AVX-512 BF16 or AMX). By default on with CUDA, off on CPU.")
-    max_steps_per_epoch: int | None = Field(None, ge=1, description="Cap on steps per epoch: a training budget that does not grow with the dataset (nnU-Net counts 250 steps an epoch), or a quick test. A capped epoch takes the first batches of a fresh shuffle, so over the epochs every case is seen.")
+    max_steps_per_epoch: int | None = Field(None, ge=1, description="Cap on steps per epoch: a training budget that does not grow with the dataset (nnU-Net counts 250 steps an epoch), or a quick test. A capped epoch takes the first batches of a fresh shuffle, so the cases take turns over the epochs.")
     deterministic: bool = Field(True, description="Deterministic algorithms, so a run is reproducible from its seed "
                                "(with CUBLAS_WORKSPACE_CONFIG=:4096:8 unless set, which cuBLAS needs for it on CUDA).")
     dice_weight: float = Field(1.0, ge=0, description="Weight of the Dice term of the dice_ce loss.")

@@ -94,7 +94,7 @@ def test_frozen_tensors_stay_bit_identical(tmp_path):
         any(before[n].shape != after[n].shape for n in head)
 
 
-def test_a_step_cap_fixes_the_budget_and_epochs_still_draw_every_case(tmp_path, monkeypatch):
+def test_a_step_cap_fixes_the_budget_and_epochs_draw_different_cases(tmp_path, monkeypatch):
     """4 training cases, batch 1, at most 2 steps an epoch: 2 steps each epoch, the schedule spans
     the 6 steps taken (its cosine ends at 0), and the epochs draw different cases."""
     from medft.train.recipe import FineTuneRecipe
