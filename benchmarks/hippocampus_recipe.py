@@ -33,6 +33,9 @@ from common import (
 
 CONFIG = REPO / "configs" / "hippocampus.yaml"
 
+# nnU-Net's augmentation (the strong preset's ranges, mirroring on all three axes), for the long variants
+NNUNET_AUGMENTATION = {"data.augmentation": "strong", "data.flip_axes": [0, 1, 2], "train.val_every": 36}
+
 # name -> (what changes, overrides of configs/hippocampus.yaml)
 VARIANTS: dict[str, tuple[str, dict]] = {
     "recipe": ("configs/hippocampus.yaml as it is", {}),
@@ -91,12 +94,11 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "nnunet_aug_108": ("nnU-Net's augmentation (the strong preset's ranges, mirroring on all three axes) for 3x the "
                        "recipe's epochs (108, validation every 36): over the budget, to see whether a longer training "
                        "(as on a GPU) lets the harder augmentation pay",
-                       {"data.augmentation": "strong", "data.flip_axes": [0, 1, 2], "train.epochs": 108, "train.val_every": 36}),
+                       {**NNUNET_AUGMENTATION, "train.epochs": 108}),
     "nnunet_aug_288": ("nnU-Net's augmentation as in nnunet_aug_108 for 8x the recipe's epochs (288, validation every "
                        "36): far over the budget, to see whether the harder augmentation overtakes the recipe once it "
                        "is trained long enough",
-                       {"data.augmentation": "strong", "data.flip_axes": [0, 1, 2], "train.epochs": 288,
-                        "train.val_every": 36}),
+                       {**NNUNET_AUGMENTATION, "train.epochs": 288}),
     "whole_48": ("whole volumes padded to 48 x 64 x 48 instead of 40 x 56 x 40 patches",
                  {"data.sampling": "whole", "data.spatial_size": [48, 64, 48]}),
 }
