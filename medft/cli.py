@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
         "medft check-data data_manifests/hippocampus_sample.csv",
     )
     check.add_argument("manifest", type=Path, help="CSV manifest, MSD dataset.json or nnU-Net raw folder")
-    check.add_argument("--workers", type=int, default=None, help="volumes read in parallel (default: CPU count, at most 8)")
+    check.add_argument("--workers", type=_count, default=None, help="volumes read in parallel (default: CPU count, at most 8)")
     check.set_defaults(run=_check_data)
 
     train = _command(
@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
         "medft tune configs/tune_demo.yaml --trials 12 --out runs/tune_demo",
     )
     tune.add_argument("config", type=Path, help="YAML run config with a search section (see configs/tune_demo.yaml)")
-    tune.add_argument("--trials", type=int, required=True, metavar="N",
+    tune.add_argument("--trials", type=_count, required=True, metavar="N",
                       help="finished (complete or pruned) trials the study should hold; those already there count")
     tune.add_argument("--out", type=Path, default=None, help="folder for the trials and results (default: runs/<config name>)")
     tune.add_argument("--storage", default=None, metavar="URL",
@@ -189,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
         "medft review runs/demo/eval --port 8501",
     )
     review.add_argument("eval_dir", type=Path, help="evaluation folder written by medft evaluate")
-    review.add_argument("--port", type=int, default=None, help="port to serve on (default: Streamlit's, 8501)")
+    review.add_argument("--port", type=_port, default=None, help="port to serve on (default: Streamlit's, 8501)")
     review.add_argument("--users", type=Path, default=None, help="users file (default: EVAL_DIR/users.json)")
     review.add_argument("--db", default=None, help="SQLAlchemy URL of the review store (default: SQLite in EVAL_DIR)")
     review.add_argument("--address", default="127.0.0.1",
@@ -223,9 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
         "medft bundle inspect bundles/hippocampus_demo --out-channels 3",
     )
     inspect.add_argument("bundle", help="bundle folder or Model Zoo name")
-    inspect.add_argument("--out-channels", type=int, default=None, help="output classes of the adapted network")
-    inspect.add_argument("--in-channels", type=int, default=None, help="input channels of the adapted network")
-    inspect.add_argument("--input-size", type=int, default=None, help="edge of the dummy input in voxels (default 32)")
+    inspect.add_argument("--out-channels", type=_count, default=None, help="output classes of the adapted network")
+    inspect.add_argument("--in-channels", type=_count, default=None, help="input channels of the adapted network")
+    inspect.add_argument("--input-size", type=_count, default=None, help="edge of the dummy input in voxels (default 32)")
     inspect.add_argument("--json", action="store_true", help="print the report as JSON")
     inspect.set_defaults(run=_bundle_inspect)
 
@@ -240,9 +240,31 @@ def build_parser() -> argparse.ArgumentParser:
         "medft demo --out runs/demo",
     )
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default: runs/demo)")
-    demo.add_argument("--epochs", type=int, default=None, help="train fewer epochs than configs/demo.yaml, for a quick look")
+    demo.add_argument("--epochs", type=_count, default=None, help="train fewer epochs than configs/demo.yaml, for a quick look")
     demo.set_defaults(run=_demo)
     return parser
+
+
+def _count(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (epochs, trials, channels, workers, voxels)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"give a whole number of at least 1, not {text!r}")
+    return value
+
+
+def _port(text: str) -> int:
+    """An argparse type: a TCP port, 1-65535."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"give a port number from 1 to 65535, not {text!r}")
+    return value
 
 
 def _command(commands, name: str, summary: str, description: str, example: str) -> argparse.ArgumentParser:

@@ -34,6 +34,28 @@ def test_usage_errors_exit_2():
     assert result.returncode == 2 and "the following arguments are required: manifest" in result.stderr
 
 
+@pytest.mark.parametrize("args", [
+    ["bundle", "inspect", "bundles/hippocampus_demo", "--out-channels", "0"],
+    ["bundle", "inspect", "bundles/hippocampus_demo", "--in-channels", "-1"],
+    ["bundle", "inspect", "bundles/hippocampus_demo", "--input-size", "x"],
+    ["demo", "--epochs", "0"],
+    ["check-data", "data_manifests/hippocampus_sample.csv", "--workers", "0"],
+    ["tune", "configs/tune_demo.yaml", "--trials", "0"],
+])
+def test_a_count_under_1_is_a_usage_error_naming_the_option(args):
+    result = _medft(*args)
+    option, value = args[-2], args[-1]
+    assert result.returncode == 2
+    assert f"argument {option}: give a whole number of at least 1, not '{value}'" in result.stderr
+
+
+@pytest.mark.parametrize("port", ["0", "70000", "http"])
+def test_a_port_outside_1_to_65535_is_a_usage_error(port):
+    result = _medft("review", "runs/demo/eval", "--port", port)
+    assert result.returncode == 2
+    assert f"argument --port: give a port number from 1 to 65535, not '{port}'" in result.stderr
+
+
 def test_a_missing_manifest_is_one_line_and_exit_1():
     result = _medft("check-data", "no/such/manifest.csv")
     assert result.returncode == 1

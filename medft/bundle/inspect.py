@@ -36,6 +36,7 @@ def inspect_bundle(
     Without ``input_size`` the metadata's input shape is used when small, else 32 per dimension
     (then 64 when that fails). Errors reading or building the bundle raise MedftError.
     """
+    _require_positive(out_channels=out_channels, in_channels=in_channels, input_size=input_size)
     bundle = load_bundle(source)
     network, report = adapt_network(bundle, out_channels, in_channels, overrides, min_loaded_fraction=0.0)
     errors = []
@@ -114,6 +115,13 @@ def format_inspection(result: dict) -> str:
         lines.append("verdict  would NOT train:")
         lines += [f"  - {error}" for error in result["errors"]]
     return "\n".join(lines)
+
+
+def _require_positive(**counts: int | Sequence[int] | None) -> None:
+    for name, value in counts.items():
+        values = [value] if isinstance(value, int) or value is None else list(value)
+        if any(v is not None and (not isinstance(v, int) or v < 1) for v in values):
+            raise MedftError(f"{name}={value!r}: give a whole number of at least 1 (or leave it out)")
 
 
 def _int(value: object) -> int | None:

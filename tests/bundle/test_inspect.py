@@ -7,6 +7,7 @@ import pytest
 
 from medft.bundle.inspect import format_inspection, inspect_bundle
 from medft.cli import main
+from medft.errors import MedftError
 from tests.bundle.test_adapt import FAMILIES
 from tests.bundle.helpers import UNET2D, UNET3D, make_bundle
 
@@ -37,6 +38,13 @@ def test_a_mismatched_bundle_would_not_train(tmp_path):
     assert result["loaded"] < result["total_pretrained"] / 2
     assert "does not match the weights" in result["errors"][0]
     assert "would NOT train" in format_inspection(result)
+
+
+@pytest.mark.parametrize("counts", [{"out_channels": 0}, {"in_channels": -2}, {"input_size": [16, 0, 16]}])
+def test_a_count_under_1_is_refused_before_the_bundle_is_read(counts):
+    name, value = next(iter(counts.items()))
+    with pytest.raises(MedftError, match=rf"^{name}={value!r}: give a whole number of at least 1".replace("[", r"\[")):
+        inspect_bundle("no/such/bundle", **counts)
 
 
 def test_input_size_from_metadata_and_from_the_caller(tmp_path):
