@@ -3,9 +3,12 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.medft-installed
-# The CPU build of torch is installed first, so that the torch requirement of medft and MONAI
-# never pulls a multi-GB CUDA build onto a machine without a GPU.
+# torch is installed first, so that the torch requirement of medft and MONAI never pulls a
+# multi-GB CUDA build onto a machine without a GPU: from PyTorch's CPU index when the machine has no
+# NVIDIA driver (no nvidia-smi) and the index answers; otherwise pip picks the build (a local wheel,
+# or PyPI's, which on Linux is the CUDA build: what a GPU machine wants).
 TORCH ?= torch==2.13.0
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 
 .PHONY: setup demo test clean
 
@@ -13,7 +16,12 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	if ! command -v nvidia-smi >/dev/null 2>&1 && $(BIN)/python -c "import urllib.request; urllib.request.urlopen('$(TORCH_CPU_INDEX)/torch/', timeout=10)" 2>/dev/null; then \
+		$(BIN)/python -m pip install --quiet "$(TORCH)" --index-url "$(TORCH_CPU_INDEX)"; \
+	else \
+		echo "note: installing $(TORCH) as pip picks it ($(TORCH_CPU_INDEX) not used: a GPU driver is present or the index does not answer)"; \
+		$(BIN)/python -m pip install --quiet "$(TORCH)"; \
+	fi
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
