@@ -5,6 +5,7 @@ Heavy imports (torch, MONAI) happen inside the commands so that ``medft --help``
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -89,10 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
         "validate",
         "check a run config without running it",
         "Validates a YAML run config against medft's schema and prints every problem at once, each\n"
-        "with its key; prints the resolved config when it is valid.",
-        "medft validate configs/demo.yaml --set train.epochs=3",
+        "with its key, and checks that its manifest (and a local bundle folder) exist; prints the\n"
+        "resolved config when it is valid. --keys lists every key with its type, default and meaning.",
+        "medft validate configs/demo.yaml --set train.epochs=3\n  medft validate --keys",
     )
-    validate.add_argument("config", type=Path, help="YAML run config")
+    validate.add_argument("config", type=Path, nargs="?", help="YAML run config")
+    validate.add_argument("--keys", action="store_true", help="list every config key with its type, default and meaning")
     validate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                           help="override a config value (repeatable)")
     validate.set_defaults(run=_validate)
@@ -310,12 +313,21 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from medft.config import dump_config, load_config
+    from medft.config import describe_keys, dump_config, load_config, missing_paths
 
+    if args.keys:
+        for key, kind, description in describe_keys():
+            print(f"{key}  ({kind})\n    {description}" if description else f"{key}  ({kind})")
+        return 0
+    if args.config is None:
+        raise MedftError("give a YAML run config to validate (or --keys to list the keys)")
     config = load_config(args.config, args.overrides)
     print(dump_config(config), end="")
-    print(f"{args.config}: valid")
-    return 0
+    problems = missing_paths(config)
+    for problem in problems:
+        print(f"ERROR {args.config}: {problem}")
+    print(f"{args.config}: {len(problems)} missing path(s)" if problems else f"{args.config}: valid")
+    return 1 if problems else 0
 
 
 def _tune(args: argparse.Namespace) -> int:
@@ -343,11 +355,26 @@ def _evaluate(args: argparse.Namespace) -> int:
     out = evaluate(args.model, args.manifest, args.out, split=args.split, tta=args.tta,
                    largest_component=args.largest_component, checkpoint=args.checkpoint)
     print(f"evaluation written to {out}: per_case.csv, summary.json, predictions/, report.html")
+    _print_dice(out / "summary.json")
     if args.compare:
         from medft.evaluate.compare import compare_evaluations
 
         print(f"comparison written to {compare_evaluations(args.compare, out)}")
     return 0
+
+
+def _print_dice(summary_path: Path) -> None:
+    """Each class's mean Dice over the cases, with its 95% interval, from an evaluation's summary.json."""
+    summary = json.loads(summary_path.read_text())
+    for name in summary["classes"]:
+        dice = summary["overall"][name]["dice"]
+        if dice["mean"] is None:
+            print(f"  {name:<16} Dice undefined: the class is in no case's label or prediction")
+            continue
+        low, high = dice["ci95"]
+        interval = f" [{low:.3f}, {high:.3f}]" if low is not None else ""
+        absent = f"; {dice['n_nan']} without the class in label or prediction, left out" if dice["n_nan"] else ""
+        print(f"  {name:<16} Dice {dice['mean']:.3f}{interval} over {dice['n']} cases{absent}")
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -420,18 +447,17 @@ def _demo(args: argparse.Namespace) -> int:
     if not config_path.exists():
         raise MedftError(f"{config_path} is not here: the demo runs from a clone of the medft repository")
     out = args.out
-    print(f"== medft check-data {SAMPLE_MANIFEST.relative_to(REPO_ROOT)}")
+    _clear_demo_folder(out)
+    manifest = os.path.relpath(SAMPLE_MANIFEST)
+    print(f"== medft check-data {manifest}")
     if _check_data(argparse.Namespace(manifest=SAMPLE_MANIFEST, workers=None)):
         return 1
-    for previous in (out / "train", out / "eval", out / "bundle"):  # the demo always starts afresh
-        if previous.exists():
-            shutil.rmtree(previous)
-    print(f"== medft train {config_path.relative_to(REPO_ROOT)} --out {out / 'train'}")
+    print(f"== medft train {os.path.relpath(config_path)} --out {out / 'train'}")
     overrides = [f"train.epochs={args.epochs}"] if args.epochs else []
     status = _train(argparse.Namespace(config=config_path, overrides=overrides, out=out / "train", resume=False))
     if status:
         return status
-    print(f"== medft evaluate {out / 'train'} --manifest {SAMPLE_MANIFEST.relative_to(REPO_ROOT)} --split test --out {out / 'eval'}")
+    print(f"== medft evaluate {out / 'train'} --manifest {manifest} --split test --out {out / 'eval'}")
     _evaluate(argparse.Namespace(model=out / "train", manifest=SAMPLE_MANIFEST, out=out / "eval", split="test",
                                  tta=False, largest_component=False, checkpoint="best", compare=None))
     print(f"== medft export {out / 'train'} --out {out / 'bundle'}")
@@ -443,3 +469,21 @@ def _demo(args: argparse.Namespace) -> int:
         f"Exported bundle: {out / 'bundle'}"
     )
     return 0
+
+
+DEMO_MARKER = ".medft-demo"
+DEMO_PARTS = ("train", "eval", "bundle")
+
+
+def _clear_demo_folder(out: Path) -> None:
+    """The demo starts afresh: it removes what an earlier demo wrote in OUT, and nothing else."""
+    parts = [out / name for name in DEMO_PARTS if (out / name).exists()]
+    if parts and not (out / DEMO_MARKER).exists():
+        raise MedftError(
+            f"{out}: holds {', '.join(p.name + '/' for p in parts)}, not marked as a demo's ({DEMO_MARKER}), "
+            "which the demo would replace. Fix: give another --out, or move them away"
+        )
+    for part in parts:
+        shutil.rmtree(part)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / DEMO_MARKER).write_text("written by medft demo: its train/, eval/ and bundle/ are replaced by the next demo\n")

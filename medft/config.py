@@ -7,7 +7,8 @@ Relative paths in a config file resolve against the file's own folder.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args, get_origin
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
@@ -317,10 +318,63 @@ def dump_config(config: RunConfig) -> str:
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
 
 
+def describe_keys(model: type[BaseModel] = None, prefix: str = "") -> list[tuple[str, str, str]]:
+    """Every key of a run config as (dotted key, type and default, description), sections first-level in order."""
+    rows = []
+    for name, field in (model or RunConfig).model_fields.items():
+        key = f"{prefix}{name}"
+        section = _section_type(field.annotation)
+        if section is not None:
+            kinds = {list: ("list: N = 0, 1, ...", f"{key}.N."), dict: ("mapping: NAME = a name of yours", f"{key}.NAME.")}
+            shape, inner = kinds.get(get_origin(field.annotation), ("section", f"{key}."))
+            rows.append((key, shape, field.description or ""))
+            rows += describe_keys(section, inner)
+            continue
+        default = "required" if field.is_required() else f"default {_shown_default(field)}"
+        rows.append((key, f"{_type_name(field.annotation)}, {default}", field.description or ""))
+    return rows
+
+
+def missing_paths(config: RunConfig) -> list[str]:
+    """The files a config names that are not there: its manifest and a local bundle folder."""
+    problems = []
+    if not Path(config.data.manifest).exists():
+        problems.append(f"data.manifest: {config.data.manifest}: no such file or folder. "
+                        "Fix: give a CSV manifest, an MSD dataset.json or an nnU-Net raw folder")
+    bundle = config.model.bundle
+    if bundle and Path(bundle).is_absolute() and not Path(bundle).is_dir():
+        problems.append(f"model.bundle: {bundle}: no such bundle folder. Fix: give a folder in Model Zoo layout, "
+                        "or a Model Zoo name")
+    return problems
+
+
+def _section_type(annotation) -> type[BaseModel] | None:
+    for candidate in (annotation, *get_args(annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
+def _type_name(annotation) -> str:
+    origin = get_origin(annotation)
+    if origin is Literal:
+        return " | ".join(str(arg) for arg in get_args(annotation))
+    if origin in (Union, UnionType):
+        return " | ".join(_type_name(arg) for arg in get_args(annotation))
+    if annotation is type(None):
+        return "None"
+    return annotation.__name__ if origin is None else str(annotation).replace("typing.", "")
+
+
+def _shown_default(field) -> str:
+    value = field.get_default(call_default_factory=True)
+    return "none" if value is None else str(value.model_dump() if isinstance(value, BaseModel) else value)
+
+
 def _format_error(error: dict) -> str:
     key = ".".join(str(part) for part in error["loc"]) or "(top level)"
     if error["type"] == "extra_forbidden":
-        return f"  {key}: unknown key (check its spelling; `medft validate --help` lists the keys)"
+        return f"  {key}: unknown key (check its spelling; `medft validate --keys` lists the keys)"
     if error["type"] == "missing":
         return f"  {key}: required"
     message = error["msg"].removeprefix("Value error, ")
@@ -330,12 +384,21 @@ def _format_error(error: dict) -> str:
 def _set_dotted(raw: dict, key: str, value: Any, item: str) -> None:
     node = raw
     parts = key.split(".")
-    for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise MedftError(f"--set {item!r}: {part} is not a section of the config")
-        node = child
-    node[parts[-1]] = value
+    for depth, part in enumerate(parts):
+        where = ".".join(parts[:depth]) or "the config"
+        if isinstance(node, list):  # freeze.0.preset: a stage of a list, by its index
+            if not (part.isdigit() and int(part) < len(node)):
+                raise MedftError(f"--set {item!r}: {where} is a list of {len(node)}; {part!r} is not one of its "
+                                 f"indices (0 to {len(node) - 1})")
+            part = int(part)
+        elif not isinstance(node, dict):
+            raise MedftError(f"--set {item!r}: {where} is a value, not a section. Fix: --set {where}=VALUE")
+        if depth == len(parts) - 1:
+            node[part] = value
+        elif isinstance(node, dict):
+            node = node.setdefault(part, {})
+        else:
+            node = node[part]
 
 
 def _is_local(base: Path, value: str) -> bool:

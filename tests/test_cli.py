@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 
@@ -88,6 +89,28 @@ def test_demo_fine_tunes_the_shipped_bundle_and_exports_it(tmp_path, capsys):
         assert (tmp_path / "demo" / path).is_file(), path
     report = (tmp_path / "demo" / "train" / "head_adaptation.txt").read_text()
     assert "hippocampus_demo" in (tmp_path / "demo" / "train" / "config.yaml").read_text() and "loaded" in report
+    summary = json.loads((tmp_path / "demo" / "eval" / "summary.json").read_text())
+    for name in ("anterior", "posterior"):  # the test split's Dice is printed as summary.json holds it
+        dice = summary["overall"][name]["dice"]
+        low, high = dice["ci95"]
+        assert f"{name:<16} Dice {dice['mean']:.3f} [{low:.3f}, {high:.3f}] over 6 cases" in out
+
+
+def test_demo_replaces_its_own_folders_and_refuses_others(tmp_path, capsys):
+    out = tmp_path / "demo"
+    (out / "train").mkdir(parents=True)
+    (out / "train" / "notes.txt").write_text("mine")
+    assert cli.main(["demo", "--out", str(out), "--epochs", "1"]) == 1
+    assert "holds train/, not marked as a demo's (.medft-demo)" in capsys.readouterr().err
+    assert (out / "train" / "notes.txt").read_text() == "mine"
+
+    (out / "train" / "notes.txt").unlink()
+    (out / "train").rmdir()
+    assert cli.main(["demo", "--out", str(out), "--epochs", "1"]) == 0
+    stale = out / "eval" / "predictions" / "stale.nii.gz"
+    stale.write_text("from an earlier demo")
+    assert cli.main(["demo", "--out", str(out), "--epochs", "1"]) == 0
+    assert not stale.exists() and (out / "eval" / "summary.json").is_file()
 
 
 def test_bundle_inspect_prints_the_contract_json(tmp_path):

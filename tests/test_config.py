@@ -46,17 +46,24 @@ def test_the_hippocampus_step_cap_is_a_whole_epoch_of_its_own_split():
     assert config.train.max_steps_per_epoch == per_epoch == 80
 
 
-def test_every_field_has_a_description():
-    from medft.config import RunConfig
+def test_every_key_is_listed_with_a_description_sections_lists_and_mappings_included():
+    from medft.config import describe_keys
 
-    def walk(model):
-        for name, field in model.model_fields.items():
-            assert field.description, f"{model.__name__}.{name} has no description"
-            annotation = field.annotation
-            if isinstance(annotation, type) and hasattr(annotation, "model_fields"):
-                walk(annotation)
+    rows = {key: (kind, description) for key, kind, description in describe_keys()}
+    assert all(description for _, description in rows.values()), [k for k, (_, d) in rows.items() if not d]
+    assert rows["data.spatial_size"][0] == "list[int], required"
+    assert rows["optim.lr"][0] == "float, default 0.001"
+    assert rows["train.loss"][0] == "dice_ce | dice | ce, default dice_ce"
+    assert rows["freeze"][0].startswith("list") and rows["freeze.N.preset"][0].startswith("none | all_but_head | encoder")
+    assert rows["search.params"][0].startswith("mapping") and "search.params.NAME.low" in rows
 
-    walk(RunConfig)
+
+def test_validate_keys_lists_them_and_unknown_keys_point_there(capsys):
+    assert main(["validate", "--keys"]) == 0
+    out = capsys.readouterr().out
+    assert "train.max_steps_per_epoch  (int | None, default none)\n    Cap on steps per epoch" in out
+    with pytest.raises(MedftError, match=r"data.bogus: unknown key \(check its spelling; `medft validate --keys`"):
+        load_config(REPO / "configs" / "demo.yaml", ["data.bogus=1"])
 
 
 def test_all_errors_are_reported_at_once_with_file_and_key(tmp_path):
@@ -88,6 +95,15 @@ def test_set_overrides_are_typed_and_checked(tmp_path):
         load_config(REPO / "configs" / "demo.yaml", ["train.epoch=3"])
     with pytest.raises(MedftError, match="expected dotted.key=value"):
         load_config(REPO / "configs" / "demo.yaml", ["train.epochs"])
+
+
+def test_set_reaches_into_a_list_by_index_and_names_a_wrong_one():
+    config = load_config(REPO / "configs" / "demo.yaml", ["freeze.1.preset=none", "freeze.0.epoch=0"])
+    assert [stage.preset for stage in config.freeze][:2] == [load_config(REPO / "configs" / "demo.yaml").freeze[0].preset, "none"]
+    with pytest.raises(MedftError, match=r"freeze is a list of 3; '3' is not one of its indices \(0 to 2\)"):
+        load_config(REPO / "configs" / "demo.yaml", ["freeze.3.preset=none"])
+    with pytest.raises(MedftError, match="seed is a value, not a section. Fix: --set seed=VALUE"):
+        load_config(REPO / "configs" / "demo.yaml", ["seed.x=1"])
 
 
 def test_model_needs_exactly_one_source(tmp_path):
@@ -127,3 +143,9 @@ def test_validate_command(capsys):
     assert main(["validate", str(REPO / "configs" / "demo.yaml")]) == 0
     assert capsys.readouterr().out.strip().endswith("demo.yaml: valid")
     assert main(["validate", str(REPO / "configs" / "demo.yaml"), "--set", "train.epochs=-1"]) == 1
+    capsys.readouterr()
+    missing = ["--set", "data.manifest=/no/such.csv", "--set", "model.bundle=/no/bundle"]
+    assert main(["validate", str(REPO / "configs" / "demo.yaml"), *missing]) == 1
+    out = capsys.readouterr().out
+    assert "data.manifest: /no/such.csv: no such file or folder" in out
+    assert "model.bundle: /no/bundle: no such bundle folder" in out and out.strip().endswith("2 missing path(s)")
