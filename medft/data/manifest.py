@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -93,14 +94,18 @@ def load_manifest(path: str | Path) -> Manifest:
 def read_manifest(path: str | Path) -> tuple[Manifest, list[Problem]]:
     """Read any manifest form; return it with the problems found in the manifest itself.
 
-    A manifest that cannot be read at all raises DataError. Cases without a split get one
-    (deterministically, patients kept whole) after the problems are collected.
+    A folder whose dataset.json lists its images (MSD) is read as that dataset.json, any other
+    folder as an nnU-Net raw folder. A manifest that cannot be read at all raises DataError.
+    Cases without a split get one (deterministically, patients kept whole) after the problems
+    are collected.
     """
     path = Path(path)
     if not path.exists():
         raise DataError(
             "no such manifest", "give a CSV manifest, an MSD dataset.json or an nnU-Net raw folder", file=path
         )
+    if path.is_dir() and _is_msd_folder(path):
+        path = path / "dataset.json"
     if path.is_dir():
         manifest, problems = _read_nnunet(path)
     elif path.suffix == ".json":
@@ -118,11 +123,29 @@ def read_manifest(path: str | Path) -> tuple[Manifest, list[Problem]]:
     return manifest, problems
 
 
+def case_id_problem(case_id: str) -> str | None:
+    """Why ``case_id`` cannot name a case's output files (``predictions/<case_id>.nii.gz``), or None.
+
+    An id must be non-empty, hold no path separator and no control character, and not start
+    with '.' (which also rules out '.' and '..').
+    """
+    if not case_id:
+        return "is empty"
+    if "/" in case_id or "\\" in case_id:
+        return "holds a path separator ('/' or '\\')"
+    if case_id.startswith("."):
+        return "starts with '.'"
+    if any(unicodedata.category(char) == "Cc" for char in case_id):
+        return "holds a control character"
+    return None
+
+
 def _case_problems(manifest: Manifest) -> list[Problem]:
-    """Problems between cases: duplicate ids, one patient in two splits, missing classes."""
+    """Problems between cases: unsafe or duplicate ids, one patient in two splits, missing classes."""
     problems: list[Problem] = []
     seen: set[str] = set()
     for case in manifest.cases:
+        problems += _unsafe_id_problems(manifest, case)
         if case.case_id in seen:
             problems.append(Problem(
                 "duplicate case_id", "give every case a unique case_id", file=manifest.path, case_id=case.case_id
@@ -152,6 +175,21 @@ def _case_problems(manifest: Manifest) -> list[Problem]:
     return problems
 
 
+def _unsafe_id_problems(manifest: Manifest, case: Case) -> list[Problem]:
+    """The case's id problem, on the CSV row's manifest or, in an MSD or nnU-Net dataset, on the
+    image file whose name gives the id."""
+    reason = case_id_problem(case.case_id)
+    if reason is None:
+        return []
+    in_csv = manifest.path.suffix == ".csv"
+    return [Problem(
+        f"case_id {case.case_id!r} cannot name the case's output files: it {reason}",  # repr escapes control characters
+        ("change the case_id in the manifest" if in_csv else "rename the case's image and label files, whose names give the case_id")
+        + "; use letters, digits, '-', '_' and '.' (not first)",
+        file=manifest.path if in_csv else case.image[0],
+    )]
+
+
 # --- CSV -------------------------------------------------------------------------------------
 
 
@@ -176,6 +214,10 @@ def _read_csv(path: Path) -> tuple[Manifest, list[Problem]]:
             "; ".join(parts), f"use the header {','.join(CSV_COLUMNS[:6])} (series_uid is optional)", file=path
         )
     problems: list[Problem] = []
+    if not rows:
+        problems.append(Problem(
+            "the manifest has a header but no cases", f"add one row per case: {','.join(CSV_COLUMNS[:6])}", file=path
+        ))
     cases: list[Case] = []
     for line, raw in enumerate(rows, start=2):
         row = {k.strip(): (v or "").strip() for k, v in raw.items() if k is not None}
@@ -252,11 +294,37 @@ def _resolve(base: Path, value: str) -> Path:
 # --- Medical Segmentation Decathlon ----------------------------------------------------------
 
 
-def _read_msd(path: Path) -> tuple[Manifest, list[Problem]]:
+def _read_json(path: Path) -> object:
     try:
-        spec = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise DataError(f"cannot read the dataset.json ({exc})", "fix the JSON syntax", file=path)
+
+
+def _entry_image(entry: object) -> str | None:
+    """The image path of an MSD entry: ``{"image": ..., "label": ...}`` or a bare path."""
+    image = entry.get("image") if isinstance(entry, dict) else entry
+    return image if isinstance(image, str) else None
+
+
+def _is_msd_folder(folder: Path) -> bool:
+    """Whether the folder's dataset.json is an MSD one whose training images exist as listed.
+
+    nnU-Net v2's dataset.json lists no images ("channel_names", "numTraining", "file_ending");
+    nnU-Net v1's has MSD's "training" list, but names the images without the _0000 channel
+    suffix that the files in imagesTr/ carry, so none exists as listed.
+    """
+    spec_path = folder / "dataset.json"
+    if not spec_path.is_file():
+        return False
+    spec = _read_json(spec_path)
+    training = spec.get("training") if isinstance(spec, dict) else None
+    images = [_entry_image(entry) for entry in training] if isinstance(training, list) else []
+    return any(image and _resolve(folder, image).is_file() for image in images)
+
+
+def _read_msd(path: Path) -> tuple[Manifest, list[Problem]]:
+    spec = _read_json(path)
     if not isinstance(spec, dict) or not isinstance(spec.get("training"), list):
         raise DataError(
             "an MSD dataset.json needs a 'training' list of {image, label}",
@@ -266,9 +334,15 @@ def _read_msd(path: Path) -> tuple[Manifest, list[Problem]]:
     problems: list[Problem] = []
     cases: list[Case] = []
     entries = [(e, None) for e in spec["training"]] + [(e, "test") for e in spec.get("test", [])]
+    if not entries:
+        problems.append(Problem(
+            "the dataset.json lists no cases (its 'training' and 'test' lists are empty)",
+            'add one {"image": ..., "label": ...} entry per case to its \'training\' list',
+            file=path,
+        ))
     for entry, split in entries:
-        image = entry if isinstance(entry, str) else entry.get("image") if isinstance(entry, dict) else None
-        if not isinstance(image, str):
+        image = _entry_image(entry)
+        if image is None:
             problems.append(Problem(f"entry {entry!r} has no image path", "give each entry an image", file=path))
             continue
         label = entry.get("label") if isinstance(entry, dict) else None
@@ -301,12 +375,7 @@ def _read_nnunet(folder: Path) -> tuple[Manifest, list[Problem]]:
             "give a folder with imagesTr/, labelsTr/ and dataset.json, or a CSV manifest",
             file=folder,
         )
-    spec: dict = {}
-    if spec_path.exists():
-        try:
-            spec = json.loads(spec_path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise DataError(f"cannot read the dataset.json ({exc})", "fix the JSON syntax", file=spec_path)
+    spec = _read_json(spec_path) if spec_path.exists() else {}
     ending = spec.get("file_ending", ".nii.gz")
     problems: list[Problem] = []
     cases: list[Case] = []
@@ -343,6 +412,12 @@ def _read_nnunet(folder: Path) -> tuple[Manifest, list[Problem]]:
                 label=label if label.exists() else None,
                 split=split,
             ))
+    if not cases and not problems:  # every image file gives a case or a problem: there is none
+        problems.append(Problem(
+            f"no images in imagesTr/ or imagesTs/ (looked for *{ending})",
+            f"add each case's images as imagesTr/CASE_0000{ending} and its label as labelsTr/CASE{ending}",
+            file=folder,
+        ))
     class_names, class_problems = _class_names(spec.get("labels", {}), spec_path) if spec else ([], [])
     return Manifest(folder / "dataset.json" if spec else folder, cases, class_names), problems + class_problems
 

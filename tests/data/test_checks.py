@@ -1,4 +1,5 @@
 """check-data on copies of real files, each corrupted in one way: every problem in one run."""
+import json
 import shutil
 from pathlib import Path
 
@@ -8,7 +9,7 @@ import pydicom
 import pytest
 
 from medft.cli import main
-from tests.conftest import MANIFESTS, SAMPLE, copy_case, rewrite_nifti, write_csv
+from tests.conftest import MANIFESTS, SAMPLE, copy_case, rewrite_nifti, sample_case, write_csv
 
 CROP_1 = SAMPLE / "dicom" / "study1" / "13_HCropVolume"
 CROP_2 = SAMPLE / "dicom" / "study2" / "14_HCropVolume"
@@ -126,3 +127,37 @@ def test_the_sample_manifests_are_clean(manifest, capsys):
 
 def test_the_full_shared_dataset_is_clean(shared_data, capsys):
     assert main(["check-data", str(shared_data / "hippocampus" / "dataset.json")]) == 0
+
+
+def test_an_unsafe_case_id_is_one_line_among_the_other_problems(tmp_path, capsys):
+    image, label = copy_case("hippocampus_334", tmp_path)
+    rows = [{"case_id": "../../escaped", "image": image.name, "label": label.name},
+            {"case_id": "gone", "image": "gone.nii.gz"}]
+    manifest = write_csv(tmp_path / "m.csv", rows, classes={"0": "background", "1": "a", "2": "b"})
+    assert main(["check-data", str(manifest)]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"ERROR {manifest}: case_id '../../escaped' cannot name the case's output files")
+    assert "case gone:" in lines[1] and "file not found" in lines[1]
+    assert lines[-1].endswith("2 error(s), 0 warning(s)")
+
+
+def test_a_header_only_manifest_fails(tmp_path, capsys):
+    manifest = write_csv(tmp_path / "m.csv", [])
+    assert main(["check-data", str(manifest)]) == 1
+    out = capsys.readouterr().out
+    assert f"ERROR {manifest}: the manifest has a header but no cases. Fix: add one row per case" in out
+    assert out.strip().endswith("1 error(s), 0 warning(s)")
+
+
+def test_an_msd_task_folder_is_checked_as_its_dataset_json(tmp_path, capsys):
+    for case in ("hippocampus_334", "hippocampus_335"):
+        image, label = sample_case(case)
+        for src, sub in ((image, "imagesTr"), (label, "labelsTr")):
+            (tmp_path / sub).mkdir(exist_ok=True)
+            shutil.copyfile(src, tmp_path / sub / src.name)
+    spec = {"modality": {"0": "MRI"}, "labels": {"0": "background", "1": "Anterior", "2": "Posterior"},
+            "training": [{"image": f"./imagesTr/{c}.nii.gz", "label": f"./labelsTr/{c}.nii.gz"}
+                         for c in ("hippocampus_334", "hippocampus_335")]}
+    (tmp_path / "dataset.json").write_text(json.dumps(spec))
+    assert main(["check-data", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.strip() == f"{tmp_path}: 0 error(s), 0 warning(s)"

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from medft.data.loading import load_image
-from medft.data.manifest import load_manifest, read_manifest
+from medft.data.manifest import case_id_problem, load_manifest, read_manifest
 from medft.errors import DataError, MedftError
 from tests.conftest import MANIFESTS, SAMPLE, copy_case, write_csv
 
@@ -115,3 +115,108 @@ def test_row_problems_are_all_collected(tmp_path):
     assert any(p.severity == "warning" and "no label classes declared" in str(p) for p in problems)
     with pytest.raises(MedftError, match="4 problem"):
         load_manifest(tmp_path / "m.csv")
+
+
+@pytest.mark.parametrize("case_id, reason", [
+    ("../../escaped", "holds a path separator"),
+    ("sub/dir", "holds a path separator"),
+    ("sub\\dir", "holds a path separator"),
+    (".", "starts with '.'"),
+    ("..", "starts with '.'"),
+    (".hidden", "starts with '.'"),
+    ("a\tb", "holds a control character"),
+    ("a\x1bb", "holds a control character"),
+    ("", "is empty"),
+])
+def test_unsafe_case_ids_are_named_with_the_reason(case_id, reason):
+    assert reason in case_id_problem(case_id)
+
+
+@pytest.mark.parametrize("case_id", ["hippocampus_334", "case.1", "Patient 7-b", "étude_ü"])
+def test_safe_case_ids_pass(case_id):
+    assert case_id_problem(case_id) is None
+
+
+def test_an_unsafe_csv_case_id_is_one_problem_and_loading_refuses(tmp_path):
+    image, label = copy_case("hippocampus_334", tmp_path)
+    rows = [{"case_id": "../../escaped", "image": image.name, "label": label.name},
+            {"case_id": "sub/dir", "image": "missing.nii.gz"},
+            {"case_id": "ok", "image": image.name, "label": label.name}]
+    manifest = write_csv(tmp_path / "m.csv", rows, classes={"0": "background", "1": "a", "2": "b"})
+    _, problems = read_manifest(manifest)
+    assert [str(p) for p in problems] == [
+        f"ERROR {manifest}: case_id {case_id!r} cannot name the case's output files: it holds a path "
+        "separator ('/' or '\\'). Fix: change the case_id in the manifest; use letters, digits, '-', '_' and '.' "
+        "(not first)"
+        for case_id in ("../../escaped", "sub/dir")
+    ]
+    with pytest.raises(MedftError, match="2 problem"):
+        load_manifest(manifest)
+
+
+def test_an_unsafe_msd_case_id_is_refused(tmp_path):
+    image, label = copy_case("hippocampus_334", tmp_path)
+    hidden = image.rename(tmp_path / ".hidden.nii.gz")
+    spec = {"labels": {"0": "background", "1": "a", "2": "b"}, "training": [{"image": hidden.name, "label": label.name}]}
+    (tmp_path / "dataset.json").write_text(json.dumps(spec))
+    with pytest.raises(MedftError, match=r"ERROR \S*\.hidden\.nii\.gz: case_id '\.hidden' cannot name .* it starts with '\.'\. "
+                       r"Fix: rename the case's image and label files"):
+        load_manifest(tmp_path / "dataset.json")
+
+
+def test_an_unsafe_nnunet_case_id_is_refused(tmp_path):
+    root = _nnunet_folder(tmp_path / "ds")
+    for channel in ("0000", "0001"):
+        (root / "imagesTr" / f"hippocampus_334_{channel}.nii.gz").rename(root / "imagesTr" / f"..._{channel}.nii.gz")
+    (root / "labelsTr" / "hippocampus_334.nii.gz").rename(root / "labelsTr" / "....nii.gz")
+    with pytest.raises(MedftError, match=r"(?s)1 problem.*ERROR \S*/imagesTr/\.\.\._0000\.nii\.gz: case_id '\.\.\.' cannot name .* it "
+                       r"starts with '\.'"):
+        load_manifest(root)
+
+
+def test_a_csv_with_only_the_header_is_an_error(tmp_path):
+    manifest = write_csv(tmp_path / "m.csv", [])
+    _, problems = read_manifest(manifest)
+    assert [str(p) for p in problems] == [
+        f"ERROR {manifest}: the manifest has a header but no cases. "
+        "Fix: add one row per case: case_id,image,label,split,site,patient_id"
+    ]
+    with pytest.raises(MedftError, match="1 problem"):
+        load_manifest(manifest)
+
+
+def test_an_msd_dataset_json_without_entries_is_an_error(tmp_path):
+    (tmp_path / "dataset.json").write_text(json.dumps({"labels": {"0": "background"}, "training": [], "test": []}))
+    with pytest.raises(MedftError, match=r"lists no cases .* Fix: add one \{\"image\": \.\.\., \"label\": \.\.\.\} entry per case"):
+        load_manifest(tmp_path / "dataset.json")
+
+
+def test_an_nnunet_folder_without_images_is_an_error(tmp_path):
+    root = _nnunet_folder(tmp_path / "ds")
+    for folder in ("imagesTr", "imagesTs"):
+        shutil.rmtree(root / folder)
+    (root / "imagesTr").mkdir()
+    with pytest.raises(MedftError, match=r"no images in imagesTr/ or imagesTs/ \(looked for \*\.nii\.gz\)"):
+        load_manifest(root)
+
+
+def test_a_folder_with_an_msd_dataset_json_is_read_as_that_json():
+    from_folder, problems = read_manifest(SAMPLE / "hippocampus")
+    from_json, _ = read_manifest(SAMPLE / "hippocampus" / "dataset.json")
+    assert problems == []
+    assert from_folder.path == SAMPLE / "hippocampus" / "dataset.json"
+    assert from_folder.cases == from_json.cases and from_folder.class_names == from_json.class_names
+
+
+def test_an_nnunet_v1_folder_with_an_msd_style_dataset_json_stays_nnunet(tmp_path):
+    """nnU-Net v1 wrote MSD's format, naming the images without the _0000 that their files carry."""
+    root = _nnunet_folder(tmp_path / "Task004_Hippocampus")
+    spec = {"modality": {"0": "T1", "1": "T1 copy"}, "labels": {"0": "background", "1": "anterior", "2": "posterior"},
+            "training": [{"image": f"./imagesTr/{c}.nii.gz", "label": f"./labelsTr/{c}.nii.gz"}
+                         for c in ("hippocampus_334", "hippocampus_335")],
+            "test": ["./imagesTs/hippocampus_336.nii.gz"]}
+    (root / "dataset.json").write_text(json.dumps(spec))
+    manifest, problems = read_manifest(root)
+    assert problems == []
+    assert [len(c.image) for c in manifest] == [2, 2, 2]
+    assert [c.case_id for c in manifest] == ["hippocampus_334", "hippocampus_335", "hippocampus_336"]
