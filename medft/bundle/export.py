@@ -1,14 +1,19 @@
 """Export a fine-tuned run as a MONAI Model Zoo bundle that plain MONAI loads.
 
-The bundle holds ``configs/metadata.json`` (new labels, validation metrics, the parent bundle),
+The bundle holds ``configs/metadata.json`` (new labels, validation metrics, the fine-tuning data
+as case counts, the parent bundle's metadata verbatim under ``medft.parent_bundle``),
 ``configs/inference.json`` (``network_def`` plus a MONAI inference pipeline), ``models/model.pt``
-(a plain state_dict), ``docs/README.md`` and the parent's ``LICENSE`` and ``scripts/``.
+(a plain state_dict), ``docs/README.md``, a ``LICENSE`` that names the parent and quotes its
+licence, and the parent's ``scripts/``. What medft cannot know (the terms of the user's data, who
+fine-tuned the model, what for) is left as ``FILL IN`` for the user.
 """
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
+import textwrap
 from pathlib import Path
 
 import monai
@@ -18,10 +23,15 @@ import torch
 from medft import __version__
 from medft.bundle.reader import load_bundle
 from medft.config import RunConfig, read_yaml, validate_config
+from medft.data.manifest import read_manifest
 from medft.errors import MedftError
 
 EXPORT_VERSION = "0.1.0"
+FILL_IN = "FILL IN"  # marks what only the user can state (data terms, authors, intended use)
+# Keys of the parent's metadata that stay true of the fine-tuned bundle: what it needs to run.
+KEPT_PARENT_KEYS = ("schema", "required_packages_version", "optional_packages_version")
 _REFERENCE = re.compile(r"@([A-Za-z_][\w#]*)")
+log = logging.getLogger("medft.bundle")
 
 
 def export_run(run_dir: str | Path, out_dir: str | Path) -> Path:
@@ -44,13 +54,11 @@ def export_run(run_dir: str | Path, out_dir: str | Path) -> Path:
     metadata = _metadata(config, checkpoint, run_dir, parent)
     (out_dir / "configs" / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
     (out_dir / "docs" / "README.md").write_text(_readme(metadata))
-    if parent is not None:
-        for name in ("LICENSE", "scripts"):
-            source = parent.root / name
-            if source.is_dir():
-                shutil.copytree(source, out_dir / name, ignore=shutil.ignore_patterns("__pycache__"))
-            elif source.is_file():
-                shutil.copyfile(source, out_dir / name)
+    (out_dir / "LICENSE").write_text(_license(parent))
+    if parent is not None and (parent.root / "scripts").is_dir():
+        shutil.copytree(parent.root / "scripts", out_dir / "scripts", ignore=shutil.ignore_patterns("__pycache__"))
+    log.warning("%s: state the terms of your data, the authors and the intended use where configs/metadata.json "
+                "and LICENSE say %s", out_dir, FILL_IN)
     return out_dir
 
 
@@ -103,36 +111,30 @@ def _referenced_keys(node: object, config: dict, found: list[str] | None = None)
 
 
 def _metadata(config: RunConfig, checkpoint: dict, run_dir: Path, parent) -> dict:
+    """The fine-tuned bundle's own metadata; the parent's, verbatim, under ``medft.parent_bundle``."""
     class_names = checkpoint["class_names"]
-    metadata = dict(parent.metadata) if parent else {}
+    parent_meta = parent.metadata if parent else {}
     parent_name = f"{parent.name} {parent.version}".strip() if parent else "none (trained from random weights)"
-    history = dict(metadata.get("changelog", {}))
+    early = checkpoint["early_stopping"]
+    metadata = {key: parent_meta[key] for key in KEPT_PARENT_KEYS if key in parent_meta}
     metadata.update({
         "version": EXPORT_VERSION,
-        "changelog": {EXPORT_VERSION: f"fine-tuned with medft {__version__} from {parent_name}", **history},
+        "changelog": {EXPORT_VERSION: f"fine-tuned with medft {__version__} from {parent_name}"},
         "monai_version": monai.__version__,
         "pytorch_version": torch.__version__.split("+")[0],
         "numpy_version": np.__version__,
         "name": f"{parent.name} (fine-tuned)" if parent else "medft network",
         "task": f"Segmentation of {', '.join(class_names[1:])}",
         "description": f"Fine-tuned by medft from {parent_name} to {len(class_names)} classes.",
+        "authors": f"{FILL_IN}: who trained this model with medft",
+        "copyright": _copyright(parent),
+        "data_source": _data_source(config, fine_tuned=parent is not None),
+        "intended_use": _intended_use(parent_meta),
+        "eval_metrics": {"val_mean_dice": early["best"]},
+        "network_data_format": _network_data_format(config, checkpoint, parent_meta),
     })
-    metadata["network_data_format"] = {
-        "inputs": {"image": {
-            "type": "image", "format": "magnitude", "modality": metadata.get("network_data_format", {}).get("inputs", {}).get("image", {}).get("modality", "MR"),
-            "num_channels": int(checkpoint["network_def"].get("in_channels", 1)),
-            "spatial_shape": list(config.data.spatial_size), "dtype": "float32", "value_range": [], "is_patch_data": True,
-            "channel_def": {"0": "image"},
-        }},
-        "outputs": {"pred": {
-            "type": "image", "format": "segmentation", "num_channels": len(class_names),
-            "spatial_shape": list(config.data.spatial_size), "dtype": "float32", "value_range": [0, 1],
-            "is_patch_data": True, "channel_def": {str(i): name for i, name in enumerate(class_names)},
-        }},
-    }
-    early = checkpoint["early_stopping"]
     metadata["medft"] = {
-        "parent_bundle": {"name": parent.name, "version": parent.version, "source": str(config.model.bundle)} if parent else None,
+        "parent_bundle": _parent_entry(config, parent),
         "evaluation": {"split": "val", "metric": "mean Dice over foreground classes", "val_dice": early["best"], "best_epoch": early["best_epoch"],
                        "val_dice_per_class": _best_per_class(run_dir, early["best_epoch"])},
         "class_names": class_names,
@@ -141,6 +143,80 @@ def _metadata(config: RunConfig, checkpoint: dict, run_dir: Path, parent) -> dic
         "medft_version": __version__,
     }
     return metadata
+
+
+def _parent_entry(config: RunConfig, parent) -> dict | None:
+    """The parent's name, version and origin (a Model Zoo name, or a local folder without its path),
+    then the rest of its metadata verbatim: its data source, copyright and own fields."""
+    if parent is None:
+        return None
+    local = Path(config.model.bundle).expanduser().is_dir()  # as load_bundle decides
+    entry = {"name": parent.name, "version": parent.version,
+             "source": "a local bundle folder" if local else f"MONAI Model Zoo bundle {parent.name}"}
+    entry.update((key, value) for key, value in parent.metadata.items() if key not in entry)
+    return entry
+
+
+def _data_source(config: RunConfig, fine_tuned: bool) -> str:
+    """The training data without paths or identifiers: its case counts and the manifest's file name."""
+    name = Path(config.data.manifest).name
+    try:
+        manifest, _ = read_manifest(config.data.manifest)
+        cases = f"{len(manifest.split('train'))} training and {len(manifest.split('val'))} validation cases of the manifest {name}"
+    except MedftError:
+        cases = f"the cases of the manifest {name} (not readable at export)"
+    verb = "Fine-tuned" if fine_tuned else "Trained"
+    return f"{verb} on {cases}. {FILL_IN}: where these images come from and the terms under which they may be used."
+
+
+def _copyright(parent) -> str:
+    if parent is None:
+        return f"{FILL_IN}: the terms of this model and of the data it was trained on."
+    return (f"The weights derive from the bundle {parent.name} {parent.version} and remain under its licence "
+            f"(quoted in LICENSE; its copyright is under medft.parent_bundle). {FILL_IN}: the terms of the fine-tuning data.")
+
+
+def _intended_use(parent_meta: dict) -> str:
+    text = f"{FILL_IN}: what this model is for; medft has not validated it for clinical use."
+    return f"{text} The parent bundle's intended use: {parent_meta['intended_use']}" if parent_meta.get("intended_use") else text
+
+
+def _network_data_format(config: RunConfig, checkpoint: dict, parent_meta: dict) -> dict:
+    """Inputs and outputs of the fine-tuned network: its channels, classes and training size."""
+    class_names = checkpoint["class_names"]
+    channels = int(checkpoint["network_def"].get("in_channels", 1))
+    modality = parent_meta.get("network_data_format", {}).get("inputs", {}).get("image", {}).get("modality", "MR")
+    return {
+        "inputs": {"image": {
+            "type": "image", "format": "magnitude", "modality": modality, "num_channels": channels,
+            "spatial_shape": list(config.data.spatial_size), "dtype": "float32", "value_range": [], "is_patch_data": True,
+            "channel_def": {"0": "image"} if channels == 1 else {str(i): f"image channel {i}" for i in range(channels)},
+        }},
+        "outputs": {"pred": {
+            "type": "image", "format": "segmentation", "num_channels": len(class_names),
+            "spatial_shape": list(config.data.spatial_size), "dtype": "float32", "value_range": [0, 1],
+            "is_patch_data": True, "channel_def": {str(i): name for i, name in enumerate(class_names)},
+        }},
+    }
+
+
+def _license(parent) -> str:
+    """Where the weights come from, the FILL IN for the data's terms, then the parent's licence verbatim."""
+    terms = f"{FILL_IN}: the terms of the data these weights were trained on, and any terms you add for this model."
+    if parent is None:
+        return _paragraphs("The weights in models/model.pt were trained by medft from random initial weights.", terms)
+    source = parent.root / "LICENSE"
+    quoted = (source.read_text(encoding="utf-8", errors="replace") if source.is_file()
+              else f"(The bundle has no LICENSE file; its metadata gives the copyright: {parent.metadata.get('copyright', 'none')}.)\n")
+    scripts = " Its scripts/ folder is copied here unchanged." if (parent.root / "scripts").is_dir() else ""
+    origin = (f"The weights in models/model.pt were fine-tuned with medft from the MONAI bundle {parent.name}, version "
+              f"{parent.version}. They derive from that bundle's weights and remain subject to its licence, which "
+              f"follows verbatim.{scripts}")
+    return _paragraphs(origin, terms) + f"\n----- Licence of {parent.name} {parent.version} (verbatim) -----\n{quoted}"
+
+
+def _paragraphs(*texts: str) -> str:
+    return "\n\n".join(textwrap.fill(text, 96) for text in texts) + "\n"
 
 
 def _best_per_class(run_dir: Path, epoch: int) -> dict:
@@ -161,6 +237,11 @@ def _readme(metadata: dict) -> str:
 
 Classes: {', '.join(f'{i} {n}' for i, n in enumerate(info['class_names']))}.
 
+## Data and licence
+- Data: {metadata['data_source']}
+- Parent: {_parent_line(info['parent_bundle'])}
+- Licence: {metadata['copyright']}
+
 ## Validation (split `val`, epoch {info['evaluation']['best_epoch']})
 | class | Dice |
 | --- | --- |
@@ -179,3 +260,10 @@ network.load_state_dict(torch.load("models/model.pt", map_location="cpu"))
 Images are brought to RAS orientation and normalised as in `preprocessing`; predict with the
 sliding-window `inferer`.
 """
+
+
+def _parent_line(parent: dict | None) -> str:
+    if parent is None:
+        return "none, trained from random weights."
+    return (f"{parent['name']} {parent['version']} ({parent['source']}); its metadata (data source, copyright, ...) "
+            "is kept verbatim under `medft.parent_bundle` in `configs/metadata.json`.")

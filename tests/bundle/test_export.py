@@ -1,0 +1,114 @@
+"""Export: the bundle's metadata, LICENSE and README describe the fine-tuned model, not its parent."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+from medft.bundle.export import _network_data_format, _parent_entry, export_run
+from medft.bundle.reader import load_bundle
+from medft.config import load_config
+from medft.train.recipe import run_training
+from tests.conftest import REPO
+from tests.train.helpers import TRAIN_IDS, VAL_IDS, make_config
+
+PARENT = REPO / "bundles" / "hippocampus_demo"  # pretrained on MSD cases, with their licence
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A one-epoch fine-tune of the shipped demo bundle on six sample cases, exported."""
+    root = tmp_path_factory.mktemp("export")
+    run_training(load_config(make_config(root, **{"model.bundle": str(PARENT), "train.epochs": 1})), root / "run")
+    return root, export_run(root / "run", root / "exported")
+
+
+def _metadata(bundle: Path) -> dict:
+    return json.loads((bundle / "configs" / "metadata.json").read_text())
+
+
+def _strings(node: object) -> list[str]:
+    if isinstance(node, dict):
+        return [s for value in node.values() for s in _strings(value)]
+    if isinstance(node, list):
+        return [s for value in node for s in _strings(value)]
+    return [node] if isinstance(node, str) else []
+
+
+def test_the_metadata_states_the_fine_tuning_data_and_terms_not_the_parents(exported):
+    _, bundle = exported
+    metadata, parent = _metadata(bundle), json.loads((PARENT / "configs" / "metadata.json").read_text())
+    assert "Medical Segmentation Decathlon" not in metadata["data_source"] + metadata["copyright"] + metadata["authors"]
+    assert metadata["data_source"].startswith("Fine-tuned on 4 training and 2 validation cases of the manifest manifest.csv.")
+    assert "FILL IN" in metadata["data_source"] and "FILL IN" in metadata["copyright"]
+    assert "hippocampus_demo 1.0.0" in metadata["copyright"] and "licence" in metadata["copyright"]
+    assert "pretraining_cases" not in metadata and "data_type" not in metadata
+    assert metadata["changelog"] == {"0.1.0": "fine-tuned with medft 0.1.0 from hippocampus_demo 1.0.0"}
+    assert parent["intended_use"] in metadata["intended_use"] and metadata["intended_use"].startswith("FILL IN")
+    assert metadata["eval_metrics"]["val_mean_dice"] == metadata["medft"]["evaluation"]["val_dice"]
+
+
+def test_the_parent_entry_carries_the_parents_metadata_verbatim(exported):
+    _, bundle = exported
+    entry = _metadata(bundle)["medft"]["parent_bundle"]
+    parent = json.loads((PARENT / "configs" / "metadata.json").read_text())
+    assert (entry["name"], entry["version"]) == ("hippocampus_demo", "1.0.0")
+    for key in ("data_source", "copyright", "authors", "changelog", "intended_use", "pretraining_cases"):
+        assert entry[key] == parent[key], key
+
+
+def test_the_bundle_holds_no_local_path_and_no_case_id(exported):
+    root, bundle = exported
+    assert str(PARENT) in (root / "run" / "config.yaml").read_text()  # the run itself records where things were
+    metadata = _metadata(bundle)
+    assert metadata["medft"]["parent_bundle"]["source"] == "a local bundle folder"
+    assert not [s for s in _strings(metadata) if s.startswith(("/", "~")) or str(REPO) in s or str(root) in s]
+    written = "\n".join((bundle / name).read_text() for name in ("configs/metadata.json", "LICENSE", "docs/README.md"))
+    assert str(root) not in written and str(REPO) not in written
+    assert not [case for case in TRAIN_IDS + VAL_IDS if case in written]
+
+
+def test_a_model_zoo_parent_is_recorded_by_name(tmp_path):
+    parent = load_bundle(PARENT)
+    config = SimpleNamespace(model=SimpleNamespace(bundle="hippocampus_demo"))  # a Model Zoo name, no folder here
+    assert _parent_entry(config, parent)["source"] == "MONAI Model Zoo bundle hippocampus_demo"
+
+
+def test_the_license_names_the_parent_then_quotes_its_licence(exported):
+    _, bundle = exported
+    licence, parents = (bundle / "LICENSE").read_text(), (PARENT / "LICENSE").read_text()
+    origin, quoted = licence.split("----- Licence of hippocampus_demo 1.0.0 (verbatim) -----\n")
+    assert quoted == parents
+    assert "from the MONAI bundle hippocampus_demo, version 1.0.0" in " ".join(origin.split())
+    assert "FILL IN: the terms of the data" in origin and "Decathlon" not in origin
+
+
+def test_the_readme_says_what_the_bundle_is_and_where_it_comes_from(exported):
+    _, bundle = exported
+    readme, metadata = (bundle / "docs" / "README.md").read_text(), _metadata(bundle)
+    assert readme.startswith("# hippocampus_demo (fine-tuned)\n")
+    assert f"- Data: {metadata['data_source']}" in readme and f"- Licence: {metadata['copyright']}" in readme
+    assert "- Parent: hippocampus_demo 1.0.0 (a local bundle folder)" in readme
+
+
+def test_an_unreadable_manifest_leaves_a_data_source_without_counts(exported, tmp_path):
+    root, _ = exported
+    run = tmp_path / "run"
+    shutil.copytree(root / "run", run)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["data"]["manifest"] = str(tmp_path / "moved" / "manifest.csv")
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    metadata = _metadata(export_run(run, tmp_path / "bundle"))
+    assert metadata["data_source"].startswith("Fine-tuned on the cases of the manifest manifest.csv (not readable at export).")
+    assert str(tmp_path) not in json.dumps(metadata)
+
+
+def test_the_input_channels_are_described_one_by_one():
+    config = SimpleNamespace(data=SimpleNamespace(spatial_size=[16, 16, 16]))
+    checkpoint = {"class_names": ["background", "tumour"], "network_def": {"in_channels": 2}}
+    inputs = _network_data_format(config, checkpoint, {})["inputs"]["image"]
+    assert inputs["num_channels"] == 2 and inputs["channel_def"] == {"0": "image channel 0", "1": "image channel 1"}
