@@ -29,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("medft: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of stdout left (medft ... | head): not an error of medft's
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush does not fail again
+        return 141
     except Exception as exc:  # no traceback for users unless they ask for it
         user_error = find_user_error(exc)
         if user_error is not None:
@@ -214,7 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     reviewer.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
     reviewer.set_defaults(run=_add_reviewer)
 
-    bundle = commands.add_parser("bundle", help="work with MONAI bundles", description="Work with MONAI bundles.")
+    bundle = _command(commands, "bundle", "work with MONAI bundles", "Work with MONAI bundles: 'medft bundle COMMAND --help'.",
+                      "medft bundle inspect bundles/hippocampus_demo --out-channels 3")
+    bundle.set_defaults(run=lambda args: bundle.print_help() or 2)
     bundle_commands = bundle.add_subparsers(title="bundle commands", metavar="COMMAND")
     inspect = _command(
         bundle_commands,
@@ -228,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("bundle", help="bundle folder or Model Zoo name")
     inspect.add_argument("--out-channels", type=_count, default=None, help="output classes of the adapted network")
     inspect.add_argument("--in-channels", type=_count, default=None, help="input channels of the adapted network")
-    inspect.add_argument("--input-size", type=_count, default=None, help="edge of the dummy input in voxels (default 32)")
+    inspect.add_argument("--input-size", type=_count, default=None, help="edge of the dummy input in voxels (default: the input shape in the bundle's metadata when at most 64, else 32, then 64)")
     inspect.add_argument("--json", action="store_true", help="print the report as JSON")
     inspect.set_defaults(run=_bundle_inspect)
 

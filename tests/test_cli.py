@@ -23,7 +23,7 @@ def test_help_lists_the_commands_without_importing_torch():
     assert result.stdout.strip().endswith("light")
 
 
-@pytest.mark.parametrize("command", ["check-data", "train", "validate", "export", "bundle inspect", "demo"])
+@pytest.mark.parametrize("command", ["check-data", "train", "validate", "export", "bundle", "bundle inspect", "demo"])
 def test_every_command_has_help_with_an_example(command):
     result = _medft(*command.split(), "--help")
     assert result.returncode == 0
@@ -33,6 +33,21 @@ def test_every_command_has_help_with_an_example(command):
 def test_usage_errors_exit_2():
     result = _medft("check-data")
     assert result.returncode == 2 and "the following arguments are required: manifest" in result.stderr
+    result = _medft("bundle")  # a group without its command: the group's help, not the top level's
+    assert result.returncode == 2 and result.stdout.startswith("usage: medft bundle") and "inspect" in result.stdout
+
+
+def test_a_reader_that_leaves_early_is_no_internal_error():
+    # A command whose output outlasts the pipe's buffer, so that it is still writing when the reader leaves.
+    flood = ("import sys\nfrom medft import cli\n"
+             "def flood(args):\n    for _ in range(100_000):\n        print('x' * 80)\n    return 0\n"
+             "cli._validate = flood\nsys.exit(cli.main(['validate', '--keys']))")
+    reader = subprocess.Popen([sys.executable, "-c", flood], cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    reader.stdout.readline()
+    reader.stdout.close()  # as `| head -1` does
+    assert reader.wait(timeout=60) == 141
+    assert reader.stderr.read() == ""
 
 
 @pytest.mark.parametrize("args", [

@@ -171,12 +171,14 @@ def require_loaded(report: AdaptationReport, bundle: Bundle, min_loaded_fraction
 
 
 def dummy_forward_backward(
-    network: nn.Module, in_channels: int, spatial_dims: int, size: int | Sequence[int] = 32
+    network: nn.Module, in_channels: int, spatial_dims: int, size: int | Sequence[int] = 32,
+    size_option: str = "--input-size",
 ) -> tuple[int, ...]:
     """Push a random (2, in_channels, *size) batch through ``network`` in train mode, backward its mean.
 
     Returns the shape of the main output (the first of a list/tuple, or ``[:, 0]`` of DynUNet's
     deep-supervision stack). The network's mode, norm statistics and gradients are left as they were.
+    ``size_option`` is what the caller's user sets the size with, named in the error when it does not fit.
     """
     size = (size,) * spatial_dims if isinstance(size, int) else tuple(size)
     if len(size) != spatial_dims:
@@ -193,7 +195,7 @@ def dummy_forward_backward(
         except Exception as error:  # noqa: BLE001 - any failure here means the input does not fit
             raise MedftError(
                 f"the network did not accept a {tuple(batch.shape)} input: {one_line(error)}. Fix: give an input "
-                f"size the network accepts (--input-size), e.g. a multiple of 32, and the channels it takes"
+                f"size the network accepts ({size_option}), e.g. a multiple of 32, and the channels it takes"
             ) from None
         if isinstance(output, (list, tuple)):
             output = output[0]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import logging
 import re
 import sys
 from collections.abc import Iterator, Mapping
@@ -282,15 +283,20 @@ def load_bundle(source: str | Path, version: str | None = None, cache_dir: Path 
             return cached
     from monai.bundle import download
 
+    summary = logging.getLogger("monai.bundle.scripts")  # MONAI logs its arguments at INFO before it starts
+    level = summary.level
+    summary.setLevel(logging.WARNING)
     try:
         download(name=name, version=version, bundle_dir=str(cache), progress=False)
     except Exception as error:  # noqa: BLE001 - offline, unknown name, missing client library...
         raise MedftError(
             f"{name}: not a bundle folder here, and cannot download bundle {name} from the MONAI Model Zoo "
             f"(no network?): {one_line(error)}. "
-            f"Fix: download it on a machine with a network (python -m monai.bundle download {name} "
-            f"--bundle_dir DIR), copy the folder here and give its path"
+            f"Fix: download it on a machine with a network (python -c \"from monai.bundle import download; "
+            f"download(name='{name}', bundle_dir='DIR')\"), copy the folder DIR/{name} here and give its path"
         ) from None
+    finally:
+        summary.setLevel(level)
     if not (cache / name).is_dir():
         raise MedftError(
             f"{cache}: the download of bundle {name} left no folder {name}. "

@@ -155,8 +155,8 @@ def select_series(scan: SeriesScan, series_uid: str | None) -> SeriesInfo:
     if len(scan.series) > 1:
         raise DataError(
             f"holds {len(scan.series)} DICOM series and medft does not merge series: {found}",
-            "add a series_uid column to the manifest and give, for this case, the uid of the series to use "
-            "(one of those listed), or move the other series to separate folders",
+            "in a manifest, add a series_uid column and give, for this case, the uid of the series to use "
+            "(one of those listed); or move each series to a folder of its own (what medft predict needs)",
             file=scan.folder,
         )
     return scan.series[0]

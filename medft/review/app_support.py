@@ -14,6 +14,7 @@ import argparse
 import html
 import logging
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +29,7 @@ from medft.review.cases import check_eval_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 APP_PATH = REPO_ROOT / "apps" / "review.py"
+DEFAULT_PORT = 8501  # Streamlit's
 ENV_EVAL_DIR, ENV_USERS, ENV_DB = "MEDFT_REVIEW_EVAL_DIR", "MEDFT_REVIEW_USERS", "MEDFT_REVIEW_DB"
 # Streamlit options of a served review app. showErrorDetails "none": the browser gets a generic
 # message only (the value "false" of older Streamlit versions now means "stacktrace", which
@@ -132,8 +134,9 @@ def launch(eval_dir: Path, port: int | None = None, users: Path | None = None, d
     if not APP_PATH.is_file():
         raise MedftError(f"{APP_PATH}: the review app is missing. Fix: run medft from its source checkout "
                          "(pip install -e .)")
+    _require_free_port(address, port or DEFAULT_PORT)
     command = streamlit_command(config, port, address)
-    print(f"medft review: serving {config.eval_dir} on {address}:{port or 8501} (reviewers from {config.users}); "
+    print(f"medft review: serving {config.eval_dir} on {address}:{port or DEFAULT_PORT} (reviewers from {config.users}); "
           "Ctrl-C stops it", file=sys.stderr)
     # The current folder stays the server's: Streamlit reads .streamlit/secrets.toml (single
     # sign-on, [auth]) and config.toml from there, or from ~/.streamlit.
@@ -151,6 +154,17 @@ def launch(eval_dir: Path, port: int | None = None, users: Path | None = None, d
                 process.kill()
                 process.wait()
         return 130
+
+
+def _require_free_port(address: str, port: int) -> None:
+    """Fail before Streamlit starts when another server holds the port (Streamlit's own message names no fix)."""
+    with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Streamlit's server: only a listener blocks
+        try:
+            probe.bind((address, port))
+        except OSError as error:
+            raise MedftError(f"cannot serve on {address}:{port}: {error.strerror} (another server, perhaps an earlier "
+                             f"medft review, holds it). Fix: stop it, or give another port: --port {port + 1}") from None
 
 
 # --------------------------------------------------------------------------------------------

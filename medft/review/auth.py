@@ -51,7 +51,7 @@ _MAX_SCRYPT_R = 32
 _MAX_SCRYPT_P = 16
 
 _FIX_CORRUPT = ("restore the file from a backup, or move it aside and add the reviewers again "
-                "with medft.review.auth.add_user")
+                "with medft add-reviewer")
 
 
 # -- password hashing --------------------------------------------------------------------------
@@ -151,7 +151,7 @@ def _read(path: Path, missing_ok: bool) -> dict[str, dict[str, Any]]:
         if not isinstance(entry, dict) or not isinstance(entry.get("hash"), str):
             raise MedftError(
                 f"{path}: the entry of user {username!r} has no \"hash\" string. Fix: set that "
-                f"user's password again with add_user(..., replace=True), or {_FIX_CORRUPT}"
+                f"user's password again (medft add-reviewer {username} --users {path} --replace), or {_FIX_CORRUPT}"
             )
     return users
 
@@ -234,8 +234,9 @@ def add_user(path: Path | str, username: str, password: str, name: str | None = 
         users = _read(path, missing_ok=True)
         old = users.get(username)
         if old is not None and not replace:
-            raise MedftError(f"{path}: user {username!r} already exists. Fix: pass replace=True "
-                             "to set a new password, or choose another username")
+            raise MedftError(f"{path}: user {username!r} already exists. Fix: to set a new password, "
+                             f"medft add-reviewer {username} --users {path} --replace (in Python: add_user(..., "
+                             "replace=True)); or choose another username")
         clash = [other for other in users
                  if other != username and other.casefold() == username.casefold()]
         if clash:
@@ -294,7 +295,7 @@ def verify(path: Path | str, username: str, password: str) -> bool:
     except ValueError as exc:
         raise MedftError(
             f"{path}: the password hash of user {username!r} is damaged ({exc}). Fix: set a new "
-            "password with add_user(path, username, password, replace=True)"
+            f"password: medft add-reviewer {username} --users {path} --replace"
         ) from None
 
 

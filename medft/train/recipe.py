@@ -375,7 +375,8 @@ class FineTuneRecipe:
         """A fake batch through the network before any long run (as MONAI's verify_net_in_out)."""
         from medft.bundle.adapt import dummy_forward_backward
 
-        shape = dummy_forward_backward(self.network, self.prepared.in_channels, self.prepared.spatial_dims, self.config.data.spatial_size)
+        shape = dummy_forward_backward(self.network, self.prepared.in_channels, self.prepared.spatial_dims,
+                                       self.config.data.spatial_size, size_option="data.spatial_size")
         if shape[1] != len(self.class_names):
             raise MedftError(f"the network gives {shape[1]} output channels, expected {len(self.class_names)} classes")
 

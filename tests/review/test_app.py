@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import socket
 import sys
 from pathlib import Path
 
@@ -239,6 +240,16 @@ def test_launch_checks_the_folder_and_the_users_file(eval_dir, tmp_path, monkeyp
                     "--db", url]
     assert support.parse_app_args(args, {}) == support.AppConfig(eval_dir.resolve(), (eval_dir / "users.json").resolve(),
                                                                  url)
+
+
+def test_launch_refuses_a_port_another_server_listens_on(eval_dir, monkeypatch):
+    monkeypatch.setattr(support.subprocess, "Popen", lambda command: pytest.fail("a server was started"))
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        with pytest.raises(MedftError, match=rf"cannot serve on 127.0.0.1:{port}: .*Fix: stop it, or give another port: --port {port + 1}"):
+            support.launch(eval_dir, port, None, None)
 
 
 def test_password_login_is_throttled(eval_dir):

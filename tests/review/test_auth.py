@@ -67,7 +67,7 @@ def test_file_is_private_and_written_atomically(users_file):
 
 
 def test_existing_user_is_kept_unless_replace(users_file):
-    with pytest.raises(MedftError, match="already exists. Fix: pass replace=True"):
+    with pytest.raises(MedftError, match=r"already exists. Fix: to set a new password, medft add-reviewer alice --users .* --replace"):
         add_user(users_file, "alice", "another password")
     assert verify(users_file, "alice", PASSWORD)
     created = json.loads(users_file.read_text())["users"]["alice"]["created"]
@@ -159,7 +159,7 @@ def test_a_damaged_hash_is_named_with_a_fix(users_file):
     data = json.loads(users_file.read_text())
     data["users"]["alice"]["hash"] = "scrypt$16384$8$1$not-base64!$x"
     users_file.write_text(json.dumps(data))
-    with pytest.raises(MedftError, match="hash of user 'alice' is damaged.*replace=True"):
+    with pytest.raises(MedftError, match=r"hash of user 'alice' is damaged.*medft add-reviewer alice --users .* --replace"):
         verify(users_file, "alice", PASSWORD)
     data["users"]["alice"]["hash"] = "scrypt$1073741824$8$1$AAAAAAAAAAAAAAAAAAAAAA==$" + "A" * 44
     users_file.write_text(json.dumps(data))

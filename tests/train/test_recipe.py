@@ -221,6 +221,14 @@ def test_problems_surface_before_training(tmp_path):
         run_training(load_config(config), tmp_path / "out2")
 
 
+def test_a_size_the_network_cannot_take_names_data_spatial_size(tmp_path):
+    config = make_config(tmp_path, **{"data.spatial_size": [17, 17, 17]})
+    with pytest.raises(MedftError, match=r"did not accept a \(2, 1, 17, 17, 17\) input: .*Fix: give an input size "
+                                         r"the network accepts \(data.spatial_size\)"):
+        run_training(load_config(config), tmp_path / "out")
+    assert not (tmp_path / "out" / "checkpoints").exists()
+
+
 @pytest.mark.parametrize("changes", [
     {"data.sampling": "patch", "data.spatial_size": [16, 16, 16], "data.samples_per_volume": 2},
     {"model.bundle": None, "model.network_def": {"_target_": "DynUNet", "spatial_dims": 3, "in_channels": 1, "out_channels": 2,
