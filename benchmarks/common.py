@@ -444,21 +444,28 @@ def timed_recipe_class():
     return TimedRecipe
 
 
+def fresh_folder(path: str | Path) -> Path:
+    """A benchmark's output folder, emptied: a rerun replaces what the previous run of it wrote
+    (``medft evaluate`` writes only into a new or empty folder)."""
+    import shutil
+
+    path = Path(path)
+    if path.exists():
+        shutil.rmtree(path)
+    return path
+
+
 def train_and_evaluate(spec: dict, recipe_class=None) -> dict:
     """Worker task: train ``spec['config']`` into ``spec['run_dir']`` and evaluate it on
     ``spec['eval_manifest']`` (into ``eval_dir``; also with test-time flips into ``eval_tta_dir`` when given),
     from the run's ``eval_checkpoint`` (best, the default, or last). ``recipe_class``: a subclass
     of ``timed_recipe_class()`` that does more while it trains (default: that class)."""
-    import shutil
-
     import torch
 
     from medft.config import validate_config
 
     started = time.perf_counter()
-    run_dir = Path(spec["run_dir"])
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
+    run_dir = fresh_folder(spec["run_dir"])
     config = validate_config(spec["config"], source=spec.get("name", "benchmark config"))
     recipe = (recipe_class or timed_recipe_class())(config, run_dir)
     try:
@@ -487,14 +494,14 @@ def train_and_evaluate(spec: dict, recipe_class=None) -> dict:
 
         t0 = time.perf_counter()
         checkpoint = spec.get("eval_checkpoint", "best")
-        out = evaluate(run_dir, spec["eval_manifest"], Path(spec["eval_dir"]), split=spec.get("eval_split"),
+        out = evaluate(run_dir, spec["eval_manifest"], fresh_folder(spec["eval_dir"]), split=spec.get("eval_split"),
                        checkpoint=checkpoint)
         result["eval_seconds"] = time.perf_counter() - t0
         result["eval"] = json.loads((out / "summary.json").read_text())
         if spec.get("eval_tta_dir"):  # the same model again, with test-time flips (medft evaluate --tta)
             t0 = time.perf_counter()
-            out = evaluate(run_dir, spec["eval_manifest"], Path(spec["eval_tta_dir"]), split=spec.get("eval_split"),
-                           tta=True, checkpoint=checkpoint)
+            out = evaluate(run_dir, spec["eval_manifest"], fresh_folder(spec["eval_tta_dir"]),
+                           split=spec.get("eval_split"), tta=True, checkpoint=checkpoint)
             result["eval_tta_seconds"] = time.perf_counter() - t0
             result["eval_tta"] = json.loads((out / "summary.json").read_text())
     result["worker_seconds"] = time.perf_counter() - started
@@ -506,7 +513,7 @@ def evaluate_model(spec: dict) -> dict:
     from medft.evaluate.run import evaluate
 
     t0 = time.perf_counter()
-    out = evaluate(spec["model"], spec["manifest"], Path(spec["eval_dir"]), split=spec.get("split"))
+    out = evaluate(spec["model"], spec["manifest"], fresh_folder(spec["eval_dir"]), split=spec.get("split"))
     return {"name": spec.get("name"), "eval_seconds": time.perf_counter() - t0,
             "eval": json.loads((out / "summary.json").read_text())}
 

@@ -20,8 +20,8 @@ import sys
 from pathlib import Path
 
 from common import (
-    MANIFESTS, N_FOLDS, WORKER_TASKS, Benchmark, dice_of, fmt, fmt_dice, fmt_difference, is_worker, markdown_table, parser,
-    subset_manifest, timed_recipe_class, train_and_evaluate, worker_main,
+    MANIFESTS, N_FOLDS, WORKER_TASKS, Benchmark, dice_of, fmt, fmt_dice, fmt_difference, fresh_folder, is_worker,
+    markdown_table, parser, subset_manifest, timed_recipe_class, train_and_evaluate, worker_main,
 )
 from hippocampus_recipe import variant_config
 
@@ -91,7 +91,7 @@ def train_with_averages(spec: dict) -> dict:
         (folder / "checkpoints").mkdir(parents=True)
         shutil.copy(run_dir / "config.yaml", folder / "config.yaml")
         torch.save({**last, "model": average["weights"]}, folder / "checkpoints" / "last.pt")
-        out = evaluate(folder, spec["eval_manifest"], Path(spec["eval_tta_dir"]).parent / f"{path.stem}_{spec['name']}",
+        out = evaluate(folder, spec["eval_manifest"], fresh_folder(Path(spec["eval_tta_dir"]).parent / f"{path.stem}_{spec['name']}"),
                        split="val", tta=True, checkpoint="last")
         result["averages"][path.stem] = {"n_averaged": average["n_averaged"], "eval_dir": str(out),
                                          "eval_tta": json.loads((out / "summary.json").read_text())}

@@ -358,13 +358,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     from medft.evaluate.run import evaluate
 
     out = evaluate(args.model, args.manifest, args.out, split=args.split, tta=args.tta,
-                   largest_component=args.largest_component, checkpoint=args.checkpoint)
+                   largest_component=args.largest_component, checkpoint=args.checkpoint, compare=args.compare)
     print(f"evaluation written to {out}: per_case.csv, summary.json, predictions/, report.html")
     _print_dice(out / "summary.json")
     if args.compare:
-        from medft.evaluate.compare import compare_evaluations
-
-        print(f"comparison written to {compare_evaluations(args.compare, out)}")
+        print(f"comparison written to {out / 'comparison.html'}")
     return 0
 
 

@@ -17,6 +17,9 @@ its scored cases). The difference B − A has one of two designs, named in ``com
   reflects the difference between the two case populations as well as between the models. The
   differences are under ``dice[class]["unpaired"]`` and ``unpaired_differences``; there is no
   per-case pair (``cases`` is empty).
+
+Each side (``"a"``, ``"b"``) states its inference options as its evaluation.json recorded them
+(``"inference"``: ``tta``, ``tta_flip_axes``, ``largest_component``); the page warns when they differ.
 """
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ from medft.evaluate.report import (
     METRIC_NAMES,
     EvaluationFolder,
     case_mean_dice,
+    describe_tta,
     format_metric,
     page,
     read_evaluation,
@@ -39,6 +43,7 @@ from medft.evaluate.summary import MEAN_FOREGROUND, METRICS, paired_difference, 
 
 N_RESAMPLES = 2000
 SEED = 0
+INFERENCE_OPTIONS = ("tta", "tta_flip_axes", "largest_component")  # from evaluation.json, into each side
 
 
 def compare_evaluations(eval_a: Path, eval_b: Path, out: Path | None = None, labels: tuple[str, str] | None = None,
@@ -71,6 +76,25 @@ def compare_evaluations(eval_a: Path, eval_b: Path, out: Path | None = None, lab
 # --------------------------------------------------------------------------------------------
 # Checks
 # --------------------------------------------------------------------------------------------
+def check_comparable(other_dir: str | Path, class_names: list[str]) -> None:
+    """Before an evaluation that ``--compare other_dir`` will set beside: MedftError naming
+    ``other_dir`` when it is not an evaluation folder, has no scored case, or has other classes
+    than ``class_names`` (the evaluated model's)."""
+    other_dir = Path(other_dir)
+    if not other_dir.is_dir():
+        raise MedftError(f"--compare {other_dir}: no such folder. Fix: give an evaluation folder that `medft evaluate` "
+                         "wrote (evaluate the other model first)")
+    other = read_evaluation(other_dir)
+    if other.class_names != class_names:
+        raise MedftError(
+            f"--compare {other_dir}: its classes {_list(other.class_names)} differ from the model's {_list(class_names)}. "
+            "Fix: compare with an evaluation of a model that predicts the same classes, in the same order"
+        )
+    if not other.rows:
+        raise MedftError(f"--compare {other_dir}: it has no scored case (per_case.csv is missing or empty: no case had "
+                         "ground truth). Fix: compare with an evaluation on cases with labels")
+
+
 def _common_classes(a: EvaluationFolder, b: EvaluationFolder) -> list[str]:
     if a.class_names != b.class_names:
         raise MedftError(
@@ -172,7 +196,19 @@ def _side(folder: EvaluationFolder, label: str) -> dict:
     evaluation = folder.evaluation
     return {"label": label, "path": str(folder.path), "model": evaluation.get("model"),
             "manifest": evaluation.get("manifest"), "split": evaluation.get("split"),
+            "inference": {k: evaluation[k] for k in INFERENCE_OPTIONS if k in evaluation},
             "created": evaluation.get("created"), "n_scored_cases": len({r["case_id"] for r in folder.rows})}
+
+
+def _inference_text(options: dict) -> str:
+    """An evaluation's inference options (``--tta``, ``--largest-component``), as far as recorded."""
+    parts = []
+    if "tta" in options:
+        parts.append(f"test-time augmentation: {describe_tta(options)}")
+    if "largest_component" in options:
+        parts.append("largest connected component per class" if options["largest_component"]
+                     else "no post-processing")
+    return "; ".join(parts) or "not recorded"
 
 
 def _case_pairs(a: EvaluationFolder, b: EvaluationFolder, names: list[str], common: list[str]) -> list[dict]:
@@ -348,9 +384,15 @@ def _sides_table(result: dict) -> str:
         kind = {"run": "fine-tuned run", "bundle": "MONAI bundle"}.get(model.get("kind"), model.get("kind") or "")
         rows.append(f"<tr><th>{letter.upper()}: {_e(side['label'])}</th><td>{_e(what)}</td><td>{_e(kind)}</td>"
                     f"<td>{_e(side.get('manifest') or 'n/a')}</td><td>{_e(side.get('split') or 'all')}</td>"
+                    f"<td>{_e(_inference_text(side['inference']))}</td>"
                     f'<td class="num">{side["n_scored_cases"]}</td><td>{_e(side["path"])}</td></tr>')
-    return ("<table><tr><th>Evaluation</th><th>Model</th><th>Kind</th><th>Manifest</th><th>Split</th>"
-            f"<th>Scored cases</th><th>Evaluation folder</th></tr>{''.join(rows)}</table>")
+    table = ("<table><tr><th>Evaluation</th><th>Model</th><th>Kind</th><th>Manifest</th><th>Split</th><th>Inference</th>"
+             f"<th>Scored cases</th><th>Evaluation folder</th></tr>{''.join(rows)}</table>")
+    a, b = result["a"]["inference"], result["b"]["inference"]
+    if any(a[k] != b[k] for k in a.keys() & b.keys()):
+        table += ('<div class="box warn">The two evaluations used different inference options (see the table): the '
+                  "difference reflects them as well as the models.</div>")
+    return table
 
 
 def _case_table(result: dict, labels: tuple[str, str]) -> str:

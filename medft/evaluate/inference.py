@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from medft.bundle.reader import load_bundle
 from medft.config import read_yaml, validate_config
 from medft.data.loading import to_native
 from medft.data.transforms import preprocessing
-from medft.errors import MedftError
+from medft.errors import DataError, MedftError
 
 log = logging.getLogger("medft.evaluate")
 DEFAULT_ROI = [96, 96, 96]
@@ -44,6 +45,24 @@ class TrainedModel:
     def preprocess(self) -> Compose:
         return Compose(preprocessing(self.intensity, self.label_map))
 
+    @property
+    def in_channels(self) -> int | None:
+        """Input channels of the network's first convolution (None when it has none)."""
+        convs = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
+        return next((m.in_channels for m in self.network.modules() if isinstance(m, convs)), None)
+
+
+def check_channels(model: TrainedModel, image: torch.Tensor, source: Path | str) -> None:
+    """DataError naming ``source`` when the image's channels differ from the network's input channels."""
+    expected = model.in_channels
+    if expected is not None and image.shape[0] != expected:
+        raise DataError(
+            f"the image has {image.shape[0]} channel(s) but the network takes {expected}",
+            f"give images with the {expected} channel(s) the model was trained on, or a model trained with "
+            f"model.in_channels={image.shape[0]}",
+            file=source,
+        )
+
 
 def load_model(path: str | Path, device: torch.device | None = None, checkpoint: str = "best") -> TrainedModel:
     """A run folder (config.yaml + checkpoints/best.pt, else last.pt) or a bundle folder.
@@ -54,7 +73,12 @@ def load_model(path: str | Path, device: torch.device | None = None, checkpoint:
         raise MedftError(f"checkpoint {checkpoint!r}: expected best or last")
     path = Path(path)
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if (path / "config.yaml").is_file() and (path / "checkpoints").is_dir():
+    if not path.is_dir():
+        raise MedftError(
+            f"{path}: {'not a folder' if path.exists() else 'no such folder'}. Fix: give the run folder that "
+            "`medft train` wrote, the bundle folder that `medft export` wrote, or a Model Zoo bundle folder"
+        )
+    if (path / "config.yaml").is_file():
         model = _from_run(path, checkpoint)
     elif (path / "configs").is_dir():
         model = _from_bundle(path)
@@ -72,7 +96,10 @@ def _from_run(run_dir: Path, checkpoint: str = "best") -> TrainedModel:
     names = ("best.pt", "last.pt") if checkpoint == "best" else ("last.pt",)
     checkpoint_path = next((p for p in (run_dir / "checkpoints" / n for n in names) if p.is_file()), None)
     if checkpoint_path is None:
-        raise MedftError(f"{run_dir}: no checkpoints/{' or '.join(names)} yet. Fix: train first, or give another run folder")
+        raise MedftError(
+            f"{run_dir}: no checkpoint yet (checkpoints/{' or '.join(names)}): the run has not finished an epoch. "
+            f"Fix: train it (`medft train {run_dir / 'config.yaml'} --out {run_dir} --resume`), or give another run folder"
+        )
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
     if config.model.bundle:  # rebuild through the bundle: its network_def may refer to its config or scripts/
         bundle = load_bundle(config.model.bundle, version=config.model.bundle_version)
@@ -86,9 +113,16 @@ def _from_run(run_dir: Path, checkpoint: str = "best") -> TrainedModel:
     return TrainedModel(
         network, list(checkpoint["class_names"]), list(config.data.spatial_size), config.data.intensity,
         dict(config.data.label_map), config.validation.overlap, config.validation.sw_batch_size,
-        {"path": str(run_dir), "kind": "run", "name": run_dir.name, "version": None, "checkpoint": checkpoint_path.name},
+        {"path": str(run_dir), "kind": "run", "name": _run_name(run_dir), "version": None, "checkpoint": checkpoint_path.name},
         tuple(config.data.mirrored_axes),
     )
+
+
+def _run_name(run_dir: Path) -> str:
+    """A run's name for reports and the review app: its folder with the parent's ("demo/train"),
+    since run folders often have plain names such as ``train``."""
+    absolute = Path(os.path.abspath(run_dir))  # as given: a symbolic link keeps its own name
+    return f"{absolute.parent.name}/{absolute.name}" if absolute.parent.name else absolute.name
 
 
 def _from_bundle(root: Path) -> TrainedModel:

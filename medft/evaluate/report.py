@@ -237,7 +237,7 @@ def _overview(folder: EvaluationFolder) -> str:
         ("Data manifest", evaluation.get("manifest") or "n/a"),
         ("Split", evaluation.get("split") or "all cases of the manifest"),
         ("Classes", ", ".join(f"{i} {n}" for i, n in enumerate(folder.class_names))),
-        ("Test-time augmentation", _tta(evaluation)),
+        ("Test-time augmentation", describe_tta(evaluation)),
         ("Post-processing", "largest connected component per class" if evaluation.get("largest_component") else "none"),
         ("Evaluated on", _date(evaluation.get("created"))),
         ("medft version", evaluation.get("medft_version") or "n/a"),
@@ -277,7 +277,8 @@ def _nav(folder: EvaluationFolder) -> str:
 AXIS_NAMES = ("left-right", "front-back", "up-down")  # RAS
 
 
-def _tta(evaluation: dict) -> str:
+def describe_tta(evaluation: dict) -> str:
+    """Whether and how an evaluation averaged mirrored predictions (test-time augmentation)."""
     if not evaluation.get("tta"):
         return "no"
     axes = evaluation.get("tta_flip_axes")

@@ -19,7 +19,15 @@ from tqdm.auto import tqdm
 from medft import __version__
 from medft.data.manifest import Case, load_manifest
 from medft.errors import MedftError, find_user_error
-from medft.evaluate.inference import TrainedModel, keep_largest_components, load_model, predict, save_prediction
+from medft.evaluate.compare import check_comparable, compare_evaluations
+from medft.evaluate.inference import (
+    TrainedModel,
+    check_channels,
+    keep_largest_components,
+    load_model,
+    predict,
+    save_prediction,
+)
 from medft.evaluate.report import write_report
 from medft.evaluate.summary import summarize, write_per_case
 from medft.metrics import confusion_counts, dice, sensitivity, specificity, surface_metrics
@@ -29,14 +37,20 @@ ROC_BINS = 1000  # probability histogram resolution of the ROC curves
 
 
 def evaluate(model_path: str | Path, manifest_path: str | Path, out: str | Path, split: str | None = None,
-             tta: bool = False, largest_component: bool = False, checkpoint: str = "best") -> Path:
-    """Evaluate a run or bundle on the cases of a manifest (one split, or all) into ``out``.
+             tta: bool = False, largest_component: bool = False, checkpoint: str = "best",
+             compare: str | Path | None = None) -> Path:
+    """Evaluate a run or bundle on the cases of a manifest (one split, or all) into ``out``, a new
+    or empty folder.
 
     ``tta``: average over the mirrorings the model was trained with (``predict``); ``largest_component``: keep each
     class's largest connected component (``keep_largest_components``); ``checkpoint``: a run's
-    best.pt (default) or last.pt (see ``load_model``)."""
+    best.pt (default) or last.pt (see ``load_model``); ``compare``: another evaluation folder, checked
+    before inference, then set beside this one in ``out/comparison.html`` (``compare_evaluations``)."""
     out = Path(out)
+    _require_new_folder(out)
     model = load_model(model_path, checkpoint=checkpoint)
+    if compare is not None:
+        check_comparable(compare, model.class_names)
     manifest = load_manifest(manifest_path)
     _check_classes(model, manifest.class_names, manifest.path)
     cases = manifest.split(split)
@@ -61,6 +75,7 @@ def evaluate(model_path: str | Path, manifest_path: str | Path, out: str | Path,
             warnings.append(f"case {case.case_id}: {record['message']}")
         try:
             data = prep(item)
+            check_channels(model, data["image"], ", ".join(str(p) for p in case.image))
         except Exception as exc:
             problem = find_user_error(exc)
             if problem is None:
@@ -96,18 +111,31 @@ def evaluate(model_path: str | Path, manifest_path: str | Path, out: str | Path,
     write_report(out)
     for warning in warnings:
         log.warning(warning)
+    if compare is not None:
+        compare_evaluations(compare, out)
     return out
+
+
+def _require_new_folder(out: Path) -> None:
+    """An evaluation is written afresh, never over another: its reviews are tied to its
+    evaluation_id, and its predictions/ to its per_case.csv."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise MedftError(
+            f"{out} exists and is not an empty folder: writing this evaluation into it would mix it up with what "
+            f"is there. Fix: give a new folder to --out, or delete {out} first"
+        )
 
 
 def predict_files(model_path: str | Path, inputs: list[Path], out: Path, tta: bool = False,
                   largest_component: bool = False) -> list[Path]:
     """Predict NIfTI files or DICOM series folders; one ``<case_id>.nii.gz`` each in ``out``."""
+    case_ids = _distinct_case_ids(inputs, out)
     model = load_model(model_path)
     prep = model.preprocess()
     written = []
-    for path in tqdm(inputs, desc="predicting", unit="case", disable=None):
-        case_id = _case_id(path)
+    for path, case_id in tqdm(list(zip(inputs, case_ids)), desc="predicting", unit="case", disable=None):
         data = prep(Case(case_id, (Path(path).resolve(),)).record())
+        check_channels(model, data["image"], path)
         labels = _label_map(predict(model, data["image"], tta=tta), largest_component)
         written.append(save_prediction(labels, data["image"], out / f"{case_id}.nii.gz"))
     return written
@@ -173,6 +201,21 @@ def _roc_curves(histograms: np.ndarray, class_names: list[str]) -> dict:
         curves[name] = {"fpr": fpr[keep].round(6).tolist(), "tpr": tpr[keep].round(6).tolist(),
                         "auc": float(np.trapezoid(tpr, fpr))}
     return curves
+
+
+def _distinct_case_ids(inputs: list[Path], out: Path) -> list[str]:
+    """Each input's case_id (its name without .nii/.nii.gz); MedftError naming both inputs when two
+    would write the same prediction file."""
+    seen: dict[str, Path] = {}
+    for path in inputs:
+        case_id = _case_id(path)
+        if case_id in seen:
+            raise MedftError(
+                f"{seen[case_id]} and {path} would both be written to {Path(out) / f'{case_id}.nii.gz'}. Fix: predict "
+                "them into different --out folders (one command each), or rename one of them"
+            )
+        seen[case_id] = path
+    return list(seen)
 
 
 def _case_id(path: Path) -> str:

@@ -480,8 +480,8 @@ def evaluation_id_of(eval_dir: Path | str) -> str:
     missing or unreadable (evaluations from before medft wrote an id have none).
     """
     eval_dir = Path(eval_dir)
-    rerun = (f"re-run medft evaluate (`medft evaluate MODEL --manifest MANIFEST --out {eval_dir}`) "
-             "to write an evaluation.json with an evaluation_id")
+    rerun = ("evaluate again into a new folder (`medft evaluate MODEL --manifest MANIFEST --out NEW_FOLDER`), "
+             "which writes an evaluation.json with an evaluation_id, and review that folder")
     if not eval_dir.is_dir():
         raise MedftError(
             f"{eval_dir}: no such evaluation directory, so there is nowhere to keep the "

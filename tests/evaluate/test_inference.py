@@ -43,9 +43,9 @@ def test_tta_averages_the_mirrorings_of_the_trained_axes(flip_axes):
 
 
 def test_the_report_names_the_mirrorings_or_their_absence():
-    from medft.evaluate.report import _tta
+    from medft.evaluate.report import describe_tta
 
-    assert _tta({"tta": False}) == "no"
-    assert _tta({"tta": True}) == "yes (mirrored left-right)"  # written before the axes were recorded
-    assert _tta({"tta": True, "tta_flip_axes": []}) == "yes, but the model was trained without flips: nothing mirrored"
-    assert _tta({"tta": True, "tta_flip_axes": [0, 1, 2]}) == "yes: 8 mirrorings averaged (left-right, front-back, up-down)"
+    assert describe_tta({"tta": False}) == "no"
+    assert describe_tta({"tta": True}) == "yes (mirrored left-right)"  # written before the axes were recorded
+    assert describe_tta({"tta": True, "tta_flip_axes": []}) == "yes, but the model was trained without flips: nothing mirrored"
+    assert describe_tta({"tta": True, "tta_flip_axes": [0, 1, 2]}) == "yes: 8 mirrorings averaged (left-right, front-back, up-down)"

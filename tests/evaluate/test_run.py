@@ -13,7 +13,7 @@ from medft.cli import main
 from medft.config import load_config
 from medft.data.dicom import read_series, scan_folder, select_series
 from medft.errors import MedftError
-from medft.evaluate.run import evaluate
+from medft.evaluate.run import evaluate, predict_files
 from medft.train.recipe import run_training
 from tests.conftest import SAMPLE, copy_case, sample_case, write_csv
 from tests.train.helpers import make_config
@@ -232,3 +232,146 @@ def test_checkpoint_last_evaluates_the_final_model(trained, tmp_path):
         assert json.loads((tmp_path / choice / "evaluation.json").read_text())["model"]["checkpoint"] == expected
     with pytest.raises(MedftError, match="expected best or last"):
         evaluate(trained, manifest, tmp_path / "x", checkpoint="final")
+
+
+def _one_case_manifest(folder: Path, case_id: str = "hippocampus_340") -> Path:
+    image, label = sample_case(case_id)
+    return write_csv(folder / "one.csv", [{"case_id": "a1", "image": image, "label": label}], classes=CLASSES)
+
+
+def test_evaluate_refuses_a_folder_that_holds_an_evaluation_and_leaves_it_as_it_was(trained, tmp_path, capsys):
+    manifest = _one_case_manifest(tmp_path)
+    out = evaluate(trained, manifest, tmp_path / "eval")
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert main(["evaluate", str(trained), "--manifest", str(manifest), "--out", str(out)]) == 1
+    error = capsys.readouterr().err
+    assert f"{out} exists and is not an empty folder" in error
+    assert f"Fix: give a new folder to --out, or delete {out} first" in error and "Traceback" not in error
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before  # same evaluation_id: reviews stay valid
+
+
+def test_evaluate_checks_the_out_folder_before_loading_the_model(tmp_path):
+    (tmp_path / "eval" / "predictions").mkdir(parents=True)  # stale predictions of another split
+    with pytest.raises(MedftError, match="exists and is not an empty folder"):
+        evaluate(tmp_path / "no_model", tmp_path / "no_manifest.csv", tmp_path / "eval")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(MedftError, match="file exists and is not an empty folder"):
+        evaluate(tmp_path / "no_model", tmp_path / "no_manifest.csv", tmp_path / "file")
+
+
+def test_evaluate_writes_into_an_empty_existing_folder(trained, tmp_path):
+    (tmp_path / "eval").mkdir()
+    out = evaluate(trained, _one_case_manifest(tmp_path), tmp_path / "eval")
+    assert (out / "predictions" / "a1.nii.gz").is_file()
+
+
+def _two_channel_copy(case_id: str, folder: Path) -> tuple[Path, Path]:
+    """The case's image stored twice along a 4th axis (2 channels) beside its label."""
+    image, label = sample_case(case_id)
+    img = nib.load(image)
+    data = np.asanyarray(img.dataobj)
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"two_channel_{image.name}"
+    nib.save(nib.Nifti1Image(np.stack([data, data], axis=-1), img.affine), target)
+    return target, label
+
+
+def test_a_case_with_the_wrong_channel_count_fails_alone_with_the_reason(trained, tmp_path):
+    two, label = _two_channel_copy("hippocampus_341", tmp_path / "nii")
+    rows = [{"case_id": "a1", "image": sample_case("hippocampus_340")[0], "label": sample_case("hippocampus_340")[1]},
+            {"case_id": "two", "image": two, "label": label}]
+    out = evaluate(trained, write_csv(tmp_path / "m.csv", rows, classes=CLASSES), tmp_path / "eval")
+    evaluation = json.loads((out / "evaluation.json").read_text())
+    cases = {c["case_id"]: c for c in evaluation["cases"]}
+    assert cases["a1"]["status"] == "ok" and cases["two"]["status"] == "failed"
+    assert "the image has 2 channel(s) but the network takes 1" in cases["two"]["message"]
+    assert str(two) in cases["two"]["message"] and "Fix:" in cases["two"]["message"]
+    assert any("case two" in w and "2 channel(s)" in w for w in evaluation["warnings"])
+    assert {r["case_id"] for r in _per_case(out)} == {"a1"}
+    assert [p.name for p in (out / "predictions").iterdir()] == ["a1.nii.gz"]
+
+
+def test_predict_names_the_input_whose_channel_count_is_wrong(trained, tmp_path, capsys):
+    two, _ = _two_channel_copy("hippocampus_341", tmp_path / "nii")
+    assert main(["predict", str(trained), str(two), "--out", str(tmp_path / "p")]) == 1
+    error = capsys.readouterr().err
+    assert f"{two}: the image has 2 channel(s) but the network takes 1" in error
+    assert "internal error" not in error and "model.in_channels=2" in error
+
+
+def test_predict_refuses_inputs_that_would_write_one_file_before_loading_the_model(tmp_path):
+    import shutil
+
+    nii = tmp_path / "nii"
+    nii.mkdir()
+    shutil.copy(sample_case("hippocampus_340")[0], nii / "scan.nii.gz")
+    nib.save(nib.load(nii / "scan.nii.gz"), nii / "scan.nii")
+    a, b = tmp_path / "a" / "13_HCropVolume", tmp_path / "b" / "13_HCropVolume"
+    for folder in (a, b):
+        shutil.copytree(DICOM_CROP, folder)
+    # A model path that does not exist: the collision is found before the model is loaded.
+    for first, second in ((nii / "scan.nii", nii / "scan.nii.gz"), (a, b)):
+        with pytest.raises(MedftError) as caught:
+            predict_files(tmp_path / "no_model", [sample_case("hippocampus_341")[0], first, second], tmp_path / "p")
+        message = str(caught.value)
+        assert f"{first} and {second} would both be written to {tmp_path / 'p' / second.name.split('.')[0]}.nii.gz" in message
+        assert "Fix: predict them into different --out folders" in message
+    assert not (tmp_path / "p").exists()
+
+
+def test_compare_with_a_folder_that_is_no_evaluation_stops_before_inference(trained, tmp_path):
+    manifest = _one_case_manifest(tmp_path)
+    with pytest.raises(MedftError, match=r"--compare .*notarun: no such folder\. Fix: give an evaluation folder"):
+        evaluate(trained, manifest, tmp_path / "eval", compare=tmp_path / "notarun")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(MedftError, match=r"empty[/\\]evaluation\.json: not found"):
+        evaluate(trained, manifest, tmp_path / "eval", compare=tmp_path / "empty")
+    other = tmp_path / "other_classes"
+    other.mkdir()
+    (other / "evaluation.json").write_text(json.dumps({"class_names": ["background", "hippocampus"]}))
+    with pytest.raises(MedftError, match=r"its classes \[background, hippocampus\] differ from the model's "
+                                         r"\[background, anterior, posterior\]"):
+        evaluate(trained, manifest, tmp_path / "eval", compare=other)
+    assert not (tmp_path / "eval").exists(), "no case was predicted"
+
+
+def test_compare_writes_the_comparison_with_each_sides_inference_options(trained, tmp_path):
+    manifest = _one_case_manifest(tmp_path)
+    plain = evaluate(trained, manifest, tmp_path / "plain")
+    out = evaluate(trained, manifest, tmp_path / "tta", tta=True, largest_component=True, compare=plain)
+    result = json.loads((out / "comparison.json").read_text())
+    assert result["a"]["inference"] == {"tta": False, "tta_flip_axes": [], "largest_component": False}
+    assert result["b"]["inference"] == {"tta": True, "tta_flip_axes": [0], "largest_component": True}
+    page = (out / "comparison.html").read_text()
+    assert "test-time augmentation: yes: 2 mirrorings averaged (left-right); largest connected component per class" in page
+    assert "test-time augmentation: no; no post-processing" in page
+    assert "used different inference options" in page
+
+
+def test_a_missing_model_folder_and_a_run_without_checkpoint_say_so(trained, tmp_path):
+    import shutil
+
+    from medft.evaluate.inference import load_model
+
+    with pytest.raises(MedftError, match=r"nothere: no such folder\. Fix: give the run folder"):
+        load_model(tmp_path / "nothere")
+    (tmp_path / "file.pt").write_text("x")
+    with pytest.raises(MedftError, match=r"file\.pt: not a folder"):
+        load_model(tmp_path / "file.pt")
+    run = tmp_path / "run"  # a run that failed before its first epoch: config.yaml, no checkpoint
+    run.mkdir()
+    shutil.copy(trained / "config.yaml", run / "config.yaml")
+    for _ in range(2):  # without checkpoints/, then with it empty
+        with pytest.raises(MedftError, match=r"no checkpoint yet .*the run has not finished an epoch\. Fix: train it "
+                                             rf"\(`medft train {re.escape(str(run / 'config.yaml'))} --out {re.escape(str(run))} --resume`\)"):
+            load_model(run)
+        (run / "checkpoints").mkdir(exist_ok=True)
+
+
+def test_a_run_is_named_by_its_folder_and_the_parent_in_the_report(trained, tmp_path):
+    demo = tmp_path / "demo"
+    demo.mkdir()
+    (demo / "train").symlink_to(trained, target_is_directory=True)  # runs/demo/train, as the demo writes it
+    out = evaluate(demo / "train", _one_case_manifest(tmp_path), tmp_path / "eval")
+    assert json.loads((out / "evaluation.json").read_text())["model"]["name"] == "demo/train"
+    assert "<title>Evaluation of demo/train</title>" in (out / "report.html").read_text()

@@ -215,7 +215,7 @@ def test_launch_checks_the_folder_and_the_users_file(eval_dir, tmp_path, monkeyp
     evaluation = json.loads((old / "evaluation.json").read_text())
     del evaluation["evaluation_id"]
     (old / "evaluation.json").write_text(json.dumps(evaluation))
-    with pytest.raises(MedftError, match="has no evaluation_id.*Fix: re-run medft evaluate"):
+    with pytest.raises(MedftError, match="has no evaluation_id.*Fix: evaluate again into a new folder"):
         support.launch(old, None, None, f"sqlite:///{tmp_path / 'team.sqlite'}")
 
     calls = []

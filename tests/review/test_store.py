@@ -425,20 +425,20 @@ def test_two_evaluation_folders_sharing_a_db_url_keep_their_reviews_apart(tmp_pa
 
 def test_for_eval_dir_refuses_an_evaluation_without_an_id(tmp_path):
     other = f"sqlite:///{tmp_path / 'elsewhere.sqlite'}"
-    with pytest.raises(MedftError, match=r"evaluation\.json: no such file.*Fix: re-run medft evaluate"):
+    with pytest.raises(MedftError, match=r"evaluation\.json: no such file.*Fix: evaluate again into a new folder"):
         ReviewStore.for_eval_dir(tmp_path)
     _write_evaluation(tmp_path, evaluation_id=None)
     for url in (None, other):  # with --db too: the id scopes the rows of a shared database
         with pytest.raises(MedftError, match=r"evaluation\.json: has no evaluation_id.*"
-                                             r"Fix: re-run medft evaluate") as caught:
+                                             r"Fix: evaluate again into a new folder") as caught:
             ReviewStore.for_eval_dir(tmp_path, url)
         assert str(tmp_path / "evaluation.json") in str(caught.value)
     for bad in ("", "   ", 42, "x" * 65, "a\nb"):
         _write_evaluation(tmp_path, evaluation_id=bad)
-        with pytest.raises(MedftError, match="not a usable id.*Fix: re-run medft evaluate"):
+        with pytest.raises(MedftError, match="not a usable id.*Fix: evaluate again into a new folder"):
             ReviewStore.for_eval_dir(tmp_path)
     (tmp_path / "evaluation.json").write_text("{not json", encoding="utf-8")
-    with pytest.raises(MedftError, match="cannot be read as JSON.*Fix: re-run medft evaluate"):
+    with pytest.raises(MedftError, match="cannot be read as JSON.*Fix: evaluate again into a new folder"):
         ReviewStore.for_eval_dir(tmp_path)
     assert not (tmp_path / "reviews.sqlite").exists()  # nothing was created for a refused folder
 
