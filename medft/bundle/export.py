@@ -37,6 +37,9 @@ log = logging.getLogger("medft.bundle")
 def export_run(run_dir: str | Path, out_dir: str | Path) -> Path:
     """Write the best checkpoint of ``run_dir`` (else its last) as a bundle in ``out_dir``."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise MedftError(f"{run_dir}: {'not a run folder (no config.yaml)' if run_dir.is_dir() else 'no such folder'}. "
+                         "Fix: give the folder that `medft train --out` wrote")
     config = validate_config(read_yaml(run_dir / "config.yaml"), source=str(run_dir / "config.yaml"))
     checkpoint_path = next((p for p in (run_dir / "checkpoints" / n for n in ("best.pt", "last.pt")) if p.is_file()), None)
     if checkpoint_path is None:

@@ -12,6 +12,7 @@ import yaml
 from medft.bundle.export import _network_data_format, _parent_entry, export_run
 from medft.bundle.reader import load_bundle
 from medft.config import load_config
+from medft.errors import MedftError
 from medft.train.recipe import run_training
 from tests.conftest import REPO
 from tests.train.helpers import TRAIN_IDS, VAL_IDS, make_config
@@ -112,3 +113,12 @@ def test_the_input_channels_are_described_one_by_one():
     checkpoint = {"class_names": ["background", "tumour"], "network_def": {"in_channels": 2}}
     inputs = _network_data_format(config, checkpoint, {})["inputs"]["image"]
     assert inputs["num_channels"] == 2 and inputs["channel_def"] == {"0": "image channel 0", "1": "image channel 1"}
+
+
+def test_a_folder_that_is_no_run_is_named_as_such(tmp_path):
+    with pytest.raises(MedftError, match=r"nothere: no such folder. Fix: give the folder that `medft train --out` wrote"):
+        export_run(tmp_path / "nothere", tmp_path / "bundle")
+    (tmp_path / "notarun").mkdir()
+    with pytest.raises(MedftError, match=r"notarun: not a run folder \(no config.yaml\)"):
+        export_run(tmp_path / "notarun", tmp_path / "bundle")
+    assert not (tmp_path / "bundle").exists()
