@@ -253,26 +253,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _count(text: str) -> int:
-    """An argparse type: a whole number of at least 1 (epochs, trials, channels, workers, voxels)."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"give a whole number of at least 1, not {text!r}")
-    return value
+def _whole_number(rule: str, low: int, high: int | None = None):
+    """An argparse type: a whole number from ``low`` (to ``high``), its error stating ``rule``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"give {rule}, not {text!r}")
+        return value
+    return parse
 
 
-def _port(text: str) -> int:
-    """An argparse type: a TCP port, 1-65535."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"give a port number from 1 to 65535, not {text!r}")
-    return value
+_count = _whole_number("a whole number of at least 1", 1)  # epochs, trials, channels, workers, voxels
+_port = _whole_number("a port number from 1 to 65535", 1, 65535)
 
 
 def _command(commands, name: str, summary: str, description: str, example: str) -> argparse.ArgumentParser:
