@@ -23,13 +23,18 @@ class Problem:
         where = " ".join(
             part
             for part in (
-                f"case {self.case_id}:" if self.case_id else "",
+                f"case {_printable(self.case_id)}:" if self.case_id else "",
                 f"{self.file}:" if self.file else "",
             )
             if part
         )
         text = f"{where} {self.problem}" if where else self.problem
         return f"{self.severity.upper()} {text}. Fix: {self.fix}"
+
+
+def _printable(text: str) -> str:
+    """``text`` as is, or quoted with its control characters escaped (a terminal would act on them)."""
+    return text if text.isprintable() else repr(text)
 
 
 class DataError(MedftError):
