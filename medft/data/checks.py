@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from medft.data.dicom import geometry_problems, scan_folder, select_series
+from medft.data.dicom import describe_exception, geometry_problems, scan_folder, select_series
 from medft.data.loading import geometry_mismatch, load_image, load_label
 from medft.data.manifest import Case, read_manifest
 from medft.errors import DataError, Problem
@@ -26,7 +26,7 @@ def check_manifest(path: str | Path, workers: int | None = None, progress: bool 
         return [exc.details]
     workers = workers or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = pool.map(lambda case: check_case(case, manifest.class_names), manifest.cases)
+        results = pool.map(lambda case: _check_case_safely(case, manifest.class_names), manifest.cases)
         results = tqdm(
             results,
             total=len(manifest.cases),
@@ -43,6 +43,23 @@ def check_manifest(path: str | Path, workers: int | None = None, progress: bool 
     return problems
 
 
+def _check_case_safely(case: Case, class_names: list[str]) -> tuple[list[Problem], int | None]:
+    """`check_case`, with an unexpected exception as one problem of the case: the other cases are still checked."""
+    try:
+        return check_case(case, class_names)
+    except Exception as exc:
+        if os.environ.get("MEDFT_DEBUG"):
+            raise
+        label = f" or its label {case.label}" if case.label else ""
+        return [Problem(
+            f"checking the case failed unexpectedly ({describe_exception(exc)})",
+            f"look for an unusual header or damaged data in this image{label}, and report the error to medft's "
+            "developers (MEDFT_DEBUG=1 shows its traceback)",
+            file=case.image[0],
+            case_id=case.case_id,
+        )], None
+
+
 def check_case(case: Case, class_names: list[str]) -> tuple[list[Problem], int | None]:
     """The problems of one case, and its number of image channels (None when unreadable)."""
     problems: list[Problem] = []
@@ -54,14 +71,6 @@ def check_case(case: Case, class_names: list[str]) -> tuple[list[Problem], int |
             image = load_image(case.image, case.series_uid)
         except DataError as exc:
             problems.append(exc.details)
-    if image is not None:
-        bad = int((~np.isfinite(image.numpy())).sum())
-        if bad:
-            problems.append(Problem(
-                f"{bad} voxel(s) of the image are NaN or infinite",
-                "re-export the image, or replace the non-finite voxels",
-                file=case.image[0],
-            ))
     if case.label is not None:
         problems += _label_problems(case, image, class_names)
     for problem in problems:
@@ -71,12 +80,33 @@ def check_case(case: Case, class_names: list[str]) -> tuple[list[Problem], int |
 
 def _dicom_problems(case: Case) -> list[Problem]:
     scan = scan_folder(case.image[0])
-    problems = list(scan.unreadable)
+    problems = scan.problems
     try:
         series = select_series(scan, case.series_uid)
-    except DataError as exc:
-        return problems + [exc.details]
+    except DataError as exc:  # for a folder of headerless slices, the problem already listed
+        return problems if exc.details in problems else problems + [exc.details]
     return problems + geometry_problems(series)
+
+
+def label_value_problems(label, file: Path | str, class_names: list[str]) -> list[Problem]:
+    """Label values that are not whole numbers, or not classes 0..len(class_names)-1."""
+    values = np.unique(np.asarray(label))
+    if not np.isfinite(values).all() or not np.array_equal(values, np.round(values)):
+        shown = ", ".join(f"{v:.9g}" for v in values[~np.isfinite(values) | (values != np.round(values))][:5])
+        return [Problem(
+            f"label values are not whole numbers (e.g. {shown})",
+            "save the label map with integer class values; nearest-neighbour resampling keeps them whole",
+            file=file,
+        )]
+    outside = [int(v) for v in values if not 0 <= v < len(class_names)] if class_names else []
+    if outside:
+        return [Problem(
+            f"label values {outside} are outside the declared classes 0..{len(class_names) - 1} "
+            f"({', '.join(class_names)})",
+            "declare those classes in the manifest's labels, or correct the label map",
+            file=file,
+        )]
+    return []
 
 
 def _label_problems(case: Case, image, class_names: list[str]) -> list[Problem]:
@@ -84,24 +114,8 @@ def _label_problems(case: Case, image, class_names: list[str]) -> list[Problem]:
         label = load_label(case.label)
     except DataError as exc:
         return [exc.details]
-    problems = []
+    problems = label_value_problems(label.numpy(), case.label, class_names)
     values = np.unique(label.numpy())
-    if not np.isfinite(values).all() or not np.array_equal(values, np.round(values)):
-        shown = ", ".join(f"{v:g}" for v in values[~np.isfinite(values) | (values != np.round(values))][:5])
-        problems.append(Problem(
-            f"label values are not whole numbers (e.g. {shown})",
-            "save the label map with integer class values; nearest-neighbour resampling keeps them whole",
-            file=case.label,
-        ))
-    elif class_names:
-        outside = [int(v) for v in values if not 0 <= v < len(class_names)]
-        if outside:
-            problems.append(Problem(
-                f"label values {outside} are outside the declared classes 0..{len(class_names) - 1} "
-                f"({', '.join(class_names)})",
-                "declare those classes in the manifest's labels, or correct the label map",
-                file=case.label,
-            ))
     if np.array_equal(values, [0]):
         problems.append(Problem(
             "the label map is empty (background only)",

@@ -29,17 +29,32 @@ import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
+from pydicom.pixels import get_decoder
 
 from medft.errors import DataError, Problem
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 _SAME_POSITION_MM = 0.01  # slices closer than this along the normal are duplicates
+_ORIENTATION_TOLERANCE = 1e-3  # ImageOrientationPatient: unit length and orthogonality within this
+_PLACEMENT_TAGS = ("ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing")
 _REMOVE_OR_REPLACE = "remove it from the series folder or replace it with the complete file"
+_REPLACE_DAMAGED = "replace it with the complete file (copy it again from its source, or export the series again)"
 _REEXPORT = "export the series again from the scanner or PACS, or convert it to NIfTI and list the .nii.gz instead"
+_DECODER_FIX = (
+    "install a decoder for it (pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg, or pip install "
+    "python-gdcm), or convert the series to uncompressed DICOM (e.g. gdcmconv --raw or dcmdjpeg)"
+)
+
+
+def describe_exception(exc: BaseException) -> str:
+    """``Type: message`` on one line (pydicom's and nibabel's messages may span several)."""
+    message = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 
 
 @dataclass
@@ -67,18 +82,39 @@ class SeriesInfo:
 
 @dataclass
 class SeriesScan:
-    """What `scan_folder` found: the series, and the files that could not be read as DICOM."""
+    """What `scan_folder` found: the series, the files that could not be read as DICOM, and the
+    slices that lack the DICOM Part-10 header (readable only by guessing their encoding)."""
 
     folder: Path
     series: list[SeriesInfo]
     unreadable: list[Problem] = field(default_factory=list)
+    headerless: list[Path] = field(default_factory=list)
+
+    @property
+    def problems(self) -> list[Problem]:
+        """The files that are no usable DICOM slices: one problem each, one for all headerless slices."""
+        return self.unreadable + ([self.headerless_problem] if self.headerless else [])
+
+    @property
+    def headerless_problem(self) -> Problem:
+        """One line for all the slices that lack the Part-10 header."""
+        names = ", ".join(str(p.relative_to(self.folder)) for p in self.headerless[:3])
+        more = f" and {len(self.headerless) - 3} more" if len(self.headerless) > 3 else ""
+        return Problem(
+            f"{len(self.headerless)} file(s) lack the DICOM Part-10 header (preamble and file meta "
+            f"information): {names}{more}",
+            "re-export the series as standard DICOM files (DICOM Part 10), or convert it to NIfTI and "
+            "list the .nii.gz instead",
+            file=self.folder,
+        )
 
 
 def scan_folder(folder: Path) -> SeriesScan:
     """Read the headers of every file under `folder` (recursively) and group them by series.
 
     Hidden files and folders (starting with '.') and DICOMDIR files are skipped. Files that are not
-    DICOM images are listed in `unreadable`, one Problem each.
+    DICOM images are listed in `unreadable`, one Problem each; image slices without the Part-10
+    header in `headerless`.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -88,7 +124,7 @@ def scan_folder(folder: Path) -> SeriesScan:
             file=folder,
         )
     groups: dict[str, list[tuple[Path, pydicom.Dataset]]] = {}
-    unreadable = []
+    unreadable, headerless = [], []
     for path in sorted(folder.rglob("*")):
         parts = path.relative_to(folder).parts
         if not path.is_file() or path.name == "DICOMDIR" or any(p.startswith(".") for p in parts):
@@ -96,33 +132,33 @@ def scan_folder(folder: Path) -> SeriesScan:
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
         except InvalidDicomError:
-            unreadable.append(Problem("is not a DICOM file", _REMOVE_OR_REPLACE, file=path))
+            if _is_headerless_slice(path):
+                headerless.append(path)
+            else:
+                unreadable.append(Problem("is not a DICOM file", _REMOVE_OR_REPLACE, file=path))
             continue
         except Exception as e:  # truncated or corrupt header: pydicom raises many kinds
             unreadable.append(
-                Problem(f"cannot be read as DICOM ({type(e).__name__}: {e})", _REMOVE_OR_REPLACE, file=path)
+                Problem(f"cannot be read as DICOM ({describe_exception(e)})", _REMOVE_OR_REPLACE, file=path)
             )
             continue
-        if "SeriesInstanceUID" not in ds or "Rows" not in ds or "Columns" not in ds:
-            unreadable.append(
-                Problem(
-                    "is a DICOM file but not an image slice (no SeriesInstanceUID, Rows or Columns)",
-                    "move it out of the series folder",
-                    file=path,
-                )
-            )
+        if not _is_slice(ds):
+            unreadable.append(_not_a_slice(path, ds))
             continue
         groups.setdefault(str(ds.SeriesInstanceUID), []).append((path, ds))
 
     series = []
     for uid, members in groups.items():
         first = members[0][1]
-        number = first.get("SeriesNumber")
+        try:
+            number = _series_number(first)
+        except DataError:  # geometry_problems warns about it
+            number = None
         series.append(
             SeriesInfo(
                 uid=uid,
                 description=str(first.get("SeriesDescription", "")),
-                number=int(number) if number not in (None, "") else None,
+                number=number,
                 files=[path for path, _ in members],
                 rows=int(first.Rows),
                 columns=int(first.Columns),
@@ -130,12 +166,80 @@ def scan_folder(folder: Path) -> SeriesScan:
             )
         )
     series.sort(key=lambda s: (s.number is None, s.number or 0, s.uid))
-    return SeriesScan(folder=folder, series=series, unreadable=unreadable)
+    return SeriesScan(folder=folder, series=series, unreadable=unreadable, headerless=headerless)
+
+
+def _is_slice(ds: pydicom.Dataset) -> bool:
+    return "SeriesInstanceUID" in ds and "Rows" in ds and "Columns" in ds
+
+
+def _is_headerless_slice(path: Path) -> bool:
+    """Whether a file without the Part-10 header still parses as an image slice (pydicom's force=True)."""
+    try:
+        return _is_slice(pydicom.dcmread(path, stop_before_pixels=True, force=True))
+    except Exception:  # a file that is no DICOM at all: pydicom fails in many ways on it
+        return False
+
+
+def _not_a_slice(path: Path, ds: pydicom.Dataset) -> Problem:
+    """Why a DICOM file without SeriesInstanceUID, Rows or Columns is no slice: cut short, or another object."""
+    sop_class = ds.file_meta.get("MediaStorageSOPClassUID") or ds.get("SOPClassUID") or None
+    if sop_class is None or "Image Storage" in sop_class.name:
+        kind = "DICOM" if sop_class is None else sop_class.name
+        return Problem(
+            f"is truncated or damaged: the header of this {kind} file ends before SeriesInstanceUID, Rows and Columns",
+            _REPLACE_DAMAGED,
+            file=path,
+        )
+    return Problem(
+        f"is a DICOM file but not an image slice ({sop_class.name})", "move it out of the series folder", file=path
+    )
+
+
+def _series_number(ds: pydicom.Dataset) -> int | None:
+    """SeriesNumber; None when absent or empty, DataError when it is no whole number."""
+    if "SeriesNumber" not in ds or not _stored_text(ds, "SeriesNumber"):
+        return None
+    (number,) = _header_numbers(ds, "SeriesNumber", 1)
+    if not number.is_integer():
+        raise DataError(f"SeriesNumber is not a whole number ({number:g})", _REEXPORT)
+    return int(number)
+
+
+def _stored_text(ds: pydicom.Dataset, keyword: str) -> str:
+    """A tag's value as the text in the file, values separated by backslashes. Parsed here because
+    pydicom's own conversion raises on a malformed number and warns about it on stderr."""
+    value = ds.get_item(keyword).value
+    if isinstance(value, bytes):
+        return value.decode("latin-1").strip(" \0")
+    if value is None or isinstance(value, (str, int, float)):
+        return "" if value is None else str(value).strip()
+    return "\\".join(str(v) for v in value)
+
+
+def _header_numbers(ds: pydicom.Dataset, keyword: str, count: int) -> np.ndarray:
+    """The `count` finite numbers of a decimal or integer string tag; DataError naming what is wrong."""
+    text = _stored_text(ds, keyword)
+    if not text:
+        raise DataError(f"{keyword} is empty", _REEXPORT)
+    parts = [part.strip() for part in text.split("\\")]
+    try:
+        numbers = np.array([float(part) for part in parts])
+    except ValueError:
+        numbers = np.array([np.nan])
+    if not np.isfinite(numbers).all():
+        raise DataError(f"{keyword} is not numeric ({str(parts)[:80]})", _REEXPORT)
+    if numbers.size != count:
+        raise DataError(f"{keyword} holds {numbers.size} value(s) where {count} are needed", _REEXPORT)
+    return numbers
 
 
 def select_series(scan: SeriesScan, series_uid: str | None) -> SeriesInfo:
     """The series to use: the only one, or the one with `series_uid`. Never merges series."""
     found = "; ".join(s.summary for s in scan.series)
+    if not scan.series and scan.headerless:  # the folder's problem is that header, not its place
+        problem = scan.headerless_problem
+        raise DataError(problem.problem, problem.fix, file=problem.file)
     if not scan.series:
         bad = f" ({len(scan.unreadable)} files could not be read as DICOM)" if scan.unreadable else ""
         raise DataError(
@@ -169,14 +273,96 @@ def geometry_problems(series: SeriesInfo) -> list[Problem]:
         try:
             slices.append((path, pydicom.dcmread(path, stop_before_pixels=True)))
         except Exception as e:
-            return [Problem(f"cannot be read as DICOM ({type(e).__name__}: {e})", _REMOVE_OR_REPLACE, file=path)]
+            return [Problem(f"cannot be read as DICOM ({describe_exception(e)})", _REMOVE_OR_REPLACE, file=path)]
     return _geometry_problems(slices)[0]
+
+
+class _Placement(NamedTuple):
+    """Where a slice lies (LPS millimetres), from its header."""
+
+    row: np.ndarray  # direction along a row (the column index grows)
+    column: np.ndarray  # direction along a column (the row index grows)
+    position: np.ndarray  # ImagePositionPatient: the centre of the first pixel
+    spacing: np.ndarray  # PixelSpacing: (between rows, between columns)
+
+
+def _placement(ds: pydicom.Dataset) -> _Placement:
+    """The placement of a slice; DataError naming the tag that is missing or unusable."""
+    missing = [t for t in _PLACEMENT_TAGS if t not in ds]
+    if missing:
+        raise DataError(f"lacks {', '.join(missing)}, needed to place the slice in space", _REEXPORT)
+    orientation = _header_numbers(ds, "ImageOrientationPatient", 6)
+    position = _header_numbers(ds, "ImagePositionPatient", 3)
+    spacing = _header_numbers(ds, "PixelSpacing", 2)
+    row, column = orientation[:3], orientation[3:]
+    lengths = np.linalg.norm([row, column], axis=1)
+    if np.abs(lengths - 1).max() > _ORIENTATION_TOLERANCE or abs(row @ column) > _ORIENTATION_TOLERANCE:
+        raise DataError(
+            f"ImageOrientationPatient is invalid ({', '.join(f'{v:g}' for v in orientation)}): it must hold two "
+            f"orthogonal unit vectors, the row and column directions, within {_ORIENTATION_TOLERANCE:g}",
+            "export the series again from the original, keeping ImageOrientationPatient (an anonymiser may have "
+            "blanked it), or convert it to NIfTI and list the .nii.gz instead",
+        )
+    if not (spacing > 0).all():
+        shown = "0" if not spacing.any() else ", ".join(f"{v:g}" for v in spacing)
+        raise DataError(
+            f"PixelSpacing is {shown}, not a pixel size in mm",
+            "set PixelSpacing (0028,0030) to the pixel size in mm, or " + _REEXPORT,
+        )
+    return _Placement(row, column, position, spacing)
+
+
+def _grouped(problem: str, fix: str, paths: list[Path], severity: str = "error") -> Problem:
+    """One line for a problem shared by several files of a series."""
+    if len(paths) == 1:
+        return Problem(problem, fix, file=paths[0], severity=severity)
+    names = ", ".join(p.name for p in paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+    folder = Path(os.path.commonpath(paths))
+    return Problem(f"{problem} (in {len(paths)} files: {names})", fix, file=folder, severity=severity)
 
 
 def _geometry_problems(slices: list[tuple[Path, pydicom.Dataset]]) -> tuple[list[Problem], list[int]]:
     """Problems of a series given (file, dataset) pairs, and the slice order along the normal."""
-    order = list(range(len(slices)))
-    problems, unplaced = [], False
+    problems = _series_number_problems(slices) + _format_problems(slices)
+    placements, unplaced = [], {}
+    for path, ds in slices:
+        try:
+            placements.append(_placement(ds))
+        except DataError as exc:
+            unplaced.setdefault((exc.details.problem, exc.details.fix), []).append(path)
+    problems += [_grouped(problem, fix, paths) for (problem, fix), paths in unplaced.items()]
+    if len(slices) == 1 and not any(p.severity == "error" for p in problems):
+        problems.append(
+            Problem(
+                "the series has only 1 slice; a 3D volume needs several slices",
+                "point the manifest at a 3D series (several slices), not a single image",
+                file=slices[0][0],
+            )
+        )
+    if unplaced or len(slices) == 1:
+        return problems, list(range(len(slices)))
+    consistency = _consistency_problems(slices, placements)
+    if consistency:
+        return problems + consistency, list(range(len(slices)))
+    stack, order = _stack_problems(slices, placements)
+    return problems + stack, order
+
+
+def _series_number_problems(slices: list[tuple[Path, pydicom.Dataset]]) -> list[Problem]:
+    """A warning for a SeriesNumber that is no whole number: medft then describes the series without it."""
+    bad: dict[str, list[Path]] = {}
+    for path, ds in slices:
+        try:
+            _series_number(ds)
+        except DataError as exc:
+            bad.setdefault(exc.details.problem, []).append(path)
+    fix = "none needed to use the series; correct SeriesNumber (0020,0011) in the header to silence this warning"
+    return [_grouped(f"{problem}; medft ignores it", fix, paths, "warning") for problem, paths in bad.items()]
+
+
+def _format_problems(slices: list[tuple[Path, pydicom.Dataset]]) -> list[Problem]:
+    """Slices medft cannot read: multi-frame files, colour images."""
+    problems = []
     for path, ds in slices:
         if int(ds.get("NumberOfFrames") or 1) > 1:
             problems.append(
@@ -191,31 +377,19 @@ def _geometry_problems(slices: list[tuple[Path, pydicom.Dataset]]) -> tuple[list
             problems.append(
                 Problem("holds a colour image; medft reads greyscale series only", _REEXPORT, file=path)
             )
-        missing = [t for t in ("ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing") if t not in ds]
-        if missing:
-            unplaced = True
-            problems.append(
-                Problem(f"lacks {', '.join(missing)}, needed to place the slice in space", _REEXPORT, file=path)
-            )
-    if len(slices) == 1 and not problems:
-        problems.append(
-            Problem(
-                "the series has only 1 slice; a 3D volume needs several slices",
-                "point the manifest at a 3D series (several slices), not a single image",
-                file=slices[0][0],
-            )
-        )
-    if unplaced or len(slices) == 1:
-        return problems, order
+    return problems
 
-    first_path, first = slices[0]
-    iop = np.array(first.ImageOrientationPatient, dtype=float)
-    spacing = np.array(first.PixelSpacing, dtype=float)
-    for path, ds in slices[1:]:
+
+def _consistency_problems(slices: list[tuple[Path, pydicom.Dataset]], placements: list[_Placement]) -> list[Problem]:
+    """Slices whose orientation, size or pixel spacing differ from the first one's."""
+    (first_path, first), reference = slices[0], placements[0]
+    problems = []
+    for (path, ds), placement in zip(slices[1:], placements[1:]):
+        directions = np.r_[placement.row, placement.column], np.r_[reference.row, reference.column]
         for what, differs in (
-            ("orientation (ImageOrientationPatient)", not np.allclose(ds.ImageOrientationPatient, iop, atol=1e-4)),
+            ("orientation (ImageOrientationPatient)", not np.allclose(*directions, atol=1e-4)),
             ("image size (Rows x Columns)", (ds.Rows, ds.Columns) != (first.Rows, first.Columns)),
-            ("pixel spacing (PixelSpacing)", not np.allclose(ds.PixelSpacing, spacing, rtol=1e-4, atol=1e-4)),
+            ("pixel spacing (PixelSpacing)", not np.allclose(placement.spacing, reference.spacing, rtol=1e-4, atol=1e-4)),
         ):
             if differs:
                 problems.append(
@@ -225,14 +399,21 @@ def _geometry_problems(slices: list[tuple[Path, pydicom.Dataset]]) -> tuple[list
                         file=path,
                     )
                 )
-    if problems:
-        return problems, order
+    return problems
 
-    normal = np.cross(iop[:3], iop[3:])
-    along = np.array([np.dot(normal, np.array(ds.ImagePositionPatient, dtype=float)) for _, ds in slices])
+
+def _stack_problems(
+    slices: list[tuple[Path, pydicom.Dataset]], placements: list[_Placement]
+) -> tuple[list[Problem], list[int]]:
+    """Duplicate, missing, unevenly spaced and displaced slices of a consistent series, and its slice order."""
+    normal = np.cross(placements[0].row, placements[0].column)
+    positions = np.array([p.position for p in placements])
+    along = positions @ normal
     order = [int(i) for i in np.argsort(along, kind="stable")]
     names = [slices[i][0].name for i in order]
     gaps = np.diff(along[order])
+    folder = slices[0][0].parent
+    problems = []
 
     duplicates = np.flatnonzero(gaps <= _SAME_POSITION_MM)
     if duplicates.size:
@@ -243,7 +424,7 @@ def _geometry_problems(slices: list[tuple[Path, pydicom.Dataset]]) -> tuple[list
                 f"{duplicates.size} pair(s) of slices share the same position: {pairs}{more}",
                 "remove the duplicate files; if the folder holds several acquisitions (echoes, time points) "
                 "under one series uid, export them as separate series",
-                file=slices[0][0].parent,
+                file=folder,
             )
         )
     real_gaps = gaps[gaps > _SAME_POSITION_MM]
@@ -262,7 +443,7 @@ def _geometry_problems(slices: list[tuple[Path, pydicom.Dataset]]) -> tuple[list
                     f"about {n_missing} slice(s) seem missing between {names[i]} and {names[i + 1]} "
                     f"(gap of {gap:.2f} mm where slices are {step:.2f} mm apart)",
                     "copy the missing slice files into the folder, or export the complete series again",
-                    file=slices[0][0].parent,
+                    file=folder,
                 )
             )
         elif abs(gap - step) > tolerance:
@@ -275,10 +456,38 @@ def _geometry_problems(slices: list[tuple[Path, pydicom.Dataset]]) -> tuple[list
                 f"(the larger of 0.01 mm and 1%), but {listed}",
                 "export the complete series again, or resample it to even spacing (e.g. convert it to NIfTI "
                 "with dcm2niix) and list the .nii.gz instead",
-                file=slices[0][0].parent,
+                file=folder,
             )
         )
-    return problems, order
+    return problems + _off_line_problems(positions[order], normal, names, tolerance, folder), order
+
+
+def _off_line_problems(
+    positions: np.ndarray, normal: np.ndarray, names: list[str], tolerance: float, folder: Path
+) -> list[Problem]:
+    """Slices displaced sideways. The slices of a series, in order, lie on one straight line: along the
+    normal, or slanted evenly (a CT gantry tilt, which the affine follows); a displaced slice is off it."""
+    along = positions @ normal
+    across = positions - np.outer(along, normal)
+    apart = np.diff(along) > _SAME_POSITION_MM
+    # the slant per mm along the normal: the median of neighbours' slants, which one displaced slice cannot move
+    slant = np.median(np.diff(across, axis=0)[apart] / np.diff(along)[apart, None], axis=0)
+    straightened = across - np.outer(along, slant)
+    offsets = np.linalg.norm(straightened - np.median(straightened, axis=0), axis=1)
+    off = np.flatnonzero(offsets > tolerance)
+    if not off.size:
+        return []
+    listed = "; ".join(f"{names[i]} by {offsets[i]:.3f} mm" for i in off[:5])
+    more = f"; and {off.size - 5} more" if off.size > 5 else ""
+    return [
+        Problem(
+            f"{off.size} slice(s) lie off the line of the others (displaced across the slice normal; tolerance "
+            f"{tolerance:.3f} mm, as for the spacing): {listed}{more}",
+            "remove slices that belong to another acquisition, or export the complete series again "
+            "(their ImagePositionPatient disagrees with the other slices')",
+            file=folder,
+        )
+    ]
 
 
 def read_series(series: SeriesInfo) -> tuple[np.ndarray, np.ndarray]:
@@ -292,7 +501,7 @@ def read_series(series: SeriesInfo) -> tuple[np.ndarray, np.ndarray]:
         try:
             slices.append((path, pydicom.dcmread(path)))
         except Exception as e:
-            raise DataError(f"cannot be read as DICOM ({type(e).__name__}: {e})", _REMOVE_OR_REPLACE, file=path)
+            raise DataError(f"cannot be read as DICOM ({describe_exception(e)})", _REMOVE_OR_REPLACE, file=path)
     problems, order = _geometry_problems(slices)
     errors = [p for p in problems if p.severity == "error"]
     if errors:
@@ -304,27 +513,43 @@ def read_series(series: SeriesInfo) -> tuple[np.ndarray, np.ndarray]:
         try:
             pixels = ds.pixel_array
         except Exception as e:
-            raise DataError(
-                f"its pixel data cannot be decoded ({type(e).__name__}: {e}); the file may be truncated "
-                "or use a compression pydicom cannot read",
-                _REMOVE_OR_REPLACE,
-                file=path,
-            )
+            raise _pixel_error(path, ds, e) from None
         slope = float(ds.get("RescaleSlope") or 1.0)
         intercept = float(ds.get("RescaleIntercept") or 0.0)
         planes.append((pixels.astype(np.float32) * slope + intercept).T)  # (rows, columns) -> (columns, rows)
     volume = np.stack(planes, axis=-1).astype(np.float32)
 
-    first, last = slices[order[0]][1], slices[order[-1]][1]
-    iop = np.array(first.ImageOrientationPatient, dtype=float)
-    row_spacing, column_spacing = (float(v) for v in first.PixelSpacing)
-    origin = np.array(first.ImagePositionPatient, dtype=float)
+    first, last = _placement(slices[order[0]][1]), _placement(slices[order[-1]][1])
+    row_spacing, column_spacing = first.spacing
     affine = np.eye(4)
-    affine[:3, 0] = iop[:3] * column_spacing  # along a row: column index grows
-    affine[:3, 1] = iop[3:] * row_spacing  # along a column: row index grows
-    affine[:3, 2] = (np.array(last.ImagePositionPatient, dtype=float) - origin) / (len(order) - 1)
-    affine[:3, 3] = origin
+    affine[:3, 0] = first.row * column_spacing  # along a row: column index grows
+    affine[:3, 1] = first.column * row_spacing  # along a column: row index grows
+    affine[:3, 2] = (last.position - first.position) / (len(order) - 1)
+    affine[:3, 3] = first.position
     return volume, LPS_TO_RAS @ affine
+
+
+def _pixel_error(path: Path, ds: pydicom.Dataset, exc: Exception) -> DataError:
+    """Why a slice's pixels cannot be decoded: a compression no installed package decodes, or damage."""
+    syntax = ds.file_meta.get("TransferSyntaxUID")
+    if syntax is not None and syntax.is_compressed and not _decodable(syntax):
+        return DataError(
+            f"its pixel data is compressed as {syntax.name}, which no installed package decodes",
+            _DECODER_FIX,
+            file=path,
+        )
+    return DataError(
+        f"its pixel data cannot be decoded ({describe_exception(exc)}); the file may be truncated or damaged",
+        _REMOVE_OR_REPLACE,
+        file=path,
+    )
+
+
+def _decodable(syntax: pydicom.uid.UID) -> bool:
+    try:
+        return get_decoder(syntax).is_available
+    except NotImplementedError:  # a compression pydicom has no decoder for
+        return False
 
 
 def _as_folder(data) -> Path:
@@ -354,14 +579,10 @@ def _reader_class() -> type:
 
         def read(self, data, **kwargs) -> SeriesInfo:
             scan = scan_folder(_as_folder(data))
-            if scan.unreadable:
-                bad = scan.unreadable[0]
-                raise DataError(
-                    f"holds {len(scan.unreadable)} file(s) that are not usable DICOM slices, "
-                    f"e.g. {bad.file}: {bad.problem}",
-                    bad.fix,
-                    file=scan.folder,
-                )
+            problems = scan.problems
+            if problems:
+                more = f" (and {len(problems) - 1} more problem(s) in {scan.folder})" if len(problems) > 1 else ""
+                raise DataError(problems[0].problem + more, problems[0].fix, file=problems[0].file)
             return select_series(scan, self.series_uid)
 
         def get_data(self, img: SeriesInfo) -> tuple[np.ndarray, dict]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import warnings
 from collections.abc import Hashable, Mapping
 from pathlib import Path
@@ -19,7 +20,7 @@ import torch
 from monai.data import ImageReader, MetaTensor, NibabelReader
 from monai.transforms import LoadImage, MapTransform, Orientation
 
-from medft.data.dicom import DicomSeriesReader
+from medft.data.dicom import DicomSeriesReader, describe_exception
 from medft.errors import DataError
 
 # Image and label must agree voxel for voxel: affine entries (mm) may differ by at most this.
@@ -28,10 +29,20 @@ AFFINE_TOLERANCE_MM = 1e-3
 # Axis letters of the RAS+ world frame that NIfTI, nibabel and MONAI's readers use.
 _TO_RAS = Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))
 _READ_FIX = "the file looks damaged or is not a NIfTI image: copy it again from its source or re-export it"
+_DICOM_READ_FIX = (
+    "run medft check-data on it for details; export the series again, or convert it to NIfTI "
+    "(e.g. with dcm2niix) and list the .nii.gz instead"
+)
+_AFFINE_FIX = (
+    "give the image a valid affine (sform or qform: voxel spacing and orientation), e.g. re-export it from its source"
+)
+# nibabel's message for a file shorter than its header declares
+_SHORT_READ = re.compile(r"Expected (\d+) bytes, got (\d+) bytes")
 
 
 def load_image(paths: list[str] | tuple[Path, ...], series_uid: str | None = None) -> MetaTensor:
-    """An image as a (C, x, y, z) MetaTensor in RAS: one NIfTI per channel, or one DICOM series folder."""
+    """An image as a (C, x, y, z) MetaTensor in RAS: one NIfTI per channel, or one DICOM series folder.
+    Images with NaN or infinite voxels are refused (DataError)."""
     paths = [Path(p) for p in paths]
     if len(paths) == 1 and paths[0].is_dir():
         image = _read(paths[0], DicomSeriesReader(series_uid=series_uid))
@@ -47,13 +58,24 @@ def load_image(paths: list[str] | tuple[Path, ...], series_uid: str | None = Non
                 )
         image = channels[0] if len(channels) == 1 else torch.cat(channels, dim=0)
     _require_3d(image, paths[0])
+    _require_placeable(image, paths[0])
+    _require_finite(image, paths[0])
     return to_ras(image)
+
+
+def _require_finite(image: MetaTensor, path: Path) -> None:
+    """NaN or infinite voxels would turn the normalisation, the loss and the prediction to NaN."""
+    bad = int((~torch.isfinite(image)).sum())
+    if bad:
+        raise DataError(f"{bad} voxel(s) of the image are NaN or infinite",
+                        "re-export the image, or replace the non-finite voxels", file=path)
 
 
 def load_label(path: str | Path) -> MetaTensor:
     """A label map as a (1, x, y, z) MetaTensor in RAS, values as stored (float32)."""
     label = _read(Path(path))
     _require_3d(label, Path(path))
+    _require_placeable(label, Path(path))
     if label.shape[0] != 1:
         raise DataError(
             f"the label map has {label.shape[0]} channels",
@@ -131,11 +153,31 @@ def _read(path: Path, reader: ImageReader | None = None) -> MetaTensor:
     if not path.exists():
         raise DataError("file not found", "correct the path in the manifest (relative paths start at the manifest's folder)", file=path)
     try:
+        if reader is None:
+            _require_complete_nifti(path)
         return _loader()(str(path), reader=reader or NibabelReader())
     except DataError:
         raise
     except Exception as exc:  # nibabel, gzip and zlib raise many types for damaged files
-        raise DataError(f"cannot be read ({type(exc).__name__}: {exc})", _READ_FIX, file=path) from None
+        short = _SHORT_READ.search(str(exc))
+        problem = _truncated(int(short[1]), int(short[2])) if short else f"cannot be read ({describe_exception(exc)})"
+        raise DataError(problem, _READ_FIX if reader is None else _DICOM_READ_FIX, file=path) from None
+
+
+def _require_complete_nifti(path: Path) -> None:
+    """Refuse an uncompressed .nii shorter than its header declares before reading it: a damaged
+    header may declare gigabytes. (A .nii.gz tells its size only once decompressed.)"""
+    if path.suffix != ".nii":
+        return
+    voxels = nib.load(path).dataobj  # an array proxy: the header's shape, type and data offset, no data
+    declared = int(np.prod(voxels.shape)) * voxels.dtype.itemsize
+    held = path.stat().st_size - int(voxels.offset)
+    if held < declared:
+        raise DataError(_truncated(declared, held), _READ_FIX, file=path)
+
+
+def _truncated(declared: int, held: int) -> str:
+    return f"is truncated: its header declares {declared} bytes of voxel data, the file holds {max(held, 0)} bytes"
 
 
 @functools.cache
@@ -159,6 +201,21 @@ def _require_3d(tensor: MetaTensor, path: Path) -> None:
             "give 3D volumes (x, y, z), or 4D with channels last",
             file=path,
         )
+
+
+def _require_placeable(tensor: MetaTensor, path: Path) -> None:
+    """Refuse an affine that cannot place the voxel axes in space (reorienting to RAS fails on it)."""
+    axes = np.asarray(tensor.affine, dtype=np.float64)[:3, :3]
+    lengths = np.linalg.norm(axes, axis=0)
+    if not np.isfinite(axes).all():
+        what = "holds NaN or infinite values"
+    elif not lengths.all():
+        what = "is singular (a zero column)"
+    elif abs(np.linalg.det(axes)) <= 1e-6 * lengths.prod():
+        what = "is singular (two voxel axes point the same way)"
+    else:
+        return
+    raise DataError(f"the affine {what}: the voxel axes cannot be placed in space", _AFFINE_FIX, file=path)
 
 
 def _spacing(tensor: MetaTensor) -> tuple[float, ...]:

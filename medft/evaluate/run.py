@@ -17,8 +17,9 @@ import torch
 from tqdm.auto import tqdm
 
 from medft import __version__
+from medft.data.checks import label_value_problems
 from medft.data.manifest import Case, load_manifest
-from medft.errors import MedftError, find_user_error
+from medft.errors import DataError, MedftError, find_user_error
 from medft.evaluate.compare import check_comparable, compare_evaluations
 from medft.evaluate.inference import (
     TrainedModel,
@@ -76,6 +77,7 @@ def evaluate(model_path: str | Path, manifest_path: str | Path, out: str | Path,
         try:
             data = prep(item)
             check_channels(model, data["image"], ", ".join(str(p) for p in case.image))
+            _require_class_labels(data, case, model.class_names)
         except Exception as exc:
             problem = find_user_error(exc)
             if problem is None:
@@ -116,6 +118,14 @@ def evaluate(model_path: str | Path, manifest_path: str | Path, out: str | Path,
     return out
 
 
+def _require_class_labels(data: dict, case: Case, class_names: list[str]) -> None:
+    """DataError, as check-data words it, for label values that are not the model's classes: the
+    case would otherwise be scored against a label cut to whole numbers or out of range."""
+    problems = label_value_problems(data["label"], case.label, class_names) if "label" in data else []
+    if problems:
+        raise DataError(problems[0].problem, problems[0].fix, file=problems[0].file)
+
+
 def _require_new_folder(out: Path) -> None:
     """An evaluation is written afresh, never over another: its reviews are tied to its
     evaluation_id, and its predictions/ to its per_case.csv."""
@@ -128,16 +138,30 @@ def _require_new_folder(out: Path) -> None:
 
 def predict_files(model_path: str | Path, inputs: list[Path], out: Path, tta: bool = False,
                   largest_component: bool = False) -> list[Path]:
-    """Predict NIfTI files or DICOM series folders; one ``<case_id>.nii.gz`` each in ``out``."""
+    """Predict NIfTI files or DICOM series folders; one ``<case_id>.nii.gz`` each in ``out``.
+
+    An input that cannot be predicted (unreadable, NaN voxels, other channels than the model's) does
+    not stop the others: they are written, then one MedftError names each input that failed and why.
+    """
     case_ids = _distinct_case_ids(inputs, out)
     model = load_model(model_path)
     prep = model.preprocess()
-    written = []
+    written, failed = [], []
     for path, case_id in tqdm(list(zip(inputs, case_ids)), desc="predicting", unit="case", disable=None):
-        data = prep(Case(case_id, (Path(path).resolve(),)).record())
-        check_channels(model, data["image"], path)
+        try:
+            data = prep(Case(case_id, (Path(path).resolve(),)).record())
+            check_channels(model, data["image"], path)
+        except Exception as exc:
+            problem = find_user_error(exc)
+            if problem is None:
+                raise
+            failed.append(str(problem))
+            continue
         labels = _label_map(predict(model, data["image"], tta=tta), largest_component)
         written.append(save_prediction(labels, data["image"], out / f"{case_id}.nii.gz"))
+    if failed:
+        raise MedftError(f"predicted {len(written)} of {len(inputs)} inputs into {out}; not predicted:\n  "
+                         + "\n  ".join(failed))
     return written
 
 

@@ -9,7 +9,9 @@ import pydicom
 import pytest
 
 from medft.cli import main
+from medft.data import checks
 from tests.conftest import MANIFESTS, SAMPLE, copy_case, rewrite_nifti, sample_case, write_csv
+from tests.data.dicom_edits import edit_raw, strip_part10_header
 
 CROP_1 = SAMPLE / "dicom" / "study1" / "13_HCropVolume"
 CROP_2 = SAMPLE / "dicom" / "study2" / "14_HCropVolume"
@@ -55,6 +57,11 @@ def _broken_dataset(root: Path) -> tuple[Path, dict[str, list[str]]]:
     image, label = copy_case("hippocampus_345", root / "nii", "fractional")
     rewrite_nifti(label, data=np.asanyarray(nib.load(label).dataobj).astype(np.float32) * 0.5)
     add("fractional", image, label, "label values are not whole numbers (e.g. 0.5", label.name)
+    image, label = copy_case("hippocampus_355", root / "nii", "nearly")
+    data = np.asanyarray(nib.load(label).dataobj).astype(np.float32)
+    data[data == 1] = np.float32(1.0000001)  # shown with its fraction, not rounded to "1"
+    rewrite_nifti(label, data=data)
+    add("nearly", image, label, "label values are not whole numbers (e.g. 1.00000012)", label.name)
     image, label = copy_case("hippocampus_349", root / "nii", "nan")
     data = nib.load(image).get_fdata(dtype=np.float32)
     data[1, 2, 3], data[4, 5, 6] = np.nan, np.inf
@@ -90,9 +97,64 @@ def _broken_dataset(root: Path) -> tuple[Path, dict[str, list[str]]]:
     ds.ImagePositionPatient = [float(v) for v in ds.ImagePositionPatient[:2]] + [float(ds.ImagePositionPatient[2]) + 0.3]
     ds.save_as(moved_slice)
     add("uneven", uneven, None, "uneven")
+    _add_damaged_headers(root, add)
 
     manifest = write_csv(root / "manifest.csv", rows, classes={"0": "background", "1": "anterior", "2": "posterior"})
     return manifest, expected
+
+
+def _add_damaged_headers(root: Path, add) -> None:
+    """Cases whose headers once ended check-data with an internal error, or were misdiagnosed."""
+    def series(case_id: str) -> Path:
+        return Path(shutil.copytree(CROP_1, root / "dicom" / case_id))
+
+    folder = series("ipp_empty")
+    edit_raw(folder / "16.dcm", ImagePositionPatient=b"")
+    add("ipp_empty", folder, None, "16.dcm: ImagePositionPatient is empty")
+    folder = series("ipp_text")
+    edit_raw(folder / "16.dcm", ImagePositionPatient=b"abc\\0\\6")
+    add("ipp_text", folder, None, "16.dcm: ImagePositionPatient is not numeric (['abc', '0', '6'])")
+    folder = series("spacing0")
+    for path in folder.iterdir():
+        edit_raw(path, PixelSpacing=b"0\\0")
+    add("spacing0", folder, None, "PixelSpacing is 0", "(in 32 files")
+    folder = series("series_number")
+    for path in folder.iterdir():
+        edit_raw(path, SeriesNumber=b"abc")
+    add("series_number", folder, None, "WARNING", "SeriesNumber is not numeric")
+    folder = series("sideways")
+    x, y, z = (float(v) for v in pydicom.dcmread(folder / "16.dcm").ImagePositionPatient)
+    ds = pydicom.dcmread(folder / "16.dcm")
+    ds.ImagePositionPatient = [x + 5, y, z]
+    ds.save_as(folder / "16.dcm")
+    add("sideways", folder, None, "16.dcm by 5.000 mm", "off the line")
+    folder = series("no_orientation")
+    for path in folder.iterdir():
+        edit_raw(path, ImageOrientationPatient=b"0\\0\\0\\0\\0\\0")
+    add("no_orientation", folder, None, "ImageOrientationPatient is invalid")
+    folder = series("headerless")
+    for path in folder.iterdir():
+        strip_part10_header(path)
+    add("headerless", folder, None, f"{folder}: 32 file(s) lack the DICOM Part-10 header")
+    folder = series("cut_header")
+    (folder / "16.dcm").write_bytes((folder / "16.dcm").read_bytes()[:300])
+    add("cut_header", folder, None, "16.dcm: is truncated or damaged", "replace it with the complete file")
+
+    image, label = copy_case("hippocampus_355", root / "nii", "singular")
+    header = nib.load(image).header.copy()
+    affine = header.get_best_affine()
+    affine[:3, 2] = 0
+    header.set_qform(None, code=0)
+    header.set_sform(affine, code=1)
+    nib.save(nib.Nifti1Image(np.asanyarray(nib.load(image).dataobj), None, header), image)
+    add("singular", image, label, f"{image.name}: the affine is singular (a zero column)")
+    huge = root / "nii" / "huge.nii"
+    header = nib.Nifti1Header()
+    header.set_data_shape((1000, 1000, 1000))
+    header.set_data_dtype(np.uint8)
+    header.set_data_offset(352)
+    huge.write_bytes(header.binaryblock + bytes(4 + 10_000))
+    add("huge", huge, None, "huge.nii: is truncated: its header declares 1000000000 bytes")
 
 
 def test_every_problem_is_reported_in_one_run(tmp_path, capsys):
@@ -105,7 +167,34 @@ def test_every_problem_is_reported_in_one_run(tmp_path, capsys):
             assert any(phrase in line for line in mine), f"{case_id}: no line with {phrase!r} in {mine}"
         assert all("Fix: " in line for line in mine)
     assert not [line for line in lines if "case clean:" in line]
-    assert lines[-1].endswith("error(s), 1 warning(s)")
+    assert lines[-1].endswith("error(s), 2 warning(s)")
+    headerless = [line for line in lines if "case headerless:" in line]
+    no_orientation = [line for line in lines if "case no_orientation:" in line]
+    assert len(headerless) == len(no_orientation) == 1  # one line for the folder, no "duplicate slices"
+
+
+def test_an_unexpected_failure_is_one_line_of_its_case(tmp_path, capsys, monkeypatch):
+    broken, _ = copy_case("hippocampus_334", tmp_path, "broken")
+    other, _ = copy_case("hippocampus_335", tmp_path, "other")
+    other.unlink()
+    load_image = checks.load_image
+
+    def failing(paths, series_uid=None):
+        if "broken" in str(paths[0]):
+            raise RuntimeError("something unforeseen\n  on two lines")
+        return load_image(paths, series_uid)
+
+    monkeypatch.setattr(checks, "load_image", failing)
+    rows = [{"case_id": "broken", "image": broken.name}, {"case_id": "other", "image": other.name}]
+    assert main(["check-data", str(write_csv(tmp_path / "m.csv", rows))]) == 1
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert lines[0].startswith(
+        f"ERROR case broken: {broken}: checking the case failed unexpectedly "
+        "(RuntimeError: something unforeseen on two lines). Fix: "
+    )
+    assert "case other:" in lines[1] and "file not found" in lines[1]
+    assert lines[-1].endswith("2 error(s), 0 warning(s)") and "internal error" not in captured.err
 
 
 def test_dicom_patient_names_and_ids_never_appear(tmp_path, capsys):

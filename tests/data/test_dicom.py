@@ -8,6 +8,7 @@ import random
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import nibabel as nib
@@ -17,6 +18,7 @@ import pytest
 
 from medft.data.dicom import SeriesInfo, geometry_problems, read_series, scan_folder, select_series
 from medft.errors import DataError
+from tests.data.dicom_edits import edit_raw, mark_jpeg_lossless, strip_part10_header
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "sample_data" / "dicom"
@@ -246,7 +248,7 @@ def test_monai_reader_refusal_reaches_the_caller(tmp_path, shown):
     with pytest.raises(DataError) as excinfo:
         LoadImage(image_only=True)(folder, reader=DicomSeriesReader(crop_series(CROP2).uid))
     text = show_error(shown, excinfo)
-    assert "notes.txt" in text and "1 file(s)" in text
+    assert "notes.txt: is not a DICOM file" in text and "remove it" in text
 
     reader = pickle.loads(pickle.dumps(DicomSeriesReader("1.2.3")))  # DataLoader workers pickle transforms
     assert isinstance(reader, DicomSeriesReader) and reader.series_uid == "1.2.3"
@@ -358,3 +360,126 @@ def test_full_study_has_five_series(shown):
     volume, affine = read_series(t1)
     assert volume.shape == (512, 512, 22)
     assert np.allclose(np.linalg.norm(affine[:3, :3], axis=0), [0.4297, 0.4297, 6.5], atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "tag, stored, expected",
+    [
+        ("ImagePositionPatient", b"", "ImagePositionPatient is empty"),
+        ("ImagePositionPatient", b"abc\\0\\6", "ImagePositionPatient is not numeric (['abc', '0', '6'])"),
+        ("ImagePositionPatient", b"0\\0", "ImagePositionPatient holds 2 value(s) where 3 are needed"),
+        ("PixelSpacing", b"0\\0", "PixelSpacing is 0, not a pixel size in mm"),
+        ("ImageOrientationPatient", b"1\\0\\0\\1\\0\\0", "ImageOrientationPatient is invalid (1, 0, 0, 1, 0, 0)"),
+    ],
+)
+def test_a_malformed_placement_tag_is_named(tag, stored, expected, tmp_path, shown):
+    folder = copy_series(CROP, tmp_path / "crop")
+    edit_raw(folder / "16.dcm", **{tag: stored})
+    texts = problems_for(folder, shown)
+    assert len(texts) == 1 and f"16.dcm: {expected}" in texts[0] and "Fix: " in texts[0]
+    with pytest.raises(DataError) as excinfo:
+        read_series(crop_series(folder))
+    assert expected in show_error(shown, excinfo)
+
+
+def test_a_blanked_orientation_is_invalid_not_duplicate_slices(tmp_path, shown):
+    folder = copy_series(CROP, tmp_path / "crop")
+    for path in folder.iterdir():  # as an anonymiser may leave it
+        edit_header(path, ImageOrientationPatient=[0, 0, 0, 0, 0, 0])
+    texts = problems_for(folder, shown)
+    assert len(texts) == 1, texts
+    assert texts[0].startswith(
+        f"ERROR {folder}: ImageOrientationPatient is invalid (0, 0, 0, 0, 0, 0): it must hold two orthogonal unit vectors"
+    )
+    assert "(in 32 files: 1.dcm, 10.dcm, 11.dcm and 29 more)" in texts[0] and "anonymiser" in texts[0]
+
+
+def test_a_series_number_that_is_no_number_is_a_quiet_warning(tmp_path, shown):
+    folder = copy_series(CROP, tmp_path / "crop")
+    for path in folder.iterdir():
+        edit_raw(path, SeriesNumber=b"abc")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # pydicom's own conversion warns on stderr
+        series = crop_series(folder)
+        problems = geometry_problems(series)
+        volume, _ = read_series(series)
+    show_series(shown, series)
+    assert series.number is None and volume.shape == (35, 51, 32)
+    assert [p.severity for p in problems] == ["warning"]
+    assert "SeriesNumber is not numeric (['abc']); medft ignores it (in 32 files" in str(problems[0])
+
+
+def test_a_slice_displaced_sideways_is_reported(tmp_path, shown):
+    folder = copy_series(CROP, tmp_path / "crop")
+    x, y, z = (float(v) for v in pydicom.dcmread(folder / "16.dcm").ImagePositionPatient)
+    edit_header(folder / "16.dcm", ImagePositionPatient=[x + 5, y, z])
+    texts = problems_for(folder, shown)
+    assert len(texts) == 1 and "1 slice(s) lie off the line of the others" in texts[0]
+    assert "tolerance 0.010 mm" in texts[0] and "16.dcm by 5.000 mm" in texts[0]
+    with pytest.raises(DataError) as excinfo:
+        read_series(crop_series(folder))
+    assert "off the line" in show_error(shown, excinfo)
+
+
+def test_an_evenly_slanted_stack_is_no_displacement(tmp_path, shown):
+    """A CT gantry tilt slants the stack evenly: the affine follows it, nothing is wrong."""
+    folder = copy_series(CROP, tmp_path / "crop")
+    for path in folder.iterdir():
+        x, y, z = (float(v) for v in pydicom.dcmread(path).ImagePositionPatient)
+        edit_header(path, ImagePositionPatient=[x + 0.3 * z, y, z])
+    assert problems_for(folder, shown) == []
+    _, affine = read_series(crop_series(folder))
+    assert np.allclose(affine[:3, 2], [-0.3, 0, 1])  # LPS (0.3, 0, 1) in RAS
+
+
+@pytest.mark.skipif(
+    pydicom.pixels.get_decoder(pydicom.uid.JPEGLossless).is_available, reason="a JPEG Lossless decoder is installed"
+)
+def test_a_compression_without_decoder_names_the_packages(tmp_path, shown):
+    folder = copy_series(CROP, tmp_path / "crop")
+    mark_jpeg_lossless(folder / "16.dcm")
+    with pytest.raises(DataError) as excinfo:
+        read_series(crop_series(folder))
+    text = show_error(shown, excinfo)
+    assert "\n" not in text and excinfo.value.details.file == folder / "16.dcm"
+    assert "compressed as JPEG Lossless, Non-Hierarchical (Process 14), which no installed package decodes" in text
+    assert "pip install pylibjpeg pylibjpeg-libjpeg" in text and "python-gdcm" in text and "uncompressed" in text
+
+
+def test_slices_without_the_part10_header_are_one_line(tmp_path, shown):
+    folder = copy_series(CROP, tmp_path / "crop")
+    for path in folder.iterdir():
+        strip_part10_header(path)
+    (folder / "notes.txt").write_text("scanner notes")
+    scan = scan_folder(folder)
+    texts = [str(p) for p in scan.problems]
+    shown += texts
+    assert texts[0].startswith(f"ERROR {folder / 'notes.txt'}: is not a DICOM file")
+    assert texts[1:] == [
+        f"ERROR {folder}: 32 file(s) lack the DICOM Part-10 header (preamble and file meta information): "
+        "1.dcm, 10.dcm, 11.dcm and 29 more. Fix: re-export the series as standard DICOM files (DICOM Part 10), "
+        "or convert it to NIfTI and list the .nii.gz instead"
+    ]
+    with pytest.raises(DataError) as excinfo:
+        select_series(scan, None)
+    assert excinfo.value.details == scan.problems[1]
+
+
+def test_a_file_cut_inside_its_header_is_truncated_not_another_object(tmp_path, shown):
+    folder = copy_series(CROP, tmp_path / "crop")
+    for name, cut in (("16.dcm", 300), ("17.dcm", 1000)):
+        (folder / name).write_bytes((folder / name).read_bytes()[:cut])
+    report = folder / "report.dcm"  # a complete DICOM object that is no image
+    ds = pydicom.dcmread(CROP / "1.dcm")
+    for keyword in ("Rows", "Columns", "PixelData"):
+        delattr(ds, keyword)
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = pydicom.uid.BasicTextSRStorage
+    ds.save_as(report)
+
+    unreadable = {p.file.name: str(p) for p in scan_folder(folder).unreadable}
+    shown += list(unreadable.values())
+    for name in ("16.dcm", "17.dcm"):
+        assert "is truncated or damaged: the header of this MR Image Storage file ends before" in unreadable[name]
+        assert "Fix: replace it with the complete file" in unreadable[name]
+    assert "is a DICOM file but not an image slice (Basic Text SR Storage)" in unreadable["report.dcm"]
+    assert "Fix: move it out of the series folder" in unreadable["report.dcm"]

@@ -1,10 +1,20 @@
+import gzip
+import re
+import shutil
+import tracemalloc
+
 import nibabel as nib
 import numpy as np
 import pytest
+from monai.transforms import Compose
 
+from medft.data import dicom
 from medft.data.loading import LoadCased, load_image, load_label, to_native
-from medft.errors import DataError
-from tests.conftest import copy_case, rewrite_nifti, sample_case
+from medft.errors import DataError, find_user_error
+from tests.conftest import SAMPLE, copy_case, rewrite_nifti, sample_case
+from tests.data.dicom_edits import edit_raw
+
+DICOM_CROP = SAMPLE / "dicom" / "study1" / "13_HCropVolume"
 
 
 def test_an_lps_copy_loads_to_the_same_ras_voxels(tmp_path):
@@ -65,3 +75,94 @@ def test_unreadable_and_multichannel_labels_are_clear_errors(tmp_path):
     rewrite_nifti(label_path, data=two.astype(np.uint8))
     with pytest.raises(DataError, match="the label map has 2 channels"):
         load_label(label_path)
+
+
+def _nifti_header_only(path, shape, data_bytes: int) -> None:
+    """A NIfTI whose header declares `shape` uint8 voxels but that holds only `data_bytes` of them."""
+    header = nib.Nifti1Header()
+    header.set_data_shape(shape)
+    header.set_data_dtype(np.uint8)
+    header.set_data_offset(352)
+    data = header.binaryblock + bytes(4) + bytes(data_bytes)
+    path.write_bytes(gzip.compress(data) if path.name.endswith(".gz") else data)
+
+
+def test_a_nii_shorter_than_its_header_is_refused_before_reading(tmp_path):
+    path = tmp_path / "huge.nii"
+    _nifti_header_only(path, (1000, 1000, 1000), 10_000)  # 1 GB declared
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError) as err:
+            load_image([path])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 50_000_000
+    assert str(err.value) == (
+        f"ERROR {path}: is truncated: its header declares 1000000000 bytes of voxel data, the file holds 10000 "
+        "bytes. Fix: the file looks damaged or is not a NIfTI image: copy it again from its source or re-export it"
+    )
+
+
+def test_a_short_nii_gz_is_one_line_naming_the_file(tmp_path):
+    path = tmp_path / "short.nii.gz"
+    _nifti_header_only(path, (100, 100, 100), 10_000)
+    with pytest.raises(DataError) as err:
+        load_label(path)
+    assert "\n" not in str(err.value)
+    assert str(err.value).startswith(
+        f"ERROR {path}: is truncated: its header declares 1000000 bytes of voxel data, the file holds 10000 bytes."
+    )
+
+
+def _singular_copy(tmp_path):
+    """The sample case with its sform's third column zeroed and no qform."""
+    image_path, label_path = copy_case("hippocampus_334", tmp_path)
+    image = nib.load(image_path)
+    header = image.header.copy()
+    affine = image.affine.copy()
+    affine[:3, 2] = 0
+    header.set_qform(None, code=0)
+    header.set_sform(affine, code=1)
+    nib.save(nib.Nifti1Image(np.asanyarray(image.dataobj), None, header), image_path)
+    return image_path, label_path
+
+
+def test_a_singular_affine_is_a_clear_error_in_loading_and_in_a_pipeline(tmp_path):
+    image_path, label_path = _singular_copy(tmp_path)
+    expected = f"{image_path}: the affine is singular (a zero column): the voxel axes cannot be placed in space. Fix: "
+    with pytest.raises(DataError, match=re.escape(expected)):
+        load_image([image_path])
+    shutil.copyfile(image_path, label_path)
+    with pytest.raises(DataError, match="the affine is singular"):
+        load_label(label_path)
+    # inside a MONAI pipeline (evaluate, predict) the DataError is found behind MONAI's wrapping
+    with pytest.raises(Exception) as err:
+        Compose([LoadCased()])({"case_id": "c1", "image": [str(image_path)]})
+    assert isinstance(find_user_error(err.value), DataError)
+    assert "case c1" in str(find_user_error(err.value)) and "the affine is singular" in str(find_user_error(err.value))
+
+
+def test_a_dicom_folder_that_fails_unexpectedly_gets_a_dicom_fix(tmp_path, monkeypatch):
+    def damaged(series):
+        raise ValueError("something pydicom did not expect\n  on two lines")
+
+    monkeypatch.setattr(dicom, "read_series", damaged)
+    with pytest.raises(DataError) as err:
+        load_image([DICOM_CROP])
+    text = str(err.value)
+    assert text.startswith(
+        f"ERROR {DICOM_CROP}: cannot be read (ValueError: something pydicom did not expect on two lines)"
+    )
+    assert "export the series again" in text and "NIfTI image" not in text
+
+
+def test_a_dicom_series_with_zero_pixel_spacing_is_a_clear_error_in_a_pipeline(tmp_path):
+    folder = tmp_path / "crop"
+    shutil.copytree(DICOM_CROP, folder)
+    for path in folder.iterdir():
+        edit_raw(path, PixelSpacing=b"0\\0")
+    with pytest.raises(Exception) as err:
+        Compose([LoadCased()])({"case_id": "c2", "image": [str(folder)]})
+    error = find_user_error(err.value)
+    assert isinstance(error, DataError) and "case c2" in str(error) and "PixelSpacing is 0" in str(error)

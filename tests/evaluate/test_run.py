@@ -299,6 +299,54 @@ def test_predict_names_the_input_whose_channel_count_is_wrong(trained, tmp_path,
     assert "internal error" not in error and "model.in_channels=2" in error
 
 
+def _edited_copy(case: str, folder: Path, name: str, edit) -> Path:
+    """A copy of a sample case's image (edit(image) -> array) or label (edit(None, label) -> array)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    image, label = (nib.load(p) for p in sample_case(case))
+    data = edit(np.asarray(image.dataobj, dtype=np.float32), np.asarray(label.dataobj, dtype=np.float32))
+    path = folder / f"{name}.nii.gz"
+    nib.save(nib.Nifti1Image(data, image.affine), path)
+    return path
+
+
+def test_cases_with_nan_voxels_or_labels_outside_the_classes_fail_alone_as_check_data_words_it(trained, tmp_path):
+    def with_nan(image, label):
+        image[5, 5, 5] = np.nan
+        return image
+
+    def with_value(value):
+        def edit(image, label):
+            label[0, 0, 0] = value
+            return label
+        return edit
+
+    image, label = sample_case("hippocampus_341")
+    rows = [{"case_id": "a1", "image": sample_case("hippocampus_340")[0], "label": sample_case("hippocampus_340")[1]},
+            {"case_id": "nan", "image": _edited_copy("hippocampus_341", tmp_path, "nan", with_nan), "label": label},
+            {"case_id": "three", "image": image, "label": _edited_copy("hippocampus_341", tmp_path, "three", with_value(3))},
+            {"case_id": "half", "image": image, "label": _edited_copy("hippocampus_341", tmp_path, "half", with_value(0.5))}]
+    out = evaluate(trained, write_csv(tmp_path / "m.csv", rows, classes=CLASSES), tmp_path / "eval")
+    cases = {c["case_id"]: c for c in json.loads((out / "evaluation.json").read_text())["cases"]}
+    assert [cases[c]["status"] for c in ("a1", "nan", "three", "half")] == ["ok", "failed", "failed", "failed"]
+    assert "voxel(s) of the image are NaN or infinite" in cases["nan"]["message"]
+    assert "label values [3] are outside the declared classes 0..2" in cases["three"]["message"]
+    assert "label values are not whole numbers (e.g. 0.5)" in cases["half"]["message"]
+    assert {r["case_id"] for r in _per_case(out)} == {"a1"}
+
+
+def test_predict_writes_the_good_inputs_and_names_each_that_failed(trained, tmp_path):
+    def with_nan(image, label):
+        image[5, 5, 5] = np.nan
+        return image
+
+    nan = _edited_copy("hippocampus_341", tmp_path / "nii", "nan", with_nan)
+    good = sample_case("hippocampus_340")[0]
+    with pytest.raises(MedftError, match=r"predicted 1 of 2 inputs into .*; not predicted:\n  .*nan.nii.gz: 1 voxel\(s\) "
+                                         r"of the image are NaN or infinite"):
+        predict_files(trained, [nan, good], tmp_path / "p")
+    assert [p.name for p in (tmp_path / "p").iterdir()] == ["hippocampus_340.nii.gz"]
+
+
 def test_predict_refuses_inputs_that_would_write_one_file_before_loading_the_model(tmp_path):
     import shutil
 
