@@ -364,6 +364,9 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _print_dice(summary_path: Path) -> None:
     """Each class's mean Dice over the cases, with its 95% interval, from an evaluation's summary.json."""
     summary = json.loads(summary_path.read_text())
+    if not summary["n_cases"]:
+        print("  no case with a label: predictions only, no Dice")
+        return
     for name in summary["classes"]:
         dice = summary["overall"][name]["dice"]
         if dice["mean"] is None:

@@ -164,3 +164,15 @@ def test_add_reviewer_then_review_refuses_a_folder_that_is_no_evaluation(tmp_pat
     result = _medft("review", str(tmp_path), "--users", str(users))
     assert result.returncode == 1
     assert "per_case.csv" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_printed_dice_says_when_no_case_had_a_label(tmp_path, capsys):
+    from medft.evaluate.summary import summarize
+
+    row = {"case_id": "a", "site": "", "class_index": 1, "class_name": "anterior", "dice": 0.8, "sensitivity": 0.9,
+           "specificity": 0.99, "hd95": 1.0, "nsd": 0.9, "tp": 8, "fp": 2, "fn": 2, "tn": 88}
+    for rows, expected in (([], "no case with a label: predictions only, no Dice"),
+                           ([row], "anterior         Dice 0.800 over 1 cases")):
+        (tmp_path / "summary.json").write_text(json.dumps(summarize(rows, ["background", "anterior"])))
+        cli._print_dice(tmp_path / "summary.json")
+        assert expected in capsys.readouterr().out
