@@ -14,11 +14,20 @@ from medft.errors import MedftError
 
 def atomic_save(obj: object, path: Path) -> None:
     """torch.save to a temporary file in the same folder, fsync, then rename over ``path``."""
+    _atomic_write(path, lambda file: torch.save(obj, file))
+
+
+def atomic_write_text(text: str, path: Path) -> None:
+    """Write ``text`` as atomic_save does: a kill leaves the old file or the new one, never a part."""
+    _atomic_write(path, lambda file: file.write(text.encode()))
+
+
+def _atomic_write(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "wb") as file:
-            torch.save(obj, file)
+            write(file)
             file.flush()
             os.fsync(file.fileno())
         os.replace(tmp, path)

@@ -35,7 +35,7 @@ from medft.data.manifest import load_manifest
 from medft.errors import MedftError
 from medft.metrics import confusion_counts, dice, foreground_mean
 from medft.train import distributed
-from medft.train.checkpoint import atomic_save, load_checkpoint, restore_rng_states, rng_states
+from medft.train.checkpoint import atomic_save, atomic_write_text, load_checkpoint, restore_rng_states, rng_states
 from medft.train.data import build_loaders
 from medft.train.early_stopping import EarlyStopping
 from medft.train.freezing import FreezeSchedule, FreezeStage, apply_freezing, parameter_groups, set_train_mode
@@ -344,8 +344,11 @@ class FineTuneRecipe:
             raise MedftError(
                 f"{self.run_dir} already holds a run. Fix: add --resume to continue it, or give another --out"
             )
+        else:  # a run stopped before its first checkpoint starts again: its epoch lines go
+            _truncate_metrics(self.run_dir / "metrics.jsonl", 0)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        saved.write_text(dump_config(self.config))
+        if not saved.is_file() or saved.read_text() != dump_config(self.config):
+            atomic_write_text(dump_config(self.config), saved)
         _log_to_file(self.run_dir / "train.log")
 
     def _wrap(self, frozen: set[str]) -> None:
@@ -500,10 +503,18 @@ def _quiet_other_ranks() -> int:
 
 
 def _truncate_metrics(path: Path, epochs_done: int) -> None:
-    """Drop metric lines of epochs after the checkpoint (written before a kill)."""
+    """Drop metric lines of epochs after the checkpoint (written before a kill), and a line cut
+    short (a full disk); rewritten atomically, so a kill meanwhile loses no line."""
     if path.exists():
-        lines = [line for line in path.read_text().splitlines() if line and json.loads(line)["epoch"] < epochs_done]
-        path.write_text("".join(line + "\n" for line in lines))
+        lines = [line for line in path.read_text().splitlines() if _epoch_of(line) is not None and _epoch_of(line) < epochs_done]
+        atomic_write_text("".join(line + "\n" for line in lines), path)
+
+
+def _epoch_of(line: str) -> int | None:
+    try:
+        return json.loads(line)["epoch"]
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def _log_to_file(path: Path) -> None:

@@ -183,6 +183,24 @@ def test_ctrl_c_saves_and_the_run_resumes_exactly(tmp_path):
     assert losses("stopped") == pytest.approx(losses("reference"), rel=1e-9)  # the interrupted epoch's loss too
 
 
+def test_metric_lines_after_the_checkpoint_and_a_line_cut_short_are_dropped_in_place(tmp_path):
+    from medft.train.recipe import _truncate_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"epoch": 0}\n{"epoch": 1}\n{"epoch": 2}\n{"epoch": 3, "train_lo')  # a full disk cut the last
+    _truncate_metrics(path, 2)
+    assert path.read_text() == '{"epoch": 0}\n{"epoch": 1}\n'
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.jsonl"]  # no temporary file left
+
+
+def test_a_run_stopped_before_its_first_checkpoint_starts_again_without_its_old_epoch_lines(tmp_path):
+    config = make_config(tmp_path, **{"train.epochs": 1})
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "metrics.jsonl").write_text('{"epoch": 0, "train_loss": 9.0}\n')
+    run_training(load_config(config), tmp_path / "out")
+    assert [r["epoch"] for r in _metrics(tmp_path / "out")] == [0]
+
+
 def test_export_loads_with_plain_monai_and_gives_the_same_outputs(finished_run, tmp_path):
     root, run_dir = finished_run
     bundle = export_run(run_dir, tmp_path / "exported")
