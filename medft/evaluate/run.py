@@ -130,10 +130,11 @@ def _require_new_folder(out: Path) -> None:
     """An evaluation is written afresh, never over another: its reviews are tied to its
     evaluation_id, and its predictions/ to its per_case.csv."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise MedftError(
-            f"{out} exists and is not an empty folder: writing this evaluation into it would mix it up with what "
-            f"is there. Fix: give a new folder to --out, or delete {out} first"
-        )
+        kept = [name for name in ("reviews.sqlite", "users.json") if (out / name).exists()]
+        delete = (f"give a new folder to --out (it holds {' and '.join(kept)}: deleting it would lose the reviews)"
+                  if kept else f"give a new folder to --out, or delete {out} first")
+        raise MedftError(f"{out} exists and is not an empty folder: writing this evaluation into it would mix it up "
+                         f"with what is there. Fix: {delete}")
 
 
 def predict_files(model_path: str | Path, inputs: list[Path], out: Path, tta: bool = False,

@@ -248,6 +248,10 @@ def test_evaluate_refuses_a_folder_that_holds_an_evaluation_and_leaves_it_as_it_
     assert f"{out} exists and is not an empty folder" in error
     assert f"Fix: give a new folder to --out, or delete {out} first" in error and "Traceback" not in error
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before  # same evaluation_id: reviews stay valid
+    (out / "reviews.sqlite").write_bytes(b"")  # once clinicians have reviewed it, deleting is no advice to give
+    with pytest.raises(MedftError, match=r"Fix: give a new folder to --out \(it holds reviews.sqlite: deleting it would "
+                                         r"lose the reviews\)$"):
+        evaluate(trained, manifest, out)
 
 
 def test_evaluate_checks_the_out_folder_before_loading_the_model(tmp_path):
