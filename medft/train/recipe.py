@@ -506,8 +506,8 @@ def _truncate_metrics(path: Path, epochs_done: int) -> None:
     """Drop metric lines of epochs after the checkpoint (written before a kill), and a line cut
     short (a full disk); rewritten atomically, so a kill meanwhile loses no line."""
     if path.exists():
-        lines = [line for line in path.read_text().splitlines() if _epoch_of(line) is not None and _epoch_of(line) < epochs_done]
-        atomic_write_text("".join(line + "\n" for line in lines), path)
+        kept = [line for line in path.read_text().splitlines() if _epoch_of(line) in range(epochs_done)]
+        atomic_write_text("".join(line + "\n" for line in kept), path)
 
 
 def _epoch_of(line: str) -> int | None:
