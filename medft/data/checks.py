@@ -10,7 +10,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from medft.data.dicom import describe_exception, geometry_problems, scan_folder, select_series
-from medft.data.loading import geometry_mismatch, load_image, load_label
+from medft.data.loading import geometry_mismatch, load_image, load_label, qform_sform_problem
 from medft.data.manifest import Case, read_manifest
 from medft.errors import DataError, Problem
 
@@ -71,6 +71,8 @@ def check_case(case: Case, class_names: list[str]) -> tuple[list[Problem], int |
             image = load_image(case.image, case.series_uid)
         except DataError as exc:
             problems.append(exc.details)
+    if image is not None and not case.is_dicom:
+        problems += _qform_sform_problems(case.image)
     if case.label is not None:
         problems += _label_problems(case, image, class_names)
     for problem in problems:
@@ -80,12 +82,11 @@ def check_case(case: Case, class_names: list[str]) -> tuple[list[Problem], int |
 
 def _dicom_problems(case: Case) -> list[Problem]:
     scan = scan_folder(case.image[0])
-    problems = scan.problems
     try:
         series = select_series(scan, case.series_uid)
-    except DataError as exc:  # for a folder of headerless slices, the problem already listed
-        return problems if exc.details in problems else problems + [exc.details]
-    return problems + geometry_problems(series)
+    except DataError as exc:
+        return scan.unreadable + [exc.details]
+    return scan.unreadable + geometry_problems(series)
 
 
 def label_value_problems(label, file: Path | str, class_names: list[str]) -> list[Problem]:
@@ -114,7 +115,7 @@ def _label_problems(case: Case, image, class_names: list[str]) -> list[Problem]:
         label = load_label(case.label)
     except DataError as exc:
         return [exc.details]
-    problems = label_value_problems(label.numpy(), case.label, class_names)
+    problems = _qform_sform_problems([case.label]) + label_value_problems(label.numpy(), case.label, class_names)
     values = np.unique(label.numpy())
     if np.array_equal(values, [0]):
         problems.append(Problem(
@@ -132,6 +133,10 @@ def _label_problems(case: Case, image, class_names: list[str]) -> list[Problem]:
                 file=case.label,
             ))
     return problems
+
+
+def _qform_sform_problems(paths) -> list[Problem]:
+    return [problem for problem in map(qform_sform_problem, paths) if problem is not None]
 
 
 def _channel_count_problems(cases: list[Case], channels: list[int | None]) -> list[Problem]:

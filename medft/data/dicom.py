@@ -20,6 +20,9 @@ so that its DataError reaches the caller: given as ``LoadImage(reader=...)``, MO
 refusal and falls back to its own readers, and its PydicomReader stacks every series of a folder
 into one volume.
 
+Slices saved without the DICOM Part-10 header (preamble, 'DICM' and file meta information) are read
+too, in the encoding pydicom guesses, when they hold an image slice's tags.
+
 No message, summary or metadata produced here contains patient identifiers (name, ID, birth
 date): series are described by SeriesInstanceUID, SeriesDescription, SeriesNumber and size only.
 """
@@ -35,6 +38,7 @@ import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import get_decoder
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from medft.errors import DataError, Problem
 
@@ -68,6 +72,7 @@ class SeriesInfo:
     rows: int
     columns: int
     modality: str
+    headers: list[pydicom.Dataset] = field(repr=False, compare=False)  # one per file, without pixels
 
     @property
     def summary(self) -> str:
@@ -82,39 +87,18 @@ class SeriesInfo:
 
 @dataclass
 class SeriesScan:
-    """What `scan_folder` found: the series, the files that could not be read as DICOM, and the
-    slices that lack the DICOM Part-10 header (readable only by guessing their encoding)."""
+    """What `scan_folder` found: the series, and one problem per file that is no DICOM image slice."""
 
     folder: Path
     series: list[SeriesInfo]
     unreadable: list[Problem] = field(default_factory=list)
-    headerless: list[Path] = field(default_factory=list)
-
-    @property
-    def problems(self) -> list[Problem]:
-        """The files that are no usable DICOM slices: one problem each, one for all headerless slices."""
-        return self.unreadable + ([self.headerless_problem] if self.headerless else [])
-
-    @property
-    def headerless_problem(self) -> Problem:
-        """One line for all the slices that lack the Part-10 header."""
-        names = ", ".join(str(p.relative_to(self.folder)) for p in self.headerless[:3])
-        more = f" and {len(self.headerless) - 3} more" if len(self.headerless) > 3 else ""
-        return Problem(
-            f"{len(self.headerless)} file(s) lack the DICOM Part-10 header (preamble and file meta "
-            f"information): {names}{more}",
-            "re-export the series as standard DICOM files (DICOM Part 10), or convert it to NIfTI and "
-            "list the .nii.gz instead",
-            file=self.folder,
-        )
 
 
 def scan_folder(folder: Path) -> SeriesScan:
     """Read the headers of every file under `folder` (recursively) and group them by series.
 
     Hidden files and folders (starting with '.') and DICOMDIR files are skipped. Files that are not
-    DICOM images are listed in `unreadable`, one Problem each; image slices without the Part-10
-    header in `headerless`.
+    DICOM image slices are listed in `unreadable`, one Problem each.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -124,18 +108,15 @@ def scan_folder(folder: Path) -> SeriesScan:
             file=folder,
         )
     groups: dict[str, list[tuple[Path, pydicom.Dataset]]] = {}
-    unreadable, headerless = [], []
+    unreadable = []
     for path in sorted(folder.rglob("*")):
         parts = path.relative_to(folder).parts
         if not path.is_file() or path.name == "DICOMDIR" or any(p.startswith(".") for p in parts):
             continue
         try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            ds = _read_dicom(path, stop_before_pixels=True)
         except InvalidDicomError:
-            if _is_headerless_slice(path):
-                headerless.append(path)
-            else:
-                unreadable.append(Problem("is not a DICOM file", _REMOVE_OR_REPLACE, file=path))
+            unreadable.append(Problem("is not a DICOM file", _REMOVE_OR_REPLACE, file=path))
             continue
         except Exception as e:  # truncated or corrupt header: pydicom raises many kinds
             unreadable.append(
@@ -163,22 +144,35 @@ def scan_folder(folder: Path) -> SeriesScan:
                 rows=int(first.Rows),
                 columns=int(first.Columns),
                 modality=str(first.get("Modality", "")),
+                headers=[ds for _, ds in members],
             )
         )
     series.sort(key=lambda s: (s.number is None, s.number or 0, s.uid))
-    return SeriesScan(folder=folder, series=series, unreadable=unreadable, headerless=headerless)
+    return SeriesScan(folder=folder, series=series, unreadable=unreadable)
+
+
+def _read_dicom(path: Path, stop_before_pixels: bool = False) -> pydicom.Dataset:
+    """A DICOM file, or a bare dataset without the Part-10 header that holds an image slice's tags (read
+    in the encoding pydicom guesses, which is then recorded as its transfer syntax). InvalidDicomError
+    for anything else."""
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
+    except InvalidDicomError as not_part10:
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, force=True)
+        except Exception:  # a file that is no DICOM at all: pydicom fails in many ways on it
+            raise not_part10 from None
+        if not _is_slice(ds):
+            raise not_part10 from None
+        implicit, little_endian = ds.original_encoding
+        ds.file_meta.TransferSyntaxUID = (
+            ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little_endian else ExplicitVRBigEndian
+        )
+        return ds
 
 
 def _is_slice(ds: pydicom.Dataset) -> bool:
     return "SeriesInstanceUID" in ds and "Rows" in ds and "Columns" in ds
-
-
-def _is_headerless_slice(path: Path) -> bool:
-    """Whether a file without the Part-10 header still parses as an image slice (pydicom's force=True)."""
-    try:
-        return _is_slice(pydicom.dcmread(path, stop_before_pixels=True, force=True))
-    except Exception:  # a file that is no DICOM at all: pydicom fails in many ways on it
-        return False
 
 
 def _not_a_slice(path: Path, ds: pydicom.Dataset) -> Problem:
@@ -198,12 +192,18 @@ def _not_a_slice(path: Path, ds: pydicom.Dataset) -> Problem:
 
 def _series_number(ds: pydicom.Dataset) -> int | None:
     """SeriesNumber; None when absent or empty, DataError when it is no whole number."""
-    if "SeriesNumber" not in ds or not _stored_text(ds, "SeriesNumber"):
-        return None
-    (number,) = _header_numbers(ds, "SeriesNumber", 1)
-    if not number.is_integer():
+    number = _optional_number(ds, "SeriesNumber", None)
+    if number is not None and not number.is_integer():
         raise DataError(f"SeriesNumber is not a whole number ({number:g})", _REEXPORT)
-    return int(number)
+    return None if number is None else int(number)
+
+
+def _optional_number(ds: pydicom.Dataset, keyword: str, default: float | None) -> float | None:
+    """A one-number decimal or integer string tag; `default` when absent or empty, DataError naming the
+    tag when malformed."""
+    if keyword not in ds or not _stored_text(ds, keyword):
+        return default
+    return float(_header_numbers(ds, keyword, 1)[0])
 
 
 def _stored_text(ds: pydicom.Dataset, keyword: str) -> str:
@@ -237,9 +237,6 @@ def _header_numbers(ds: pydicom.Dataset, keyword: str, count: int) -> np.ndarray
 def select_series(scan: SeriesScan, series_uid: str | None) -> SeriesInfo:
     """The series to use: the only one, or the one with `series_uid`. Never merges series."""
     found = "; ".join(s.summary for s in scan.series)
-    if not scan.series and scan.headerless:  # the folder's problem is that header, not its place
-        problem = scan.headerless_problem
-        raise DataError(problem.problem, problem.fix, file=problem.file)
     if not scan.series:
         bad = f" ({len(scan.unreadable)} files could not be read as DICOM)" if scan.unreadable else ""
         raise DataError(
@@ -268,13 +265,7 @@ def select_series(scan: SeriesScan, series_uid: str | None) -> SeriesInfo:
 
 def geometry_problems(series: SeriesInfo) -> list[Problem]:
     """Check the slice geometry of a series from its headers; an empty list means it is a clean 3D stack."""
-    slices = []
-    for path in series.files:
-        try:
-            slices.append((path, pydicom.dcmread(path, stop_before_pixels=True)))
-        except Exception as e:
-            return [Problem(f"cannot be read as DICOM ({describe_exception(e)})", _REMOVE_OR_REPLACE, file=path)]
-    return _geometry_problems(slices)[0]
+    return _geometry_problems(list(zip(series.files, series.headers)))[0]
 
 
 class _Placement(NamedTuple):
@@ -361,23 +352,34 @@ def _series_number_problems(slices: list[tuple[Path, pydicom.Dataset]]) -> list[
 
 
 def _format_problems(slices: list[tuple[Path, pydicom.Dataset]]) -> list[Problem]:
-    """Slices medft cannot read: multi-frame files, colour images."""
-    problems = []
+    """Slices medft cannot read: multi-frame files, colour images, malformed NumberOfFrames or rescale tags."""
+    problems, malformed = [], {}
     for path, ds in slices:
-        if int(ds.get("NumberOfFrames") or 1) > 1:
+        try:
+            frames = _optional_number(ds, "NumberOfFrames", 1)
+            _rescale(ds)
+        except DataError as exc:
+            malformed.setdefault((exc.details.problem, exc.details.fix), []).append(path)
+            continue
+        if frames > 1:
             problems.append(
                 Problem(
-                    f"is a multi-frame DICOM file ({int(ds.NumberOfFrames)} frames), which medft does not support",
+                    f"is a multi-frame DICOM file ({frames:g} frames), which medft does not support",
                     "export the series as one file per slice (classic DICOM), or convert it to NIfTI "
                     "and list the .nii.gz instead",
                     file=path,
                 )
             )
-        if int(ds.get("SamplesPerPixel") or 1) > 1:
+        if int(ds.get("SamplesPerPixel") or 1) > 1:  # a binary number: never malformed
             problems.append(
                 Problem("holds a colour image; medft reads greyscale series only", _REEXPORT, file=path)
             )
-    return problems
+    return problems + [_grouped(problem, fix, paths) for (problem, fix), paths in malformed.items()]
+
+
+def _rescale(ds: pydicom.Dataset) -> tuple[float, float]:
+    """RescaleSlope and RescaleIntercept (1 and 0 when absent; a slope of 0 counts as absent)."""
+    return _optional_number(ds, "RescaleSlope", 1.0) or 1.0, _optional_number(ds, "RescaleIntercept", 0.0)
 
 
 def _consistency_problems(slices: list[tuple[Path, pydicom.Dataset]], placements: list[_Placement]) -> list[Problem]:
@@ -499,7 +501,7 @@ def read_series(series: SeriesInfo) -> tuple[np.ndarray, np.ndarray]:
     slices = []
     for path in series.files:
         try:
-            slices.append((path, pydicom.dcmread(path)))
+            slices.append((path, _read_dicom(path)))
         except Exception as e:
             raise DataError(f"cannot be read as DICOM ({describe_exception(e)})", _REMOVE_OR_REPLACE, file=path)
     problems, order = _geometry_problems(slices)
@@ -514,10 +516,9 @@ def read_series(series: SeriesInfo) -> tuple[np.ndarray, np.ndarray]:
             pixels = ds.pixel_array
         except Exception as e:
             raise _pixel_error(path, ds, e) from None
-        slope = float(ds.get("RescaleSlope") or 1.0)
-        intercept = float(ds.get("RescaleIntercept") or 0.0)
+        slope, intercept = _rescale(ds)
         planes.append((pixels.astype(np.float32) * slope + intercept).T)  # (rows, columns) -> (columns, rows)
-    volume = np.stack(planes, axis=-1).astype(np.float32)
+    volume = np.stack(planes, axis=-1, dtype=np.float32)
 
     first, last = _placement(slices[order[0]][1]), _placement(slices[order[-1]][1])
     row_spacing, column_spacing = first.spacing
@@ -579,7 +580,7 @@ def _reader_class() -> type:
 
         def read(self, data, **kwargs) -> SeriesInfo:
             scan = scan_folder(_as_folder(data))
-            problems = scan.problems
+            problems = scan.unreadable
             if problems:
                 more = f" (and {len(problems) - 1} more problem(s) in {scan.folder})" if len(problems) > 1 else ""
                 raise DataError(problems[0].problem + more, problems[0].fix, file=problems[0].file)

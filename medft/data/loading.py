@@ -8,7 +8,10 @@ be written back in the geometry of the input.
 from __future__ import annotations
 
 import functools
+import gzip
+import itertools
 import logging
+import os
 import re
 import warnings
 from collections.abc import Hashable, Mapping
@@ -21,10 +24,12 @@ from monai.data import ImageReader, MetaTensor, NibabelReader
 from monai.transforms import LoadImage, MapTransform, Orientation
 
 from medft.data.dicom import DicomSeriesReader, describe_exception
-from medft.errors import DataError
+from medft.errors import DataError, Problem
 
 # Image and label must agree voxel for voxel: affine entries (mm) may differ by at most this.
 AFFINE_TOLERANCE_MM = 1e-3
+# A NIfTI's qform and sform may place a voxel this far apart (mm) before check-data warns.
+QFORM_SFORM_TOLERANCE_MM = 0.01
 
 # Axis letters of the RAS+ world frame that NIfTI, nibabel and MONAI's readers use.
 _TO_RAS = Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))
@@ -36,7 +41,9 @@ _DICOM_READ_FIX = (
 _AFFINE_FIX = (
     "give the image a valid affine (sform or qform: voxel spacing and orientation), e.g. re-export it from its source"
 )
-# nibabel's message for a file shorter than its header declares
+# Deflate turns 2 bits into at most 258 bytes: a gzip file expands at most this many times.
+_DEFLATE_MAX_EXPANSION = 1032
+# nibabel's message for a file shorter than its header declares (formats other than NIfTI)
 _SHORT_READ = re.compile(r"Expected (\d+) bytes, got (\d+) bytes")
 
 
@@ -49,10 +56,10 @@ def load_image(paths: list[str] | tuple[Path, ...], series_uid: str | None = Non
     else:
         channels = [_read(p) for p in paths]
         for path, channel in zip(paths[1:], channels[1:]):
-            if channel.shape[1:] != channels[0].shape[1:]:
+            mismatch = geometry_mismatch(channels[0], channel, "channel")
+            if mismatch:
                 raise DataError(
-                    f"channel shape {tuple(channel.shape[1:])} differs from {paths[0].name}'s "
-                    f"{tuple(channels[0].shape[1:])}",
+                    f"{mismatch} ({paths[0].name}, the first channel)",
                     "give channels of one case on the same voxel grid (resample them together)",
                     file=path,
                 )
@@ -101,17 +108,44 @@ def to_native(tensor: MetaTensor) -> np.ndarray:
     return np.stack([nib.orientations.apply_orientation(channel, transform) for channel in array])
 
 
-def geometry_mismatch(image: MetaTensor, label: MetaTensor) -> str | None:
-    """Why image and label are not on one voxel grid, or None when they are."""
-    if tuple(image.shape[1:]) != tuple(label.shape[1:]):
-        return f"label shape {tuple(label.shape[1:])} differs from image shape {tuple(image.shape[1:])}"
-    diff = float(np.abs(np.asarray(image.affine, dtype=np.float64) - np.asarray(label.affine, dtype=np.float64)).max())
+def geometry_mismatch(image: MetaTensor, other: MetaTensor, name: str = "label") -> str | None:
+    """Why `other` (a label, or another channel) is not on the image's voxel grid, or None when it is."""
+    if tuple(image.shape[1:]) != tuple(other.shape[1:]):
+        return f"{name} shape {tuple(other.shape[1:])} differs from image shape {tuple(image.shape[1:])}"
+    diff = float(np.abs(np.asarray(image.affine, dtype=np.float64) - np.asarray(other.affine, dtype=np.float64)).max())
     if diff > AFFINE_TOLERANCE_MM:
         return (
-            f"label and image affines differ by up to {diff:.4g} mm (tolerance {AFFINE_TOLERANCE_MM} mm): "
-            f"label spacing {_spacing(label)} origin {_origin(label)}, image spacing {_spacing(image)} origin {_origin(image)}"
+            f"{name} and image affines differ by up to {diff:.4g} mm (tolerance {AFFINE_TOLERANCE_MM} mm): "
+            f"{name} spacing {_spacing(other)} origin {_origin(other)}, image spacing {_spacing(image)} origin {_origin(image)}"
         )
     return None
+
+
+def qform_sform_problem(path: Path) -> Problem | None:
+    """A warning when a NIfTI's qform and sform are both set and place its voxels differently: medft
+    (as nibabel and MONAI) uses the sform, ITK-SNAP and some FSL tools the qform."""
+    image = nib.load(path)
+    header = image.header
+    if not isinstance(header, nib.Nifti1Header) or not (header["qform_code"] > 0 and header["sform_code"] > 0):
+        return None
+    qform, sform = header.get_qform(), header.get_sform()
+    corners = np.array([[*corner, 1] for corner in itertools.product(*[(0, n - 1) for n in image.shape[:3]])])
+    apart = float(np.linalg.norm(corners @ (qform - sform)[:3].T, axis=1).max())
+    if apart <= QFORM_SFORM_TOLERANCE_MM:
+        return None
+    lengths = np.linalg.norm(qform[:3, :3], axis=0) * np.linalg.norm(sform[:3, :3], axis=0)
+    cosines = np.sum(qform[:3, :3] * sform[:3, :3], axis=0) / np.maximum(lengths, 1e-12)
+    turned = float(np.degrees(np.arccos(np.clip(cosines, -1, 1))).max())
+    return Problem(
+        f"its qform and sform disagree: they place voxels up to {apart:.3g} mm apart, axes turned by up to "
+        f"{turned:.3g} degrees; medft (as nibabel and MONAI) uses the sform, ITK-SNAP and some FSL tools the "
+        "qform, so images and labels made with those tools may be misaligned",
+        "rewrite the file with the right one in both, e.g. with nibabel: img = nibabel.load(path); "
+        "img.set_qform(img.get_sform()); nibabel.save(img, path) (or img.set_sform(img.get_qform()) "
+        "when the qform is right)",
+        file=path,
+        severity="warning",
+    )
 
 
 class LoadCased(MapTransform):
@@ -165,19 +199,65 @@ def _read(path: Path, reader: ImageReader | None = None) -> MetaTensor:
 
 
 def _require_complete_nifti(path: Path) -> None:
-    """Refuse an uncompressed .nii shorter than its header declares before reading it: a damaged
-    header may declare gigabytes. (A .nii.gz tells its size only once decompressed.)"""
-    if path.suffix != ".nii":
+    """Refuse a NIfTI that holds less voxel data than its header declares, before reading the voxels:
+    a damaged header may declare terabytes, which reading would try to allocate.
+
+    A .nii is measured by its length. A .nii.gz is refused when deflate could not expand it that far
+    (at most 1032-fold); otherwise the gzip trailer's size (mod 2**32, of the last gzip member only)
+    is taken as a hint, and only when it disagrees is the file decompressed, keeping nothing, to count.
+    """
+    if not path.name.endswith((".nii", ".nii.gz")):
         return
     voxels = nib.load(path).dataobj  # an array proxy: the header's shape, type and data offset, no data
     declared = int(np.prod(voxels.shape)) * voxels.dtype.itemsize
-    held = path.stat().st_size - int(voxels.offset)
-    if held < declared:
-        raise DataError(_truncated(declared, held), _READ_FIX, file=path)
+    needed = int(voxels.offset) + declared  # bytes of the whole uncompressed file
+    size = path.stat().st_size
+    if path.suffix == ".nii":
+        held = size
+    elif needed > _DEFLATE_MAX_EXPANSION * size:
+        raise DataError(
+            f"its header declares {declared} bytes of voxel data ({_declared(voxels)}), more than a gzip file of "
+            f"{size} bytes can hold (deflate expands at most {_DEFLATE_MAX_EXPANSION}-fold): the header is damaged",
+            _READ_FIX,
+            file=path,
+        )
+    elif _gzip_trailer_size(path) == needed % 2**32:
+        return
+    else:
+        held = _gunzipped_size(path, limit=needed)
+    if held < needed:
+        raise DataError(_truncated(declared, held - int(voxels.offset), _declared(voxels)), _READ_FIX, file=path)
 
 
-def _truncated(declared: int, held: int) -> str:
-    return f"is truncated: its header declares {declared} bytes of voxel data, the file holds {max(held, 0)} bytes"
+def _declared(voxels) -> str:
+    return f"shape {' x '.join(str(n) for n in voxels.shape)}, {voxels.dtype}"
+
+
+def _gzip_trailer_size(path: Path) -> int:
+    """ISIZE, the last 4 bytes of a gzip file: its last member's uncompressed size mod 2**32."""
+    with open(path, "rb") as file:
+        file.seek(-4, os.SEEK_END)
+        return int.from_bytes(file.read(4), "little")
+
+
+def _gunzipped_size(path: Path, limit: int) -> int:
+    """The uncompressed size of a gzip file, counted up to `limit` without keeping the data; a stream
+    cut short counts what it holds."""
+    count = 0
+    with gzip.open(path) as stream:
+        try:
+            while count < limit and (chunk := stream.read1(1 << 20)):
+                count += len(chunk)
+        except EOFError:  # the stream ends before its end marker
+            pass
+    return count
+
+
+def _truncated(declared: int, held: int, what: str = "") -> str:
+    what = f" ({what})" if what else ""
+    return (
+        f"is truncated: its header declares {declared} bytes of voxel data{what}, the file holds {max(held, 0)} bytes"
+    )
 
 
 @functools.cache

@@ -40,7 +40,8 @@ def _broken_dataset(root: Path) -> tuple[Path, dict[str, list[str]]]:
     add("missing", image, label, "file not found", image.name)
     image, label = copy_case("hippocampus_336", root / "nii", "truncated")
     image.write_bytes(image.read_bytes()[:3000])
-    add("truncated", image, label, "cannot be read", image.name, "copy it again")
+    add("truncated", image, label, "is truncated: its header declares 274856 bytes of voxel data (shape 34 x 47 x 43, "
+        "float32), the file holds", image.name, "copy it again")
     image, label = copy_case("hippocampus_338", root / "nii", "shape")
     rewrite_nifti(label, data=np.asanyarray(nib.load(label).dataobj)[:-2])
     add("shape", image, label, "label shape (35, 43, 43) differs from image shape (37, 43, 43)", label.name, image.name)
@@ -132,10 +133,10 @@ def _add_damaged_headers(root: Path, add) -> None:
     for path in folder.iterdir():
         edit_raw(path, ImageOrientationPatient=b"0\\0\\0\\0\\0\\0")
     add("no_orientation", folder, None, "ImageOrientationPatient is invalid")
-    folder = series("headerless")
+    folder = series("headerless")  # bare datasets: read as they are
     for path in folder.iterdir():
         strip_part10_header(path)
-    add("headerless", folder, None, f"{folder}: 32 file(s) lack the DICOM Part-10 header")
+    add("headerless", folder, None)
     folder = series("cut_header")
     (folder / "16.dcm").write_bytes((folder / "16.dcm").read_bytes()[:300])
     add("cut_header", folder, None, "16.dcm: is truncated or damaged", "replace it with the complete file")
@@ -167,10 +168,10 @@ def test_every_problem_is_reported_in_one_run(tmp_path, capsys):
             assert any(phrase in line for line in mine), f"{case_id}: no line with {phrase!r} in {mine}"
         assert all("Fix: " in line for line in mine)
     assert not [line for line in lines if "case clean:" in line]
+    assert not [line for line in lines if "case headerless:" in line]
     assert lines[-1].endswith("error(s), 2 warning(s)")
-    headerless = [line for line in lines if "case headerless:" in line]
     no_orientation = [line for line in lines if "case no_orientation:" in line]
-    assert len(headerless) == len(no_orientation) == 1  # one line for the folder, no "duplicate slices"
+    assert len(no_orientation) == 1  # one line for the folder, no "duplicate slices"
 
 
 def test_an_unexpected_failure_is_one_line_of_its_case(tmp_path, capsys, monkeypatch):
@@ -186,7 +187,8 @@ def test_an_unexpected_failure_is_one_line_of_its_case(tmp_path, capsys, monkeyp
 
     monkeypatch.setattr(checks, "load_image", failing)
     rows = [{"case_id": "broken", "image": broken.name}, {"case_id": "other", "image": other.name}]
-    assert main(["check-data", str(write_csv(tmp_path / "m.csv", rows))]) == 1
+    manifest = write_csv(tmp_path / "m.csv", rows, classes={"0": "background", "1": "anterior", "2": "posterior"})
+    assert main(["check-data", str(manifest)]) == 1
     captured = capsys.readouterr()
     lines = captured.out.splitlines()
     assert lines[0].startswith(
@@ -250,3 +252,42 @@ def test_an_msd_task_folder_is_checked_as_its_dataset_json(tmp_path, capsys):
     (tmp_path / "dataset.json").write_text(json.dumps(spec))
     assert main(["check-data", str(tmp_path)]) == 0
     assert capsys.readouterr().out.strip() == f"{tmp_path}: 0 error(s), 0 warning(s)"
+
+
+def _set_forms(path: Path, qform: np.ndarray, sform: np.ndarray) -> None:
+    image = nib.load(path)
+    image.set_qform(qform, code=1)
+    image.set_sform(sform, code=1)
+    nib.save(image, path)
+
+
+def test_a_qform_that_disagrees_with_the_sform_is_a_warning_and_the_sform_is_compared(tmp_path, capsys):
+    image, label = copy_case("hippocampus_334", tmp_path, "forms")
+    sform = nib.load(image).affine
+    turned = sform.copy()
+    turned[:3, :3] = turned[:3, :3] @ np.array([[0, -1, 0], [1, 0, 0], [0, 0, 1]])  # 90 degrees about z
+    _set_forms(image, turned, sform)
+    shifted = sform.copy()
+    shifted[0, 3] += 2
+    _set_forms(label, sform, shifted)  # the label's qform matches the image's sform, its sform does not
+    rows = [{"case_id": "forms", "image": image.name, "label": label.name}]
+    manifest = write_csv(tmp_path / "m.csv", rows, classes={"0": "background", "1": "anterior", "2": "posterior"})
+    assert main(["check-data", str(manifest)]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4, lines
+    warning_image, warning_label, error = sorted(lines[:3], key=lambda line: (line.startswith("ERROR"), line))
+    disagree = "its qform and sform disagree: they place voxels up to"
+    assert warning_image.startswith(f"WARNING case forms: {image}: {disagree} ")
+    assert "axes turned by up to 90 degrees" in warning_image
+    assert "medft (as nibabel and MONAI) uses the sform" in warning_image
+    assert "Fix: rewrite the file with the right one in both" in warning_image
+    assert "img.set_qform(img.get_sform())" in warning_image
+    assert warning_label.startswith(f"WARNING case forms: {label}: {disagree} 2 mm apart")
+    assert error.startswith(f"ERROR case forms: {label}: label and image affines differ by up to 2 mm")
+    assert lines[-1].endswith("1 error(s), 2 warning(s)")
+
+    _set_forms(label, turned, sform)  # same sforms: the qforms alone are no error
+    _set_forms(image, sform, sform)
+    assert main(["check-data", str(manifest)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and lines[0].startswith(f"WARNING case forms: {label}: its qform and sform disagree")

@@ -16,7 +16,14 @@ import numpy as np
 import pydicom
 import pytest
 
-from medft.data.dicom import SeriesInfo, geometry_problems, read_series, scan_folder, select_series
+from medft.data.dicom import (
+    _REMOVE_OR_REPLACE,
+    SeriesInfo,
+    geometry_problems,
+    read_series,
+    scan_folder,
+    select_series,
+)
 from medft.errors import DataError
 from tests.data.dicom_edits import edit_raw, mark_jpeg_lossless, strip_part10_header
 
@@ -370,16 +377,21 @@ def test_full_study_has_five_series(shown):
         ("ImagePositionPatient", b"0\\0", "ImagePositionPatient holds 2 value(s) where 3 are needed"),
         ("PixelSpacing", b"0\\0", "PixelSpacing is 0, not a pixel size in mm"),
         ("ImageOrientationPatient", b"1\\0\\0\\1\\0\\0", "ImageOrientationPatient is invalid (1, 0, 0, 1, 0, 0)"),
+        ("NumberOfFrames", b"x", "NumberOfFrames is not numeric (['x'])"),
+        ("RescaleSlope", b"abc", "RescaleSlope is not numeric (['abc'])"),
+        ("RescaleIntercept", b"1\\2", "RescaleIntercept holds 2 value(s) where 1 are needed"),
     ],
 )
-def test_a_malformed_placement_tag_is_named(tag, stored, expected, tmp_path, shown):
+def test_a_malformed_tag_names_the_file_and_the_tag(tag, stored, expected, tmp_path, shown):
     folder = copy_series(CROP, tmp_path / "crop")
     edit_raw(folder / "16.dcm", **{tag: stored})
-    texts = problems_for(folder, shown)
-    assert len(texts) == 1 and f"16.dcm: {expected}" in texts[0] and "Fix: " in texts[0]
-    with pytest.raises(DataError) as excinfo:
-        read_series(crop_series(folder))
-    assert expected in show_error(shown, excinfo)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # pydicom's own conversion warns on stderr
+        texts = problems_for(folder, shown)
+        assert len(texts) == 1 and f"16.dcm: {expected}" in texts[0] and "Fix: " in texts[0]
+        with pytest.raises(DataError) as excinfo:
+            read_series(crop_series(folder))
+    assert f"16.dcm: {expected}" in show_error(shown, excinfo)
 
 
 def test_a_blanked_orientation_is_invalid_not_duplicate_slices(tmp_path, shown):
@@ -446,23 +458,29 @@ def test_a_compression_without_decoder_names_the_packages(tmp_path, shown):
     assert "pip install pylibjpeg pylibjpeg-libjpeg" in text and "python-gdcm" in text and "uncompressed" in text
 
 
-def test_slices_without_the_part10_header_are_one_line(tmp_path, shown):
+def test_slices_without_the_part10_header_are_read_and_other_files_still_named(tmp_path, shown):
     folder = copy_series(CROP, tmp_path / "crop")
     for path in folder.iterdir():
         strip_part10_header(path)
-    (folder / "notes.txt").write_text("scanner notes")
-    scan = scan_folder(folder)
-    texts = [str(p) for p in scan.problems]
+    (folder / "README").write_text("scanner notes")
+    (folder / "bare.dcm").write_bytes(b"\x10\x00\x10\x00\x04\x00\x00\x00Doe^")  # a bare dataset, no slice
+    (folder / ".DS_Store").write_bytes(b"\0junk")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        scan = scan_folder(folder)
+        series = select_series(scan, None)
+        problems = geometry_problems(series)
+        volume, affine = read_series(series)
+    texts = [str(p) for p in scan.unreadable]
     shown += texts
-    assert texts[0].startswith(f"ERROR {folder / 'notes.txt'}: is not a DICOM file")
-    assert texts[1:] == [
-        f"ERROR {folder}: 32 file(s) lack the DICOM Part-10 header (preamble and file meta information): "
-        "1.dcm, 10.dcm, 11.dcm and 29 more. Fix: re-export the series as standard DICOM files (DICOM Part 10), "
-        "or convert it to NIfTI and list the .nii.gz instead"
+    show_series(shown, series)
+    assert texts == [
+        f"ERROR {folder / 'README'}: is not a DICOM file. Fix: {_REMOVE_OR_REPLACE}",
+        f"ERROR {folder / 'bare.dcm'}: is not a DICOM file. Fix: {_REMOVE_OR_REPLACE}",
     ]
-    with pytest.raises(DataError) as excinfo:
-        select_series(scan, None)
-    assert excinfo.value.details == scan.problems[1]
+    assert len(series.files) == 32 and problems == []
+    original_volume, original_affine = read_series(crop_series())
+    assert np.array_equal(volume, original_volume) and np.array_equal(affine, original_affine)
 
 
 def test_a_file_cut_inside_its_header_is_truncated_not_another_object(tmp_path, shown):

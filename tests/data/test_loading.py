@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from monai.transforms import Compose
 
-from medft.data import dicom
+from medft.data import dicom, loading
 from medft.data.loading import LoadCased, load_image, load_label, to_native
 from medft.errors import DataError, find_user_error
 from tests.conftest import SAMPLE, copy_case, rewrite_nifti, sample_case
@@ -69,7 +69,7 @@ def test_unreadable_and_multichannel_labels_are_clear_errors(tmp_path):
     image_path, label_path = copy_case("hippocampus_334", tmp_path)
     data = image_path.read_bytes()
     image_path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(DataError, match="cannot be read.*copy it again"):
+    with pytest.raises(DataError, match="is truncated: .* the file holds 106392 bytes.*copy it again"):
         load_image([image_path])
     two = np.stack([nib.load(label_path).get_fdata()] * 2, axis=-1)
     rewrite_nifti(label_path, data=two.astype(np.uint8))
@@ -77,42 +77,106 @@ def test_unreadable_and_multichannel_labels_are_clear_errors(tmp_path):
         load_label(label_path)
 
 
-def _nifti_header_only(path, shape, data_bytes: int) -> None:
-    """A NIfTI whose header declares `shape` uint8 voxels but that holds only `data_bytes` of them."""
-    header = nib.Nifti1Header()
+def _nifti_header_only(path, shape, data: int | bytes, header_class=nib.Nifti1Header) -> None:
+    """A NIfTI whose header declares `shape` uint8 voxels but that holds only `data` (bytes, or that many zeros)."""
+    header = header_class()
     header.set_data_shape(shape)
     header.set_data_dtype(np.uint8)
-    header.set_data_offset(352)
-    data = header.binaryblock + bytes(4) + bytes(data_bytes)
+    header.set_data_offset(len(header.binaryblock) + 4)
+    data = header.binaryblock + bytes(4) + (bytes(data) if isinstance(data, int) else data)
     path.write_bytes(gzip.compress(data) if path.name.endswith(".gz") else data)
+
+
+def _refusal_and_peak_memory(call) -> tuple[DataError, int]:
+    """The DataError that `call` raises, and the most memory Python held meanwhile."""
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError) as err:
+            call()
+        return err.value, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
 
 
 def test_a_nii_shorter_than_its_header_is_refused_before_reading(tmp_path):
     path = tmp_path / "huge.nii"
     _nifti_header_only(path, (1000, 1000, 1000), 10_000)  # 1 GB declared
-    tracemalloc.start()
-    try:
-        with pytest.raises(DataError) as err:
-            load_image([path])
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    error, peak = _refusal_and_peak_memory(lambda: load_image([path]))
     assert peak < 50_000_000
-    assert str(err.value) == (
-        f"ERROR {path}: is truncated: its header declares 1000000000 bytes of voxel data, the file holds 10000 "
-        "bytes. Fix: the file looks damaged or is not a NIfTI image: copy it again from its source or re-export it"
+    assert str(error) == (
+        f"ERROR {path}: is truncated: its header declares 1000000000 bytes of voxel data (shape 1000 x 1000 x 1000, "
+        "uint8), the file holds 10000 bytes. Fix: the file looks damaged or is not a NIfTI image: copy it again from "
+        "its source or re-export it"
     )
 
 
-def test_a_short_nii_gz_is_one_line_naming_the_file(tmp_path):
+def test_a_nii_gz_declaring_more_than_gzip_can_hold_is_refused_before_reading(tmp_path):
+    path = tmp_path / "huge.nii.gz"
+    _nifti_header_only(path, (60000, 60000, 60000), 10_000, nib.Nifti2Header)  # 216 TB declared
+    error, peak = _refusal_and_peak_memory(lambda: load_label(path))
+    assert peak < 50_000_000
+    assert str(error) == (
+        f"ERROR {path}: its header declares 216000000000000 bytes of voxel data (shape 60000 x 60000 x 60000, uint8), "
+        f"more than a gzip file of {path.stat().st_size} bytes can hold (deflate expands at most 1032-fold): the "
+        "header is damaged. Fix: the file looks damaged or is not a NIfTI image: copy it again from its source or "
+        "re-export it"
+    )
+
+
+def test_a_nii_gz_shorter_than_its_header_is_measured_without_keeping_its_voxels(tmp_path):
     path = tmp_path / "short.nii.gz"
-    _nifti_header_only(path, (100, 100, 100), 10_000)
-    with pytest.raises(DataError) as err:
-        load_label(path)
-    assert "\n" not in str(err.value)
-    assert str(err.value).startswith(
-        f"ERROR {path}: is truncated: its header declares 1000000 bytes of voxel data, the file holds 10000 bytes."
+    _nifti_header_only(path, (1000, 1000, 1000), np.random.default_rng(0).bytes(2_000_000))  # 1 GB declared
+    error, peak = _refusal_and_peak_memory(lambda: load_image([path]))
+    assert peak < 50_000_000 and "\n" not in str(error)
+    assert str(error).startswith(
+        f"ERROR {path}: is truncated: its header declares 1000000000 bytes of voxel data (shape 1000 x 1000 x 1000, "
+        "uint8), the file holds 2000000 bytes. Fix: "
     )
+    path.write_bytes(path.read_bytes()[:1_000_000])  # a gzip stream cut short: counted as far as it goes
+    with pytest.raises(DataError, match="is truncated: .* the file holds 9[0-9]{5} bytes"):
+        load_image([path])
+
+
+def test_a_complete_nii_gz_is_decompressed_once(tmp_path, monkeypatch):
+    """The gzip trailer vouches for a complete single-member file; one of several members is counted first."""
+    image_path, _ = sample_case()
+    counted, count = [], loading._gunzipped_size
+    monkeypatch.setattr(loading, "_gunzipped_size", lambda path, limit: counted.append(path) or count(path, limit))
+    load_image([image_path])
+    assert counted == []
+
+    data = gzip.decompress(image_path.read_bytes())
+    two_members = tmp_path / "two_members.nii.gz"
+    two_members.write_bytes(gzip.compress(data[:1000]) + gzip.compress(data[1000:-1]) + gzip.compress(data[-1:]))
+    np.testing.assert_array_equal(load_image([two_members]).numpy(), load_image([image_path]).numpy())
+    assert counted == [two_members]
+
+
+def test_a_nii_gz_compressed_as_far_as_deflate_goes_loads(tmp_path):
+    """An empty label map compresses about 1027-fold: within deflate's bound of 1032, so no refusal."""
+    path = tmp_path / "empty.nii.gz"
+    header = nib.Nifti1Header()
+    header.set_data_shape((256, 256, 240))
+    header.set_data_dtype(np.uint8)
+    header.set_data_offset(352)
+    path.write_bytes(gzip.compress(header.binaryblock + bytes(4 + 256 * 256 * 240), compresslevel=9))
+    assert 256 * 256 * 240 / path.stat().st_size > 1000
+    assert tuple(load_label(path).shape) == (1, 256, 256, 240)
+
+
+def test_channels_off_each_others_grid_are_refused(tmp_path):
+    first, second = copy_case("hippocampus_334", tmp_path / "a")[0], copy_case("hippocampus_335", tmp_path / "b")[0]
+    rewrite_nifti(second, data=np.asanyarray(nib.load(first).dataobj), affine=nib.load(first).affine)
+    assert tuple(load_image([first, second]).shape) == (2, 34, 47, 36)
+    shifted = nib.load(first).affine.copy()
+    shifted[1, 3] += 2
+    rewrite_nifti(second, affine=shifted)
+    with pytest.raises(DataError) as err:
+        load_image([first, second])
+    assert str(err.value).startswith(
+        f"ERROR {second}: channel and image affines differ by up to 2 mm (tolerance 0.001 mm): "
+    )
+    assert f"({first.name}, the first channel). Fix: give channels of one case on the same voxel grid" in str(err.value)
 
 
 def _singular_copy(tmp_path):

@@ -121,7 +121,7 @@ def test_the_summary_has_sites_and_the_warnings_name_the_cases(evaluated):
     assert set(summary["per_site"]) == {"A", "B"}
     warnings = "\n".join(json.loads((out / "evaluation.json").read_text())["warnings"])
     assert "case nolabel" in warnings and "prediction-only" in warnings
-    assert "case broken" in warnings and "cannot be read" in warnings
+    assert "case broken" in warnings and "broken_img.nii.gz: is truncated" in warnings
     evaluation = json.loads((out / "evaluation.json").read_text())
     confusion = np.array(evaluation["confusion_matrix"])
     rows = _per_case(out)

@@ -287,7 +287,7 @@ def test_a_damaged_training_file_is_one_clear_line(tmp_path, capsys):
     write_csv(tmp_path / "manifest.csv", rows, classes={"0": "background", "1": "anterior", "2": "posterior"})
     assert main(["train", str(config), "--out", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err
-    assert "case damaged" in err and "damaged_img.nii.gz: cannot be read" in err and "Fix:" in err
+    assert "case damaged" in err and "damaged_img.nii.gz: is truncated" in err and "Fix:" in err
     assert "internal error" not in err and "Traceback" not in err
 
 
