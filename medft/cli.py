@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from medft import __version__
-from medft.errors import MedftError, find_user_error
+from medft.errors import DISK_FULL_ERRNOS, MedftError, find_user_error
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_MANIFEST = REPO_ROOT / "data_manifests" / "hippocampus_sample.csv"
@@ -36,6 +36,13 @@ def main(argv: list[str] | None = None) -> int:
         user_error = find_user_error(exc)
         if user_error is not None:
             print(f"medft: {user_error}", file=sys.stderr)
+            return 1
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+            print(
+                f"medft: no space left on the device while writing {exc.filename or 'a file'}. "
+                "Fix: free space on that disk, or write to another disk (another --out folder, for example)",
+                file=sys.stderr,
+            )
             return 1
         if os.environ.get("MEDFT_DEBUG"):
             raise

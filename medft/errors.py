@@ -1,8 +1,12 @@
 """Errors meant for people: each names the file, the problem and the fix."""
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass
 from pathlib import Path
+
+# The errno of a write that failed because the disk, or the user's quota on it, is full (Windows has no EDQUOT).
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
 
 
 class MedftError(Exception):

@@ -25,6 +25,8 @@ from medft.bundle.reader import load_bundle
 from medft.config import RunConfig, read_yaml, validate_config
 from medft.data.manifest import read_manifest
 from medft.errors import MedftError
+from medft.atomic_files import new_folder
+from medft.train.metrics_log import read_metrics
 
 EXPORT_VERSION = "0.1.0"
 FILL_IN = "FILL IN"  # marks what only the user can state (data terms, authors, intended use)
@@ -35,7 +37,8 @@ log = logging.getLogger("medft.bundle")
 
 
 def export_run(run_dir: str | Path, out_dir: str | Path) -> Path:
-    """Write the best checkpoint of ``run_dir`` (else its last) as a bundle in ``out_dir``."""
+    """Write the best checkpoint of ``run_dir`` (else its last) as a bundle in ``out_dir``, a new or
+    empty folder: written under a partial name, renamed to ``out_dir`` once complete (``new_folder``)."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if not (run_dir / "config.yaml").is_file():
         raise MedftError(f"{run_dir}: {'not a run folder (no config.yaml)' if run_dir.is_dir() else 'no such folder'}. "
@@ -44,22 +47,23 @@ def export_run(run_dir: str | Path, out_dir: str | Path) -> Path:
     checkpoint_path = next((p for p in (run_dir / "checkpoints" / n for n in ("best.pt", "last.pt")) if p.is_file()), None)
     if checkpoint_path is None:
         raise MedftError(f"{run_dir}: no checkpoints/best.pt or last.pt. Fix: export a run folder that `medft train` wrote")
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise MedftError(f"{out_dir} exists and is not empty. Fix: give a new folder to --out")
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise MedftError(f"{out_dir} exists and is not an empty folder. Fix: give a new folder to --out")
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
     parent = load_bundle(config.model.bundle, version=config.model.bundle_version) if config.model.bundle else None
-
-    for sub in ("configs", "models", "docs"):
-        (out_dir / sub).mkdir(parents=True, exist_ok=True)
-    torch.save(checkpoint["model"], out_dir / "models" / "model.pt")
-    inference = _inference_config(config, checkpoint["network_def"], parent.config if parent else {})
-    (out_dir / "configs" / "inference.json").write_text(json.dumps(inference, indent=2) + "\n")
     metadata = _metadata(config, checkpoint, run_dir, parent)
-    (out_dir / "configs" / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
-    (out_dir / "docs" / "README.md").write_text(_readme(metadata))
-    (out_dir / "LICENSE").write_text(_license(parent))
-    if parent is not None and (parent.root / "scripts").is_dir():
-        shutil.copytree(parent.root / "scripts", out_dir / "scripts", ignore=shutil.ignore_patterns("__pycache__"))
+
+    with new_folder(out_dir) as bundle:  # a kill leaves no folder that MONAI would load with parts missing
+        for sub in ("configs", "models", "docs"):
+            (bundle / sub).mkdir()
+        torch.save(checkpoint["model"], bundle / "models" / "model.pt")
+        inference = _inference_config(config, checkpoint["network_def"], parent.config if parent else {})
+        (bundle / "configs" / "inference.json").write_text(json.dumps(inference, indent=2) + "\n")
+        (bundle / "configs" / "metadata.json").write_text(json.dumps(metadata, indent=2, allow_nan=False) + "\n")
+        (bundle / "docs" / "README.md").write_text(_readme(metadata))
+        (bundle / "LICENSE").write_text(_license(parent))
+        if parent is not None and (parent.root / "scripts").is_dir():
+            shutil.copytree(parent.root / "scripts", bundle / "scripts", ignore=shutil.ignore_patterns("__pycache__"))
     log.warning("%s: state the terms of your data, the authors and the intended use where configs/metadata.json "
                 "and LICENSE say %s", out_dir, FILL_IN)
     return out_dir
@@ -119,6 +123,7 @@ def _metadata(config: RunConfig, checkpoint: dict, run_dir: Path, parent) -> dic
     parent_meta = parent.metadata if parent else {}
     parent_name = f"{parent.name} {parent.version}".strip() if parent else "none (trained from random weights)"
     early = checkpoint["early_stopping"]
+    validated = early["best_epoch"] >= 0  # a run with no validation epoch has no best (-inf at epoch -1)
     metadata = {key: parent_meta[key] for key in KEPT_PARENT_KEYS if key in parent_meta}
     metadata.update({
         "version": EXPORT_VERSION,
@@ -133,13 +138,13 @@ def _metadata(config: RunConfig, checkpoint: dict, run_dir: Path, parent) -> dic
         "copyright": _copyright(parent),
         "data_source": _data_source(config, fine_tuned=parent is not None),
         "intended_use": _intended_use(parent_meta),
-        "eval_metrics": {"val_mean_dice": early["best"]},
+        "eval_metrics": {"val_mean_dice": early["best"]} if validated else {},
         "network_data_format": _network_data_format(config, checkpoint, parent_meta),
     })
     metadata["medft"] = {
         "parent_bundle": _parent_entry(config, parent),
         "evaluation": {"split": "val", "metric": "mean Dice over foreground classes", "val_dice": early["best"], "best_epoch": early["best_epoch"],
-                       "val_dice_per_class": _best_per_class(run_dir, early["best_epoch"])},
+                       "val_dice_per_class": _best_per_class(run_dir, early["best_epoch"])} if validated else None,
         "class_names": class_names,
         "preprocessing": {"orientation": "RAS", "intensity": config.data.intensity, "spatial_size": list(config.data.spatial_size),
                           "flip_axes": config.data.mirrored_axes},
@@ -223,17 +228,12 @@ def _paragraphs(*texts: str) -> str:
 
 
 def _best_per_class(run_dir: Path, epoch: int) -> dict:
-    path = run_dir / "metrics.jsonl"
-    for line in path.read_text().splitlines() if path.exists() else []:
-        record = json.loads(line)
-        if record["epoch"] == epoch:
-            return record.get("val_dice_per_class", {})
-    return {}
+    record = next((r for r in read_metrics(run_dir / "metrics.jsonl") if r["epoch"] == epoch), {})
+    return record.get("val_dice_per_class", {})
 
 
 def _readme(metadata: dict) -> str:
     info = metadata["medft"]
-    rows = "\n".join(f"| {name} | {value:.4f} |" for name, value in info["evaluation"]["val_dice_per_class"].items())
     return f"""# {metadata['name']}
 
 {metadata['description']}
@@ -245,10 +245,7 @@ Classes: {', '.join(f'{i} {n}' for i, n in enumerate(info['class_names']))}.
 - Parent: {_parent_line(info['parent_bundle'])}
 - Licence: {metadata['copyright']}
 
-## Validation (split `val`, epoch {info['evaluation']['best_epoch']})
-| class | Dice |
-| --- | --- |
-{rows}
+{_validation_section(info['evaluation'])}
 
 ## Use with MONAI
 ```python
@@ -263,6 +260,14 @@ network.load_state_dict(torch.load("models/model.pt", map_location="cpu"))
 Images are brought to RAS orientation and normalised as in `preprocessing`; predict with the
 sliding-window `inferer`.
 """
+
+
+def _validation_section(evaluation: dict | None) -> str:
+    if evaluation is None:
+        return ("## Validation\nNone: the run never validated (no `val` cases, or `train.val_every` beyond its epochs). "
+                "Evaluate the model with `medft evaluate` before relying on it.\n")
+    rows = "\n".join(f"| {name} | {value:.4f} |" for name, value in evaluation["val_dice_per_class"].items())
+    return f"## Validation (split `val`, epoch {evaluation['best_epoch']})\n| class | Dice |\n| --- | --- |\n{rows}\n"
 
 
 def _parent_line(parent: dict | None) -> str:

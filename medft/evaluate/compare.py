@@ -28,6 +28,7 @@ import json
 import math
 from pathlib import Path
 
+from medft.atomic_files import atomic_write_text
 from medft.errors import MedftError
 from medft.evaluate.report import (
     MEAN_LABEL,
@@ -68,8 +69,9 @@ def compare_evaluations(eval_a: Path, eval_b: Path, out: Path | None = None, lab
     out = Path(out) if out is not None else Path(eval_b)
     html_path = out if out.suffix.lower() in (".html", ".htm") else out / "comparison.html"
     html_path.parent.mkdir(parents=True, exist_ok=True)
-    html_path.with_suffix(".json").write_text(json.dumps(result, indent=1, allow_nan=False) + "\n")
-    html_path.write_text(_page(result, a, b), encoding="utf-8")
+    page = _page(result, a, b)  # before writing: a failure leaves neither file
+    atomic_write_text(json.dumps(result, indent=1, allow_nan=False) + "\n", html_path.with_suffix(".json"))
+    atomic_write_text(page, html_path)  # the page last: it appears with its numbers
     return html_path
 
 

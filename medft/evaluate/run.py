@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from medft import __version__
 from medft.data.checks import label_value_problems
-from medft.data.manifest import Case, load_manifest
+from medft.data.manifest import Case, Manifest, load_manifest
 from medft.errors import DataError, MedftError, find_user_error
 from medft.evaluate.compare import check_comparable, compare_evaluations
 from medft.evaluate.inference import (
@@ -32,6 +32,7 @@ from medft.evaluate.inference import (
 from medft.evaluate.report import write_report
 from medft.evaluate.summary import summarize, write_per_case
 from medft.metrics import confusion_counts, dice, sensitivity, specificity, surface_metrics
+from medft.atomic_files import new_file, new_folder
 
 log = logging.getLogger("medft.evaluate")
 ROC_BINS = 1000  # probability histogram resolution of the ROC curves
@@ -46,7 +47,10 @@ def evaluate(model_path: str | Path, manifest_path: str | Path, out: str | Path,
     ``tta``: average over the mirrorings the model was trained with (``predict``); ``largest_component``: keep each
     class's largest connected component (``keep_largest_components``); ``checkpoint``: a run's
     best.pt (default) or last.pt (see ``load_model``); ``compare``: another evaluation folder, checked
-    before inference, then set beside this one in ``out/comparison.html`` (``compare_evaluations``)."""
+    before inference, then set beside this one in ``out/comparison.html`` (``compare_evaluations``).
+
+    The folder is written under a partial name and renamed to ``out`` once complete (``new_folder``):
+    an interrupted evaluation leaves no ``out``, and the next one removes what it left."""
     out = Path(out)
     _require_new_folder(out)
     model = load_model(model_path, checkpoint=checkpoint)
@@ -57,6 +61,16 @@ def evaluate(model_path: str | Path, manifest_path: str | Path, out: str | Path,
     cases = manifest.split(split)
     if not cases:
         raise MedftError(f"{manifest.path}: no cases in split {split!r}. Fix: give another --split, or none for all cases")
+    with new_folder(out) as partial:  # a kill leaves no folder that looks like an evaluation
+        _write_evaluation(partial, model, manifest, cases, split, tta, largest_component)
+    if compare is not None:
+        compare_evaluations(compare, out)  # once out is in place: the page names the folders it compares
+    return out
+
+
+def _write_evaluation(out: Path, model: TrainedModel, manifest: Manifest, cases: list[Case], split: str | None,
+                      tta: bool, largest_component: bool) -> None:
+    """Predict and score ``cases`` into ``out``: predictions/, per_case.csv, summary.json, evaluation.json, report.html."""
     n = len(model.class_names)
     rows: list[dict] = []
     records: list[dict] = []
@@ -98,7 +112,6 @@ def evaluate(model_path: str | Path, manifest_path: str | Path, out: str | Path,
         confusion += torch.bincount((target * n + labels).flatten(), minlength=n * n).reshape(n, n)
         _add_histograms(histograms, probs, target)
 
-    out.mkdir(parents=True, exist_ok=True)
     write_per_case(out / "per_case.csv", rows)
     summary = summarize(rows, model.class_names)
     (out / "summary.json").write_text(json.dumps(summary, indent=1, allow_nan=False) + "\n")
@@ -113,9 +126,6 @@ def evaluate(model_path: str | Path, manifest_path: str | Path, out: str | Path,
     write_report(out)
     for warning in warnings:
         log.warning(warning)
-    if compare is not None:
-        compare_evaluations(compare, out)
-    return out
 
 
 def _require_class_labels(data: dict, case: Case, class_names: list[str]) -> None:
@@ -139,7 +149,8 @@ def _require_new_folder(out: Path) -> None:
 
 def predict_files(model_path: str | Path, inputs: list[Path], out: Path, tta: bool = False,
                   largest_component: bool = False) -> list[Path]:
-    """Predict NIfTI files or DICOM series folders; one ``<case_id>.nii.gz`` each in ``out``.
+    """Predict NIfTI files or DICOM series folders; one ``<case_id>.nii.gz`` each in ``out``, each
+    renamed into place once written (``new_file``): an interrupted run leaves whole files only.
 
     An input that cannot be predicted (unreadable, NaN voxels, other channels than the model's) does
     not stop the others: they are written, then one MedftError names each input that failed and why.
@@ -159,7 +170,9 @@ def predict_files(model_path: str | Path, inputs: list[Path], out: Path, tta: bo
             failed.append(str(problem))
             continue
         labels = _label_map(predict(model, data["image"], tta=tta), largest_component)
-        written.append(save_prediction(labels, data["image"], out / f"{case_id}.nii.gz"))
+        with new_file(out / f"{case_id}.nii.gz") as partial:  # a kill leaves no truncated file that looks like a result
+            save_prediction(labels, data["image"], partial)
+        written.append(out / f"{case_id}.nii.gz")
     if failed:
         raise MedftError(f"predicted {len(written)} of {len(inputs)} inputs into {out}; not predicted:\n  "
                          + "\n  ".join(failed))

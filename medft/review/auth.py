@@ -24,7 +24,6 @@ import json
 import os
 import re
 import secrets
-import tempfile
 import threading
 import time
 import unicodedata
@@ -32,6 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from medft.atomic_files import atomic_write_text
 from medft.errors import MedftError
 
 DEFAULT_USERS_FILE = "users.json"
@@ -159,23 +159,7 @@ def _read(path: Path, missing_ok: bool) -> dict[str, dict[str, Any]]:
 def _write(path: Path, users: dict[str, dict[str, Any]]) -> None:
     """Replace the file at once (never half-written), private to its owner."""
     text = json.dumps({"users": users}, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp_name, 0o600)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    with contextlib.suppress(OSError):  # make the rename itself durable, where possible
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+    atomic_write_text(text, path, mode=0o600)
 
 
 @contextlib.contextmanager

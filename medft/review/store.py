@@ -27,9 +27,8 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -55,6 +54,7 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.types import TypeDecorator
 
+from medft.atomic_files import atomic_write_text
 from medft.errors import MedftError
 
 GRADES: dict[int, str] = {
@@ -344,27 +344,21 @@ class ReviewStore:
                 f"{path}: cannot write the review export, the folder {path.parent} does not "
                 "exist. Fix: create it, or choose a path in an existing folder"
             )
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-                writer = csv.writer(handle, quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
-                writer.writerow(CSV_COLUMNS)
-                for review in rows:
-                    writer.writerow([
-                        review.case_id,
-                        _defuse_formula(review.reviewer),
-                        review.grade,
-                        review.grade_label,
-                        _defuse_formula(review.comment),
-                        review.reviewed_at.isoformat(),
-                        "true" if review.id in is_current else "false",
-                        review.evaluation_id,
-                    ])
-            os.chmod(tmp_name, 0o644 & ~_umask())
-            os.replace(tmp_name, path)
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
+        text = io.StringIO(newline="")
+        writer = csv.writer(text, quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
+        writer.writerow(CSV_COLUMNS)
+        for review in rows:
+            writer.writerow([
+                review.case_id,
+                _defuse_formula(review.reviewer),
+                review.grade,
+                review.grade_label,
+                _defuse_formula(review.comment),
+                review.reviewed_at.isoformat(),
+                "true" if review.id in is_current else "false",
+                review.evaluation_id,
+            ])
+        atomic_write_text(text.getvalue(), path)
         return path
 
     # -- internals ---------------------------------------------------------------------------
@@ -511,12 +505,6 @@ def evaluation_id_of(eval_dir: Path | str) -> str:
             f"digits; at most {MAX_EVALUATION_ID_CHARS} printable characters). Fix: {rerun}"
         )
     return evaluation_id
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _defuse_formula(value: str) -> str:

@@ -1,44 +1,19 @@
 """Checkpoints written atomically: a kill at any moment leaves the previous file intact."""
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from medft.atomic_files import atomic_write
 from medft.errors import MedftError
 
 
 def atomic_save(obj: object, path: Path) -> None:
-    """torch.save to a temporary file in the same folder, fsync, then rename over ``path``."""
-    _atomic_write(path, lambda file: torch.save(obj, file))
-
-
-def atomic_write_text(text: str, path: Path) -> None:
-    """Write ``text`` as atomic_save does: a kill leaves the old file or the new one, never a part."""
-    _atomic_write(path, lambda file: file.write(text.encode()))
-
-
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)  # the rename itself survives a power cut
-    finally:
-        os.close(directory)
+    """torch.save to ``path`` through atomic_write: a kill or a full disk leaves the previous file intact."""
+    atomic_write(path, lambda file: torch.save(obj, file))
 
 
 def load_checkpoint(path: Path) -> dict:

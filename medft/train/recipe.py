@@ -30,15 +30,17 @@ from monai.optimizers import WarmupCosineSchedule
 from tqdm.auto import tqdm
 
 from medft import __version__
+from medft.atomic_files import atomic_write_text
 from medft.config import SGD_MOMENTUM, RunConfig, TrainConfig, dump_config
 from medft.data.manifest import load_manifest
 from medft.errors import MedftError
 from medft.metrics import confusion_counts, dice, foreground_mean
 from medft.train import distributed
-from medft.train.checkpoint import atomic_save, atomic_write_text, load_checkpoint, restore_rng_states, rng_states
+from medft.train.checkpoint import atomic_save, load_checkpoint, restore_rng_states, rng_states
 from medft.train.data import build_loaders
 from medft.train.early_stopping import EarlyStopping
 from medft.train.freezing import FreezeSchedule, FreezeStage, apply_freezing, parameter_groups, set_train_mode
+from medft.train.metrics_log import read_metrics
 from medft.train.network import prepare_network
 
 log = logging.getLogger("medft.train")
@@ -503,18 +505,11 @@ def _quiet_other_ranks() -> int:
 
 
 def _truncate_metrics(path: Path, epochs_done: int) -> None:
-    """Drop metric lines of epochs after the checkpoint (written before a kill), and a line cut
-    short (a full disk); rewritten atomically, so a kill meanwhile loses no line."""
+    """Drop metric lines of epochs after the checkpoint (written before a kill), and a last line cut
+    short (``read_metrics``); rewritten atomically, so a kill meanwhile loses no line."""
     if path.exists():
-        kept = [line for line in path.read_text().splitlines() if _epoch_of(line) in range(epochs_done)]
-        atomic_write_text("".join(line + "\n" for line in kept), path)
-
-
-def _epoch_of(line: str) -> int | None:
-    try:
-        return json.loads(line)["epoch"]
-    except (ValueError, KeyError, TypeError):
-        return None
+        kept = [record for record in read_metrics(path) if record["epoch"] < epochs_done]
+        atomic_write_text("".join(json.dumps(record) + "\n" for record in kept), path)
 
 
 def _log_to_file(path: Path) -> None:

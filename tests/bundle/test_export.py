@@ -7,12 +7,14 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 import yaml
 
 from medft.bundle.export import _network_data_format, _parent_entry, export_run
 from medft.bundle.reader import load_bundle
 from medft.config import load_config
 from medft.errors import MedftError
+from medft.train.early_stopping import EarlyStopping
 from medft.train.recipe import run_training
 from tests.conftest import REPO
 from tests.train.helpers import TRAIN_IDS, VAL_IDS, make_config
@@ -121,4 +123,66 @@ def test_a_folder_that_is_no_run_is_named_as_such(tmp_path):
     (tmp_path / "notarun").mkdir()
     with pytest.raises(MedftError, match=r"notarun: not a run folder \(no config.yaml\)"):
         export_run(tmp_path / "notarun", tmp_path / "bundle")
+    assert not (tmp_path / "bundle").exists()
+
+
+def test_an_interrupted_export_leaves_no_bundle_folder(exported, tmp_path, monkeypatch):
+    root, _ = exported
+    out, seen = tmp_path / "bundle", []
+
+    def interrupt(parent):  # LICENSE: models/model.pt and configs/ are written by then
+        seen.append(out.exists())
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("medft.bundle.export._license", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        export_run(root / "run", out)
+    assert seen == [False], "the bundle folder appeared before it was complete"
+    assert list(tmp_path.iterdir()) == [], "no bundle folder, and no partial one, is left"
+    monkeypatch.undo()
+    assert (export_run(root / "run", out) / "LICENSE").is_file()
+
+
+def _run_copy(root: Path, tmp_path: Path, edit_metrics) -> Path:
+    run = Path(shutil.copytree(root / "run", tmp_path / "run", ignore=shutil.ignore_patterns("tensorboard")))
+    lines = (run / "metrics.jsonl").read_text().splitlines(keepends=True)
+    (run / "metrics.jsonl").write_text("".join(edit_metrics(lines)))
+    return run
+
+
+CUT_LINE = '{"epoch": 1, "train_loss": 0.5, "val_di'  # a kill while the epoch's line was appended
+
+
+def test_a_metrics_line_cut_short_by_a_kill_is_left_out(exported, tmp_path):
+    root, bundle = exported
+    run = _run_copy(root, tmp_path, lambda lines: [*lines, CUT_LINE])
+    per_class = _metadata(export_run(run, tmp_path / "bundle"))["medft"]["evaluation"]["val_dice_per_class"]
+    assert per_class == _metadata(bundle)["medft"]["evaluation"]["val_dice_per_class"] and set(per_class) == {"anterior", "posterior"}
+
+
+def test_a_run_never_validated_exports_valid_json_that_says_so(exported, tmp_path):
+    """last.pt only, with no best epoch (a run killed before its first validation, its last metrics line cut)."""
+    root, _ = exported
+    run = _run_copy(root, tmp_path, lambda lines: [*lines, CUT_LINE])
+    (run / "checkpoints" / "best.pt").unlink()
+    last = torch.load(run / "checkpoints" / "last.pt", weights_only=False)
+    last["early_stopping"] = EarlyStopping(patience=5, min_delta=0.0).state_dict()  # no validation yet
+    torch.save(last, run / "checkpoints" / "last.pt")
+    bundle = export_run(run, tmp_path / "bundle")
+
+    def refuse(constant):
+        raise AssertionError(f"{constant} is not JSON")
+
+    metadata = json.loads((bundle / "configs" / "metadata.json").read_text(), parse_constant=refuse)
+    assert metadata["eval_metrics"] == {} and metadata["medft"]["evaluation"] is None
+    readme = (bundle / "docs" / "README.md").read_text()
+    assert "## Validation\nNone: the run never validated" in readme and "epoch -1" not in readme
+
+
+def test_a_damaged_metrics_line_before_the_last_is_named_with_the_fix(exported, tmp_path):
+    root, _ = exported
+    run = _run_copy(root, tmp_path, lambda lines: ["{not json\n", *lines])
+    with pytest.raises(MedftError, match=r"metrics\.jsonl, line 1: not an epoch's record \(a JSON object with an \"epoch\" "
+                                         r"number\): '\{not json'\. Fix: repair or delete that line"):
+        export_run(run, tmp_path / "bundle")
     assert not (tmp_path / "bundle").exists()

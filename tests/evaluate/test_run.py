@@ -2,6 +2,11 @@
 import csv
 import json
 import re
+import signal
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import nibabel as nib
@@ -13,6 +18,7 @@ from medft.cli import main
 from medft.config import load_config
 from medft.data.dicom import read_series, scan_folder, select_series
 from medft.errors import MedftError
+from medft.evaluate.report import write_report
 from medft.evaluate.run import evaluate, predict_files
 from medft.train.recipe import run_training
 from tests.conftest import SAMPLE, copy_case, sample_case, write_csv
@@ -427,3 +433,100 @@ def test_a_run_is_named_by_its_folder_and_the_parent_in_the_report(trained, tmp_
     out = evaluate(demo / "train", _one_case_manifest(tmp_path), tmp_path / "eval")
     assert json.loads((out / "evaluation.json").read_text())["model"]["name"] == "demo/train"
     assert "<title>Evaluation of demo/train</title>" in (out / "report.html").read_text()
+
+
+def _listing(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_an_interrupted_evaluation_leaves_no_folder_and_the_next_one_writes_it(trained, tmp_path, monkeypatch):
+    manifest = _one_case_manifest(tmp_path)
+    out, before = tmp_path / "eval", _listing(tmp_path)
+    seen = []
+
+    def report_then_interrupt(folder):  # the report is the last file an evaluation writes
+        seen.append(out.exists())
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("medft.evaluate.run.write_report", report_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(trained, manifest, out)
+    assert seen == [False], "the evaluation folder appeared before it was complete"
+    assert _listing(tmp_path) == before, "no evaluation folder, and no partial one, is left"
+    monkeypatch.undo()
+    assert _listing(evaluate(trained, manifest, out)) == ["evaluation.json", "per_case.csv", "predictions", "report.html",
+                                                          "summary.json"]
+
+
+def test_a_killed_evaluation_leaves_no_folder_and_the_next_one_removes_its_partial(trained, tmp_path):
+    rows = [{"case_id": f"c{i}", "image": sample_case("hippocampus_340")[0], "label": sample_case("hippocampus_340")[1]}
+            for i in range(20)]
+    manifest = write_csv(tmp_path / "m.csv", rows, classes=CLASSES)
+    out = tmp_path / "eval"
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    evaluating = subprocess.Popen([sys.executable, "-m", "medft", "evaluate", str(trained), "--manifest", str(manifest),
+                                   "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    others = [tmp_path / f".{socket.gethostname()}.{live.pid}.ab12cd34.partial.eval",  # a live writer's
+              tmp_path / ".another-host.1.ab12cd34.partial.eval"]  # a writer's on another machine sharing the folder
+    try:
+        for folder in others:
+            folder.mkdir()
+        pattern = f".{socket.gethostname()}.{evaluating.pid}.*.partial.eval"
+        deadline = time.monotonic() + 120
+        while evaluating.poll() is None and time.monotonic() < deadline:
+            if any((p / "predictions").is_dir() for p in tmp_path.glob(pattern)) or (out / "predictions").is_dir():
+                evaluating.send_signal(signal.SIGKILL)  # while predicting
+            time.sleep(0.01)
+        assert evaluating.returncode == -signal.SIGKILL, "killed while predicting"
+        assert not out.exists(), "a killed evaluation leaves no folder that looks like one"
+        assert len(list(tmp_path.glob(pattern))) == 1, "it left its partial folder"
+        evaluate(trained, _one_case_manifest(tmp_path), out)
+        assert not list(tmp_path.glob(pattern)), "the next evaluation removes what the killed one left"
+        assert all(folder.is_dir() for folder in others), "never the partial of a live writer or another machine's"
+    finally:
+        for process in (live, evaluating):
+            process.kill()
+            process.wait()
+
+
+def test_an_evaluation_keeps_what_appeared_in_its_empty_folder_meanwhile(trained, tmp_path, monkeypatch):
+    out = tmp_path / "eval"
+    out.mkdir()
+
+    def review_meanwhile(folder):  # the review app opened on the empty folder while evaluate ran
+        (out / "reviews.sqlite").write_bytes(b"reviews")
+        return write_report(folder)
+
+    monkeypatch.setattr("medft.evaluate.run.write_report", review_meanwhile)
+    with pytest.raises(MedftError, match=r"eval: the finished output cannot take this name \(.*: something was put there "
+                                         r"meanwhile\); it is complete in .*\.partial\.eval\. Fix: rename .*\.partial\.eval "
+                                         r"to a new folder and use that$") as caught:
+        evaluate(trained, _one_case_manifest(tmp_path), out)
+    assert _listing(out) == ["reviews.sqlite"] and (out / "reviews.sqlite").read_bytes() == b"reviews"
+    partial = Path(re.search(r"complete in (\S+)\. Fix", str(caught.value)).group(1))
+    assert (partial / "report.html").is_file() and (partial / "predictions" / "a1.nii.gz").is_file()
+
+
+def test_an_interrupted_prediction_leaves_no_file_that_looks_like_one(trained, tmp_path, monkeypatch):
+    def write_half_then_interrupt(labels, like, path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"\x1f\x8b half a file")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("medft.evaluate.run.save_prediction", write_half_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        predict_files(trained, [sample_case("hippocampus_340")[0]], tmp_path / "p")
+    assert _listing(tmp_path / "p") == []
+
+
+def test_an_interrupted_comparison_leaves_the_evaluation_whole_and_no_comparison_file(trained, tmp_path, monkeypatch):
+    manifest = _one_case_manifest(tmp_path)
+    plain = evaluate(trained, manifest, tmp_path / "plain")
+
+    def interrupt(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("medft.evaluate.compare._page", interrupt)  # while the comparison is made
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(trained, manifest, tmp_path / "tta", tta=True, compare=plain)
+    assert _listing(tmp_path / "tta") == ["evaluation.json", "per_case.csv", "predictions", "report.html", "summary.json"]
