@@ -19,6 +19,7 @@ from pathlib import Path
 
 from medft.errors import DataError, MedftError
 from medft.evaluate.summary import read_per_case
+from medft.review.store import evaluate_again
 
 PER_CASE = "per_case.csv"
 EVALUATION = "evaluation.json"
@@ -113,11 +114,11 @@ class CaseTable:
         try:
             evaluation = json.loads((eval_dir / EVALUATION).read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
-            raise DataError(f"cannot be read as JSON ({exc})", "run medft evaluate again to rewrite it",
+            raise DataError(f"cannot be read as JSON ({exc})", evaluate_again(eval_dir),
                             file=eval_dir / EVALUATION) from None
         records = evaluation.get("cases")
         if not isinstance(records, list):
-            raise DataError("has no 'cases' list", "run medft evaluate again to rewrite it", file=eval_dir / EVALUATION)
+            raise DataError("has no 'cases' list", evaluate_again(eval_dir), file=eval_dir / EVALUATION)
         rows = read_per_case(eval_dir / PER_CASE)
         class_names = [str(n) for n in evaluation.get("class_names") or []] or _names_from_rows(rows)
         foreground = class_names[1:]
@@ -130,7 +131,7 @@ class CaseTable:
         for record in records:
             case_id = str(record.get("case_id") or "")
             if not case_id or case_id in files:
-                raise DataError(f"case id {case_id!r} is empty or listed twice", "run medft evaluate again",
+                raise DataError(f"case id {case_id!r} is empty or listed twice", evaluate_again(eval_dir),
                                 file=eval_dir / EVALUATION)
             case_rows = cells.get(case_id, {})
             dice, sens, spec = {}, {}, {}
@@ -276,7 +277,7 @@ def _case_files(eval_dir: Path, record: dict) -> CaseFiles:
         if not prediction.is_relative_to(eval_dir):
             raise DataError(
                 f"case {record.get('case_id')}: the prediction {record['prediction']!r} lies outside the evaluation folder",
-                "predictions are predictions/<case_id>.nii.gz inside it: run medft evaluate again",
+                f"medft writes predictions/<case_id>.nii.gz inside it; {evaluate_again(eval_dir)}",
                 file=eval_dir / EVALUATION,
             )
     return CaseFiles(

@@ -29,6 +29,7 @@ import contextlib
 import csv
 import io
 import json
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -161,12 +162,14 @@ def _safe_url(url: str) -> str:
 
 
 def _setup_sqlite(engine: Engine) -> None:
-    """SQLite only: WAL, synchronous=FULL, a busy timeout, and explicit transactions.
+    """SQLite only: WAL, synchronous=FULL (and F_FULLFSYNC on macOS), a busy timeout, and explicit
+    transactions.
 
     Python's sqlite3 module opens transactions on its own schedule; here SQLAlchemy emits
     BEGIN itself, and a write opens with BEGIN IMMEDIATE: it takes the write lock first (waiting
     up to the busy timeout) so that two writers never both read and then both try to write.
     """
+    locked_error = engine.dialect.loaded_dbapi.OperationalError
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -174,8 +177,9 @@ def _setup_sqlite(engine: Engine) -> None:
         cursor = dbapi_connection.cursor()
         try:
             cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-            cursor.execute("PRAGMA journal_mode = WAL")  # persistent; a no-op once set
+            _switch_to_wal(cursor, locked_error)
             cursor.execute("PRAGMA synchronous = FULL")  # per connection
+            cursor.execute("PRAGMA fullfsync = ON")  # macOS: fsync alone stops at the drive's cache
         finally:
             cursor.close()
 
@@ -183,6 +187,26 @@ def _setup_sqlite(engine: Engine) -> None:
     def _on_begin(conn: Connection) -> None:
         immediate = conn.get_execution_options().get("medft_write", False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def _switch_to_wal(cursor: Any, locked_error: type[Exception]) -> None:
+    """``PRAGMA journal_mode = WAL``, retried for up to the busy timeout.
+
+    The mode is kept in the file, so the pragma is a no-op once set. Switching a new file takes
+    its exclusive lock, and while another connection holds the write lock (another process
+    switching the same new file) SQLite answers "database is locked" at once instead of waiting
+    out the busy timeout: it would deadlock otherwise. Waiting here, the other process finishes
+    the switch, and the retry finds the file in WAL mode.
+    """
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except locked_error as exc:
+            if "database is locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+        time.sleep(0.01)
 
 
 class ReviewStore:
@@ -378,10 +402,12 @@ class ReviewStore:
                     yield conn
         except SQLAlchemyError as exc:
             detail = getattr(exc, "orig", None) or exc
-            if "locked" in str(detail).lower():
-                fix = (f"another program held the database locked for more than "
-                       f"{SQLITE_BUSY_TIMEOUT_MS // 1000} s; close it (a DB browser, a stuck "
-                       f"process) and try again. {fix[0].upper()}{fix[1:]}")
+            if self._is_sqlite and "database is locked" in str(detail):
+                fix = (f"{make_url(self.url).database} stayed locked by another connection for "
+                       f"more than {SQLITE_BUSY_TIMEOUT_MS / 1000:g} s, the longest medft waits; "
+                       "close the program holding it (a DB browser or sqlite3 shell with a "
+                       "transaction open, a stuck or suspended process) and try again. "
+                       f"{fix[0].upper()}{fix[1:]}")
             raise MedftError(f"{self._shown_url}: {what} ({type(detail).__name__}: {detail}). "
                              f"Fix: {fix}") from exc
 
@@ -474,8 +500,7 @@ def evaluation_id_of(eval_dir: Path | str) -> str:
     missing or unreadable (evaluations from before medft wrote an id have none).
     """
     eval_dir = Path(eval_dir)
-    rerun = ("evaluate again into a new folder (`medft evaluate MODEL --manifest MANIFEST --out NEW_FOLDER`), "
-             "which writes an evaluation.json with an evaluation_id, and review that folder")
+    rerun = evaluate_again(eval_dir)
     if not eval_dir.is_dir():
         raise MedftError(
             f"{eval_dir}: no such evaluation directory, so there is nowhere to keep the "
@@ -505,6 +530,17 @@ def evaluation_id_of(eval_dir: Path | str) -> str:
             f"digits; at most {MAX_EVALUATION_ID_CHARS} printable characters). Fix: {rerun}"
         )
     return evaluation_id
+
+
+def evaluate_again(eval_dir: Path | str) -> str:
+    """The fix for an evaluation folder that cannot be reviewed: a new evaluation in a new folder
+    (``medft evaluate`` refuses one that is not empty); the reviews of the old folder stay there."""
+    fix = ("evaluate again into a new folder (`medft evaluate MODEL --manifest MANIFEST --out "
+           "NEW_EVAL_DIR`) and review that one")
+    if (Path(eval_dir) / DEFAULT_DB_NAME).exists():
+        fix += (f"; keep this folder: the reviews in its {DEFAULT_DB_NAME} stay there, tied to "
+                "this evaluation, and do not carry over to the new one")
+    return fix
 
 
 def _defuse_formula(value: str) -> str:

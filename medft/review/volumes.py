@@ -16,6 +16,7 @@ import numpy as np
 
 from medft.errors import DataError, MedftError
 from medft.review.cases import CaseTable
+from medft.review.store import evaluate_again
 from medft.slices import PLANES, SliceRenderer, class_colors, percentile_window, slice_count, voxel_spacing
 
 AUTO_WINDOW = "Auto (MR: 1st-99th percentile)"
@@ -76,6 +77,7 @@ def load_case(table: CaseTable, case_id: str) -> CaseVolumes:
                          + (f": {entry.message}" if entry.message else ""))
     from medft.data.loading import geometry_mismatch, load_image, load_label
 
+    changed = f"put back the files that were evaluated, or {evaluate_again(table.eval_dir)}"
     try:
         image = load_image(list(files.image), files.series_uid)
         maps = {}
@@ -83,16 +85,16 @@ def load_case(table: CaseTable, case_id: str) -> CaseVolumes:
             if path is None:
                 continue
             volume = load_label(path)
-            mismatch = geometry_mismatch(image, volume)
+            mismatch = geometry_mismatch(image, volume, name)
             if mismatch:
-                raise DataError(f"the {name} is not on the image's voxel grid: {mismatch}",
-                                "run medft evaluate again on this case", file=path)
+                raise DataError(f"{mismatch}: the image or the {name} changed after the evaluation", changed,
+                                file=path)
             maps[name] = volume
     except DataError as exc:
         raise exc.with_case(case_id) from None
 
     n_classes = max(len(table.class_names), 2)
-    arrays = {name: _classes(volume, n_classes, name, case_id) for name, volume in maps.items()}
+    arrays = {name: _classes(volume, n_classes, name, case_id, changed) for name, volume in maps.items()}
     affine = np.asarray(image.affine, dtype=np.float64).copy()
     first = np.ascontiguousarray(np.asarray(image.detach().cpu()[0], dtype=np.float32))
     sample = _sample(first)  # percentiles of a large volume from every n-th voxel: the same window, faster
@@ -122,12 +124,12 @@ def _sample(volume: np.ndarray, most: int = 2_000_000) -> np.ndarray:
     return volume[::step, ::step, ::step]
 
 
-def _classes(volume, n_classes: int, name: str, case_id: str) -> np.ndarray:
+def _classes(volume, n_classes: int, name: str, case_id: str, fix: str) -> np.ndarray:
     values = np.rint(np.asarray(volume.detach().cpu()[0], dtype=np.float32))
     if values.size and (values.min() < 0 or values.max() >= n_classes):
         raise DataError(
             f"the {name} holds values {int(values.min())}..{int(values.max())}, outside the {n_classes} classes "
-            "of the evaluation", "check that the evaluation's class names match the model", case_id=case_id)
+            "of the evaluation: it changed after the evaluation", fix, case_id=case_id)
     return np.ascontiguousarray(values.astype(np.int16))
 
 

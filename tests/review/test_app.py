@@ -138,6 +138,7 @@ def test_viewer_controls(app):
     assert len(at.image) == 2 and "No ground truth: no metrics." in texts(at)
     at.sidebar.radio(key="case_pick").set_value("dicom_13").run()  # a DICOM series
     assert len(at.image) == 3 and not at.error
+    assert "Avasarala" not in texts(at) and "PGBM-002" not in texts(at)  # its PatientName and PatientID
     at.sidebar.radio(key="case_pick").set_value("hippocampus_338").run()  # failed
     assert not at.image and any("could not be evaluated" in w.value for w in at.warning)
     at.sidebar.selectbox(key="site").set_value("north").run()

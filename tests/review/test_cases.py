@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import nibabel as nib
@@ -113,6 +114,35 @@ def test_a_prediction_outside_the_folder_or_a_missing_file_is_an_error(tmp_path)
         CaseTable.from_eval_dir(folder)
 
 
+def test_a_broken_evaluation_json_says_to_evaluate_again_into_a_new_folder(tmp_path):
+    """medft evaluate refuses a folder that is not empty, and this one may hold reviews: the fix is a
+    new evaluation in a new folder, with a command that medft accepts, and the reviews stay."""
+    from medft.cli import build_parser
+    from medft.review.store import ReviewStore
+
+    folder = make_review_eval(tmp_path / "eval")
+    evaluation = folder / "evaluation.json"
+    evaluation_id = json.loads(evaluation.read_text())["evaluation_id"]
+    messages = []
+    for reviewed in (False, True):
+        if reviewed:
+            with ReviewStore(f"sqlite:///{folder / 'reviews.sqlite'}", evaluation_id) as store:
+                store.submit("hippocampus_335", "alice", 3)
+        for content in ("{not json", json.dumps({"class_names": CLASS_NAMES})):  # unreadable; no cases
+            evaluation.write_text(content, encoding="utf-8")
+            with pytest.raises(MedftError) as caught:
+                CaseTable.from_eval_dir(folder)
+            messages.append((reviewed, str(caught.value)))
+    for reviewed, message in messages:
+        assert f"{evaluation}: " in message
+        assert ("Fix: evaluate again into a new folder "
+                "(`medft evaluate MODEL --manifest MANIFEST --out NEW_EVAL_DIR`)") in message
+        command = re.search(r"`medft (evaluate [^`]+)`", message).group(1).split()
+        assert str(build_parser().parse_args(command).out) == "NEW_EVAL_DIR"
+        kept = "keep this folder: the reviews in its reviews.sqlite stay there, tied to this evaluation"
+        assert (kept in message) == reviewed
+
+
 # --------------------------------------------------------------------------------------------
 # Loading one case for viewing
 # --------------------------------------------------------------------------------------------
@@ -148,3 +178,18 @@ def test_dicom_case_loads_in_ras_with_no_header_data(table):
         load_case(table, "hippocampus_338")  # failed: no prediction
     with pytest.raises(UnknownCaseError):
         load_case(table, "../../etc")
+
+
+def test_a_file_changed_after_the_evaluation_is_named_with_a_fix_that_works(tmp_path):
+    from medft.review.volumes import load_case
+
+    folder = make_review_eval(tmp_path / "eval")
+    table = CaseTable.from_eval_dir(folder)
+    prediction = table.files("hippocampus_333").prediction
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), dtype=np.uint8), np.eye(4)), prediction)  # overwritten
+    with pytest.raises(MedftError) as caught:
+        load_case(table, "hippocampus_333")
+    message = str(caught.value)
+    assert f"case hippocampus_333: {prediction}: prediction shape (4, 4, 4) differs from image shape" in message
+    assert ("the image or the prediction changed after the evaluation. Fix: put back the files that were "
+            "evaluated, or evaluate again into a new folder (`medft evaluate MODEL") in message

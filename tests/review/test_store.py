@@ -11,12 +11,15 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from datetime import timezone
 from pathlib import Path
 
 import pytest
 
 from medft.errors import MedftError
+from medft.review import store as store_module
 from medft.review.store import CSV_COLUMNS, GRADES, MAX_COMMENT_CHARS, Review, ReviewStore
 
 REPO = Path(__file__).resolve().parents[2]
@@ -159,6 +162,7 @@ def test_sqlite_runs_in_wal_mode_with_full_sync_and_a_busy_timeout(store, tmp_pa
     with store.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+        assert conn.exec_driver_sql("PRAGMA fullfsync").scalar() == 1  # on disk on macOS too
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() >= 5000
     # WAL is a property of the file: any other program opening it sees it.
     raw = sqlite3.connect(tmp_path / "reviews.sqlite")
@@ -313,6 +317,94 @@ def test_concurrent_reviewers_in_separate_processes_lose_nothing(tmp_path):
             assert {case: review.comment for case, review in store.current(name).items()} == {
                 f"case_{c}": max((r for r in mine if r.case_id == f"case_{c}"),
                                  key=lambda r: r.id).comment for c in range(7)}
+
+
+OPENERS = 4
+OPEN_ROUNDS = 25
+
+
+def _open_new_stores(folder: str, barrier) -> None:
+    """A process (an app session, a worker) that opens a new store in step with the others,
+    once per round, and submits a grade."""
+    try:
+        for round_ in range(OPEN_ROUNDS):
+            barrier.wait(timeout=60)
+            with ReviewStore(f"sqlite:///{folder}/round{round_}.sqlite", EVAL_ID) as store:
+                store.submit("case_1", f"pid{os.getpid()}", 1)
+    except BaseException:
+        barrier.abort()  # the others stop waiting for this process
+        raise
+
+
+def test_processes_opening_a_new_store_at_once_all_succeed(tmp_path):
+    """Switching a new file to WAL takes an exclusive lock, and SQLite refuses it at once, without
+    waiting out the busy timeout, while another connection is switching it: before the store
+    retried, about one start in 50 of four processes together failed with "database is locked".
+    Round 0 makes that collision certain (a connection holds the new file's write lock while the
+    processes open it, as the first of them does while it switches); the other rounds are plain
+    starts together.
+    """
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(OPENERS + 1)
+    workers = [context.Process(target=_open_new_stores, args=(str(tmp_path), barrier))
+               for _ in range(OPENERS)]
+    for worker in workers:
+        worker.start()
+    try:
+        holder = sqlite3.connect(tmp_path / "round0.sqlite", isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")  # the write lock of the new, still empty, file
+        barrier.wait(timeout=60)
+        time.sleep(0.3)  # the processes try to switch to WAL meanwhile
+        holder.rollback()
+        holder.close()
+        for _ in range(1, OPEN_ROUNDS):
+            barrier.wait(timeout=60)
+    except threading.BrokenBarrierError:
+        pass  # a process failed: its exit code says so below
+    finally:
+        for worker in workers:
+            worker.join(timeout=60)
+            if worker.is_alive():
+                worker.kill()
+    assert [w.exitcode for w in workers] == [0] * OPENERS
+
+    for round_ in range(OPEN_ROUNDS):
+        with ReviewStore(f"sqlite:///{tmp_path}/round{round_}.sqlite", EVAL_ID) as store:
+            assert len(store.history("case_1")) == OPENERS
+        raw = sqlite3.connect(tmp_path / f"round{round_}.sqlite")
+        try:
+            assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        finally:
+            raw.close()
+
+
+def test_a_lock_held_too_long_is_reported_after_the_busy_timeout_naming_the_file(tmp_path,
+                                                                                monkeypatch):
+    monkeypatch.setattr(store_module, "SQLITE_BUSY_TIMEOUT_MS", 300)
+    path = tmp_path / "reviews.sqlite"
+    url = f"sqlite:///{path}"
+    holder = sqlite3.connect(path, isolation_level=None)  # a DB browser, say
+    try:
+        holder.execute("BEGIN IMMEDIATE")  # the write lock of a new file
+        started = time.monotonic()
+        with pytest.raises(MedftError) as opening:
+            ReviewStore(url, EVAL_ID)
+        assert time.monotonic() - started >= 0.3  # it waited as long as the message says
+        holder.rollback()
+        with ReviewStore(url, EVAL_ID) as store:
+            holder.execute("BEGIN IMMEDIATE")  # the write lock of the store, now in WAL mode
+            started = time.monotonic()
+            with pytest.raises(MedftError) as submitting:
+                store.submit("case_1", "alice", 2)
+            assert time.monotonic() - started >= 0.3
+            holder.rollback()
+            assert store.history("case_1") == []
+    finally:
+        holder.close()
+    for caught in (opening, submitting):
+        assert (f"Fix: {path} stayed locked by another connection for more than 0.3 s, the "
+                "longest medft waits; close the program holding it") in str(caught.value)
+    assert "The grade was NOT saved; submit it again" in str(submitting.value)
 
 
 def test_a_grade_survives_the_process_being_killed_right_after_submit(tmp_path):
