@@ -137,7 +137,7 @@ class ValidationConfig(_Section):
 class EarlyStoppingConfig(_Section):
     enabled: bool = Field(True, description="Stop when the validation Dice stops improving.")
     patience: int = Field(10, ge=1, description="Validations without improvement before stopping.")
-    min_delta: float = Field(0.001, ge=0, description="Smallest rise of the validation Dice that counts as an improvement.")
+    min_delta: float = Field(0.001, ge=0, description="Smallest rise of the validation Dice that counts as an improvement, measured from the Dice of the last improvement (small rises add up); the best checkpoint follows any rise.")
 
 
 # --- hyperparameter search (medft tune) -------------------------------------------------------

@@ -97,26 +97,28 @@ def adapt_network(
 ) -> tuple[nn.Module, AdaptationReport]:
     """The bundle's network built with the given channel counts, holding every pretrained tensor that fits.
 
-    ``out_channels``/``in_channels`` override the network_def keys of those names (only the ones
-    given); ``overrides`` sets other keys (None drops one). Raises MedftError when fewer than
-    ``min_loaded_fraction`` of the pretrained tensors were loaded.
+    ``out_channels`` sets the number of classes (the network_def key ``bundle.class_count_key``),
+    ``in_channels`` the key of that name (only the ones given); ``overrides`` sets other keys (None
+    drops one). Raises MedftError when fewer than ``min_loaded_fraction`` of the pretrained tensors
+    were loaded.
     """
+    classes = bundle.class_count_key
     changes = dict(overrides or {})
-    for key, value in (("out_channels", out_channels), ("in_channels", in_channels)):
+    for key, value in ((classes, out_channels), ("in_channels", in_channels)):
         if value is None:
             continue
-        if key not in bundle.network_def:
+        if key not in {**bundle.network_def, **changes}:
             raise MedftError(
                 f"{bundle.config_file}: network_def ({bundle.network_class}) has no {key} argument to set to "
-                f"{value}. Fix: set the argument that {bundle.network_class} uses for it with "
-                f"model.network_overrides in your medft config"
+                f"{value}. Fix: when {bundle.network_class} takes {key} with a default value, add it to network_def "
+                f"with model.network_overrides: {{{key}: {value}}} in your medft config"
             )
         changes[key] = value
     network = bundle.build_network(changes)
-    head_out = changes.get("out_channels", bundle.out_channels)
+    head_out = changes.get(classes, bundle.out_channels)
     head: list[str] = []
-    if isinstance(head_out, int) and "out_channels" in bundle.network_def:
-        head = sorted(_shape_dependent(network, bundle.build_network({**changes, "out_channels": head_out + 1})))
+    if isinstance(head_out, int) and classes in {**bundle.network_def, **changes}:
+        head = sorted(_shape_dependent(network, bundle.build_network({**changes, classes: head_out + 1})))
     report = load_matching(network, bundle.pretrained_state_dict(), head)
     require_loaded(report, bundle, min_loaded_fraction)
     return network, report
@@ -125,7 +127,6 @@ def adapt_network(
 def load_matching(network: nn.Module, pretrained: dict[str, torch.Tensor], head: list[str]) -> AdaptationReport:
     """Copy each pretrained tensor whose name and shape match into ``network``, and report the rest."""
     target = network.state_dict()
-    pretrained = _strip_module_prefix(pretrained, target)
     loadable, dropped = {}, []
     for name, tensor in pretrained.items():
         if name not in target:
@@ -144,14 +145,6 @@ def load_matching(network: nn.Module, pretrained: dict[str, torch.Tensor], head:
         head=list(head),
         new_shapes={name: tuple(target[name].shape) for name in new},
     )
-
-
-def _strip_module_prefix(pretrained: dict[str, torch.Tensor], target: dict) -> dict[str, torch.Tensor]:
-    """Weights saved from a DataParallel/DDP wrapper carry a ``module.`` prefix on every name."""
-    prefix = "module."
-    if pretrained and all(k.startswith(prefix) for k in pretrained) and not any(k.startswith(prefix) for k in target):
-        return {k[len(prefix) :]: v for k, v in pretrained.items()}
-    return pretrained
 
 
 def require_loaded(report: AdaptationReport, bundle: Bundle, min_loaded_fraction: float = MIN_LOADED_FRACTION) -> None:

@@ -1,6 +1,8 @@
 """``medft bundle inspect``: would this bundle fine-tune? Load, adapt, push a dummy batch, report."""
 from __future__ import annotations
 
+import contextlib
+import sys
 from collections.abc import Sequence
 
 from torch import nn
@@ -34,8 +36,20 @@ def inspect_bundle(
     Returns the ``medft bundle inspect --json`` result: the adaptation counts (``loaded``, ``new``,
     ``dropped``, ``total_pretrained``), ``forward_ok``, ``would_train`` and what led to them.
     Without ``input_size`` the metadata's input shape is used when small, else 32 per dimension
-    (then 64 when that fails). Errors reading or building the bundle raise MedftError.
+    (then 64 when that fails). Errors reading or building the bundle raise MedftError. What the
+    bundle's code prints (DiNTS prints advice on the input size) goes to stderr: stdout is the report's.
     """
+    with contextlib.redirect_stdout(sys.stderr):
+        return _inspect(source, out_channels, in_channels, input_size, overrides)
+
+
+def _inspect(
+    source: str,
+    out_channels: int | None,
+    in_channels: int | None,
+    input_size: int | Sequence[int] | None,
+    overrides: dict | None,
+) -> dict:
     _require_positive(out_channels=out_channels, in_channels=in_channels, input_size=input_size)
     bundle = load_bundle(source)
     network, report = adapt_network(bundle, out_channels, in_channels, overrides, min_loaded_fraction=0.0)

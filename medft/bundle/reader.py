@@ -3,12 +3,15 @@
 A bundle folder holds ``configs/metadata.json``, ``configs/inference.json`` (or .yaml, or
 train.json) with ``network_def``, and ``models/model.pt`` (or a TorchScript ``models/model.ts``).
 The network is built with MONAI's ``ConfigParser`` from the whole config, so ``@`` references and
-``$`` expressions resolve, and the bundle's own ``scripts`` package is importable meanwhile.
+``$`` expressions resolve, and the bundle's own ``scripts`` package is importable meanwhile. ``%``
+macros are replaced when the config is read, their file paths taken from the bundle folder (MONAI
+takes them from the working folder, and bundles are run from their own).
 """
 from __future__ import annotations
 
 import copy
 import importlib
+import json
 import logging
 import re
 import sys
@@ -26,8 +29,12 @@ from medft.errors import MedftError
 # Where network_def is looked for, in this order (the first config that has one wins).
 CONFIG_NAMES = ("inference.json", "inference.yaml", "inference.yml", "train.json", "train.yaml", "train.yml")
 WEIGHT_NAMES = ("model.pt", "model.ts")
+# The network_def argument that sets the number of output classes: most MONAI networks call it
+# out_channels, DiNTS (pancreas_ct_dints_segmentation) num_classes.
+CLASS_COUNT_KEYS = ("out_channels", "num_classes")
 _NOT_ACCEPTED = re.compile(r"unexpected keyword argument '(\w+)'")
 _BUNDLE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_WRAPPER_PREFIX = "module."  # on every name of weights saved from (Distributed)DataParallel
 
 
 def build_network(
@@ -44,11 +51,7 @@ def build_network(
     from, for its ``@`` references; ``bundle_root`` makes the bundle's ``scripts`` package
     importable; ``source`` (the config file) names where the network_def came from in errors.
     """
-    if not isinstance(network_def, Mapping) or "_target_" not in network_def:
-        raise MedftError(
-            f"{source or 'network_def'}: network_def is not a component with a _target_ "
-            f"(got {network_def!r:.80}). Fix: give network_def as {{\"_target_\": \"UNet\", ...}}"
-        )
+    _require_component(network_def, source)
     network_def = copy.deepcopy(dict(network_def))
     for key, value in (overrides or {}).items():
         if value is None:
@@ -71,6 +74,14 @@ def build_network(
             f"Fix: make network_def's _target_ a torch.nn.Module class"
         )
     return network
+
+
+def _require_component(network_def: Any, source: str) -> None:
+    if not isinstance(network_def, Mapping) or "_target_" not in network_def:
+        raise MedftError(
+            f"{source or 'network_def'}: network_def is not a component with a _target_ "
+            f"(got {network_def!r:.80}). Fix: give network_def as {{\"_target_\": \"UNet\", ...}}"
+        )
 
 
 @contextmanager
@@ -173,6 +184,8 @@ class Bundle:
         return next((p for p in (self.root / "models" / n for n in WEIGHT_NAMES) if p.is_file()), None)
 
     def pretrained_state_dict(self) -> dict[str, torch.Tensor]:
+        """The weights by tensor name; the ``module.`` prefix of weights saved from a DataParallel or
+        DistributedDataParallel wrapper (on every name) is dropped."""
         path = self.weights_file
         if path is None:
             raise MedftError(
@@ -181,8 +194,9 @@ class Bundle:
             )
         try:
             if path.suffix == ".ts":
-                return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
-            loaded = torch.load(path, map_location="cpu", weights_only=True)
+                loaded = dict(torch.jit.load(str(path), map_location="cpu").state_dict())
+            else:
+                loaded = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:  # noqa: BLE001 - unreadable or unsafe pickle
             raise MedftError(
                 f"{path}: cannot read the weights as a state dict ({one_line(error)}). "
@@ -212,7 +226,12 @@ class Bundle:
 
     @property
     def out_channels(self) -> int | None:
-        return self.network_arg("out_channels")
+        return self.network_arg(self.class_count_key)
+
+    @property
+    def class_count_key(self) -> str:
+        """The argument of network_def that sets the number of output classes (see CLASS_COUNT_KEYS)."""
+        return next((key for key in CLASS_COUNT_KEYS if key in self.network_def), CLASS_COUNT_KEYS[0])
 
     @property
     def class_names(self) -> dict[int, str] | None:
@@ -244,7 +263,8 @@ def _as_state_dict(loaded: Any, path: Path) -> dict[str, torch.Tensor]:
     if isinstance(loaded, Mapping) and loaded and all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in loaded.items()
     ):
-        return dict(loaded)
+        wrapped = all(k.startswith(_WRAPPER_PREFIX) for k in loaded)
+        return {k.removeprefix(_WRAPPER_PREFIX) if wrapped else k: v for k, v in loaded.items()}
     if isinstance(loaded, Mapping):
         found = f"a dict with keys {', '.join(map(str, list(loaded)[:5]))}" if loaded else "an empty dict"
     else:
@@ -320,6 +340,8 @@ def _read_bundle(root: Path) -> Bundle:
         if config_file.is_file():
             config = _read_config(config_file)
             if "network_def" in config:
+                config = _resolve_macros(config, root, config_file)
+                _require_component(config["network_def"], str(config_file))
                 return Bundle(
                     root=root,
                     name=str(metadata.get("name") or root.name),
@@ -344,3 +366,32 @@ def _read_config(path: Path) -> dict:
     if not isinstance(content, dict):
         raise MedftError(f"{path}: holds a {type(content).__name__}, not a mapping. Fix: make it a JSON/YAML object")
     return content
+
+
+def _resolve_macros(config: dict, root: Path, config_file: Path) -> dict:
+    """``config`` with its ``%`` macros replaced (``%configs/train.json#network_def``: a file path
+    relative to the bundle folder) and its relative ids (``@##levels``) made absolute."""
+    from monai.bundle import ConfigParser
+
+    def anchored(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {key: anchored(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [anchored(value) for value in node]
+        if isinstance(node, str) and node.startswith("%"):
+            path, ids = ConfigParser.split_path_id(node[1:])
+            if path and not Path(path).is_absolute():
+                return f"%{root / path}::{ids}" if ids else f"%{root / path}"
+        return node
+
+    parser = ConfigParser(anchored(config))
+    try:
+        parser.resolve_macro_and_relative_ids()
+    except Exception as error:  # noqa: BLE001 - a missing file or id
+        if "%" not in json.dumps(config["network_def"], default=str):
+            return config  # a broken macro elsewhere (another workflow's entry) does not stop the network
+        raise MedftError(
+            f"{config_file}: cannot replace its % macros ({one_line(error)}). Fix: make each macro name a file "
+            f"of the bundle by its path from the bundle folder and an id in it, e.g. %configs/train.json#network_def"
+        ) from None
+    return parser.get()

@@ -18,7 +18,7 @@ from monai.data import MetaTensor
 from monai.inferers import SlidingWindowInferer
 from monai.transforms import Compose
 
-from medft.bundle.reader import load_bundle
+from medft.bundle.reader import CLASS_COUNT_KEYS, load_bundle
 from medft.config import read_yaml, validate_config
 from medft.data.loading import to_native
 from medft.data.transforms import preprocessing
@@ -103,7 +103,7 @@ def _from_run(run_dir: Path, checkpoint: str = "best") -> TrainedModel:
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
     if config.model.bundle:  # rebuild through the bundle: its network_def may refer to its config or scripts/
         bundle = load_bundle(config.model.bundle, version=config.model.bundle_version)
-        channels = {k: checkpoint["network_def"][k] for k in ("out_channels", "in_channels") if k in checkpoint["network_def"]}
+        channels = {k: checkpoint["network_def"][k] for k in (*CLASS_COUNT_KEYS, "in_channels") if k in checkpoint["network_def"]}
         network = bundle.build_network({**config.model.network_overrides, **channels})
     else:
         from medft.bundle.reader import build_network

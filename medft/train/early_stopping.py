@@ -12,16 +12,20 @@ class EarlyStopping:
     best: float = -math.inf
     best_epoch: int = -1
     bad_validations: int = 0
+    # The value of the last rise above min_delta: a rise counts when it clears this by min_delta, so
+    # small rises that add up to more than min_delta count as one (as in Keras and Lightning).
+    baseline: float = -math.inf
 
     def update(self, value: float, epoch: int) -> bool:
         """Record a validation result; True when it is the best so far.
 
-        The best checkpoint follows any rise; patience resets only on a rise above min_delta.
-        A NaN result (no foreground in any validation case) never counts as a rise.
+        The best checkpoint follows any rise; patience resets only on a rise above min_delta over
+        the value of the last such rise. A NaN result (no foreground in any validation case) never
+        counts as a rise.
         """
         improved = not math.isnan(value) and value > self.best
-        if not math.isnan(value) and value > self.best + self.min_delta:
-            self.bad_validations = 0
+        if not math.isnan(value) and value > self.baseline + self.min_delta:
+            self.baseline, self.bad_validations = value, 0
         else:
             self.bad_validations += 1
         if improved:
@@ -36,5 +40,6 @@ class EarlyStopping:
         return asdict(self)
 
     def load_state_dict(self, state: dict) -> None:
+        state = {"baseline": state["best"], **state}  # checkpoints written before baseline was kept
         for key, value in state.items():
             setattr(self, key, value)

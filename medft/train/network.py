@@ -22,20 +22,18 @@ class PreparedNetwork:
 
 def prepare_network(config: ModelConfig, num_classes: int) -> PreparedNetwork:
     """Build the network to fine-tune (or train from scratch) with ``num_classes`` outputs."""
-    channels = {"out_channels": num_classes}
-    if config.in_channels is not None:
-        channels["in_channels"] = config.in_channels
+    inputs = {"in_channels": config.in_channels} if config.in_channels is not None else {}
     if config.bundle is not None:
         bundle = load_bundle(config.bundle, version=config.bundle_version)
         network, report = adapt_network(
             bundle, out_channels=num_classes, in_channels=config.in_channels,
             overrides=config.network_overrides, min_loaded_fraction=config.min_loaded_fraction,
         )
-        merged = {**bundle.network_def, **config.network_overrides, **channels}
+        merged = {**bundle.network_def, **config.network_overrides, bundle.class_count_key: num_classes, **inputs}
         network_def = {k: v for k, v in merged.items() if v is not None}  # None dropped the argument
         in_channels = config.in_channels or bundle.in_channels or 1  # the bundle resolves @references
         return PreparedNetwork(network, set(report.head), network_def, in_channels, bundle.spatial_dims or 3, report)
-    network_def = {"in_channels": 1, **config.network_def, **channels}  # one channel unless told
+    network_def = {"in_channels": 1, **config.network_def, "out_channels": num_classes, **inputs}  # one channel unless told
     network = build_network(network_def, source="model.network_def")
     head = head_parameter_names(lambda n: build_network({**network_def, "out_channels": n}), num_classes)
     return PreparedNetwork(network, head, network_def, _int(network_def, "in_channels", 1), _int(network_def, "spatial_dims", 3))

@@ -35,6 +35,11 @@ FAMILIES = {
     "swinunetr": ({"_target_": "SwinUNETR", "in_channels": 1, "out_channels": 2, "feature_size": 12,
                    "depths": [1, 1, 1, 1], "num_heads": [1, 1, 1, 1], "norm_name": "batch"},
                   3, 32, {"out.conv.conv.weight", "out.conv.conv.bias"}),
+    # pancreas_ct_dints_segmentation: the classes are num_classes; a searched topology (here the full one)
+    "dints": ({"_target_": "DiNTS", "in_channels": 1, "num_classes": 2, "use_downsample": True,
+               "dints_space": {"_target_": "TopologyInstance", "channel_mul": 0.5, "num_blocks": 2, "num_depths": 3,
+                               "use_downsample": True, "device": "cpu"}},
+              3, 32, {"stem_finals.1.weight", "stem_finals.1.bias"}),
 }
 
 
@@ -90,10 +95,13 @@ def test_new_input_channels_make_the_first_conv_new(tmp_path):
     assert dummy_forward_backward(network, 2, 3, 16) == (2, 2, 16, 16, 16)
 
 
-def test_setting_channels_the_network_def_lacks_is_refused(tmp_path):
+def test_setting_channels_the_network_def_lacks_is_refused_unless_an_override_adds_them(tmp_path):
     root = make_bundle(tmp_path / "b", {"_target_": "BasicUNet", "features": [4, 4, 8, 8, 16, 4]})
-    with pytest.raises(MedftError, match="has no out_channels argument"):
+    with pytest.raises(MedftError, match=r"has no out_channels argument to set to 3\. Fix: when BasicUNet takes "
+                                         r"out_channels with a default value, .*model.network_overrides: \{out_channels: 3\}"):
         adapt_network(load_bundle(root), out_channels=3)
+    network, report = adapt_network(load_bundle(root), out_channels=3, overrides={"out_channels": 2})  # its default
+    assert set(report.head) == set(report.new) == {"final_conv.weight", "final_conv.bias"}
 
 
 def test_report_table_and_dict():

@@ -78,7 +78,8 @@ def test_spatial_dims_and_channels_from_the_network_when_network_def_omits_them(
 def test_the_inspect_command_adapts_every_family(tmp_path, capsys, family):
     network_def, _, _, expected_head = family
     root = make_bundle(tmp_path / "bundle", network_def)
+    capsys.readouterr()  # what building the test's weights printed
     assert main(["bundle", "inspect", str(root), "--out-channels", "3", "--json"]) == 0
-    result = json.loads(capsys.readouterr().out)
+    result = json.loads(capsys.readouterr().out)  # DiNTS prints as it is built: to stderr, not into the JSON
     assert result["forward_ok"] and result["dropped"] == result["new"] == len(expected_head)
     assert result["loaded"] == result["total_pretrained"] - len(expected_head)

@@ -58,6 +58,43 @@ def test_yaml_config_with_references(tmp_path):
     assert network(torch.zeros(1, 1, 16, 16, 16)).shape == (1, 3, 16, 16, 16)
 
 
+def test_macros_take_their_files_from_the_bundle_folder(tmp_path, monkeypatch):
+    """``%file#id`` copies a part of another config (MONAI reads the file from the working folder,
+    which is the bundle's when the bundle runs): medft reads it from the bundle folder, wherever it runs."""
+    root = make_bundle(tmp_path / "b", config={"network_def": UNET3D}, config_name="train.json")
+    (root / "configs" / "common.yaml").write_text("levels: [4, 8, 16]\n")
+    (root / "configs" / "inference.json").write_text(json.dumps({
+        "base": "%configs/train.json#network_def",
+        "network_def": {"_target_": "UNet", "spatial_dims": "%base#spatial_dims", "in_channels": 1, "out_channels": 2,
+                        "channels": "%configs/common.yaml#levels", "strides": [2, 2], "num_res_units": "@##base#num_res_units"},
+    }))
+    monkeypatch.chdir(tmp_path)
+    bundle = load_bundle(root)
+    assert bundle.config_file.name == "inference.json" and bundle.config["base"] == UNET3D
+    assert bundle.network_def == {**UNET3D, "num_res_units": "@base::num_res_units"}
+    network, report = adapt_network(bundle, out_channels=3)
+    assert len(report.loaded) == report.total_pretrained - 4
+
+
+def test_a_macro_naming_a_missing_file_or_network_def_of_no_component_fails_clearly(tmp_path):
+    root = make_bundle(tmp_path / "b", UNET3D)
+    (root / "configs" / "inference.json").write_text(json.dumps({"network_def": "%configs/net.json#network_def"}))
+    with pytest.raises(MedftError, match=r"inference.json: cannot replace its % macros \(FileNotFoundError: .*net.json'\)\. "
+                                         r"Fix: .*%configs/train.json#network_def"):
+        load_bundle(root)
+    (root / "configs" / "inference.json").write_text(json.dumps({"base": UNET3D, "network_def": "@base"}))
+    with pytest.raises(MedftError, match=r"inference.json: network_def is not a component with a _target_ \(got '@base'\)"):
+        load_bundle(root)
+
+
+def test_a_broken_macro_outside_the_network_does_not_stop_it(tmp_path):
+    """An entry for another workflow may name a file the bundle does not ship."""
+    root = make_bundle(tmp_path / "b", UNET3D)
+    (root / "configs" / "inference.json").write_text(json.dumps({
+        "network_def": UNET3D, "validate": {"dataset": "%configs/missing.json#dataset"}}))
+    assert load_bundle(root).network_def == UNET3D
+
+
 def test_scripts_packages_of_two_bundles_in_one_process(tmp_path):
     sources = {"a": tiny_net_source(width=4, head="head"), "b": tiny_net_source(width=6, head="final")}
     roots = {}
@@ -151,6 +188,18 @@ def test_weight_files_that_are_missing_or_not_state_dicts(tmp_path):
     with pytest.raises(MedftError, match=r"models: the bundle has no pretrained weights"):
         bundle.pretrained_state_dict()
 
+
+@pytest.mark.parametrize("key", [None, "model"])
+def test_weights_saved_from_ddp_read_without_the_module_prefix(tmp_path, key):
+    """Every reader of the weights gets plain names: fine-tuning and evaluating the bundle as it is."""
+    from medft.evaluate.inference import load_model
+
+    root = make_bundle(tmp_path / "b", UNET3D, key=key, prefix="module.")
+    saved = pretrained(root)[key] if key else pretrained(root)
+    weights = load_bundle(root).pretrained_state_dict()
+    assert list(weights) == [name.removeprefix("module.") for name in saved]
+    model = load_model(root, torch.device("cpu"))
+    assert all(torch.equal(model.network.state_dict()[name], tensor) for name, tensor in weights.items())
 
 def test_folders_that_are_not_bundles(tmp_path):
     root = make_bundle(tmp_path / "b", UNET2D)

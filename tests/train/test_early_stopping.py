@@ -1,0 +1,44 @@
+"""Early stopping: what counts as a rise, patience, NaN results, and its state across a resume."""
+import math
+
+from medft.train.early_stopping import EarlyStopping
+
+
+def _run(stopper: EarlyStopping, values: list[float]) -> list[tuple[bool, int]]:
+    return [(stopper.update(v, epoch), stopper.bad_validations) for epoch, v in enumerate(values)]
+
+
+def test_patience_counts_validations_without_a_rise_above_min_delta():
+    stopper = EarlyStopping(patience=2, min_delta=0.01)
+    assert _run(stopper, [0.5, 0.505, 0.9, 0.9, 0.895]) == [(True, 0), (True, 1), (True, 0), (False, 1), (False, 2)]
+    assert stopper.should_stop and (stopper.best, stopper.best_epoch) == (0.9, 2)  # best follows any rise
+
+
+def test_small_rises_that_add_up_to_more_than_min_delta_count():
+    """0.008 a validation is under min_delta each time, but two of them clear it over the last counted rise."""
+    stopper = EarlyStopping(patience=3, min_delta=0.01)
+    assert [bad for _, bad in _run(stopper, [0.5, 0.508, 0.516, 0.524, 0.532])] == [0, 1, 0, 1, 0]
+    assert not stopper.should_stop and stopper.best == 0.532
+
+
+def test_nan_results_never_count_as_a_rise():
+    stopper = EarlyStopping(patience=2, min_delta=0.0)
+    assert _run(stopper, [math.nan, 0.3, math.nan, math.nan]) == [(False, 1), (True, 0), (False, 1), (False, 2)]
+    assert stopper.should_stop and stopper.best == 0.3
+
+
+def test_the_state_survives_a_resume():
+    stopper = EarlyStopping(patience=3, min_delta=0.01)
+    _run(stopper, [0.5, 0.508])
+    resumed = EarlyStopping(patience=3, min_delta=0.01)
+    resumed.load_state_dict(stopper.state_dict())
+    assert resumed == stopper
+    assert resumed.update(0.516, 2) and resumed.bad_validations == 0  # 0.016 over the last counted rise, 0.5
+
+
+def test_a_checkpoint_without_baseline_continues_from_its_best():
+    resumed = EarlyStopping(patience=3, min_delta=0.01)
+    resumed.load_state_dict({"patience": 3, "min_delta": 0.01, "best": 0.6, "best_epoch": 4, "bad_validations": 1})
+    assert resumed.baseline == 0.6
+    resumed.update(0.605, 5)
+    assert resumed.bad_validations == 2
