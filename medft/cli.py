@@ -24,6 +24,12 @@ def main(argv: list[str] | None = None) -> int:
     if not hasattr(args, "run"):
         parser.print_help()
         return 2
+    processes = os.environ.get("WORLD_SIZE", "1")
+    if processes not in ("", "1") and args.run not in (_train, _tune):  # tune refuses with its own fix
+        print(f"medft: {args.command.removeprefix('medft ')} runs as one process, but torchrun started "
+              f"WORLD_SIZE={processes} of them (each would do the whole job). Fix: run it without torchrun; only "
+              "medft train trains across processes", file=sys.stderr)
+        return 2
     try:
         return args.run(args)
     except KeyboardInterrupt:
@@ -46,6 +52,11 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         if os.environ.get("MEDFT_DEBUG"):
             raise
+        if processes not in ("", "1"):  # a peer's failure reaches the others as a broken connection
+            print(f"medft: process {os.environ.get('RANK', '?')} stopped ({type(exc).__name__}: {exc}). When another "
+                  "process of the run failed first, its error above is the one to read; else run again with "
+                  "MEDFT_DEBUG=1 for the traceback and report it.", file=sys.stderr)
+            return 1
         print(
             f"medft: internal error ({type(exc).__name__}: {exc}). "
             "Run again with MEDFT_DEBUG=1 for the traceback and report it.",
@@ -120,8 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
         "The study lives in OUT/study.db (SQLite; several workers on one machine may share it) or in\n"
         "--storage, any database URL (postgresql://user@host/db for workers on several machines).\n"
         "Running the same command again resumes the study: only the missing trials run; Ctrl-C marks\n"
-        "the current trial failed and keeps the finished ones. Writes OUT/best_config.yaml (ready for\n"
-        "medft train), OUT/trials.csv and plots of the study.",
+        "the current trial failed and keeps the finished ones. A trial that fails (its config, the data,\n"
+        "out of memory) is recorded with its error and the next one runs; 3 failures in a row stop.\n"
+        "Writes OUT/best_config.yaml (ready for medft train), OUT/trials.csv and plots of the study.",
         "medft tune configs/tune_demo.yaml --trials 12 --out runs/tune_demo",
     )
     tune.add_argument("config", type=Path, help="YAML run config with a search section (see configs/tune_demo.yaml)")
@@ -278,13 +290,15 @@ _port = _whole_number("a port number from 1 to 65535", 1, 65535)
 
 
 def _command(commands, name: str, summary: str, description: str, example: str) -> argparse.ArgumentParser:
-    return commands.add_parser(
+    command = commands.add_parser(
         name,
         help=summary,
         description=description,
         epilog=f"example:\n  {example}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    command.set_defaults(command=command.prog)
+    return command
 
 
 def _check_data(args: argparse.Namespace) -> int:

@@ -10,14 +10,18 @@ Optuna does the search: a TPE sampler (trial n draws its random numbers from (se
 workers sharing a study and resumed studies never repeat a draw), a Hyperband or successive
 halving pruner, and a study in a database: SQLite in ``OUT/study.db`` by default (WAL mode:
 several workers on one machine share it), or any SQLAlchemy URL that Optuna's RDB storage
-takes (PostgreSQL for workers on several machines). Running the same command again resumes
-the study: it counts the finished trials (complete or pruned) and runs only the missing ones.
+takes (PostgreSQL for workers on several machines). A worker runs trials until the study holds
+``N`` finished trials (complete or pruned), counting those other workers are running; running
+the same command again resumes the study. A trial that fails (a problem of its config or of
+the data, out of memory, no finite Dice) is recorded as failed and the next one runs, but
+``FAILURES_TO_STOP`` failures in a row stop the worker: the next trials would fail as well.
 
 After the trials, ``OUT`` holds ``best_config.yaml`` (ready for ``medft train``),
 ``trials.csv`` and plots of the study.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import hashlib
@@ -26,6 +30,7 @@ import logging
 import math
 import os
 import socket
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,15 +42,18 @@ import torch
 from medft.config import (FREEZE_PRESET_KEY, UNFREEZE_EPOCH_KEY, RunConfig, SearchConfig, SearchParam, _set_dotted,
                           dump_config, read_raw_config, validate_config)
 from medft.errors import MedftError
+from medft.train import distributed
 from medft.train.recipe import TrainingInterrupted, run_training
 
 log = logging.getLogger("medft.tune")
 
 HEARTBEAT_SECONDS = 20  # a trial whose worker died counts as failed after 3 heartbeats without news
+FAILURES_TO_STOP = 3  # failed trials in a row that stop a worker
 
 
 class TrialFailed(MedftError):
-    """A trial that cannot give a value (out of memory, no finite validation Dice): the study goes on."""
+    """A trial that cannot give a value (a problem of its config or of the data, out of memory, no
+    finite validation Dice): it is recorded as failed and the next trial runs."""
 
 
 class TrialInterrupted(KeyboardInterrupt):
@@ -165,6 +173,12 @@ def tune(config_path: str | Path, trials: int, out: str | Path | None = None, st
     """Run the search until the study holds ``trials`` finished trials; write the results to ``out``."""
     if trials < 1:
         raise MedftError(f"--trials {trials}: give the number of trials the study should hold, at least 1")
+    if distributed.is_distributed():
+        raise MedftError(
+            f"the search was started by torchrun ({distributed.world_size()} processes), but each trial trains in one "
+            "process. Fix: run medft tune without torchrun; to use several GPUs, start one worker per GPU with the "
+            "same --out, e.g. CUDA_VISIBLE_DEVICES=1 medft tune ..."
+        )
     config_path = Path(config_path)
     out = Path(out) if out is not None else Path("runs") / config_path.stem
     raw = read_raw_config(config_path, overrides)
@@ -188,21 +202,27 @@ def tune(config_path: str | Path, trials: int, out: str | Path | None = None, st
             pruner=_pruner(search, config.train.epochs), study_name=name, direction="maximize", load_if_exists=True,
         )
     _check_same_search(study, config, name)
+    left = sorted(path.name for path in out.glob("trial_*") if path.is_dir())  # before the trials: a worker may be starting one
+    if left and not study.get_trials(deepcopy=False):
+        raise MedftError(f"{out} holds trial folders ({', '.join(left[:3])}{'...' if len(left) > 3 else ''}) but study "
+                         f"{name!r} in {_masked(url)} has no trials: they are left from a study whose database was "
+                         "removed. Fix: delete those trial_* folders to start the study afresh, or give another --out")
 
-    finished = _finished(study)
-    missing = max(0, trials - finished)
+    finished, running = _finished(study), _running(study)
     result = TuneResult(name, _masked(url), out, trials, finished, 0)
-    if missing == 0:
-        log.info("study %r in %s already holds %d finished trial(s) of %d: nothing to run", name, result.storage, finished, trials)
+    elsewhere = f", {running} running in other workers" if running else ""
+    if finished + running >= trials:
+        log.info("study %r in %s already holds %d finished trial(s) of %d%s: nothing to run", name, result.storage,
+                 finished, trials, elsewhere)
     else:
-        log.info("study %r in %s: %d of %d trial(s) finished%s; running %d", name, result.storage, finished, trials,
-                 " (resumed)" if finished else "", missing)
+        log.info("study %r in %s: %d of %d trial(s) finished%s%s; %d to go", name, result.storage, finished, trials,
+                 " (resumed)" if finished else "", elsewhere, trials - finished - running)
     resume_command = _command(config_path, trials, out, storage, study_name, overrides)
     objective = _Objective(base, search, out, name)
     try:
         with _quiet_known_failures():
-            study.optimize(objective, n_trials=missing, catch=(TrialFailed,), callbacks=[_StopAt(trials)],
-                           gc_after_trial=True)
+            while _finished(study) + _running(study) < trials and len(objective.failures) < FAILURES_TO_STOP:
+                study.optimize(objective, n_trials=1, catch=(TrialFailed,), gc_after_trial=True)
     except KeyboardInterrupt as stop:  # Ctrl-C: Optuna has marked the running trial failed
         result.ran = objective.started
         _write_results(study, out, result)
@@ -213,6 +233,15 @@ def tune(config_path: str | Path, trials: int, out: str | Path | None = None, st
         ) from None
     result.ran = objective.started
     _write_results(study, out, result)
+    if len(objective.failures) >= FAILURES_TO_STOP:
+        trials_by_error: dict[str, list[str]] = {}
+        for trial, error in objective.failures:
+            trials_by_error.setdefault(error, []).append(trial)
+        raise MedftError(
+            f"{FAILURES_TO_STOP} trials in a row failed, so this worker stops (the next ones would most likely fail "
+            "too):\n" + "\n".join(f"  {', '.join(names)}: {error}" for error, names in trials_by_error.items()) +
+            f"\nFix: correct the config, the data or the search ranges named above; then continue with: {resume_command}"
+        )
     return result
 
 
@@ -222,15 +251,29 @@ class _Objective:
     def __init__(self, base: dict, search: SearchConfig, out: Path, study_name: str):
         self.base, self.search, self.out, self.study_name = base, search, out, study_name
         self.started = 0
+        self.failures: list[tuple[str, str]] = []  # (trial, error) of this worker's failures since its last finished trial
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
 
     def __call__(self, trial: optuna.Trial) -> float:
         self.started += 1
+        trial.set_user_attr("worker", self.worker)  # first: other workers tell from it whether the trial still runs
         params = {key: suggest(trial, key, spec) for key, spec in self.search.params.items()}
-        config = validate_config(apply_params(self.base, params), source=f"trial {trial.number} ({_describe(params)})")
+        try:
+            value = self._train(trial, params)
+        except MedftError as exc:  # out of memory, no finite Dice, a problem of this trial's config or of the data
+            trial.set_user_attr("error", str(exc))
+            self.failures.append((f"trial {trial.number} ({_describe(params)})", str(exc)))
+            raise TrialFailed(str(exc)) from None
+        except optuna.TrialPruned:
+            self.failures.clear()
+            raise
+        self.failures.clear()
+        return value
+
+    def _train(self, trial: optuna.Trial, params: dict[str, Any]) -> float:
+        config = validate_config(apply_params(self.base, params), source="the sampled config")
         run_dir = self.out / f"trial_{trial.number}"
         trial.set_user_attr("run_dir", str(run_dir.resolve()))
-        trial.set_user_attr("worker", self.worker)
         trial.set_user_attr("config", dump_config(config))
         log.info("trial %d of study %r: %s -> %s", trial.number, self.study_name, _describe(params), run_dir)
 
@@ -246,13 +289,12 @@ class _Objective:
         except (TrainingInterrupted, KeyboardInterrupt):
             raise TrialInterrupted(trial.number) from None  # Optuna marks the trial failed
         except torch.cuda.OutOfMemoryError as exc:  # torch.OutOfMemoryError, on older torch too
-            raise TrialFailed(f"trial {trial.number} ran out of memory ({exc}); the study goes on") from None
+            raise TrialFailed(f"out of memory ({exc})") from None
         finally:
             _close_trial_log(run_dir)
         best = summary["best_val_dice"]
         if best is None or not math.isfinite(best):
-            raise TrialFailed(f"trial {trial.number} gave no finite validation Dice (no foreground in the validation "
-                              "cases?); the study goes on")
+            raise TrialFailed("no finite validation Dice (no foreground in the validation cases?)")
         trial.set_user_attr("best_epoch", summary["best_epoch"])
         return float(best)
 
@@ -266,19 +308,34 @@ def _close_trial_log(run_dir: Path) -> None:
             handler.close()
 
 
-class _StopAt:
-    """Stop this worker once the study holds ``target`` trials, counting those other workers are running."""
+def _running(study: optuna.Study) -> int:
+    """The trials running in other workers (this one calls it between trials), once those of ended
+    workers are marked failed: on this machine at once (the worker's process is gone), elsewhere
+    when their heartbeat is a minute old."""
+    host = socket.gethostname()
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        worker = trial.user_attrs.get("worker", "")
+        worker_host, _, pid = worker.rpartition(":")
+        if worker_host == host and pid.isdecimal() and not _process_lives(int(pid)):
+            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):  # another worker was first
+                study.tell(trial.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+            log.warning("trial %d: its worker %s has ended (killed?): marked failed", trial.number, worker)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
 
-    def __init__(self, target: int):
-        self.target = target
 
-    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(study)  # a killed worker's trial no longer counts as running
-        running = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
-        if _finished(study) + running >= self.target:
-            study.stop()
+def _process_lives(pid: int) -> bool:
+    if os.name != "posix":  # os.kill(pid, 0) tells whether a process lives only on POSIX
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        pass
+    return True
 
 
 class TrialSeededTPE(optuna.samplers.BaseSampler):
@@ -351,18 +408,22 @@ def _storage(url: str):
         with sqlite3.connect(parsed.database, timeout=60) as connection:  # WAL persists in the file
             connection.execute("PRAGMA journal_mode=WAL")
         engine_kwargs = {"connect_args": {"timeout": 60}}
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_SECONDS,
-                                              grace_period=3 * HEARTBEAT_SECONDS)
-    except ImportError:
-        raise MedftError(f"--storage {_masked(url)}: the database driver for {parsed.get_backend_name()} is not "
-                         "installed. Fix: install it into medft's environment (PostgreSQL: pip install psycopg2-binary)") from None
-    except sqlalchemy.exc.SQLAlchemyError as exc:
-        raise MedftError(f"--storage {_masked(url)}: cannot open the study database ({exc.__class__.__name__}: "
-                         f"{str(exc).splitlines()[0]}). Fix: check the URL, that the server is up and that you may "
-                         "write there") from None
+    for attempt in range(3):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_SECONDS,
+                                                  grace_period=3 * HEARTBEAT_SECONDS)
+        except ImportError:
+            raise MedftError(f"--storage {_masked(url)}: the database driver for {parsed.get_backend_name()} is not "
+                             "installed. Fix: install it into medft's environment (PostgreSQL: pip install psycopg2-binary)") from None
+        except sqlalchemy.exc.SQLAlchemyError as exc:
+            if attempt < 2:  # workers started together: another one may be creating the tables right now
+                time.sleep(1)
+                continue
+            raise MedftError(f"--storage {_masked(url)}: cannot open the study database ({exc.__class__.__name__}: "
+                             f"{str(exc).splitlines()[0]}). Fix: check the URL, that the server is up and that you may "
+                             "write there") from None
 
 
 def _masked(url: str) -> str:
@@ -485,7 +546,8 @@ def _write_results(study, out: Path, result: TuneResult) -> None:
 
 def _write_trials_csv(trials, path: Path) -> Path:
     names = list(dict.fromkeys(name for t in trials for name in t.params))
-    columns = ["number", "state", "value", "best_epoch", "epochs_trained", "pruned_at_epoch", "duration_s", "worker", "run_dir", *names]
+    columns = ["number", "state", "value", "best_epoch", "epochs_trained", "pruned_at_epoch", "duration_s", "worker", "run_dir",
+               "error", *names]
     rows = []
     for t in trials:
         duration = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and t.datetime_start else None
@@ -493,7 +555,8 @@ def _write_trials_csv(trials, path: Path) -> Path:
                "best_epoch": t.user_attrs.get("best_epoch"), "epochs_trained": t.last_step,
                "pruned_at_epoch": t.user_attrs.get("pruned_at_epoch"),
                "duration_s": None if duration is None else round(duration, 1),
-               "worker": t.user_attrs.get("worker"), "run_dir": t.user_attrs.get("run_dir"), **t.params}
+               "worker": t.user_attrs.get("worker"), "run_dir": t.user_attrs.get("run_dir"),
+               "error": t.user_attrs.get("error"), **t.params}
         rows.append({key: "" if value is None else value for key, value in row.items()})
     temporary = path.with_name(f".{path.name}.{os.getpid()}")
     with temporary.open("w", newline="") as file:

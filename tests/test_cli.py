@@ -95,6 +95,31 @@ def test_unexpected_errors_show_no_traceback(monkeypatch, capsys):
     assert "internal error (ValueError: boom)" in err and "MEDFT_DEBUG=1" in err and "Traceback" not in err
 
 
+def test_commands_other_than_train_refuse_to_run_once_per_torchrun_process(monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert cli.main(["evaluate", "run", "--manifest", "m.csv", "--out", "eval"]) == 2
+    assert capsys.readouterr().err == ("medft: evaluate runs as one process, but torchrun started WORLD_SIZE=2 of them "
+                                       "(each would do the whole job). Fix: run it without torchrun; only medft train "
+                                       "trains across processes\n")
+    assert cli.main(["bundle", "inspect", "b"]) == 2
+    assert "medft: bundle inspect runs as one process" in capsys.readouterr().err
+
+
+def test_a_process_of_a_distributed_run_that_loses_its_peer_points_to_the_peers_error(monkeypatch, capsys):
+    def peer_failed(args):
+        raise RuntimeError("Connection closed by peer [127.0.0.1]:57984")
+
+    monkeypatch.setattr(cli, "_train", peer_failed)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.delenv("MEDFT_DEBUG", raising=False)
+    assert cli.main(["train", "config.yaml"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("medft: process 0 stopped (RuntimeError: Connection closed by peer [127.0.0.1]:57984). When "
+                          "another process of the run failed first, its error above is the one to read")
+    assert "internal error" not in err
+
+
 def test_demo_fine_tunes_the_shipped_bundle_and_exports_it(tmp_path, capsys):
     assert cli.main(["demo", "--out", str(tmp_path / "demo"), "--epochs", "1"]) == 0
     out = capsys.readouterr().out

@@ -1,6 +1,11 @@
 """Hyperparameter search (medft tune): tiny studies of the tiny fine-tuning config, on CPU."""
 import csv
 import json
+import multiprocessing
+import re
+import socket
+import subprocess
+import sys
 
 import optuna
 import pytest
@@ -10,7 +15,7 @@ from medft import tune as tune_module
 from medft.cli import main
 from medft.config import RunConfig, SearchConfig, SearchParam, load_config, validate_config
 from medft.errors import MedftError
-from medft.tune import TrialSeededTPE, freeze_schedule, tune
+from medft.tune import TrialFailed, TrialSeededTPE, freeze_schedule, tune
 from tests.train.helpers import make_config
 
 # A wide learning-rate range and an aggressive pruner: successive halving from the first epoch,
@@ -206,3 +211,96 @@ def test_tune_help_has_an_example(capsys):
         main(["tune", "--help"])
     out = capsys.readouterr().out
     assert "example:" in out and "medft tune configs/tune_demo.yaml --trials" in out
+
+
+def _fake_training(failing: dict[str, Exception] | None = None):
+    """run_training without training: every validation gives Dice 0.5, or the trial raises its exception."""
+    def run_training(config, run_dir, resume=False, on_validation=None):
+        if run_dir.name in (failing or {}):
+            raise failing[run_dir.name]
+        (run_dir / "checkpoints").mkdir(parents=True)
+        for epoch in range(config.train.epochs):
+            on_validation(epoch, 0.5)
+        return {"best_val_dice": 0.5, "best_epoch": 0}
+    return run_training
+
+
+def test_a_failed_trial_is_recorded_and_the_worker_runs_trials_until_the_target(tmp_path, monkeypatch):
+    config = make_config(tmp_path, **QUICK)
+    broken = MedftError("the network does not build with these values. Fix: narrow the range")
+    monkeypatch.setattr(tune_module, "run_training", _fake_training({"trial_1": broken, "trial_2": TrialFailed("no finite Dice")}))
+    result = tune(config, 3, out=tmp_path / "out")
+    assert _states(_study(tmp_path / "out", config.stem)) == ["COMPLETE", "FAIL", "FAIL", "COMPLETE", "COMPLETE"]
+    assert result.counts == {"complete": 3, "fail": 2} and result.ran == 5
+    rows = list(csv.DictReader((tmp_path / "out" / "trials.csv").open()))
+    assert [r["error"] for r in rows] == ["", str(broken), "no finite Dice", "", ""]
+
+
+def test_trials_failing_in_a_row_stop_the_worker_with_one_message(tmp_path, monkeypatch):
+    config = make_config(tmp_path, **QUICK)
+    broken = MedftError("manifest.csv: case 7: the image is unreadable. Fix: copy it again")
+    monkeypatch.setattr(tune_module, "run_training", _fake_training({f"trial_{n}": broken for n in (1, 2, 3, 4)}))
+    with pytest.raises(MedftError) as stop:
+        tune(config, 5, out=tmp_path / "out")
+    message = str(stop.value)
+    assert message.startswith(f"{tune_module.FAILURES_TO_STOP} trials in a row failed, so this worker stops")
+    assert message.count("the image is unreadable") == 1  # one line for the three trials that failed alike
+    assert re.search(r"\n  trial 1 \(data.augmentation=.*\), trial 2 \(.*\), trial 3 \(.*\): manifest.csv: case 7", message)
+    assert f"continue with: medft tune {config} --trials 5" in message
+    assert _states(_study(tmp_path / "out", config.stem)) == ["COMPLETE", "FAIL", "FAIL", "FAIL"]
+    assert (tmp_path / "out" / "trials.csv").is_file() and (tmp_path / "out" / "best_config.yaml").is_file()
+
+
+def test_the_trial_of_a_killed_worker_on_this_machine_fails_at_once(tmp_path, monkeypatch):
+    """Not a minute later, when its heartbeat is stale: until then it counted as running in another
+    worker, and the command run again right after the kill stopped one trial short."""
+    config = make_config(tmp_path, **QUICK)
+    killed = subprocess.Popen([sys.executable, "-c", "pass"])
+    killed.wait()
+    (tmp_path / "out").mkdir()
+    storage = f"sqlite:///{(tmp_path / 'out' / 'study.db').resolve()}"
+    study = optuna.create_study(storage=storage, study_name=config.stem, direction="maximize")
+    study.ask().set_user_attr("worker", f"{socket.gethostname()}:{killed.pid}")
+    monkeypatch.setattr(tune_module, "run_training", _fake_training())
+    tune(config, 2, out=tmp_path / "out")
+    assert _states(_study(tmp_path / "out", config.stem)) == ["FAIL", "COMPLETE", "COMPLETE"]
+
+
+def _open_storage(url: str, results) -> None:
+    try:
+        tune_module._storage(url)
+        results.put("ok")
+    except MedftError as exc:
+        results.put(str(exc))
+
+
+def test_workers_started_at_the_same_moment_share_a_new_study_database(tmp_path):
+    context = multiprocessing.get_context("fork")
+    for attempt in range(5):
+        results = context.Queue()
+        workers = [context.Process(target=_open_storage, args=(f"sqlite:///{tmp_path / f'{attempt}.db'}", results))
+                   for _ in range(3)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        assert [results.get() for _ in workers] == ["ok"] * 3
+
+
+def test_tune_under_torchrun_is_refused_with_the_fix(tmp_path, monkeypatch):
+    config = make_config(tmp_path, **QUICK)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(MedftError, match="the search was started by torchrun .2 processes.*Fix: run medft tune without torchrun"):
+        tune(config, 2, out=tmp_path / "out")
+
+
+def test_trial_folders_left_from_a_removed_study_database_are_named(tmp_path, monkeypatch):
+    """Not three failed trials that advise medft train --resume, a flag medft tune does not have."""
+    config = make_config(tmp_path, **QUICK)
+    monkeypatch.setattr(tune_module, "run_training", _fake_training())
+    tune(config, 2, out=tmp_path / "out")
+    for database in (tmp_path / "out").glob("study.db*"):
+        database.unlink()
+    with pytest.raises(MedftError, match=r"holds trial folders \(trial_0, trial_1\) but study .* has no trials: they are "
+                                         "left from a study whose database was removed. Fix: delete those trial_"):
+        tune(config, 2, out=tmp_path / "out")

@@ -26,15 +26,24 @@ _state = {"owned": False, "device": torch.device("cpu")}
 
 
 def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
+    return _environ_int("WORLD_SIZE", "1")
 
 
 def rank() -> int:
-    return int(os.environ.get("RANK", "0")) if is_distributed() else 0
+    return _environ_int("RANK", "0") if is_distributed() else 0
 
 
 def local_rank() -> int:
-    return int(os.environ.get("LOCAL_RANK", "0")) if is_distributed() else 0
+    return _environ_int("LOCAL_RANK", "0") if is_distributed() else 0
+
+
+def _environ_int(name: str, default: str) -> int:
+    value = os.environ.get(name, default)
+    try:
+        return int(value)
+    except ValueError:
+        raise MedftError(f"the environment variable {name} is {value!r}, not a whole number. Fix: launch with torchrun "
+                         f"(torchrun --nproc_per_node N -m medft train ...), which sets it, or unset {name}") from None
 
 
 def is_distributed() -> bool:
@@ -59,6 +68,12 @@ def init(device: torch.device) -> torch.device:
         raise MedftError(
             f"WORLD_SIZE is {world_size()} but {', '.join(missing)} is not set. Fix: launch several processes with "
             "torchrun (torchrun --nproc_per_node N -m medft train ...), or unset WORLD_SIZE for one process"
+        )
+    if not (0 <= rank() < world_size() and 0 <= local_rank() < world_size()):  # else init would wait for rank 0 (30 min)
+        raise MedftError(
+            f"RANK is {rank()} and LOCAL_RANK {local_rank()}, but WORLD_SIZE is {world_size()}: both must be from 0 to "
+            f"{world_size() - 1}. Fix: launch with torchrun (torchrun --nproc_per_node N -m medft train ...), which sets "
+            "them, or unset WORLD_SIZE for one process"
         )
     if device.type == "cuda":
         if local_rank() >= torch.cuda.device_count():

@@ -226,6 +226,28 @@ def test_a_torchrun_environment_without_its_rendezvous_is_one_clear_error(monkey
         distributed.init(torch.device("cpu"))
 
 
+def test_an_inconsistent_torchrun_environment_is_one_clear_error(monkeypatch):
+    """Not a traceback, nor a silent wait of 30 minutes for a rank 0 that does not exist."""
+    from medft.errors import MedftError
+
+    def rendezvous(*args, **kwargs):
+        raise AssertionError("init_process_group would wait for rank 0")
+
+    monkeypatch.setattr(distributed.dist, "init_process_group", rendezvous)
+    monkeypatch.setenv("WORLD_SIZE", "two")
+    with pytest.raises(MedftError, match="the environment variable WORLD_SIZE is 'two', not a whole number. Fix: launch"):
+        distributed.is_distributed()
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("MASTER_ADDR", "localhost")
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    for rank, local_rank in (("2", "0"), ("1", "-1")):
+        monkeypatch.setenv("RANK", rank)
+        monkeypatch.setenv("LOCAL_RANK", local_rank)
+        with pytest.raises(MedftError, match=f"RANK is {rank} and LOCAL_RANK {local_rank}, but WORLD_SIZE is 2: both must "
+                                             "be from 0 to 1. Fix: launch with torchrun"):
+            distributed.init(torch.device("cpu"))
+
+
 def test_the_unused_parameters_are_those_the_loss_cannot_reach():
     class TwoHeads(torch.nn.Module):
         def __init__(self):
