@@ -15,9 +15,10 @@ from datetime import timezone
 
 import streamlit as st
 
+from medft.evaluate.report import hide_paths
 from medft.review import app_support as support
 from medft.review.cases import REVIEW_FILTERS, SORT_LABELS, SORTS, CaseEntry, CaseTable, format_score
-from medft.slices import PLANES, orientation_letters, to_png
+from medft.slices import PLANES, SLICE_DIRECTION, orientation_letters, to_png
 
 MEAN_OF_CLASSES = "mean"
 ALL_SITES = "all sites"
@@ -253,7 +254,7 @@ def draw_viewer(eval_dir: str, case_id: str) -> None:
                      "disagree the most", key="jump_error")
     label_col.button("Most label", on_click=set_state, args=(slice_key, 1 + case.best_slice(plane, "label")),
                      width="stretch", help="Go to the slice with the most labelled voxels", key="jump_label")
-    index = slider_col.slider(f"Slice (1\u2013{count})", 1, count, key=slice_key) - 1
+    index = slider_col.slider(f"Slice (1\u2013{count}, {SLICE_DIRECTION[plane]})", 1, count, key=slice_key) - 1
 
     window = (float(state["window_width"]), float(state["window_level"]))
     opacity = float(state.get("opacity", 0.4))
@@ -340,6 +341,7 @@ def review_page(config: support.AppConfig, table: CaseTable, reviewer: str) -> N
 
     state = st.session_state
     if not table.entries:
+        sidebar(config, table, store, reviewer, mine)  # signed in: the way out too
         st.info("This evaluation has no cases to review.")
         return
     if "case_id" not in state:  # first visit: a case named in the URL, else the worst one
@@ -370,7 +372,9 @@ def review_page(config: support.AppConfig, table: CaseTable, reviewer: str) -> N
                     disabled=next_id is None, width="stretch", key="next_case")
 
     if not entry.viewable:
-        st.warning(f"This case could not be evaluated, so there is nothing to review. {entry.message or ''}")
+        files = table.files(case_id)
+        st.warning("This case could not be evaluated, so there is nothing to review. "
+                   + hide_paths(entry.message or "", [*files.image, files.label]))
         return
     view_col, side_col = st.columns([3.3, 1], gap="medium")
     with view_col:

@@ -42,6 +42,8 @@ from collections.abc import Sequence
 import torch
 from torchmetrics.functional.classification import multiclass_stat_scores
 
+NSD_TOLERANCE_MM = 1.0  # the NSD tolerance of evaluations (surface_metrics' default)
+
 
 def confusion_counts(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
     """(cases, classes, 4) int64 counts TP, FP, FN, TN from label maps shaped (cases, *spatial).
@@ -88,7 +90,7 @@ def surface_metrics(
     target: torch.Tensor,
     num_classes: int,
     spacing: Sequence[float],
-    nsd_tolerance_mm: float | Sequence[float] = 1.0,
+    nsd_tolerance_mm: float | Sequence[float] = NSD_TOLERANCE_MM,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(hd95, nsd), each (cases, classes) float64 in mm, from label maps shaped (cases, *spatial).
 

@@ -35,6 +35,9 @@ import numpy as np
 PLANES = ("axial", "coronal", "sagittal")
 # The volume axis that a plane's slice index runs along.
 PLANE_AXIS = {"axial": 2, "coronal": 1, "sagittal": 0}
+# Where slice 1 lies and where the last one: the patient direction in which the slice index grows.
+SLICE_DIRECTION = {"axial": "inferior → superior", "coronal": "posterior → anterior",
+                   "sagittal": "patient's left → right"}
 _LETTERS = {
     "axial": {"top": "A", "bottom": "P", "left": "R", "right": "L"},
     "coronal": {"top": "S", "bottom": "I", "left": "R", "right": "L"},

@@ -6,7 +6,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.metrics import ConfusionMatrixMetric, DiceMetric
+from monai.metrics import ConfusionMatrixMetric, DiceMetric, HausdorffDistanceMetric, SurfaceDiceMetric
 from monai.networks.utils import one_hot
 from scipy import ndimage
 from skimage.morphology import ball, erosion
@@ -192,6 +192,26 @@ def test_hd95_of_two_offset_cubes_matches_scipy():
     # the offset is 2 voxels (2 mm) along x and 1 voxel (2.5 mm) along z: no boundary is further
     # than both offsets together, and some of it lies that far
     assert 2.0 < hd95[0, 1].item() <= math.hypot(2.0, 2.5) + 1e-6
+
+
+def test_one_voxel_and_border_touching_structures_equal_monais_metric_classes():
+    # (pred, target): one voxel found; one voxel a slice (2.5 mm) off; a block on three borders, grown by one voxel
+    cases = [
+        (_volume((1, (5, 5, 5))), _volume((1, (5, 5, 5)))),
+        (_volume((1, (5, 5, 6))), _volume((1, (5, 5, 5)))),
+        (_volume((1, (slice(0, 7), slice(0, 5), slice(0, 3)))), _volume((1, (slice(0, 6), slice(0, 5), slice(0, 3))))),
+    ]
+    pred, target = (torch.stack(side) for side in zip(*cases))
+    hd95, nsd = surface_metrics(pred, target, 2, SPACING)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        onehot = [one_hot(v[:, None], 2) for v in (pred, target)]
+        monai_hd95 = HausdorffDistanceMetric(include_background=False, percentile=95, reduction="none")
+        monai_nsd = SurfaceDiceMetric([1.0], include_background=False, reduction="none")
+        monai_hd95, monai_nsd = (metric(*onehot, spacing=SPACING) for metric in (monai_hd95, monai_nsd))
+    torch.testing.assert_close(hd95[:, 1], monai_hd95[:, 0].double())
+    torch.testing.assert_close(nsd[:, 1], monai_nsd[:, 0].double())
+    assert hd95[:, 1].tolist() == pytest.approx([0.0, 2.5, 1.0]) and nsd[:2, 1].tolist() == [1.0, 0.0]
 
 
 # --------------------------------------------------------------------------------------------

@@ -384,10 +384,11 @@ def _sides_table(result: dict) -> str:
         model = side.get("model") or {}
         what = " ".join(str(v) for v in (model.get("name"), model.get("version")) if v) or "n/a"
         kind = {"run": "fine-tuned run", "bundle": "MONAI bundle"}.get(model.get("kind"), model.get("kind") or "")
+        manifest = Path(side["manifest"]).name if side.get("manifest") else "n/a"  # names only: no paths on the page
         rows.append(f"<tr><th>{letter.upper()}: {_e(side['label'])}</th><td>{_e(what)}</td><td>{_e(kind)}</td>"
-                    f"<td>{_e(side.get('manifest') or 'n/a')}</td><td>{_e(side.get('split') or 'all')}</td>"
+                    f"<td>{_e(manifest)}</td><td>{_e(side.get('split') or 'all')}</td>"
                     f"<td>{_e(_inference_text(side['inference']))}</td>"
-                    f'<td class="num">{side["n_scored_cases"]}</td><td>{_e(side["path"])}</td></tr>')
+                    f'<td class="num">{side["n_scored_cases"]}</td><td>{_e(Path(side["path"]).name)}</td></tr>')
     table = ("<table><tr><th>Evaluation</th><th>Model</th><th>Kind</th><th>Manifest</th><th>Split</th><th>Inference</th>"
              f"<th>Scored cases</th><th>Evaluation folder</th></tr>{''.join(rows)}</table>")
     a, b = result["a"]["inference"], result["b"]["inference"]

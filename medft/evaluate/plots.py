@@ -188,6 +188,23 @@ def roc(curves: dict[str, dict], class_index: dict[str, int]) -> str:
         return to_data_uri(fig)
 
 
+NO_CI_LABEL = "hollow: no CI (n < 2)"
+
+
+def _mark_without_ci(ax, points: list[tuple[float, float]], marker: str, colour: str) -> bool:
+    """Hollow markers over the points that have no interval: a bare point would read as a precise mean."""
+    if points:
+        xs, ys = zip(*points)
+        ax.plot(xs, ys, marker=marker, markersize=6, linestyle="none", markerfacecolor="white", markeredgecolor=colour,
+                zorder=3)
+    return bool(points)
+
+
+def _no_ci_handle() -> Line2D:
+    return Line2D([], [], marker="o", markersize=6, linestyle="none", markerfacecolor="white", markeredgecolor=GREY,
+                  label=NO_CI_LABEL)
+
+
 SITE_COLOURS = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000"]
 
 
@@ -196,11 +213,12 @@ def site_dice(per_site: dict[str, dict], classes: list[tuple[int, str]], mean_la
     sites = list(per_site)
     groups = [(name, name) for _, name in classes] + [("mean_foreground", mean_label)]
     width = 0.8 / max(len(sites), 1)
+    without_ci = False
     with rc_context(_STYLE):
         fig = _figure(max(5.5, 1.2 + 1.6 * len(groups)), 3.6)
         ax = fig.subplots()
         for k, site in enumerate(sites):
-            xs, ys, err_low, err_high = [], [], [], []
+            xs, ys, err_low, err_high, bare = [], [], [], [], []
             for g, (key, _) in enumerate(groups):
                 stats = ((per_site[site].get(key) or {}).get("dice")) or {}
                 mean = stats.get("mean")
@@ -211,16 +229,20 @@ def site_dice(per_site: dict[str, dict], classes: list[tuple[int, str]], mean_la
                 ys.append(mean)
                 err_low.append(0.0 if lo is None else max(mean - lo, 0.0))
                 err_high.append(0.0 if hi is None else max(hi - mean, 0.0))
+                if lo is None or hi is None:
+                    bare.append((xs[-1], mean))
             n = ((per_site[site].get("mean_foreground") or {}).get("dice") or {}).get("n")
-            ax.errorbar(xs, ys, yerr=[err_low, err_high], fmt=SITE_MARKERS[k % len(SITE_MARKERS)], capsize=4,
-                        markersize=6, color=SITE_COLOURS[k % len(SITE_COLOURS)],
+            marker, colour = SITE_MARKERS[k % len(SITE_MARKERS)], SITE_COLOURS[k % len(SITE_COLOURS)]
+            ax.errorbar(xs, ys, yerr=[err_low, err_high], fmt=marker, capsize=4, markersize=6, color=colour,
                         label=site + (f" (n={n})" if n is not None else ""))
+            without_ci |= _mark_without_ci(ax, bare, marker, colour)
         ax.set_xticks(range(len(groups)), [label for _, label in groups])
         ax.grid(axis="x", visible=False)
         ax.set_ylim(-0.02, 1.02)
         ax.set_ylabel("Mean Dice with 95% CI")
         ax.set_title("Dice per site")
-        ax.legend(title="site", loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: never over a point
+        handles = ax.get_legend_handles_labels()[0] + ([_no_ci_handle()] if without_ci else [])
+        ax.legend(handles=handles, title="site", loc="upper left", bbox_to_anchor=(1.01, 1.0))  # never over a point
         return to_data_uri(fig)
 
 
@@ -233,21 +255,26 @@ def compare_means(groups: list[str], a: list[dict], b: list[dict], diff: list[di
     with rc_context(_STYLE):
         fig = _figure(10.0, 3.8)
         left, right = fig.subplots(1, 2, width_ratios=[1.25, 1])
+        without_ci = False
         for k, (stats, label, colour, marker) in enumerate(((a, labels[0], _A_COLOUR, "o"), (b, labels[1], _B_COLOUR, "s"))):
-            xs, ys, lows, highs = [], [], [], []
+            xs, ys, lows, highs, bare = [], [], [], [], []
             for g, s in enumerate(stats):
                 if s.get("mean") is None:
                     continue
-                lo, hi = s.get("ci95") or (s["mean"], s["mean"])
+                lo, hi = s.get("ci95") or (None, None)
                 xs.append(g + (k - 0.5) * 0.28)
                 ys.append(s["mean"])
                 lows.append(max(s["mean"] - (s["mean"] if lo is None else lo), 0))
                 highs.append(max((s["mean"] if hi is None else hi) - s["mean"], 0))
+                if lo is None or hi is None:
+                    bare.append((xs[-1], s["mean"]))
             left.errorbar(xs, ys, yerr=[lows, highs], fmt=marker, color=colour, capsize=4, markersize=6, label=label)
+            without_ci |= _mark_without_ci(left, bare, marker, colour)
         left.set_xticks(range(len(groups)), groups)
         left.grid(axis="x", visible=False)
         left.set(ylim=(-0.02, 1.02), ylabel="Mean Dice with 95% CI", title="Mean Dice")
-        left.legend(loc="lower center", bbox_to_anchor=(0.5, 1.08), ncols=2)  # above the axes, never over a point
+        handles = left.get_legend_handles_labels()[0] + ([_no_ci_handle()] if without_ci else [])
+        left.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.08), ncols=len(handles))  # above the axes
         ys = np.arange(len(groups))[::-1]
         for y, d in zip(ys, diff):
             if d.get("mean") is None:

@@ -5,13 +5,16 @@ Everything the page shows comes from the evaluation folder (``evaluation.json``,
 are inline PNG data URIs; the page fetches nothing (no fonts, scripts, style sheets or links).
 
 Cases are named by their case ID only: nothing from image headers (DICOM patient names, IDs,
-dates) and no image paths appear on the page.
+dates) and no file paths (a folder or file name may be a patient's name or ID; ``hide_paths``)
+appear on the page. ``evaluation.json`` keeps the paths for the researcher.
 """
 from __future__ import annotations
 
 import html
 import json
 import math
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -27,6 +30,9 @@ METRIC_NAMES = {"dice": "Dice", "sensitivity": "Sensitivity", "specificity": "Sp
 MEAN_LABEL = "mean of classes"
 MAX_WORST_CASES = 6
 _DECIMALS = {"dice": 3, "sensitivity": 3, "specificity": 4, "hd95": 2, "nsd": 3}
+HIDDEN_PATH = "[path]"
+_PATH_REST = r"""[^\s"'()<>:]*"""  # a path goes on up to a space, quote, bracket or colon
+_ABSOLUTE_PATH = re.compile(r"""(?<![\w.])(?:[A-Za-z]:)?[\\/][^\s"'()<>:]+""")  # /a/b, C:\a\b; not 1/2, and/or
 
 
 # --------------------------------------------------------------------------------------------
@@ -60,6 +66,13 @@ class EvaluationFolder:
     def cases(self) -> list[dict]:
         return list(self.evaluation.get("cases") or [])
 
+    def hide_paths(self, text: str) -> str:
+        """``text`` without the paths that evaluation.json records, nor any other absolute path (``hide_paths``)."""
+        known = [self.evaluation.get("manifest"), (self.evaluation.get("model") or {}).get("path")]
+        for case in self.cases:
+            known += [*(case.get("image") or []), case.get("label")]
+        return hide_paths(text, known)
+
     @property
     def model_name(self) -> str:
         model = self.evaluation.get("model") or {}
@@ -88,7 +101,20 @@ def _read_json(path: Path, required: bool) -> dict | None:
     try:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise MedftError(f"{path}: not valid JSON ({exc}). Fix: run `medft evaluate` again to rewrite it") from None
+        raise MedftError(f"{path}: not valid JSON ({exc}). Fix: evaluate the model again into a new folder "
+                         "(`medft evaluate MODEL --manifest MANIFEST --out NEW_EVAL_DIR`) and use that one") from None
+
+
+def hide_paths(text: str, known: Iterable[str | Path | None] = ()) -> str:
+    """``text`` with each file path replaced by "[path]": a folder or file name may be a patient's name or ID.
+
+    First the ``known`` absolute paths and their folders (which may hold spaces), each with whatever
+    continues it (a file in that folder), then anything else that looks like an absolute path."""
+    absolute = [Path(p) for p in known if p and Path(p).is_absolute()]
+    paths = {str(q) for p in absolute for q in (p, p.parent) if len(q.parts) > 1}  # not the root alone
+    for path in sorted(paths, key=len, reverse=True):
+        text = re.sub(re.escape(path) + _PATH_REST, HIDDEN_PATH, text)
+    return _ABSOLUTE_PATH.sub(HIDDEN_PATH, text)
 
 
 def format_metric(metric: str, value: float | None) -> str:
@@ -153,7 +179,8 @@ def page(title: str, body: str) -> str:
 <main>
 <h1>{_e(title)}</h1>
 {body}
-<footer>Written by medft. Cases are named by case ID only; no patient names or header data are shown.</footer>
+<footer>Written by medft. Cases are named by case ID only; no patient names, header data or file paths are shown
+(evaluation.json lists the files).</footer>
 </main>
 </body>
 </html>
@@ -233,8 +260,7 @@ def _overview(folder: EvaluationFolder) -> str:
     facts = [
         ("Model", f"{model.get('name') or 'unnamed'}" + (f", version {model['version']}" if model.get("version") else "")),
         ("Model kind", kind),
-        ("Model folder", model.get("path") or "n/a"),
-        ("Data manifest", evaluation.get("manifest") or "n/a"),
+        ("Data manifest", Path(evaluation["manifest"]).name if evaluation.get("manifest") else "n/a"),
         ("Split", evaluation.get("split") or "all cases of the manifest"),
         ("Classes", ", ".join(f"{i} {n}" for i, n in enumerate(folder.class_names))),
         ("Test-time augmentation", describe_tta(evaluation)),
@@ -248,7 +274,7 @@ def _overview(folder: EvaluationFolder) -> str:
     parts = [_headline(folder), _nav(folder), f'<table class="facts">{rows}</table>']
     warnings = evaluation.get("warnings") or []
     if warnings:
-        items = "".join(f"<li>{_e(w)}</li>" for w in warnings)
+        items = "".join(f"<li>{_e(folder.hide_paths(w))}</li>" for w in warnings)
         parts.append(f'<div class="box warn"><strong>Warnings ({len(warnings)})</strong><ul>{items}</ul></div>')
     return '<section id="overview">' + "\n".join(parts) + "</section>"
 
@@ -442,7 +468,7 @@ def _site_section(folder: EvaluationFolder) -> str:
         return "".join(parts) + "</section>"
     uri = plots.site_dice(per_site, folder.foreground, MEAN_LABEL)
     parts.append(_figure(uri, "Mean Dice per class at each site with its 95% bootstrap confidence interval. Wide "
-                              "intervals mean few cases at that site.", "Dice per site"))
+                              "intervals mean few cases at that site; a hollow marker, one case: no interval.", "Dice per site"))
     head = "".join(f"<th>{_e(n)}</th>" for _, n in folder.foreground) + f"<th>{_e(MEAN_LABEL)}</th>"
     lines = []
     for site, block in per_site.items():
@@ -501,7 +527,7 @@ def _worst_section(folder: EvaluationFolder) -> str:
         try:
             uri, where = _case_picture(folder, case, f"{case_id}: Dice {format_metric('dice', mean)}")
         except Exception as exc:  # a missing or unreadable file must not stop the report
-            parts.append(f'<figure><div class="box bad">Picture not drawn: {_e(_reason(exc))}</div>'
+            parts.append(f'<figure><div class="box bad">Picture not drawn: {_e(folder.hide_paths(_reason(exc)))}</div>'
                          f"<figcaption>{caption}</figcaption></figure>")
             continue
         parts.append(_figure(uri, f"{caption}. {where}.", f"Case {case_id}: image, ground truth, prediction"))
@@ -569,7 +595,7 @@ def _case_picture(folder: EvaluationFolder, case: dict, title: str) -> tuple[str
                ((slices.FALSE_POSITIVE, "false positive"), (slices.FALSE_NEGATIVE, "false negative"),
                 (slices.WRONG_CLASS, "wrong class"))]
     uri = _slice_figure(panels, slices.orientation_letters("axial"), legend, title)
-    return uri, f"Axial slice {z + 1} of {volume.shape[2]}"
+    return uri, f"Axial slice {z + 1} of {volume.shape[2]} (counted {slices.SLICE_DIRECTION['axial']})"
 
 
 _PANEL_PIXELS = 300  # about the width of one panel in the figure
@@ -615,14 +641,14 @@ def _other_cases_section(folder: EvaluationFolder) -> str:
         parts.append(_absent("Every case was predicted and scored against its ground truth."))
     if failed:
         lines = "".join(f"<tr><td>{_e(c['case_id'])}</td><td>{_e(c.get('site') or '')}</td>"
-                        f"<td>{_e(c.get('message') or 'no message')}</td></tr>" for c in failed)
+                        f"<td>{_e(folder.hide_paths(c.get('message') or 'no message'))}</td></tr>" for c in failed)
         parts.append(f'<h3>Failed ({len(failed)})</h3><div class="box bad">These cases were not predicted; fix the '
                      f"problem and evaluate again.</div><table><tr><th>Case</th><th>Site</th><th>Problem</th></tr>"
                      f"{lines}</table>")
     if only:
+        note = lambda c: folder.hide_paths(c.get("message") or "no ground truth in the manifest")  # noqa: E731
         lines = "".join(f"<tr><td>{_e(c['case_id'])}</td><td>{_e(c.get('site') or '')}</td>"
-                        f"<td>{'written' if c.get('prediction') else 'none'}</td>"
-                        f"<td>{_e(c.get('message') or 'no ground truth in the manifest')}</td></tr>" for c in only)
+                        f"<td>{'written' if c.get('prediction') else 'none'}</td><td>{_e(note(c))}</td></tr>" for c in only)
         parts.append(f"<h3>Prediction only ({len(only)})</h3><p>Predicted but not scored: there is no ground truth. "
                      f"Review them in the review app.</p><table><tr><th>Case</th><th>Site</th><th>Prediction</th>"
                      f"<th>Note</th></tr>{lines}</table>")
@@ -660,19 +686,29 @@ def _per_case_section(folder: EvaluationFolder) -> str:
 
 # ---- how to read ------------------------------------------------------------------------------
 def _notes_section(folder: EvaluationFolder) -> str:
+    from medft.metrics import NSD_TOLERANCE_MM
+
     items = [
         ("Dice", "overlap of prediction and ground truth, 2·TP / (2·TP + FP + FN): 1 is a perfect match, 0 no overlap."),
         ("Sensitivity", "fraction of the true structure that the prediction found, TP / (TP + FN)."),
         ("Specificity", "fraction of the voxels outside the structure that the prediction left out, TN / (TN + FP). "
                         "Small structures in large images make it close to 1 almost always: read Dice first."),
         ("HD95", "95th percentile of the distances between the surfaces of prediction and ground truth, in mm: "
-                 "how far the outline strays, ignoring the worst 5%. Lower is better."),
-        ("NSD", "normalised surface Dice: fraction of both surfaces lying within a tolerance of each other."),
+                 "how far the outline strays, ignoring the worst 5%. Lower is better. It is undefined (NaN) when the "
+                 "structure is missing from the ground truth or from the prediction: a structure the model missed "
+                 "makes HD95 NaN, not large, so read HD95 with its NaN count and the Dice."),
+        ("NSD", f"normalised surface Dice: fraction of both surfaces lying within {NSD_TOLERANCE_MM:g} mm of each "
+                "other. 0 when only one of ground truth and prediction has the structure, NaN when neither has it."),
         ("NaN / n/a", "a value whose denominator is zero (e.g. a structure absent from both ground truth and "
                       "prediction) is undefined: it is left out of the means and counted as NaN."),
-        ("95% CI", "bootstrap confidence interval of the mean: the cases are resampled with replacement. With few "
-                   "cases the interval is wide: read it as the uncertainty of the mean, not the spread of cases."),
+        ("95% CI", "bootstrap confidence interval of the mean (percentile method, the cases resampled with "
+                   "replacement): the uncertainty of the mean, not the spread of cases. With few cases it is wide, yet "
+                   "still too narrow: with fewer than about 10 cases it holds the true mean less often than 95% of "
+                   "the time (about 75% with 3 cases and 85% with 5, in simulations of Dice-like values); with one "
+                   "case there is none."),
         ("Background", "class 0 is left out of every mean."),
+        (MEAN_LABEL, "per case, the mean over its foreground classes whose value is defined; then summarised over "
+                     "cases like a class. A case is NaN here only when all its classes are."),
     ]
     rows = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in items)
     return f'<section id="notes"><h2>How to read this report</h2><table class="facts">{rows}</table></section>'

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from medft.errors import DataError, MedftError
+from medft.evaluate.report import hide_paths
 from medft.review.cases import check_eval_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -274,13 +275,14 @@ def reviews_csv(store) -> bytes:
 
 
 def user_message(exc: BaseException) -> str:
-    """A short message for the page: a medft error's own words (without file paths), else
-    only the kind of error; the traceback goes to the server log."""
+    """A short message for the page: a medft error's own words without file paths (``hide_paths``:
+    a folder may be named after the patient), else only the kind of error; the traceback goes to
+    the server log."""
     if isinstance(exc, DataError):
         details = exc.details
         where = f"case {details.case_id}: " if details.case_id else ""
-        return f"{where}{details.problem}. Fix: {details.fix}"
+        return hide_paths(f"{where}{details.problem}. Fix: {details.fix}")
     if isinstance(exc, MedftError):
-        return str(exc)
+        return hide_paths(str(exc))
     log.error("review app: unexpected error", exc_info=exc)
     return f"Something went wrong ({type(exc).__name__}). The details are in the server's log."

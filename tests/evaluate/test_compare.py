@@ -160,6 +160,10 @@ def test_comparison_page_is_self_contained_with_its_plots(shifted_pair):
     assert "case_extra" in text  # named as scored in A only
     for case_id in ["case_00", "case_11"]:
         assert case_id in text
+    # the manifest and the folders by name, no path (a folder may be named after the patient)
+    words = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", text)
+    assert "<td>test.csv</td>" in words and "<td>eval_ft</td>" in words
+    assert "/data/" not in words and str(eval_a.parent) not in words
 
 
 def test_different_classes_are_refused_naming_both_folders(tmp_path):

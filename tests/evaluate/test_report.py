@@ -75,7 +75,7 @@ def test_report_shows_the_summary_numbers_as_printed(report):
     assert "n = 3, 1 NaN" in _section(text, "summary")
     # The header: model, split, counts of cases by status, warnings.
     overview = _section(text, "overview")
-    for fact in ["hippo_ft, version 0.2.0", "fine-tuned run", "/data/hospital_test.csv", "test", "2025-03-04 10:15",
+    for fact in ["hippo_ft, version 0.2.0", "fine-tuned run", "hospital_test.csv", "test", "2025-03-04 10:15",
                  "4 evaluated against ground truth", "1 prediction-only", "1 failed", "Warnings (2)"]:
         assert fact in overview, fact
 
@@ -146,6 +146,51 @@ def test_no_patient_data_from_dicom_headers(report):
     assert "dicom_13" in text
 
 
+def test_no_file_paths_whose_folders_may_name_the_patient(tmp_path):
+    """Hospital exports often name folders after the patient: messages that name files show "[path]"."""
+    folder = make_evaluation(tmp_path / "eval")
+    patient = tmp_path / "Doe Jane MRN4711"
+    patient.mkdir()
+    evaluation = json.loads((folder / "evaluation.json").read_text())
+    evaluation["manifest"] = str(patient / "manifest.csv")
+    failed = next(c for c in evaluation["cases"] if c["status"] == "failed")
+    failed["image"] = [str(patient / "t1 scan.nii.gz")]
+    failed["message"] = (f"ERROR case hippocampus_338: {patient}/t1 scan.nii.gz: cannot be read (ImageFileError: "
+                         f'Cannot work out file type of "{patient}/t1 scan.nii.gz"). Fix: copy it again')
+    evaluation["warnings"].append("case hippocampus_336: label file /data/Roe_Richard/seg.nii.gz not found: "
+                                  "evaluated as prediction-only")
+    (folder / "evaluation.json").write_text(json.dumps(evaluation))
+    (folder / "predictions" / "hippocampus_333.nii.gz").unlink()  # its "Picture not drawn" names the file
+    text = DATA_URI.sub("data:image/png;base64,", write_report(folder).read_text())  # pictures may spell anything
+    for secret in ["Doe", "Jane", "MRN4711", "Roe_Richard", str(tmp_path), "/data/"]:
+        assert secret not in text, secret
+    assert ("hippocampus_338: [path]: cannot be read (ImageFileError: Cannot work out file type of "
+            "&quot;[path]&quot;). Fix: copy it again") in _section(text, "other")
+    assert "label file [path] not found" in _section(text, "overview")
+    assert "<td>manifest.csv</td>" in _section(text, "overview")
+    assert "Picture not drawn: " in _section(text, "worst") and "[path]" in _section(text, "worst")
+
+
+def test_how_to_read_gives_the_nan_conventions_of_the_distances_and_the_nsd_tolerance(report):
+    _, text = report
+    notes = _section(text, "notes")
+    assert "a structure the model missed makes HD95 NaN, not large" in notes
+    assert "within 1 mm of each other" in notes
+    assert "0 when only one of ground truth and prediction has the structure, NaN when neither has it" in notes
+
+
+def test_how_to_read_says_that_few_cases_make_the_percentile_interval_too_narrow(report):
+    """With few cases the percentile bootstrap of a mean covers less than its level: checked, and said on the page."""
+    from medft.evaluate.summary import bootstrap_ci
+
+    rng = np.random.default_rng(1)
+    samples = rng.beta(8, 2, size=(400, 3))  # Dice-like values, true mean 0.8
+    covered = np.mean([lo <= 0.8 <= hi for lo, hi in (bootstrap_ci(v, 500, seed=k) for k, v in enumerate(samples))])
+    assert 0.65 < covered < 0.85
+    notes = _section(report[1], "notes")
+    assert "with fewer than about 10 cases it holds the true mean less often than 95% of the time" in notes
+
+
 def test_report_without_roc_sites_or_a_prediction_file(tmp_path):
     folder = make_evaluation(tmp_path / "eval", sites=False, roc=False)
     (folder / "predictions" / "hippocampus_334.nii.gz").unlink()
@@ -171,6 +216,13 @@ def test_report_without_any_labelled_case(tmp_path):
 
 def test_not_an_evaluation_folder(tmp_path):
     with pytest.raises(MedftError, match="evaluation.json"):
+        write_report(tmp_path)
+
+
+def test_a_damaged_evaluation_file_says_to_evaluate_into_a_new_folder(tmp_path):
+    (tmp_path / "evaluation.json").write_text("{cut sh")
+    with pytest.raises(MedftError, match=r"evaluation.json: not valid JSON .*Fix: evaluate the model again into a new "
+                                         r"folder \(`medft evaluate MODEL --manifest MANIFEST --out NEW_EVAL_DIR`\)"):
         write_report(tmp_path)
 
 

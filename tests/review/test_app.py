@@ -129,6 +129,7 @@ def test_viewer_controls(app):
     assert at.selectbox(key="window_choice").value == "Manual"
     at.segmented_control(key="overlay_mode").set_value("contour").run()
     slider = at.slider(key="slice_hippocampus_335_coronal")
+    assert slider.label.endswith(", posterior \u2192 anterior)")  # which end slice 1 is
     slider.set_value(1).run()
     button(at, "Most error").click().run()
     assert at.slider(key="slice_hippocampus_335_coronal").value > 1
@@ -170,6 +171,41 @@ def test_errors_show_a_short_message_and_no_traceback(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", [str(APP)])  # no arguments at all
     at = AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()
     assert not at.exception and "no evaluation folder given" in at.error[0].value
+
+
+def test_no_file_paths_on_the_page_a_folder_may_be_named_after_the_patient(tmp_path, monkeypatch):
+    folder = make_review_eval(tmp_path / "eval")
+    add_user(folder / "users.json", "alice", PASSWORD)
+    patient = tmp_path / "Doe Jane MRN4711"
+    evaluation = json.loads((folder / "evaluation.json").read_text())
+    failed = next(c for c in evaluation["cases"] if c["case_id"] == "hippocampus_338")
+    failed["image"] = [str(patient / "t1 scan.nii.gz")]
+    failed["message"] = f"ERROR case hippocampus_338: {patient}/t1 scan.nii.gz: cannot be read. Fix: copy it again"
+    (folder / "evaluation.json").write_text(json.dumps(evaluation))
+    monkeypatch.setattr(sys, "argv", [str(APP), "--eval-dir", str(folder)])
+    at = log_in(AppTest.from_file(str(APP), default_timeout=TIMEOUT), "alice")
+    at.sidebar.radio(key="case_pick").set_value("hippocampus_338").run()
+    assert [w.value for w in at.warning] == ["This case could not be evaluated, so there is nothing to review. "
+                                             "ERROR case hippocampus_338: [path]: cannot be read. Fix: copy it again"]
+
+    monkeypatch.setattr(sys, "argv", [str(APP), "--eval-dir", str(tmp_path / "Doe_Jane_MRN4711")])  # no such folder
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()
+    assert [e.value for e in at.error] == ["[path]: no such folder. Fix: give the output folder of 'medft evaluate'"]
+
+
+def test_an_evaluation_without_cases_says_so_and_the_reviewer_can_log_out(tmp_path, monkeypatch):
+    folder = make_review_eval(tmp_path / "eval")
+    add_user(folder / "users.json", "alice", PASSWORD)
+    evaluation = json.loads((folder / "evaluation.json").read_text())
+    evaluation["cases"] = []
+    (folder / "evaluation.json").write_text(json.dumps(evaluation))
+    (folder / "per_case.csv").write_text((folder / "per_case.csv").read_text().splitlines()[0] + "\n")
+    monkeypatch.setattr(sys, "argv", [str(APP), "--eval-dir", str(folder)])
+    at = log_in(AppTest.from_file(str(APP), default_timeout=TIMEOUT), "alice")
+    assert not at.exception and [i.value for i in at.info] == ["This evaluation has no cases to review."]
+    assert "0 of 0 cases shown" in texts(at)
+    button(at, "Log out").click().run()
+    assert at.text_input(key="login_username") is not None and not at.info
 
 
 def test_arguments_from_the_environment(eval_dir, monkeypatch, tmp_path):
@@ -251,6 +287,29 @@ def test_launch_refuses_a_port_another_server_listens_on(eval_dir, monkeypatch):
         port = other.getsockname()[1]
         with pytest.raises(MedftError, match=rf"cannot serve on 127.0.0.1:{port}: .*Fix: stop it, or give another port: --port {port + 1}"):
             support.launch(eval_dir, port, None, None)
+
+
+def test_the_slider_direction_ends_where_a_marker_stored_on_permuted_axes_lies(tmp_path):
+    """Stored (superior-inferior, back-front, left-right) with anisotropic voxels: each plane's last slices hold
+    the side its slider names last, and the marker is drawn at the top-left corner that the letters name."""
+    import nibabel as nib
+    import numpy as np
+
+    from medft.data.loading import load_image
+    from medft.slices import SLICE_DIRECTION, best_slice, extract_slice, orientation_letters, slice_count
+
+    affine = np.array([[0, 0, -0.6, 50], [0, -0.8, 0, 40], [2.5, 0, 0, -30], [0, 0, 0, 1]], dtype=float)
+    stored = np.zeros((12, 20, 30), dtype=np.float32)
+    stored[-2:, :3, :4] = 1  # high i: superior; low j: anterior (j runs backwards); low k: right (k runs left)
+    nib.save(nib.Nifti1Image(stored, affine), tmp_path / "marker.nii.gz")
+    volume = np.asarray(load_image([tmp_path / "marker.nii.gz"]))[0]
+    for plane, side in (("axial", "superior"), ("coronal", "anterior"), ("sagittal", "right")):
+        assert SLICE_DIRECTION[plane].endswith(side)
+        index = best_slice(volume, None, plane, by="label")
+        assert index >= slice_count(volume.shape, plane) - 4, plane
+        rows, cols = np.nonzero(extract_slice(volume, plane, index))
+        assert rows.min() == 0 and cols.min() == 0, plane
+        assert orientation_letters(plane)["top"] in "AS" and orientation_letters(plane)["left"] in "RA"
 
 
 def test_password_login_is_throttled(eval_dir):
