@@ -104,10 +104,15 @@ def _partial_name(path: Path) -> Path:
 def _writer_is_dead(writer: str, host: str) -> bool:
     """Whether ``HOST.PID.TOKEN`` names a process of ``host`` (this one) that has ended."""
     parts = writer.rsplit(".", 2)  # the host name may hold dots
-    if len(parts) != 3 or parts[0] != host or not parts[1].isdecimal() or os.name != "posix":
-        return False  # os.kill(pid, 0) tells whether a process lives only on POSIX (on Windows it sends Ctrl-C)
+    return len(parts) == 3 and parts[0] == host and parts[1].isdecimal() and process_ended(int(parts[1]))
+
+
+def process_ended(pid: int) -> bool:
+    """Whether process ``pid`` of this machine has ended; False where that cannot be told."""
+    if os.name != "posix":  # os.kill(pid, 0) tells whether a process lives only on POSIX (on Windows it sends Ctrl-C)
+        return False
     try:
-        os.kill(int(parts[1]), 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return True
     except OSError:  # PermissionError: alive, another user's

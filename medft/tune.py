@@ -39,6 +39,7 @@ from typing import Any
 import optuna
 import torch
 
+from medft.atomic_files import process_ended
 from medft.config import (FREEZE_PRESET_KEY, UNFREEZE_EPOCH_KEY, RunConfig, SearchConfig, SearchParam, _set_dotted,
                           dump_config, read_raw_config, validate_config)
 from medft.errors import MedftError
@@ -316,7 +317,7 @@ def _running(study: optuna.Study) -> int:
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         worker = trial.user_attrs.get("worker", "")
         worker_host, _, pid = worker.rpartition(":")
-        if worker_host == host and pid.isdecimal() and not _process_lives(int(pid)):
+        if worker_host == host and pid.isdecimal() and process_ended(int(pid)):
             with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):  # another worker was first
                 study.tell(trial.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
             log.warning("trial %d: its worker %s has ended (killed?): marked failed", trial.number, worker)
@@ -324,18 +325,6 @@ def _running(study: optuna.Study) -> int:
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
     return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
-
-
-def _process_lives(pid: int) -> bool:
-    if os.name != "posix":  # os.kill(pid, 0) tells whether a process lives only on POSIX
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's
-        pass
-    return True
 
 
 class TrialSeededTPE(optuna.samplers.BaseSampler):
