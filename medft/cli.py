@@ -101,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("config", type=Path, help="YAML run config (see configs/)")
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config value, e.g. --set optim.lr=3e-4 (repeatable)")
+                       help="override a config value, e.g. --set optim.lr=3e-4 (repeatable; a relative "
+                            "data.manifest or model.bundle starts at the working directory)")
     train.add_argument("--out", type=Path, default=None, help="run folder (default: runs/<config name>)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from checkpoints/last.pt")
     train.set_defaults(run=_train)
@@ -499,6 +500,8 @@ DEMO_PARTS = ("train", "eval", "bundle")
 
 def _clear_demo_folder(out: Path) -> None:
     """The demo starts afresh: it removes what an earlier demo wrote in OUT, and nothing else."""
+    if out.exists() and not out.is_dir():
+        raise MedftError(f"{out}: is a file, not a folder. Fix: give --out a folder (new, or one an earlier demo wrote)")
     parts = [out / name for name in DEMO_PARTS if (out / name).exists()]
     if parts and not (out / DEMO_MARKER).exists():
         raise MedftError(

@@ -2,10 +2,13 @@
 
 Every field has a description (``medft validate`` and the docs show them), unknown keys are
 errors, and all errors of a file are reported at once, each naming the file and the key.
-Relative paths in a config file resolve against the file's own folder.
+Relative paths in a config file resolve against the file's own folder; those given with ``--set``
+(``data.manifest``, ``model.bundle``), against the working directory.
 """
 from __future__ import annotations
 
+import re
+from collections.abc import Hashable
 from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
@@ -32,6 +35,9 @@ class ModelConfig(_Section):
     def _one_source(self) -> "ModelConfig":
         if (self.bundle is None) == (self.network_def is None):
             raise ValueError("give exactly one of model.bundle (fine-tune) and model.network_def (train from scratch)")
+        if self.network_def is not None and self.network_overrides:  # prepare_network would ignore them
+            raise ValueError(f"model.network_overrides {sorted(self.network_overrides)} set arguments of a bundle's "
+                             "network_def; without a bundle they would be ignored. Fix: give them in model.network_def")
         return self
 
 
@@ -49,6 +55,14 @@ class DataConfig(_Section):
     elastic: float = Field(0.0, ge=0, le=1, description="Probability of a mild elastic deformation of a training sample (3D, with any augmentation preset but none): smooth displacements of 1-2 voxels on average (Gaussian-smoothed, sigma 5-7 voxels), shapes bent the way anatomy varies between people.")
     cache: bool = Field(True, description="Keep loaded, normalised volumes in memory between epochs.")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes (0: load in the training process).")
+
+    @field_validator("spatial_size")
+    @classmethod
+    def _sizes(cls, size: list[int]) -> list[int]:
+        if len(size) not in (2, 3) or any(edge < 1 for edge in size):
+            raise ValueError("one size of at least 1 voxel per spatial axis (2 or 3 of them). "
+                             "Fix: e.g. [96, 96, 96] for 3D volumes")
+        return size
 
     @model_validator(mode="after")
     def _spatial_augmentation_fits(self) -> "DataConfig":
@@ -72,6 +86,20 @@ class FreezeStage(_Section):
     epoch: int = Field(ge=0, description="First epoch (0-based) at which this stage applies.")
     preset: Literal["none", "all_but_head", "encoder"] | None = Field(None, description="What to freeze: none, all_but_head (train the new head only) or encoder.")
     patterns: list[str] = Field(default_factory=list, description="Regular expressions over parameter names to freeze, added to the preset.")
+
+    @field_validator("patterns")
+    @classmethod
+    def _regular_expressions(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"{pattern!r} is not a valid regular expression ({exc}). "
+                                 r"Fix: escape special characters, e.g. 'encoder\.' for a literal dot") from None
+            if not pattern:
+                raise ValueError("an empty pattern matches every parameter name. Fix: remove it, or use "
+                                 "preset: all_but_head to train the head only")
+        return patterns
 
 
 SGD_MOMENTUM = 0.99  # nnU-Net's; optim.momentum's default for sgd
@@ -254,6 +282,19 @@ class RunConfig(_Section):
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig, description="Early stopping on the validation Dice.")
     search: SearchConfig | None = Field(None, description="Hyperparameter search for medft tune: the values to try and how to prune trials; medft train ignores it.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_sections(cls, data: Any) -> Any:
+        """A section left empty in YAML (``optim:`` with every key commented out) reads as null: it
+        takes its defaults, as if it were absent (a required section stays required, and a plain
+        value such as ``seed:`` left empty is still an error)."""
+        if isinstance(data, dict):
+            fields = cls.model_fields
+            data = {key: value for key, value in data.items()
+                    if not (value is None and key in fields and not fields[key].is_required()
+                            and _section_type(fields[key].annotation) is not None)}
+        return data
+
     @field_validator("freeze")
     @classmethod
     def _increasing(cls, stages: list[FreezeStage]) -> list[FreezeStage]:
@@ -284,20 +325,64 @@ def read_raw_config(path: Path, overrides: list[str] = ()) -> dict:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise MedftError(f"--set {item!r}: expected dotted.key=value, e.g. --set train.epochs=5")
-        _set_dotted(raw, key.strip(), yaml.safe_load(value), item)
+        _set_dotted(raw, key.strip(), _from_working_directory(key.strip(), yaml.safe_load(value)), item)
     return raw
+
+
+# Keys that name files: relative in a config file, they start at its folder; on the command line
+# (--set), at the working directory, as the shell completes them.
+PATH_KEYS = ("data.manifest", "model.bundle")
+
+
+def _from_working_directory(key: str, value: Any) -> Any:
+    """An override's value with the relative path of a ``PATH_KEYS`` key made absolute from the
+    working directory (in a section set whole too: ``--set 'model={bundle: ...}'``)."""
+    for path_key in PATH_KEYS:
+        section, name = path_key.split(".")
+        if key == path_key:
+            value = _path_from_working_directory(path_key, value)
+        elif key == section and isinstance(value, dict) and name in value:
+            value = {**value, name: _path_from_working_directory(path_key, value[name])}
+    return value
+
+
+def _path_from_working_directory(key: str, value: Any) -> Any:
+    if isinstance(value, str) and value and (key != "model.bundle" or _is_local(Path.cwd(), value)):
+        return _resolve(Path.cwd(), value)
+    return value  # a Model Zoo name, or a value of the wrong type that validation reports
 
 
 def read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise MedftError(f"{path}: no such config file. Fix: give the path of a YAML run config (see configs/)")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        with path.open(encoding="utf-8") as file:  # the errors then name the file, not "<unicode string>"
+            raw = yaml.load(file, Loader=_UniqueKeyLoader) or {}
     except yaml.YAMLError as exc:
         raise MedftError(f"{path}: not valid YAML: {exc}. Fix: correct the syntax at the line shown") from None
+    except UnicodeDecodeError:
+        raise MedftError(f"{path}: not a text file, so not a YAML run config. Fix: give the path of a YAML run "
+                         "config (see configs/)") from None
     if not isinstance(raw, dict):
         raise MedftError(f"{path}: a config is a YAML mapping of sections (model, data, ...), got {type(raw).__name__}")
     return raw
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error: PyYAML keeps
+    the last one silently, so a second ``train:`` section would drop every key of the first."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, Hashable) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping", node.start_mark,
+                    f"found the key {key!r} twice (the second would silently replace the first); merge the two",
+                    key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def validate_config(raw: dict, source: str, base: Path | None = None) -> RunConfig:
@@ -396,7 +481,9 @@ def _set_dotted(raw: dict, key: str, value: Any, item: str) -> None:
         if depth == len(parts) - 1:
             node[part] = value
         elif isinstance(node, dict):
-            node = node.setdefault(part, {})
+            if node.get(part) is None:  # absent, or a section left empty in the YAML
+                node[part] = {}
+            node = node[part]
         else:
             node = node[part]
 

@@ -201,3 +201,12 @@ def test_the_printed_dice_says_when_no_case_had_a_label(tmp_path, capsys):
         (tmp_path / "summary.json").write_text(json.dumps(summarize(rows, ["background", "anterior"])))
         cli._print_dice(tmp_path / "summary.json")
         assert expected in capsys.readouterr().out
+
+
+def test_demo_into_a_file_is_a_clear_error(tmp_path, capsys):
+    """It used to be "internal error (FileExistsError ...)" from mkdir."""
+    out = tmp_path / "demo"
+    out.write_text("not a folder")
+    assert cli.main(["demo", "--out", str(out), "--epochs", "1"]) == 1
+    assert f"{out}: is a file, not a folder. Fix: give --out a folder" in capsys.readouterr().err
+    assert out.read_text() == "not a folder"

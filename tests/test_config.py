@@ -149,3 +149,81 @@ def test_validate_command(capsys):
     out = capsys.readouterr().out
     assert "data.manifest: /no/such.csv: no such file or folder" in out
     assert "model.bundle: /no/bundle: no such bundle folder" in out and out.strip().endswith("2 missing path(s)")
+
+
+def test_set_paths_start_at_the_working_directory_as_the_hippocampus_config_says(monkeypatch, tmp_path):
+    """configs/hippocampus.yaml: `--set data.manifest=data_manifests/hippocampus_fold1.csv`, run from
+    the repository, used to resolve against configs/ and name configs/data_manifests/... (no such file)."""
+    monkeypatch.chdir(REPO)
+    config = load_config(REPO / "configs" / "hippocampus.yaml", ["data.manifest=data_manifests/hippocampus_fold1.csv"])
+    assert config.data.manifest == str(REPO / "data_manifests" / "hippocampus_fold1.csv")
+    demo = REPO / "configs" / "demo.yaml"
+    assert load_config(demo).data.manifest == str(REPO / "data_manifests" / "hippocampus_sample.csv")  # the file's folder
+    assert load_config(demo, ["model.bundle=bundles/hippocampus_demo"]).model.bundle == str(REPO / "bundles" / "hippocampus_demo")
+    assert load_config(demo, ["model={bundle: ./bundles/hippocampus_demo}"]).model.bundle == str(REPO / "bundles" / "hippocampus_demo")
+    assert load_config(demo, ["model.bundle=spleen_ct_segmentation"]).model.bundle == "spleen_ct_segmentation"  # a Model Zoo name
+    monkeypatch.chdir(tmp_path)
+    assert load_config(demo, ["data.manifest=m.csv"]).data.manifest == str(tmp_path.resolve() / "m.csv")
+
+
+@pytest.mark.parametrize("size", ["[0, 64, 48]", "[-4, 64, 48]", "[]", "[48]", "[8, 8, 8, 8]"])
+def test_spatial_size_needs_a_positive_size_per_axis(size):
+    """[0, 64, 48] used to pass `medft validate` ("valid") and fail in the network's first convolution."""
+    with pytest.raises(MedftError, match=r"data.spatial_size: one size of at least 1 voxel per spatial axis .*Fix"):
+        load_config(REPO / "configs" / "demo.yaml", [f"data.spatial_size={size}"])
+
+
+@pytest.mark.parametrize("pattern, message", [
+    ("(encoder", r"'\(encoder' is not a valid regular expression"),
+    ("", "an empty pattern matches every parameter name"),
+])
+def test_freeze_patterns_are_checked_by_validate(pattern, message):
+    """An invalid regular expression used to pass `medft validate` and stop `medft train` only at setup."""
+    with pytest.raises(MedftError, match=rf"freeze.0.patterns: {message}"):
+        load_config(REPO / "configs" / "demo.yaml", [f"freeze.0.patterns={[pattern]!r}"])
+
+
+def test_a_key_given_twice_is_an_error_naming_it_and_its_line(tmp_path):
+    """PyYAML keeps the last of two `train:` sections silently: the first one's keys were lost."""
+    path = tmp_path / "c.yaml"
+    path.write_text("model: {bundle: b}\ndata: {manifest: m.csv, spatial_size: [8, 8, 8]}\n"
+                    "train:\n  epochs: 3\ntrain:\n  batch_size: 4\n")
+    with pytest.raises(MedftError, match=r"(?s)c.yaml: not valid YAML.*the key 'train' twice.*c.yaml\", line 5"):
+        load_config(path)
+
+
+def test_an_empty_section_takes_its_defaults_and_set_reaches_into_it(tmp_path):
+    """`optim:` with every key commented out reads as null: it used to be "Input should be a valid
+    dictionary", and --set optim.lr=... said "optim is a value, not a section"."""
+    path = tmp_path / "c.yaml"
+    path.write_text("model: {bundle: b}\ndata: {manifest: m.csv, spatial_size: [8, 8, 8]}\noptim:\nfreeze:\n"
+                    "early_stopping:\n  # patience: 3\n")
+    config = load_config(path)
+    assert (config.optim.lr, config.freeze, config.early_stopping.patience) == (1e-3, [], 10)
+    assert load_config(path, ["optim.lr=0.1"]).optim.lr == 0.1
+    path.write_text("model:\ndata: {manifest: m.csv, spatial_size: [8, 8, 8]}\n")
+    with pytest.raises(MedftError, match="model: Input should be a valid dictionary"):  # required: still an error
+        load_config(path)
+
+
+def test_a_file_that_is_no_text_is_a_clear_error(tmp_path):
+    path = tmp_path / "model.pt"
+    path.write_bytes(b"\x80\x02\xff\xfe binary")
+    with pytest.raises(MedftError, match="model.pt: not a text file, so not a YAML run config. Fix"):
+        load_config(path)
+
+
+def test_network_overrides_without_a_bundle_are_refused_not_ignored():
+    """prepare_network applies model.network_overrides to a bundle's network_def only: with
+    model.network_def they were silently ignored (a run with another network than asked)."""
+    with pytest.raises(MedftError, match=r"model.network_overrides \['dropout'\] set arguments of a bundle's "
+                                         r"network_def; without a bundle they would be ignored. Fix: give them in model.network_def"):
+        load_config(REPO / "configs" / "hippocampus.yaml", ["model.network_overrides={dropout: 0.2}"])
+    assert load_config(REPO / "configs" / "demo.yaml", ["model.network_overrides={dropout: 0.2}"]).model.network_overrides
+
+
+def test_an_empty_plain_value_is_still_an_error(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("seed:\nmodel: {bundle: b}\ndata: {manifest: m.csv, spatial_size: [8, 8, 8]}\n")
+    with pytest.raises(MedftError, match="seed: Input should be a valid integer"):
+        load_config(path)
