@@ -9,13 +9,14 @@ from functools import partial
 import torch
 from monai.data import CacheDataset, DataLoader, Dataset
 from monai.data.utils import set_rnd
-from monai.transforms import Compose
+from monai.transforms import Compose, Transform
 from torch.utils.data import DistributedSampler
 
 from medft.config import RunConfig
+from medft.data.checks import label_value_problems
 from medft.data.manifest import Manifest
 from medft.data.transforms import augmentation, preprocessing, sampling
-from medft.errors import MedftError
+from medft.errors import DataError, MedftError, find_user_error
 
 
 def build_loaders(config: RunConfig, manifest: Manifest, generator: torch.Generator,
@@ -40,7 +41,9 @@ def build_loaders(config: RunConfig, manifest: Manifest, generator: torch.Genera
                 f"{manifest.path}: {len(unlabelled)} {name} case(s) have no label ({', '.join(unlabelled[:5])}). "
                 "Fix: give them a label or move them to the test split"
             )
-    prep = preprocessing(data.intensity, data.label_map)
+    # The run's classes, as the training loop takes them (data.label_map without data.class_names is refused there).
+    class_names = data.class_names or ([] if data.label_map else manifest.class_names)
+    prep = preprocessing(data.intensity, data.label_map) + ([CheckLabelValues(class_names)] if class_names else [])
     train_transform = Compose(
         sampling(data.sampling, data.spatial_size, data.samples_per_volume, data.foreground_ratio)
         + augmentation(data.augmentation, data.mirrored_axes, data.elastic)
@@ -48,13 +51,11 @@ def build_loaders(config: RunConfig, manifest: Manifest, generator: torch.Genera
     val_transform = Compose(prep)
 
     def dataset(cases, transform):
-        if data.cache:
-            return CacheDataset(cases, transform, num_workers=None, progress=False)
-        return Dataset(cases, transform)
+        return _cached(cases, transform) if data.cache else Dataset(cases, transform)
 
     cached_train = dataset(train_cases, Compose(prep))
-    train_set = Dataset(cached_train, train_transform)
-    val_set = dataset(val_cases if world_size == 1 else val_cases[rank::world_size], val_transform)
+    train_set = UserErrorsFromWorkers(Dataset(cached_train, train_transform))
+    val_set = UserErrorsFromWorkers(dataset(val_cases if world_size == 1 else val_cases[rank::world_size], val_transform))
     batch = config.train.batch_size
     if world_size == 1:
         train_loader = DataLoader(
@@ -70,6 +71,110 @@ def build_loaders(config: RunConfig, manifest: Manifest, generator: torch.Genera
         )
     val_loader = DataLoader(val_set, batch_size=1, num_workers=data.num_workers)
     return train_loader, val_loader, train_transform
+
+
+class CheckLabelValues(Transform):
+    """Refuse a label whose values are not whole numbers or not the run's classes 0..n-1 (a
+    ``data.class_names`` shorter than the labels, a ``data.label_map`` that leaves a value out): the
+    loss would otherwise fail deep inside torch ("index 2 is out of bounds")."""
+
+    def __init__(self, class_names: list[str]):
+        self.class_names = list(class_names)
+
+    def __call__(self, data: dict) -> dict:
+        label = data.get("label")
+        if label is None:
+            return data
+        values = label.as_tensor() if hasattr(label, "as_tensor") else torch.as_tensor(label)  # no metadata copies
+        if values.numel() == 0 or (values.min() >= 0 and values.max() < len(self.class_names)
+                                   and bool((values == values.round()).all())):
+            return data  # the usual case, without sorting the voxels
+        file = getattr(label, "meta", {}).get("filename_or_obj", "")
+        case_id = str(data.get("case_id", ""))
+        for problem in label_value_problems(values.numpy(), file, []):  # without classes: whole numbers only
+            raise DataError(problem.problem, problem.fix, file=file, case_id=case_id)
+        names = self.class_names
+        outside = [int(v) for v in values.unique().tolist() if not 0 <= v < len(names)]
+        raise DataError(
+            f"label values {outside} are outside the run's classes 0..{len(names) - 1} ({', '.join(names)})",
+            "give every class a name in data.class_names (background first), map the other values with "
+            "data.label_map (e.g. {3: 0}), or correct the label file",
+            file=file, case_id=case_id,
+        )
+
+
+class _Caught(Transform):
+    """The deterministic preprocessing of one case, as CacheDataset runs it in its thread pool, with
+    its error kept for later: an error raised in the pool ends it while the other threads are still
+    loading, and the interpreter then aborts at exit (exit 134, "terminate called without an active
+    exception") instead of printing the error."""
+
+    def __init__(self, transform: Compose):
+        self.transform = transform
+
+    def __call__(self, data: dict):
+        try:
+            return self.transform(data)
+        except Exception as exc:  # noqa: BLE001 - raised by _cached once every case is done
+            return _Failure(exc)
+
+
+class _Failure:
+    def __init__(self, error: Exception):
+        self.error = error
+
+
+MAX_SHOWN = 10  # cases that failed to load, named in the error
+
+
+def _cached(cases: list[dict], transform: Compose) -> CacheDataset:
+    """CacheDataset of ``cases``; when cases fail to load, every case is loaded first and then one
+    MedftError names each of them (or, for an error that is no user's, the first is raised)."""
+    dataset = CacheDataset(cases, Compose([_Caught(transform)]), num_workers=None, progress=False)
+    failures = [item.error for item in dataset._cache if isinstance(item, _Failure)]
+    if failures:
+        user_errors = [find_user_error(error) for error in failures]
+        if any(error is None for error in user_errors):
+            raise next(error for error, user in zip(failures, user_errors) if user is None)
+        shown = [str(error) for error in user_errors[:MAX_SHOWN]]
+        more = len(user_errors) - len(shown)
+        raise MedftError("\n".join(shown + ([f"... and {more} more case(s); medft check-data lists them all"] if more else [])))
+    return dataset
+
+
+class UserErrorsFromWorkers(torch.utils.data.Dataset):
+    """A dataset whose MedftErrors (a damaged file, a NaN image, a bad label) reach the training
+    process as themselves from DataLoader workers too (``data.num_workers``), rather than as a
+    RuntimeError holding the worker's whole traceback."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        try:
+            return self.dataset[index]
+        except Exception as exc:
+            user_error = find_user_error(exc)
+            if user_error is None or torch.utils.data.get_worker_info() is None:
+                raise
+            raise _WorkerUserError(_MARK + str(user_error) + _MARK) from None
+
+
+_MARK = "<<medft-user-error>>"
+
+
+class _WorkerUserError(MedftError):
+    """torch re-raises a worker's error in the main process as ``type(error)(text)``, ``text`` being
+    "Caught ... in DataLoader worker process N" and the worker's traceback; the message meant for
+    people travels in it between two marks, and is all this error keeps."""
+
+    def __init__(self, text: str):
+        if text.count(_MARK) >= 2 and not text.startswith(_MARK):  # re-raised in the main process
+            text = text.split(_MARK)[-2]
+        super().__init__(text)
 
 
 class SeededDistributedSampler(DistributedSampler):

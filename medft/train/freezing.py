@@ -139,7 +139,17 @@ class FreezeStage:
             _compile(pattern)
 
     def frozen(self, model: nn.Module, head: Collection[str]) -> set[str]:
-        return frozen_parameter_names(model, head, self.preset, self.patterns)
+        """The stage's frozen parameter names; a MedftError when it would leave nothing to train
+        (the first step would otherwise fail in backward, "does not require grad")."""
+        frozen = frozen_parameter_names(model, head, self.preset, self.patterns)
+        total = sum(1 for _ in model.named_parameters())
+        if total and len(frozen) == total:
+            raise MedftError(
+                f"freeze stage at epoch {self.epoch} (preset {self.preset or 'none'}, patterns {list(self.patterns)}) "
+                f"freezes all {total} parameter tensors of {type(model).__name__}: nothing would train. "
+                "Fix: narrow the patterns so that they leave the head (at least) trainable"
+            )
+        return frozen
 
 
 class FreezeSchedule:

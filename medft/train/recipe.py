@@ -121,7 +121,12 @@ class FineTuneRecipe:
             self.optimizer = torch.optim.AdamW(groups)
         self.steps_per_epoch = min(len(self.train_loader), config.train.max_steps_per_epoch or math.inf)
         total = config.train.epochs * self.steps_per_epoch
-        self.scheduler = WarmupCosineSchedule(self.optimizer, warmup_steps=round(optim.warmup_epochs * self.steps_per_epoch), t_total=total)
+        warmup = round(optim.warmup_epochs * self.steps_per_epoch)
+        if warmup >= total > 0:
+            log.warning("optim.warmup_epochs (%g) is not below train.epochs (%d): the learning rate rises for the whole run "
+                        "and never reaches optim.lr. Fix: lower optim.warmup_epochs (e.g. --set optim.warmup_epochs=0)",
+                        optim.warmup_epochs, config.train.epochs)
+        self.scheduler = WarmupCosineSchedule(self.optimizer, warmup_steps=warmup, t_total=total)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp and self.device.type == "cuda")
         self.loss_fn = _loss(config.train)
         self.inferer = SlidingWindowInferer(
@@ -306,6 +311,7 @@ class FineTuneRecipe:
 
     def _load_last(self) -> None:
         state = load_checkpoint(self.checkpoints / "last.pt")
+        self._check_same_network(state)
         self.network.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -331,6 +337,20 @@ class FineTuneRecipe:
                 logging.getLogger("medft").setLevel(self._quiet_logger)
 
     # --- helpers -------------------------------------------------------------------------------
+
+    def _check_same_network(self, state: dict) -> None:
+        """The config is the one the run started with, but the bundle it names may have changed since."""
+        saved = state.get("network_def")  # None in no checkpoint medft writes; tolerated, the layers decide
+        same_def = saved is None or saved == self.prepared.network_def
+        shapes = {name: tuple(t.shape) for name, t in self.network.state_dict().items()}
+        if same_def and shapes == {name: tuple(t.shape) for name, t in state["model"].items()}:
+            return
+        source = f"the bundle {self.config.model.bundle}" if self.config.model.bundle else "model.network_def"
+        raise MedftError(
+            f"{self.checkpoints / 'last.pt'}: the run started with another network than {source} builds now "
+            f"({'its network_def changed' if not same_def else 'its layers differ'}), so it cannot resume. "
+            "Fix: restore the bundle as it was when the run started, or start a new run with another --out"
+        )
 
     def _prepare_run_dir(self) -> None:
         saved = self.run_dir / "config.yaml"

@@ -258,3 +258,16 @@ def test_a_head_tensor_registered_under_two_names_counts_once():
     frozen = frozen_parameter_names(model, head, "all_but_head")
     trainable = _names(model) - frozen
     assert trainable and all(name.split(".")[0] in ("output_block", "deep_supervision_heads") for name in trainable)
+
+
+@pytest.mark.parametrize("stage", [
+    FreezeStage(0, patterns=["."]),
+    FreezeStage(0, "all_but_head", patterns=[r"^model\.2\."]),
+])
+def test_a_stage_that_leaves_nothing_to_train_is_refused_before_training(stage):
+    """It used to reach the first step: "element 0 of tensors does not require grad" (an internal error)."""
+    model, head = _unet(2), _head(_unet)
+    with pytest.raises(MedftError, match=r"freeze stage at epoch 0 .*freezes all \d+ parameter tensors of UNet: "
+                                         r"nothing would train. Fix"):
+        FreezeSchedule([stage]).validate(model, head)
+    assert frozen_parameter_names(model, head, "all_but_head") == _names(model) - head  # the head alone trains: fine

@@ -21,7 +21,7 @@ from medft.data.loading import LoadCased
 from medft.data.transforms import preprocessing
 from medft.errors import MedftError
 from medft.train.recipe import run_training
-from tests.bundle.helpers import pretrained
+from tests.bundle.helpers import UNET3D, make_bundle, pretrained
 from tests.conftest import REPO, sample_case, write_csv
 from tests.train.helpers import TRAIN_IDS, VAL_IDS, make_config
 
@@ -447,3 +447,24 @@ def test_momentum_is_refused_with_adamw():
     for name in ("adamw", "sgd"):  # a run folder's config.yaml, every field written out, loads again
         written = OptimConfig(name=name).model_dump()
         assert OptimConfig(**written) == OptimConfig(name=name)
+
+
+def test_resuming_after_the_bundle_changed_its_network_is_a_clear_error(tmp_path):
+    """The config is unchanged, but the bundle folder it names was replaced by one with other widths:
+    load_state_dict used to fail with a size mismatch (an internal error)."""
+    import shutil
+
+    config = make_config(tmp_path, **{"train.epochs": 1})
+    run_training(load_config(config), tmp_path / "out")
+    shutil.rmtree(tmp_path / "bundle")
+    make_bundle(tmp_path / "bundle", {**UNET3D, "channels": [8, 16, 32]})
+    with pytest.raises(MedftError, match=r"last\.pt: the run started with another network than the bundle .* builds now "
+                                         r"\(its network_def changed\), so it cannot resume\. Fix: restore the bundle"):
+        run_training(load_config(config), tmp_path / "out", resume=True)
+
+
+def test_a_warmup_as_long_as_the_run_is_named(tmp_path, caplog):
+    config = make_config(tmp_path, **{"train.epochs": 1, "optim.warmup_epochs": 1})
+    with caplog.at_level("WARNING", logger="medft"):
+        run_training(load_config(config), tmp_path / "out")
+    assert any("optim.warmup_epochs (1) is not below train.epochs (1)" in r.getMessage() for r in caplog.records)
