@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from medft.data.splits import SPLITS, assign_splits
 from medft.errors import DataError, MedftError, Problem
+
+log = logging.getLogger("medft.data")
 
 CSV_COLUMNS = ("case_id", "image", "label", "split", "site", "patient_id", "series_uid")
 REQUIRED_CSV_COLUMNS = ("case_id", "image")
@@ -79,9 +82,11 @@ class Manifest:
 
 
 def load_manifest(path: str | Path) -> Manifest:
-    """Read a manifest and raise one DataError listing every problem, if there are any."""
+    """Read a manifest and raise one DataError listing every problem, if there are any; log its warnings."""
     manifest, problems = read_manifest(path)
     errors = [p for p in problems if p.severity == "error"]
+    for warning in (p for p in problems if p.severity != "error"):
+        log.warning("%s", warning)
     if errors:
         lines = "\n".join(str(p) for p in errors)
         raise MedftError(
@@ -106,11 +111,14 @@ def read_manifest(path: str | Path) -> tuple[Manifest, list[Problem]]:
         )
     if path.is_dir() and _is_msd_folder(path):
         path = path / "dataset.json"
+    elif path.is_file() and path.name == "dataset.json" and _is_nnunet_json(path):
+        path = path.parent  # nnU-Net's dataset.json describes the folder beside it, which holds the cases
+    suffix = path.suffix.lower()  # Windows tools write .CSV as often as .csv
     if path.is_dir():
         manifest, problems = _read_nnunet(path)
-    elif path.suffix == ".json":
+    elif suffix == ".json":
         manifest, problems = _read_msd(path)
-    elif path.suffix == ".csv":
+    elif suffix == ".csv":
         manifest, problems = _read_csv(path)
     else:
         raise DataError(
@@ -119,8 +127,29 @@ def read_manifest(path: str | Path) -> tuple[Manifest, list[Problem]]:
             file=path,
         )
     problems += _case_problems(manifest)
-    manifest.cases = assign_splits(manifest.cases)
+    given = manifest.cases
+    manifest.cases = assign_splits(given)
+    problems += _assigned_split_problems(manifest.path, given, manifest.cases)
     return manifest, problems
+
+
+def _assigned_split_problems(source: Path, given: list[Case], assigned: list[Case]) -> list[Problem]:
+    """A warning for each case that medft put in another split than its patient's other cases: an
+    unlabelled case (only ever a test case) of a patient whose cases the manifest puts in train or val."""
+    splits: dict[str, set[str]] = {}
+    for case in assigned:
+        splits.setdefault(case.group, set()).add(case.split)
+    problems = []
+    for before, after in zip(given, assigned):
+        others = sorted(splits[after.group] - {after.split})
+        if before.split is None and before.label is None and others:  # a labelled one joins its patient's split
+            problems.append(Problem(
+                f"has no label and no split, so medft puts it in {after.split}, but its patient's other cases are in "
+                f"{' and '.join(others)}: its prediction is not one of an unseen patient",
+                "leave the case out of the manifest, or give all of the patient's cases the same split",
+                file=source, case_id=after.case_id, severity="warning",
+            ))
+    return problems
 
 
 def case_id_problem(case_id: str) -> str | None:
@@ -200,28 +229,31 @@ def _classes_sidecar(csv_path: Path) -> Path:
 def _read_csv(path: Path) -> tuple[Manifest, list[Problem]]:
     try:
         with path.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            header = [h.strip() for h in (reader.fieldnames or [])]
-            rows = list(reader)
+            reader = csv.reader(handle)
+            table = [(reader.line_num, row) for row in reader]
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"cannot read the CSV ({exc})", "save it as UTF-8 CSV with a header row", file=path)
-    missing = [c for c in REQUIRED_CSV_COLUMNS if c not in header]
-    unknown = [c for c in header if c not in CSV_COLUMNS]
-    if missing or unknown:
-        parts = [f"missing column(s) {', '.join(missing)}"] if missing else []
-        parts += [f"unknown column(s) {', '.join(unknown)}"] if unknown else []
-        raise DataError(
-            "; ".join(parts), f"use the header {','.join(CSV_COLUMNS[:6])} (series_uid is optional)", file=path
-        )
+    # Rows without any value (blank lines, or the ",,,,," that spreadsheets leave below the data) are no cases.
+    table = [(line, [cell.strip() for cell in row]) for line, row in table if any(cell.strip() for cell in row)]
+    (_, header), rows = (table[0], table[1:]) if table else ((0, []), [])
+    _check_header(path, header, rows)
     problems: list[Problem] = []
     if not rows:
         problems.append(Problem(
             "the manifest has a header but no cases", f"add one row per case: {','.join(CSV_COLUMNS[:6])}", file=path
         ))
     cases: list[Case] = []
-    for line, raw in enumerate(rows, start=2):
-        row = {k.strip(): (v or "").strip() for k, v in raw.items() if k is not None}
+    for line, cells in rows:
         where = f"{path}:{line}"
+        extra = [cell for cell in cells[len(header):] if cell]
+        if extra:  # an unquoted comma (in a path) shifts every later value one column to the right
+            problems.append(Problem(
+                f"the row has {len(cells)} values but the header has {len(header)} columns",
+                'put a value that holds a comma (such as a path) in double quotes: "/data/a,b/image.nii.gz"',
+                file=where, case_id=dict(zip(header, cells)).get("case_id") or None,
+            ))
+            continue
+        row = {name: value for name, value in zip(header, cells) if name}
         case_id, image = row.get("case_id", ""), row.get("image", "")
         if not case_id or not image:
             problems.append(Problem(
@@ -231,7 +263,7 @@ def _read_csv(path: Path) -> tuple[Manifest, list[Problem]]:
         split = row.get("split", "").lower() or None
         if split and split not in SPLITS:
             problems.append(Problem(
-                f"split {split!r} is not one of {', '.join(SPLITS)}",
+                f"split {row['split']!r} is not one of {', '.join(SPLITS)}",
                 "use train, val or test, or leave it empty for medft to assign",
                 file=where, case_id=case_id,
             ))
@@ -250,11 +282,42 @@ def _read_csv(path: Path) -> tuple[Manifest, list[Problem]]:
     return Manifest(path, cases, class_names), problems + class_problems
 
 
+def _check_header(path: Path, header: list[str], rows: list[tuple[int, list[str]]]) -> None:
+    """DataError for a header medft cannot read unambiguously: missing, unknown, repeated or unnamed
+    columns. An unnamed column is allowed when it is empty in every row (a trailing comma)."""
+    fix = f"use the header {','.join(CSV_COLUMNS[:6])} (series_uid is optional)"
+    unnamed = [i for i, name in enumerate(header) if not name]
+    filled = next(((line, i) for line, cells in rows for i in unnamed if i < len(cells) and cells[i]), None)
+    if filled:
+        raise DataError(
+            f"column {filled[1] + 1} has no name in the header but holds a value on line {filled[0]}",
+            f"name the column or delete its values; {fix}", file=path,
+        )
+    named = [name for name in header if name]
+    repeated = sorted({name for name in named if named.count(name) > 1})
+    missing = [c for c in REQUIRED_CSV_COLUMNS if c not in named]
+    unknown = [c for c in dict.fromkeys(named) if c not in CSV_COLUMNS]
+    if not (missing or unknown or repeated):
+        return
+    parts = [f"missing column(s) {', '.join(missing)}"] if missing else []
+    parts += [f"unknown column(s) {', '.join(unknown)}"] if unknown else []
+    parts += [f"column(s) {', '.join(repeated)} appear more than once (medft would not know which to use)"] if repeated else []
+    separator = next((s for s in (";", "\t", "|") if len(named) == 1 and s in named[0]), None)
+    if separator:
+        fix = f"save the file with commas between the columns, not {separator!r} (\"CSV UTF-8 (comma delimited)\"); " + fix
+    elif repeated:
+        fix = "keep one column of each name; " + fix
+    raise DataError("; ".join(parts), fix, file=path)
+
+
 def _read_classes_file(path: Path) -> tuple[list[str], list[Problem]]:
     if not path.exists():
         return [], []
     try:
-        labels = json.loads(path.read_text())
+        labels = json.loads(path.read_text(encoding="utf-8-sig"))
+    except UnicodeDecodeError as exc:
+        return [], [Problem(f"cannot read the class names: not UTF-8 text ({exc.reason} at byte {exc.start})",
+                            "save it as UTF-8", file=path)]
     except (OSError, json.JSONDecodeError) as exc:
         return [], [Problem(f"cannot read the class names ({exc})", "write it as JSON", file=path)]
     return _class_names(labels, path)
@@ -296,15 +359,43 @@ def _resolve(base: Path, value: str) -> Path:
 
 def _read_json(path: Path) -> object:
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        return json.loads(path.read_text(encoding="utf-8-sig"))  # a byte order mark is no syntax error
+    except UnicodeDecodeError as exc:
+        raise DataError(f"cannot read the dataset.json: not UTF-8 text ({exc.reason} at byte {exc.start})",
+                        "save it as UTF-8 (JSON files are UTF-8)", file=path)
+    except OSError as exc:
+        raise DataError(f"cannot read the dataset.json ({exc})", "check that the file exists and is readable", file=path)
+    except json.JSONDecodeError as exc:
         raise DataError(f"cannot read the dataset.json ({exc})", "fix the JSON syntax", file=path)
 
 
 def _entry_image(entry: object) -> str | None:
-    """The image path of an MSD entry: ``{"image": ..., "label": ...}`` or a bare path."""
+    """The image path of an MSD entry: ``{"image": ..., "label": ...}`` or a bare path; the first
+    channel's path of a MONAI datalist entry whose image is a list of channel files."""
+    paths = _entry_images(entry)
+    return paths[0] if paths else None
+
+
+def _entry_images(entry: object) -> list[str]:
+    """The image path(s) of an entry: one, or one per channel (``"image": ["t1.nii.gz", "t2.nii.gz"]``)."""
     image = entry.get("image") if isinstance(entry, dict) else entry
-    return image if isinstance(image, str) else None
+    if isinstance(image, str) and image:
+        return [image]
+    if isinstance(image, list) and image and all(isinstance(p, str) and p for p in image):
+        return list(image)
+    return []
+
+
+def _is_nnunet_json(path: Path) -> bool:
+    """Whether ``path`` is the dataset.json of an nnU-Net raw folder (its cases are the folder's
+    imagesTr/ files, not entries of the JSON): imagesTr/ beside it holds channel files (CASE_0000...)
+    or the JSON is nnU-Net v2's, and none of the images it lists (nnU-Net v1's MSD-style list) exists."""
+    images = path.parent / "imagesTr"
+    if not images.is_dir() or _is_msd_folder(path.parent):
+        return False
+    spec = _read_json(path)
+    v2 = isinstance(spec, dict) and ("file_ending" in spec or "channel_names" in spec)
+    return v2 or any(images.glob("*_0000.*"))
 
 
 def _is_msd_folder(folder: Path) -> bool:
@@ -333,7 +424,14 @@ def _read_msd(path: Path) -> tuple[Manifest, list[Problem]]:
         )
     problems: list[Problem] = []
     cases: list[Case] = []
-    entries = [(e, None) for e in spec["training"]] + [(e, "test") for e in spec.get("test", [])]
+    test = spec.get("test") or []
+    if not isinstance(test, list):
+        problems.append(Problem(
+            f"its 'test' entry is a {type(test).__name__}, not a list of images",
+            'make \'test\' a list (["./imagesTs/case.nii.gz", ...]) or remove it', file=path,
+        ))
+        test = []
+    entries = [(e, None) for e in spec["training"]] + [(e, "test") for e in test]
     if not entries:
         problems.append(Problem(
             "the dataset.json lists no cases (its 'training' and 'test' lists are empty)",
@@ -341,14 +439,24 @@ def _read_msd(path: Path) -> tuple[Manifest, list[Problem]]:
             file=path,
         ))
     for entry, split in entries:
-        image = _entry_image(entry)
-        if image is None:
-            problems.append(Problem(f"entry {entry!r} has no image path", "give each entry an image", file=path))
+        images = _entry_images(entry)
+        if not images:
+            problems.append(Problem(
+                f"entry {entry!r:.200} has no image path",
+                'give each entry an image: {"image": "./imagesTr/case.nii.gz", "label": "./labelsTr/case.nii.gz"}',
+                file=path,
+            ))
             continue
         label = entry.get("label") if isinstance(entry, dict) else None
+        if label is not None and not isinstance(label, str):
+            problems.append(Problem(
+                f"entry {entry!r:.200}: its label is a {type(label).__name__}, not one path",
+                "give each entry's label as one path to a label map", file=path, case_id=_stem(images[0]),
+            ))
+            continue
         cases.append(Case(
-            case_id=_stem(image),
-            image=(_resolve(path.parent, image),),
+            case_id=_stem(images[0]),
+            image=tuple(_resolve(path.parent, image) for image in images),
             label=_resolve(path.parent, label) if label else None,
             split=split,
         ))

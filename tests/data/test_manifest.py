@@ -220,3 +220,112 @@ def test_an_nnunet_v1_folder_with_an_msd_style_dataset_json_stays_nnunet(tmp_pat
     assert problems == []
     assert [len(c.image) for c in manifest] == [2, 2, 2]
     assert [c.case_id for c in manifest] == ["hippocampus_334", "hippocampus_335", "hippocampus_336"]
+
+
+# --- CSV files as spreadsheets and other tools save them ---------------------------------------
+
+
+def test_a_spreadsheet_csv_with_bom_crlf_quoted_commas_trailing_comma_and_blank_rows_reads(tmp_path):
+    """Excel's "CSV UTF-8": a byte order mark, CRLF line ends, a trailing comma on every line and
+    ",,,,,," rows below the data; a path holding a comma is quoted."""
+    folder = tmp_path / "scans, site A"
+    image, label = copy_case("hippocampus_334", folder)
+    header = "case_id,image,label,split,site,patient_id,"
+    row = f'a,"{folder.name}/{image.name}","{folder.name}/{label.name}",train,north,,'
+    (tmp_path / "m.csv").write_bytes(("\ufeff" + "\r\n".join([header, row, ",,,,,,", ",,,,,,", ""])).encode("utf-8"))
+    manifest, problems = read_manifest(tmp_path / "m.csv")
+    assert [str(p) for p in problems if p.severity == "error"] == []
+    (case,) = manifest.cases
+    assert (case.case_id, case.image, case.label, case.split, case.site) == ("a", (image.resolve(),), label.resolve(), "train", "north")
+
+
+def test_a_repeated_column_is_refused_naming_it(tmp_path):
+    image, label = copy_case("hippocampus_334", tmp_path)
+    (tmp_path / "m.csv").write_text(f"case_id,image,label,label\na,{image.name},{label.name},{image.name}\n")
+    with pytest.raises(DataError, match=r"m\.csv: column\(s\) label appear more than once.*Fix: keep one column of each name"):
+        read_manifest(tmp_path / "m.csv")
+
+
+def test_an_unnamed_column_with_values_is_refused(tmp_path):
+    image, label = copy_case("hippocampus_334", tmp_path)
+    (tmp_path / "m.csv").write_text(f"case_id,image,label,\na,{image.name},{label.name},oops\n")
+    with pytest.raises(DataError, match=r"column 4 has no name in the header but holds a value on line 2"):
+        read_manifest(tmp_path / "m.csv")
+
+
+def test_an_unquoted_comma_in_a_path_is_named_with_the_fix(tmp_path):
+    image, label = copy_case("hippocampus_334", tmp_path)
+    (tmp_path / "m.csv").write_text(f"case_id,image,label,split\na,/data/a,b/{image.name},{label.name},train\n")
+    _, problems = read_manifest(tmp_path / "m.csv")
+    (problem,) = [p for p in problems if p.severity == "error"]
+    assert (problem.case_id, problem.file) == ("a", f"{tmp_path / 'm.csv'}:2")
+    assert "the row has 5 values but the header has 4 columns" in problem.problem and "double quotes" in problem.fix
+
+
+def test_a_semicolon_separated_file_is_named_as_such(tmp_path):
+    (tmp_path / "m.csv").write_text("case_id;image;label;split\na;x.nii.gz;y.nii.gz;train\n")
+    with pytest.raises(DataError, match=r"Fix: save the file with commas between the columns, not ';'"):
+        read_manifest(tmp_path / "m.csv")
+
+
+def test_an_upper_case_csv_suffix_is_a_csv(tmp_path):
+    image, label = copy_case("hippocampus_334", tmp_path)
+    write_csv(tmp_path / "m.csv", [{"case_id": "a", "image": image.name, "label": label.name}]).rename(tmp_path / "M.CSV")
+    manifest, _ = read_manifest(tmp_path / "M.CSV")
+    assert [c.case_id for c in manifest] == ["a"]
+
+
+# --- dataset.json variants ---------------------------------------------------------------------
+
+
+def _msd(tmp_path: Path, **spec) -> Path:
+    image, label = copy_case("hippocampus_334", tmp_path)
+    body = {"labels": {"0": "background", "1": "a"}, "training": [{"image": image.name, "label": label.name}], **spec}
+    (tmp_path / "dataset.json").write_text(json.dumps(body))
+    return tmp_path / "dataset.json"
+
+
+def test_a_dataset_json_with_a_byte_order_mark_reads(tmp_path):
+    path = _msd(tmp_path)
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    manifest, problems = read_manifest(path)
+    assert problems == [] and [c.case_id for c in manifest] == ["hippocampus_334_img"]
+
+
+def test_a_dataset_json_or_class_file_not_in_utf8_is_a_clear_error(tmp_path):
+    path = _msd(tmp_path)
+    path.write_bytes(path.read_bytes().replace(b'"a"', '"antérieur"'.encode("latin-1")))
+    with pytest.raises(DataError, match=r"dataset\.json: cannot read the dataset\.json: not UTF-8 text .*Fix: save it as UTF-8"):
+        read_manifest(path)
+    image, label = copy_case("hippocampus_334", tmp_path / "csv")
+    csv_path = write_csv(tmp_path / "csv" / "m.csv", [{"case_id": "a", "image": image.name, "label": label.name}])
+    (tmp_path / "csv" / "m.classes.json").write_bytes('{"0": "background", "1": "antérieur"}'.encode("latin-1"))
+    _, problems = read_manifest(csv_path)
+    assert any("m.classes.json" in str(p.file) and "not UTF-8 text" in p.problem and p.fix == "save it as UTF-8" for p in problems)
+
+
+def test_a_dataset_json_whose_test_entry_is_no_list_is_a_problem_not_a_traceback(tmp_path):
+    manifest, problems = read_manifest(_msd(tmp_path, test="imagesTs/x.nii.gz"))
+    assert [c.case_id for c in manifest] == ["hippocampus_334_img"]
+    assert [p.problem for p in problems] == ["its 'test' entry is a str, not a list of images"]
+    manifest, problems = read_manifest(_msd(tmp_path / "null", test=None))
+    assert problems == [] and len(manifest) == 1
+
+
+def test_a_datalist_entry_with_one_file_per_channel_is_a_multichannel_case(tmp_path):
+    image, label = copy_case("hippocampus_334", tmp_path)
+    second = tmp_path / "t2.nii.gz"
+    shutil.copyfile(image, second)
+    spec = {"labels": {"0": "background", "1": "a"}, "training": [{"image": [image.name, second.name], "label": label.name}]}
+    (tmp_path / "dataset.json").write_text(json.dumps(spec))
+    manifest, problems = read_manifest(tmp_path)  # the folder: its dataset.json lists existing images
+    assert problems == []
+    assert manifest.cases[0].image == (image.resolve(), second.resolve())
+
+
+def test_an_nnunet_dataset_json_given_as_the_manifest_reads_its_folder(tmp_path):
+    root = _nnunet_folder(tmp_path / "Dataset004_Hippocampus")
+    from_json, problems = read_manifest(root / "dataset.json")
+    from_folder, _ = read_manifest(root)
+    assert problems == []
+    assert from_json.cases == from_folder.cases and from_json.class_names == ["background", "anterior", "posterior"]

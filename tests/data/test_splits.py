@@ -47,3 +47,37 @@ def test_unlabelled_cases_go_to_test_and_small_sets_keep_one_val():
     cases = assign_splits(_cases(2, 1) + [unlabelled], val_fraction=0.2)
     assert [c.split for c in cases].count("val") == 1
     assert cases[-1].split == "test"
+
+
+def test_an_unlabelled_case_takes_its_patient_to_test_whole():
+    """A patient's unlabelled case can only be a test case: its labelled cases go to test with it, not to
+    train or val (where the model would have seen the patient whose prediction is then reviewed)."""
+    cases = _cases(10, 3)
+    for p in (0, 4, 7):
+        cases[3 * p] = Case(**{**cases[3 * p].__dict__, "label": None})
+    result = assign_splits(cases)
+    splits_of = defaultdict(set)
+    for case in result:
+        splits_of[case.patient_id].add(case.split)
+    assert all(len(s) == 1 for s in splits_of.values())
+    assert {p for p, s in splits_of.items() if s == {"test"}} == {"P0", "P4", "P7"}
+    assert {c.case_id: c.split for c in assign_splits(list(reversed(cases)))} == {c.case_id: c.split for c in result}
+
+
+def test_an_unlabelled_case_of_a_patient_given_train_is_a_warning(tmp_path, caplog):
+    """check-data lists it; train and evaluate (load_manifest) log it."""
+    from medft.data.manifest import load_manifest, read_manifest
+    from tests.conftest import copy_case, write_csv
+
+    image, label = copy_case("hippocampus_334", tmp_path)
+    rows = [{"case_id": "base", "image": image.name, "label": label.name, "split": "train", "patient_id": "Doe^Jane"},
+            {"case_id": "follow_up", "image": image.name, "patient_id": "Doe^Jane"}]
+    path = write_csv(tmp_path / "m.csv", rows, classes={"0": "background", "1": "a", "2": "b"})
+    manifest, problems = read_manifest(path)
+    assert [c.split for c in manifest] == ["train", "test"]
+    (problem,) = problems
+    assert (problem.severity, problem.case_id) == ("warning", "follow_up")
+    assert "its patient's other cases are in train" in problem.problem and "Doe" not in str(problem)
+    with caplog.at_level("WARNING", logger="medft"):
+        assert [c.split for c in load_manifest(path)] == ["train", "test"]
+    assert [r.getMessage() for r in caplog.records] == [str(problem)]
