@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import shutil
 import textwrap
@@ -77,7 +78,8 @@ def _inference_config(config: RunConfig, network_def: dict, parent_config: dict)
     preprocessing = [
         {"_target_": "LoadImaged", "keys": "image", "image_only": True},
         {"_target_": "EnsureChannelFirstd", "keys": "image"},
-        {"_target_": "Orientationd", "keys": "image", "axcodes": "RAS"},
+        # labels as medft reads images (MONAI's default for them is changing: a FutureWarning without them)
+        {"_target_": "Orientationd", "keys": "image", "axcodes": "RAS", "labels": [["L", "R"], ["P", "A"], ["I", "S"]]},
     ]
     if config.data.intensity == "zscore":
         preprocessing.append({"_target_": "NormalizeIntensityd", "keys": "image", "channel_wise": True})
@@ -147,7 +149,9 @@ def _metadata(config: RunConfig, checkpoint: dict, run_dir: Path, parent) -> dic
                        "val_dice_per_class": _best_per_class(run_dir, early["best_epoch"])} if validated else None,
         "class_names": class_names,
         "preprocessing": {"orientation": "RAS", "intensity": config.data.intensity, "spatial_size": list(config.data.spatial_size),
-                          "flip_axes": config.data.mirrored_axes},
+                          "flip_axes": config.data.mirrored_axes,
+                          # label value -> class index, as training remapped the ground truth (JSON keys are strings)
+                          "label_map": {str(k): v for k, v in sorted(config.data.label_map.items())}},
         "medft_version": __version__,
     }
     return metadata
@@ -228,8 +232,11 @@ def _paragraphs(*texts: str) -> str:
 
 
 def _best_per_class(run_dir: Path, epoch: int) -> dict:
+    """Each class's validation Dice at ``epoch``; None (JSON null) for a class with no Dice (NaN: in no
+    validation label map and never predicted), which metadata.json, strict JSON, cannot hold as NaN."""
     record = next((r for r in read_metrics(run_dir / "metrics.jsonl") if r["epoch"] == epoch), {})
-    return record.get("val_dice_per_class", {})
+    return {name: value if isinstance(value, (int, float)) and math.isfinite(value) else None
+            for name, value in record.get("val_dice_per_class", {}).items()}
 
 
 def _readme(metadata: dict) -> str:
@@ -266,7 +273,8 @@ def _validation_section(evaluation: dict | None) -> str:
     if evaluation is None:
         return ("## Validation\nNone: the run never validated (no `val` cases, or `train.val_every` beyond its epochs). "
                 "Evaluate the model with `medft evaluate` before relying on it.\n")
-    rows = "\n".join(f"| {name} | {value:.4f} |" for name, value in evaluation["val_dice_per_class"].items())
+    rows = "\n".join(f"| {name} | {'n/a (in no validation case, never predicted)' if value is None else f'{value:.4f}'} |"
+                     for name, value in evaluation["val_dice_per_class"].items())
     return f"## Validation (split `val`, epoch {evaluation['best_epoch']})\n| class | Dice |\n| --- | --- |\n{rows}\n"
 
 

@@ -204,16 +204,20 @@ class Bundle:
             ) from None
         return _as_state_dict(loaded, path)
 
+    def resolved(self, id: str, value: Any) -> Any:
+        """``value``, the config item ``id`` (e.g. ``"inferer::roi_size"``), with an ``@`` reference or
+        ``$`` expression resolved as MONAI would; None when it cannot be resolved."""
+        if not (isinstance(value, str) and value[:1] in ("@", "$")):
+            return value
+        try:
+            with bundle_imports(self.root):
+                return _parsed({**copy.deepcopy(self.config), "bundle_root": str(self.root)}, id)
+        except Exception:  # noqa: BLE001 - an unresolvable value is simply unknown
+            return None
+
     def network_arg(self, key: str) -> int | None:
         """An int argument of network_def (``@`` references and ``$`` expressions resolved), else None."""
-        value = self.network_def.get(key)
-        if isinstance(value, str) and value[:1] in ("@", "$"):
-            try:
-                with bundle_imports(self.root):
-                    config = {**copy.deepcopy(self.config), "bundle_root": str(self.root)}
-                    value = _parsed(config, f"network_def::{key}")
-            except Exception:  # noqa: BLE001 - an unresolvable value is simply unknown
-                return None
+        value = self.resolved(f"network_def::{key}", self.network_def.get(key))
         return value if isinstance(value, int) and not isinstance(value, bool) else None
 
     @property

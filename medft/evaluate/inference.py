@@ -138,14 +138,38 @@ def _from_bundle(root: Path) -> TrainedModel:
     if not prep:
         log.warning("%s was not exported by medft: its own preprocessing is not replayed; images are "
                     "z-score normalised in RAS orientation", root)
-    inferer = bundle.config.get("inferer") if isinstance(bundle.config.get("inferer"), dict) else {}
-    roi = prep.get("spatial_size") or inferer.get("roi_size") or bundle.input_spatial_shape or DEFAULT_ROI
+    roi = prep.get("spatial_size") or _inferer_arg(bundle, "roi_size", _is_size) or bundle.input_spatial_shape or DEFAULT_ROI
+    overlap = _inferer_arg(bundle, "overlap", lambda v: _is_number(v) and 0 <= v < 1)
+    sw_batch_size = _inferer_arg(bundle, "sw_batch_size", lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0)
+    label_map = {int(k): int(v) for k, v in (prep.get("label_map") or {}).items()}
     return TrainedModel(
-        network, names, list(roi), prep.get("intensity", "zscore"), {},
-        float(inferer.get("overlap", 0.25)), int(inferer.get("sw_batch_size", 4)),
+        network, names, list(roi), prep.get("intensity", "zscore"), label_map,
+        float(0.25 if overlap is None else overlap), int(sw_batch_size or 4),
         {"path": str(root), "kind": "bundle", "name": bundle.name, "version": bundle.version},
         tuple(prep.get("flip_axes", (0,))),
     )
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_size(value) -> bool:
+    return isinstance(value, (list, tuple)) and len(value) > 0 and all(
+        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
+
+
+def _inferer_arg(bundle, key: str, valid) -> object | None:
+    """An argument of the bundle's ``inferer`` (``roi_size``, ``overlap``, ``sw_batch_size``), its ``@``
+    reference or ``$`` expression resolved (``"roi_size": "@patch_size"``); None when the bundle gives
+    none or a value that is not ``valid``."""
+    inferer = bundle.config.get("inferer")
+    if not isinstance(inferer, dict) or key not in inferer:
+        return None
+    value = bundle.resolved(f"inferer::{key}", inferer[key])
+    if isinstance(value, tuple):
+        value = list(value)
+    return value if valid(value) else None
 
 
 def _channel_names(bundle) -> list[str]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,7 +19,7 @@ from tqdm.auto import tqdm
 
 from medft import __version__
 from medft.data.checks import label_value_problems
-from medft.data.manifest import Case, Manifest, load_manifest
+from medft.data.manifest import Case, Manifest, case_id_problem, load_manifest
 from medft.errors import DataError, MedftError, find_user_error
 from medft.evaluate.compare import check_comparable, compare_evaluations
 from medft.evaluate.inference import (
@@ -257,8 +258,15 @@ def _distinct_case_ids(inputs: list[Path], out: Path) -> list[str]:
 
 
 def _case_id(path: Path) -> str:
-    name = Path(path).name
+    """The input's name without .nii/.nii.gz: of the folder itself for "." or "dir/.." (whose
+    Path.name is "" or ".."), so that no prediction is written as a hidden ``.nii.gz``."""
+    name = Path(os.path.abspath(path)).name
     for suffix in (".nii.gz", ".nii"):
         if name.endswith(suffix):
-            return name[: -len(suffix)]
+            name = name[: -len(suffix)]
+            break
+    reason = case_id_problem(name)
+    if reason:
+        raise MedftError(f"{path}: its name {name!r} cannot name a prediction file ({name or '?'}.nii.gz): it {reason}. "
+                         "Fix: give the input by a path that ends in its own name, or rename it")
     return name

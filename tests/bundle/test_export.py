@@ -186,3 +186,55 @@ def test_a_damaged_metrics_line_before_the_last_is_named_with_the_fix(exported, 
                                          r"number\): '\{not json'\. Fix: repair or delete that line"):
         export_run(run, tmp_path / "bundle")
     assert not (tmp_path / "bundle").exists()
+
+
+def test_a_class_without_validation_dice_exports_as_null(exported, tmp_path):
+    """A class in no validation label map and never predicted has a NaN Dice in metrics.jsonl;
+    metadata.json is strict JSON, so it holds null there (the export used to stop with an internal error)."""
+    root, _ = exported
+
+    def posterior_nan(lines):
+        records = [json.loads(line) for line in lines]
+        for record in records:
+            if "val_dice_per_class" in record:
+                record["val_dice_per_class"]["posterior"] = float("nan")
+        return [json.dumps(record) + "\n" for record in records]
+
+    bundle = export_run(_run_copy(root, tmp_path, posterior_nan), tmp_path / "bundle")
+
+    def refuse(constant):
+        raise AssertionError(f"{constant} is not JSON")
+
+    metadata = json.loads((bundle / "configs" / "metadata.json").read_text(), parse_constant=refuse)
+    per_class = metadata["medft"]["evaluation"]["val_dice_per_class"]
+    assert per_class["posterior"] is None and isinstance(per_class["anterior"], float)
+    assert "| posterior | n/a (in no validation case, never predicted) |" in (bundle / "docs" / "README.md").read_text()
+
+
+def test_the_exported_bundle_runs_with_plain_monai_as_medft_predicts(exported):
+    """Every entry of inference.json parses with MONAI's ConfigParser, and its preprocessing, network,
+    inferer and postprocessing give the labels that medft gives from the same bundle."""
+    from monai.bundle import ConfigParser
+
+    from medft.evaluate.inference import load_model, predict
+    from tests.conftest import sample_case
+
+    _, bundle = exported
+    image = str(sample_case("hippocampus_340")[0])
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "inference.json"))
+    parser.read_meta(str(bundle / "configs" / "metadata.json"))
+    network = parser.get_parsed_content("network")
+    network.load_state_dict(torch.load(bundle / "models" / "model.pt", map_location="cpu"))
+    network.eval()
+    data = parser.get_parsed_content("preprocessing")({"image": image})
+    with torch.no_grad():
+        data["pred"] = parser.get_parsed_content("inferer")(data["image"][None], network)[0]
+    plain = parser.get_parsed_content("postprocessing")(data)["pred"]
+
+    model = load_model(bundle, device=torch.device("cpu"))
+    ours = predict(model, model.preprocess()({"case_id": "a", "image": [image]})["image"]).argmax(0)
+    assert tuple(plain.shape) == (1, *ours.shape)
+    assert torch.equal(plain[0].long(), ours)
+    metadata = _metadata(bundle)
+    assert metadata["medft"]["preprocessing"]["label_map"] == {}

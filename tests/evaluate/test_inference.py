@@ -49,3 +49,19 @@ def test_the_report_names_the_mirrorings_or_their_absence():
     assert describe_tta({"tta": True}) == "yes (mirrored left-right)"  # written before the axes were recorded
     assert describe_tta({"tta": True, "tta_flip_axes": []}) == "yes, but the model was trained without flips: nothing mirrored"
     assert describe_tta({"tta": True, "tta_flip_axes": [0, 1, 2]}) == "yes: 8 mirrorings averaged (left-right, front-back, up-down)"
+
+
+def test_a_bundle_whose_inferer_refers_to_its_config_gives_the_values(tmp_path):
+    """Model Zoo configs often write ``"roi_size": "@patch_size"``: the reference is resolved, not taken
+    as the characters of a string (which stopped the evaluation with a ValueError)."""
+    from medft.evaluate.inference import load_model
+    from tests.bundle.helpers import UNET3D, make_bundle
+
+    config = {"patch_size": [32, 32, 16], "batch": 2, "network_def": UNET3D,
+              "inferer": {"_target_": "SlidingWindowInferer", "roi_size": "@patch_size", "sw_batch_size": "$@batch * 2",
+                          "overlap": 0.5}}
+    model = load_model(make_bundle(tmp_path / "refs", config=config), device=torch.device("cpu"))
+    assert (model.roi_size, model.sw_batch_size, model.overlap) == ([32, 32, 16], 4, 0.5)
+    config["inferer"].update(roi_size="@nowhere", sw_batch_size="many")  # unresolvable: the defaults
+    model = load_model(make_bundle(tmp_path / "broken", config=config), device=torch.device("cpu"))
+    assert (model.roi_size, model.sw_batch_size) == ([96, 96, 96], 4)

@@ -530,3 +530,40 @@ def test_an_interrupted_comparison_leaves_the_evaluation_whole_and_no_comparison
     with pytest.raises(KeyboardInterrupt):
         evaluate(trained, manifest, tmp_path / "tta", tta=True, compare=plain)
     assert _listing(tmp_path / "tta") == ["evaluation.json", "per_case.csv", "predictions", "report.html", "summary.json"]
+
+
+def test_a_label_map_travels_to_the_exported_bundle_so_both_evaluate_alike(trained, tmp_path):
+    """A run trained with data.label_map scores the ground truth after the map; its exported bundle
+    must do the same, or the same manifest scores differently (or fails) through the bundle."""
+    import shutil
+
+    import yaml
+
+    from medft.bundle.export import export_run
+    from medft.evaluate.inference import load_model
+
+    run = Path(shutil.copytree(trained, tmp_path / "run", ignore=shutil.ignore_patterns("tensorboard")))
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["data"]["label_map"] = {2: 1}  # posterior scored as anterior
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    bundle = export_run(run, tmp_path / "bundle")
+    assert load_model(bundle).label_map == {2: 1}
+    manifest = write_csv(tmp_path / "m.csv", [{"case_id": "a1", "image": sample_case("hippocampus_340")[0],
+                                               "label": sample_case("hippocampus_340")[1]}], classes=CLASSES)
+    assert main(["evaluate", str(run), "--manifest", str(manifest), "--out", str(tmp_path / "from_run")]) == 0
+    assert main(["evaluate", str(bundle), "--manifest", str(manifest), "--out", str(tmp_path / "from_bundle")]) == 0
+    from_run, from_bundle = _per_case(tmp_path / "from_run"), _per_case(tmp_path / "from_bundle")
+    assert from_bundle == from_run
+    assert int(next(r for r in from_run if r["class_index"] == "2")["fn"]) == 0  # no posterior left in the truth
+
+
+def test_predict_names_a_folder_given_as_dot_by_its_own_name(trained, tmp_path, monkeypatch):
+    """`medft predict RUN . --out DIR` from inside a DICOM series folder wrote a hidden DIR/.nii.gz."""
+    from medft.evaluate.run import _case_id
+
+    monkeypatch.chdir(DICOM_CROP)
+    assert predict_files(trained, [Path(".")], tmp_path / "p") == [tmp_path / "p" / "13_HCropVolume.nii.gz"]
+    assert _case_id(Path("sub/..")) == "13_HCropVolume"
+    for hidden in (Path("/"), Path(".hidden.nii.gz")):
+        with pytest.raises(MedftError, match="cannot name a prediction file"):
+            _case_id(hidden)
