@@ -41,9 +41,7 @@ def build_loaders(config: RunConfig, manifest: Manifest, generator: torch.Genera
                 f"{manifest.path}: {len(unlabelled)} {name} case(s) have no label ({', '.join(unlabelled[:5])}). "
                 "Fix: give them a label or move them to the test split"
             )
-    # The run's classes, as the training loop takes them (data.label_map without data.class_names is refused there).
-    class_names = data.class_names or ([] if data.label_map else manifest.class_names)
-    prep = preprocessing(data.intensity, data.label_map) + ([CheckLabelValues(class_names)] if class_names else [])
+    prep = preprocessing(data.intensity, data.label_map) + [CheckLabelValues(run_class_names(config, manifest.class_names))]
     train_transform = Compose(
         sampling(data.sampling, data.spatial_size, data.samples_per_volume, data.foreground_ratio)
         + augmentation(data.augmentation, data.mirrored_axes, data.elastic)
@@ -71,6 +69,17 @@ def build_loaders(config: RunConfig, manifest: Manifest, generator: torch.Genera
         )
     val_loader = DataLoader(val_set, batch_size=1, num_workers=data.num_workers)
     return train_loader, val_loader, train_transform
+
+
+def run_class_names(config: RunConfig, manifest_names: list[str]) -> list[str]:
+    """The run's classes, background first: data.class_names, else the manifest's (unless data.label_map changes them)."""
+    names = config.data.class_names or ([] if config.data.label_map else manifest_names)
+    if not names:
+        reason = "data.label_map changes the classes" if config.data.label_map else "the manifest declares no classes"
+        raise MedftError(f"{reason}. Fix: set data.class_names (background first), e.g. [background, tumour]")
+    if len(names) < 2:
+        raise MedftError(f"data.class_names: need background and at least one class, got {names}")
+    return list(names)
 
 
 class CheckLabelValues(Transform):

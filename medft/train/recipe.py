@@ -37,7 +37,7 @@ from medft.errors import MedftError
 from medft.metrics import confusion_counts, dice, foreground_mean
 from medft.train import distributed
 from medft.train.checkpoint import atomic_save, load_checkpoint, restore_rng_states, rng_states
-from medft.train.data import build_loaders
+from medft.train.data import build_loaders, run_class_names
 from medft.train.early_stopping import EarlyStopping
 from medft.train.freezing import FreezeSchedule, FreezeStage, apply_freezing, parameter_groups, set_train_mode
 from medft.train.metrics_log import read_metrics
@@ -91,7 +91,7 @@ class FineTuneRecipe:
         self.amp = config.train.amp if config.train.amp is not None else self.device.type == "cuda"
 
         manifest = load_manifest(config.data.manifest)
-        self.class_names = _class_names(config, manifest.class_names)
+        self.class_names = run_class_names(config, manifest.class_names)
         prepared = prepare_network(config.model, len(self.class_names))
         self.prepared, self.network, self.head = prepared, prepared.network.to(self.device), prepared.head
         if prepared.report is not None and self.main:
@@ -463,16 +463,6 @@ def _loss(train: TrainConfig):
         return DiceLoss(**dice)
     ce = torch.nn.CrossEntropyLoss()
     return lambda logits, label: ce(logits, label[:, 0].long())
-
-
-def _class_names(config: RunConfig, manifest_names: list[str]) -> list[str]:
-    names = config.data.class_names or ([] if config.data.label_map else manifest_names)
-    if not names:
-        reason = "data.label_map changes the classes" if config.data.label_map else "the manifest declares no classes"
-        raise MedftError(f"{reason}. Fix: set data.class_names (background first), e.g. [background, tumour]")
-    if len(names) < 2:
-        raise MedftError(f"data.class_names: need background and at least one class, got {names}")
-    return list(names)
 
 
 def _device(name: str) -> torch.device:
