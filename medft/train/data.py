@@ -114,23 +114,20 @@ class CheckLabelValues(Transform):
 
 class _Caught(Transform):
     """The deterministic preprocessing of one case, as CacheDataset runs it in its thread pool, with
-    its error kept for later: an error raised in the pool ends it while the other threads are still
-    loading, and the interpreter then aborts at exit (exit 134, "terminate called without an active
-    exception") instead of printing the error."""
+    its error kept by case_id for ``_cached``: an error raised in the pool ends it while the other
+    threads are still loading, and the interpreter then aborts at exit (exit 134, "terminate called
+    without an active exception") instead of printing the error."""
 
     def __init__(self, transform: Compose):
         self.transform = transform
+        self.errors: dict[str, Exception] = {}
 
     def __call__(self, data: dict):
         try:
             return self.transform(data)
         except Exception as exc:  # noqa: BLE001 - raised by _cached once every case is done
-            return _Failure(exc)
-
-
-class _Failure:
-    def __init__(self, error: Exception):
-        self.error = error
+            self.errors[data.get("case_id")] = exc  # one key per case: safe across the pool's threads
+            return None
 
 
 MAX_SHOWN = 10  # cases that failed to load, named in the error
@@ -139,8 +136,9 @@ MAX_SHOWN = 10  # cases that failed to load, named in the error
 def _cached(cases: list[dict], transform: Compose) -> CacheDataset:
     """CacheDataset of ``cases``; when cases fail to load, every case is loaded first and then one
     MedftError names each of them (or, for an error that is no user's, the first is raised)."""
-    dataset = CacheDataset(cases, Compose([_Caught(transform)]), num_workers=None, progress=False)
-    failures = [item.error for item in dataset._cache if isinstance(item, _Failure)]
+    caught = _Caught(transform)
+    dataset = CacheDataset(cases, Compose([caught]), num_workers=None, progress=False)
+    failures = [caught.errors[case["case_id"]] for case in cases if case.get("case_id") in caught.errors]
     if failures:
         user_errors = [find_user_error(error) for error in failures]
         if any(error is None for error in user_errors):
