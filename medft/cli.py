@@ -425,6 +425,9 @@ def _add_reviewer(args: argparse.Namespace) -> int:
 
     if args.password_stdin:
         password = sys.stdin.readline().rstrip("\n")
+    elif not sys.stdin.isatty():
+        raise MedftError("no terminal to ask the password on (standard input is a pipe or a file). Fix: add "
+                         "--password-stdin to read it from standard input, or run the command in a terminal")
     else:
         password = getpass.getpass(f"password for {args.username}: ")
         if getpass.getpass("again: ") != password:
@@ -507,6 +510,14 @@ def _clear_demo_folder(out: Path) -> None:
         raise MedftError(
             f"{out}: holds {', '.join(p.name + '/' for p in parts)}, not marked as a demo's ({DEMO_MARKER}), "
             "which the demo would replace. Fix: give another --out, or move them away"
+        )
+    from medft.evaluate.run import REVIEW_FILES
+
+    reviewed = [name for name in REVIEW_FILES if (out / "eval" / name).exists()]
+    if reviewed:
+        raise MedftError(
+            f"{out / 'eval'}: holds {' and '.join(reviewed)}, written by reviewers, which a new demo would delete. "
+            f"Fix: move {out / 'eval'} aside to keep them, or give another --out"
         )
     for part in parts:
         shutil.rmtree(part)

@@ -152,6 +152,13 @@ def test_demo_replaces_its_own_folders_and_refuses_others(tmp_path, capsys):
     assert cli.main(["demo", "--out", str(out), "--epochs", "1"]) == 0
     assert not stale.exists() and (out / "eval" / "summary.json").is_file()
 
+    reviews = out / "eval" / "reviews.sqlite"
+    reviews.write_bytes(b"grades and comments of a clinician")
+    assert cli.main(["demo", "--out", str(out), "--epochs", "1"]) == 1
+    assert (f"{out / 'eval'}: holds reviews.sqlite, written by reviewers, which a new demo would delete. "
+            f"Fix: move {out / 'eval'} aside") in capsys.readouterr().err
+    assert reviews.read_bytes() == b"grades and comments of a clinician" and (out / "train" / "config.yaml").is_file()
+
 
 def test_bundle_inspect_prints_the_contract_json(tmp_path):
     import json
@@ -189,6 +196,15 @@ def test_add_reviewer_then_review_refuses_a_folder_that_is_no_evaluation(tmp_pat
     result = _medft("review", str(tmp_path), "--users", str(users))
     assert result.returncode == 1
     assert "per_case.csv" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_add_reviewer_without_a_terminal_asks_for_password_stdin(tmp_path):
+    users = tmp_path / "users.json"
+    piped = subprocess.run([sys.executable, "-m", "medft", "add-reviewer", "bob", "--users", str(users)],
+                           input="correct horse battery\n", capture_output=True, text=True, cwd=REPO)
+    assert piped.returncode == 1 and "Traceback" not in piped.stderr
+    assert "no terminal to ask the password on" in piped.stderr and "--password-stdin" in piped.stderr
+    assert not users.exists()
 
 
 def test_the_printed_dice_says_when_no_case_had_a_label(tmp_path, capsys):

@@ -10,6 +10,7 @@ import csv
 import json
 import logging
 import unicodedata
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -243,10 +244,12 @@ def _read_csv(path: Path) -> tuple[Manifest, list[Problem]]:
             "the manifest has a header but no cases", f"add one row per case: {','.join(CSV_COLUMNS[:6])}", file=path
         ))
     cases: list[Case] = []
+    # A trailing comma on every row is a spreadsheet's habit; a row longer than the others is not.
+    usual_length = max(len(header), Counter(len(cells) for _, cells in rows).most_common(1)[0][0] if rows else 0)
     for line, cells in rows:
         where = f"{path}:{line}"
-        extra = [cell for cell in cells[len(header):] if cell]
-        if extra:  # an unquoted comma (in a path) shifts every later value one column to the right
+        if any(cells[len(header):]) or len(cells) > usual_length:
+            # an unquoted comma (in a path) shifts every later value one column to the right
             problems.append(Problem(
                 f"the row has {len(cells)} values but the header has {len(header)} columns",
                 'put a value that holds a comma (such as a path) in double quotes: "/data/a,b/image.nii.gz"',

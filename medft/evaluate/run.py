@@ -137,11 +137,14 @@ def _require_class_labels(data: dict, case: Case, class_names: list[str]) -> Non
         raise DataError(problems[0].problem, problems[0].fix, file=problems[0].file)
 
 
+REVIEW_FILES = ("reviews.sqlite", "users.json")  # written into an evaluation folder by its reviewers
+
+
 def _require_new_folder(out: Path) -> None:
     """An evaluation is written afresh, never over another: its reviews are tied to its
     evaluation_id, and its predictions/ to its per_case.csv."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        kept = [name for name in ("reviews.sqlite", "users.json") if (out / name).exists()]
+        kept = [name for name in REVIEW_FILES if (out / name).exists()]
         delete = (f"give a new folder to --out (it holds {' and '.join(kept)}: deleting it would lose the reviews)"
                   if kept else f"give a new folder to --out, or delete {out} first")
         raise MedftError(f"{out} exists and is not an empty folder: writing this evaluation into it would mix it up "

@@ -14,6 +14,7 @@ import argparse
 import html
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -129,7 +130,7 @@ def streamlit_command(config: AppConfig, port: int | None = None, address: str |
 def launch(eval_dir: Path, port: int | None = None, users: Path | None = None, db: str | None = None,
            address: str = "127.0.0.1") -> int:
     """``medft review``: check the folder, users file and database, then serve the app until
-    Ctrl-C; returns streamlit's exit code. It listens on ``address``: this machine only by
+    Ctrl-C or SIGTERM, which stop the server too; returns streamlit's exit code. It listens on ``address``: this machine only by
     default, since the app shows patients' images; 0.0.0.0 serves every network interface."""
     config = check_launch(eval_dir, users, db)
     if not APP_PATH.is_file():
@@ -142,19 +143,42 @@ def launch(eval_dir: Path, port: int | None = None, users: Path | None = None, d
     # The current folder stays the server's: Streamlit reads .streamlit/secrets.toml (single
     # sign-on, [auth]) and config.toml from there, or from ~/.streamlit.
     process = subprocess.Popen(command)
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         return process.wait()
     except KeyboardInterrupt:  # the terminal sent Ctrl-C to streamlit too: let it shut down
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.terminate()
-            try:
-                process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        _stop(process, grace=10)
         return 130
+    except _Terminated:  # a service manager or kill stopped medft review: the server goes with it
+        process.terminate()
+        _stop(process, grace=10)
+        return 143
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if process.poll() is None:  # any other way out of the wait leaves no server behind
+            process.terminate()
+            _stop(process, grace=5)
+
+
+class _Terminated(Exception):
+    """SIGTERM reached ``medft review``."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise _Terminated
+
+
+def _stop(process: subprocess.Popen, grace: float) -> None:
+    """Give the server ``grace`` seconds to exit, then terminate it, then kill it."""
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def _require_free_port(address: str, port: int) -> None:

@@ -114,6 +114,9 @@ def _dummy() -> str:
 
 def _read(path: Path, missing_ok: bool) -> dict[str, dict[str, Any]]:
     """The ``users`` mapping of the file; {} when missing and ``missing_ok``."""
+    if path.is_dir():
+        raise MedftError(f"{path}: is a folder, not a users file. Fix: give the file's path, such as "
+                         f"{path / 'users.json'}")
     try:
         raw = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -121,8 +124,7 @@ def _read(path: Path, missing_ok: bool) -> dict[str, dict[str, Any]]:
             return {}
         raise MedftError(
             f"{path}: the users file does not exist, so nobody can log in. Fix: add a reviewer "
-            f"with medft.review.auth.add_user({str(path)!r}, USERNAME, PASSWORD), or point the "
-            "app at the right users file"
+            f"with medft add-reviewer USERNAME --users {path}, or point the app at the right users file"
         ) from None
     except PermissionError:
         raise MedftError(
@@ -221,6 +223,10 @@ def add_user(path: Path | str, username: str, password: str, name: str | None = 
             raise MedftError(f"{path}: user {username!r} already exists. Fix: to set a new password, "
                              f"medft add-reviewer {username} --users {path} --replace (in Python: add_user(..., "
                              "replace=True)); or choose another username")
+        if old is None and replace:
+            raise MedftError(f"{path}: there is no user {username!r} whose password could be replaced. Fix: "
+                             f"leave out --replace to add {username!r} as a new reviewer, or pick one of "
+                             f"{', '.join(sorted(users)) or '(none yet)'}")
         clash = [other for other in users
                  if other != username and other.casefold() == username.casefold()]
         if clash:

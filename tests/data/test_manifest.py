@@ -262,6 +262,22 @@ def test_an_unquoted_comma_in_a_path_is_named_with_the_fix(tmp_path):
     assert "the row has 5 values but the header has 4 columns" in problem.problem and "double quotes" in problem.fix
 
 
+def test_an_unquoted_comma_is_named_when_the_last_columns_are_empty(tmp_path):
+    """The shifted values leave only an empty cell past the header; the row's length gives it away."""
+    image, label = copy_case("hippocampus_334", tmp_path)
+    rows = [f"b,{image.name},{label.name},train,", f"a,/data/a,b/{image.name},{label.name},,"]
+    (tmp_path / "m.csv").write_text("\n".join(["case_id,image,label,split,site", *rows, ""]))
+    _, problems = read_manifest(tmp_path / "m.csv")
+    (problem,) = [p for p in problems if p.severity == "error"]
+    assert (problem.case_id, problem.file) == ("a", f"{tmp_path / 'm.csv'}:3")
+    assert "the row has 6 values but the header has 5 columns" in problem.problem and "double quotes" in problem.fix
+    # a trailing comma on every row, though not on the header, is no shift
+    rows = [f"{case_id},{image.name},{label.name},train,north," for case_id in "ab"]
+    (tmp_path / "m.csv").write_text("\n".join(["case_id,image,label,split,site", *rows, ""]))
+    manifest, problems = read_manifest(tmp_path / "m.csv")
+    assert [p for p in problems if p.severity == "error"] == [] and [c.site for c in manifest] == ["north", "north"]
+
+
 def test_a_semicolon_separated_file_is_named_as_such(tmp_path):
     (tmp_path / "m.csv").write_text("case_id;image;label;split\na;x.nii.gz;y.nii.gz;train\n")
     with pytest.raises(DataError, match=r"Fix: save the file with commas between the columns, not ';'"):

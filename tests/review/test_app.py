@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import signal
 import socket
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -264,6 +268,9 @@ def test_launch_checks_the_folder_and_the_users_file(eval_dir, tmp_path, monkeyp
         def wait(self, timeout=None):
             return 0
 
+        def poll(self):
+            return 0
+
     monkeypatch.setattr(support.subprocess, "Popen", FakeServer)
     url = f"sqlite:///{tmp_path / 'team.sqlite'}"
     assert support.launch(eval_dir, 8765, None, url) == 0
@@ -287,6 +294,35 @@ def test_launch_refuses_a_port_another_server_listens_on(eval_dir, monkeypatch):
         port = other.getsockname()[1]
         with pytest.raises(MedftError, match=rf"cannot serve on 127.0.0.1:{port}: .*Fix: stop it, or give another port: --port {port + 1}"):
             support.launch(eval_dir, port, None, None)
+
+
+SERVE_A_SLEEPER = """
+import sys
+from pathlib import Path
+from medft.review import app_support as support
+eval_dir, port, pid_file = sys.argv[1:]
+server = "import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(300)"
+support.streamlit_command = lambda config, port, address: [sys.executable, "-c", server, pid_file]
+sys.exit(support.launch(Path(eval_dir), int(port), None, None))
+"""
+
+
+def test_sigterm_to_medft_review_stops_the_server_too(eval_dir, tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    pid_file = tmp_path / "server.pid"
+    review = subprocess.Popen([sys.executable, "-c", SERVE_A_SLEEPER, str(eval_dir), str(port), str(pid_file)],
+                              stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (pid_file.exists() and pid_file.read_text()) and review.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert review.poll() is None, review.stderr.read()
+    server_pid = int(pid_file.read_text())
+    review.send_signal(signal.SIGTERM)
+    assert review.wait(timeout=30) == 143
+    with pytest.raises(ProcessLookupError):  # reaped by medft review, not left serving
+        os.kill(server_pid, 0)
 
 
 def test_the_slider_direction_ends_where_a_marker_stored_on_permuted_axes_lies(tmp_path):

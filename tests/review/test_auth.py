@@ -243,3 +243,15 @@ def test_throttle_success_clears_the_count():
 def test_throttle_rejects_nonsense_settings():
     with pytest.raises(ValueError):
         LoginThrottle(max_failures=0)
+
+
+def test_replace_needs_an_existing_user_and_a_folder_is_no_users_file(users_file, tmp_path):
+    with pytest.raises(MedftError, match=r"no user 'carol' whose password could be replaced. Fix: leave out --replace"
+                                         r".*pick one of alice"):
+        add_user(users_file, "carol", PASSWORD, replace=True)
+    assert list_users(users_file) == ["alice"]
+    with pytest.raises(MedftError, match=r"is a folder, not a users file. Fix: give the file's path, such as .*users.json"):
+        add_user(tmp_path, "carol", PASSWORD)
+    with pytest.raises(MedftError, match=r"does not exist, so nobody can log in. Fix: add a reviewer with medft "
+                                         r"add-reviewer USERNAME --users"):
+        verify(tmp_path / "nobody.json", "alice", PASSWORD)
