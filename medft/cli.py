@@ -169,7 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="keep only each class's largest connected component (structures that are one piece)")
     evaluate.add_argument("--checkpoint", choices=("best", "last"), default="best",
                           help="a run's best checkpoint (picked on its validation split; default) or its last one "
-                               "(the final model: an unbiased score on that validation split)")
+                               "(the final model: an unbiased score on that validation split); run folders only: "
+                               "a bundle has one set of weights")
     evaluate.add_argument("--compare", type=Path, default=None, metavar="OTHER_EVAL_DIR",
                           help="also write comparison.html: this evaluation against another one (paired on "
                                "common cases, unpaired when they share none, e.g. two sites)")
@@ -180,7 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
         "predict",
         "predict cases without labels",
         "Writes one label map per input (NIfTI files or DICOM series folders) as OUT/<name>.nii.gz,\n"
-        "in the geometry of the input image.",
+        "in the geometry of the input image. A file already there is refused before predicting, unless\n"
+        "--overwrite.",
         "medft predict runs/demo/train sample_data/dicom/study1/13_HCropVolume --out runs/predictions",
     )
     predict.add_argument("model", type=Path, help="run folder (medft train) or bundle folder")
@@ -190,6 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="average with the mirrored predictions along the axes the model was trained to mirror (data.flip_axes: left-right by default)")
     predict.add_argument("--largest-component", action="store_true",
                          help="keep only each class's largest connected component (structures that are one piece)")
+    predict.add_argument("--overwrite", action="store_true",
+                         help="replace prediction files already in --out (default: refuse before predicting)")
     predict.set_defaults(run=_predict)
 
     export = _command(
@@ -378,8 +382,14 @@ def _evaluate(args: argparse.Namespace) -> int:
                    largest_component=args.largest_component, checkpoint=args.checkpoint, compare=args.compare)
     print(f"evaluation written to {out}: per_case.csv, summary.json, predictions/, report.html")
     _print_dice(out / "summary.json")
+    cases = json.loads((out / "evaluation.json").read_text())["cases"]
+    failed = sum(case["status"] == "failed" for case in cases)
+    if failed:
+        print(f"  {failed} of {len(cases)} cases failed and were not evaluated: the reasons are above, in "
+              "evaluation.json and in report.html")
     if args.compare:
         print(f"comparison written to {out / 'comparison.html'}")
+        _print_comparison(out / "comparison.json")
     return 0
 
 
@@ -400,6 +410,27 @@ def _print_dice(summary_path: Path) -> None:
         print(f"  {name:<16} Dice {dice['mean']:.3f}{interval} over {dice['n']} cases{absent}")
 
 
+def _print_comparison(comparison_path: Path) -> None:
+    """Each class's mean Dice under A and B and the difference B - A with its 95% interval, from comparison.json."""
+    from medft.evaluate.report import MEAN_LABEL
+    from medft.evaluate.summary import MEAN_FOREGROUND
+
+    result = json.loads(comparison_path.read_text())
+    design = result["design"]
+    print(f"  A: {result['a']['label']}\n  B: {result['b']['label']}\n"
+          f"  {'':<16} {'A':>6} {'B':>6}  B - A ({design}, 95% interval)")
+
+    def number(value: float | None, sign: str = "") -> str:
+        return "n/a" if value is None else f"{value:{sign}.3f}"
+
+    for key, entry in result["dice"].items():
+        diff = entry[design]
+        low, high = diff["ci95"]
+        interval = f" [{number(low, '+')}, {number(high, '+')}]" if low is not None else ""
+        print(f"  {MEAN_LABEL if key == MEAN_FOREGROUND else key:<16} {number(entry['a']['mean']):>6} "
+              f"{number(entry['b']['mean']):>6}  {number(diff['mean_diff'], '+')}{interval}")
+
+
 def _predict(args: argparse.Namespace) -> int:
     _console_logging()
     from medft.evaluate.run import predict_files
@@ -407,7 +438,8 @@ def _predict(args: argparse.Namespace) -> int:
     missing = [p for p in args.inputs if not p.exists()]
     if missing:
         raise MedftError(f"{missing[0]}: no such file or folder. Fix: give NIfTI files or DICOM series folders")
-    for path in predict_files(args.model, args.inputs, args.out, tta=args.tta, largest_component=args.largest_component):
+    for path in predict_files(args.model, args.inputs, args.out, tta=args.tta, largest_component=args.largest_component,
+                              overwrite=args.overwrite):
         print(path)
     return 0
 

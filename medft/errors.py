@@ -24,16 +24,13 @@ class Problem:
     severity: str = "error"  # "error" or "warning"
 
     def __str__(self) -> str:
-        where = " ".join(
-            part
-            for part in (
-                f"case {_printable(self.case_id)}:" if self.case_id else "",
-                f"{self.file}:" if self.file else "",
-            )
-            if part
-        )
-        text = f"{where} {self.problem}" if where else self.problem
-        return f"{self.severity.upper()} {text}. Fix: {self.fix}"
+        case = f"case {_printable(self.case_id)}: " if self.case_id else ""
+        return f"{self.severity.upper()} {case}{self.without_case()}"
+
+    def without_case(self) -> str:
+        """The file, the problem and the fix, without severity and case: for a line already about the case."""
+        where = f"{self.file}: " if self.file else ""
+        return f"{where}{self.problem}. Fix: {self.fix}"
 
 
 def _printable(text: str) -> str:

@@ -65,8 +65,8 @@ def export_run(run_dir: str | Path, out_dir: str | Path) -> Path:
         (bundle / "LICENSE").write_text(_license(parent))
         if parent is not None and (parent.root / "scripts").is_dir():
             shutil.copytree(parent.root / "scripts", bundle / "scripts", ignore=shutil.ignore_patterns("__pycache__"))
-    log.warning("%s: state the terms of your data, the authors and the intended use where configs/metadata.json "
-                "and LICENSE say %s", out_dir, FILL_IN)
+    log.warning("%s: before you share it, replace each %s placeholder in configs/metadata.json, LICENSE and "
+                "docs/README.md with the terms of your data, the authors and the intended use", out_dir, FILL_IN)
     return out_dir
 
 

@@ -123,11 +123,13 @@ def _list(names: list[str]) -> str:
 
 
 def _default_labels(a: EvaluationFolder, b: EvaluationFolder) -> tuple[str, str]:
-    for pair in ((a.model_name, b.model_name), (a.path.name, b.path.name),
-                 (a.path.resolve().parent.name + "/" + a.path.name, b.path.resolve().parent.name + "/" + b.path.name)):
+    """The model names, else the evaluation folders' names, else the model's name numbered ("train (1)",
+    "train (2)"): own names only, never a parent folder's (it may be named after a patient or a project)."""
+    for pair in ((a.model_name, b.model_name), (a.path.name, b.path.name)):
         if pair[0] and pair[1] and pair[0] != pair[1]:
             return pair
-    return "A", "B"
+    name = a.model_name or a.path.name
+    return (f"{name} (1)", f"{name} (2)") if name else ("A", "B")
 
 
 # --------------------------------------------------------------------------------------------

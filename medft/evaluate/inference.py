@@ -68,7 +68,8 @@ def load_model(path: str | Path, device: torch.device | None = None, checkpoint:
     """A run folder (config.yaml + checkpoints/best.pt, else last.pt) or a bundle folder.
 
     ``checkpoint="last"`` takes a run's last.pt: the final model of a fixed budget, rather than
-    the one picked on the validation split (whose Dice on that split is optimistic)."""
+    the one picked on the validation split (whose Dice on that split is optimistic); a bundle,
+    with one set of weights, refuses it."""
     if checkpoint not in ("best", "last"):
         raise MedftError(f"checkpoint {checkpoint!r}: expected best or last")
     path = Path(path)
@@ -81,6 +82,12 @@ def load_model(path: str | Path, device: torch.device | None = None, checkpoint:
     if (path / "config.yaml").is_file():
         model = _from_run(path, checkpoint)
     elif (path / "configs").is_dir():
+        if checkpoint == "last":
+            raise MedftError(
+                f"{path}: --checkpoint last applies to a run folder, and this is a bundle: it holds one set of weights "
+                "(models/model.pt). Fix: leave out --checkpoint to evaluate the bundle, or give the run folder that "
+                "`medft train` wrote to evaluate its last checkpoint"
+            )
         model = _from_bundle(path)
     else:
         raise MedftError(
@@ -119,10 +126,9 @@ def _from_run(run_dir: Path, checkpoint: str = "best") -> TrainedModel:
 
 
 def _run_name(run_dir: Path) -> str:
-    """A run's name for reports and the review app: its folder with the parent's ("demo/train"),
-    since run folders often have plain names such as ``train``."""
-    absolute = Path(os.path.abspath(run_dir))  # as given: a symbolic link keeps its own name
-    return f"{absolute.parent.name}/{absolute.name}" if absolute.parent.name else absolute.name
+    """A run's name for reports and the review app: its folder's own name, never a parent's (a folder
+    may be named after a patient or a project)."""
+    return Path(os.path.abspath(run_dir)).name  # as given: a symbolic link keeps its own name; "." its folder's
 
 
 def _from_bundle(root: Path) -> TrainedModel:

@@ -97,8 +97,9 @@ def _write_evaluation(out: Path, model: TrainedModel, manifest: Manifest, cases:
             problem = find_user_error(exc)
             if problem is None:
                 raise
-            record.update(status="failed", message=str(problem))
-            warnings.append(f"case {case.case_id}: not evaluated: {problem}")
+            message = problem.details.without_case() if isinstance(problem, DataError) else str(problem)
+            record.update(status="failed", message=message)
+            warnings.append(f"case {case.case_id}: not evaluated: {message}")
             continue
         probs = predict(model, data["image"], tta=tta)
         labels = _label_map(probs, largest_component)
@@ -152,14 +153,20 @@ def _require_new_folder(out: Path) -> None:
 
 
 def predict_files(model_path: str | Path, inputs: list[Path], out: Path, tta: bool = False,
-                  largest_component: bool = False) -> list[Path]:
+                  largest_component: bool = False, overwrite: bool = False) -> list[Path]:
     """Predict NIfTI files or DICOM series folders; one ``<case_id>.nii.gz`` each in ``out``, each
     renamed into place once written (``new_file``): an interrupted run leaves whole files only.
 
+    A prediction file already in ``out`` is a MedftError before any inference, unless ``overwrite``.
     An input that cannot be predicted (unreadable, NaN voxels, other channels than the model's) does
     not stop the others: they are written, then one MedftError names each input that failed and why.
     """
     case_ids = _distinct_case_ids(inputs, out)
+    existing = [out / f"{case_id}.nii.gz" for case_id in case_ids if (out / f"{case_id}.nii.gz").exists()]
+    if existing and not overwrite:
+        others = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+        raise MedftError(f"{existing[0]} exists{others}: predicting would replace it. Fix: give a new --out folder, "
+                         "or add --overwrite to replace the existing files")
     model = load_model(model_path)
     prep = model.preprocess()
     written, failed = [], []

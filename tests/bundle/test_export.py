@@ -98,6 +98,14 @@ def test_the_readme_says_what_the_bundle_is_and_where_it_comes_from(exported):
     assert "- Parent: hippocampus_demo 1.0.0 (a local bundle folder)" in readme
 
 
+def test_the_printed_notice_names_every_file_that_holds_a_fill_in(exported, tmp_path, caplog):
+    root, _ = exported
+    bundle = export_run(root / "run", tmp_path / "bundle")
+    notice = next(r.getMessage() for r in caplog.records if "FILL IN" in r.getMessage())
+    for name in ("configs/metadata.json", "LICENSE", "docs/README.md"):
+        assert "FILL IN" in (bundle / name).read_text() and name in notice, name
+
+
 def test_an_unreadable_manifest_leaves_a_data_source_without_counts(exported, tmp_path):
     root, _ = exported
     run = tmp_path / "run"

@@ -247,3 +247,27 @@ def test_two_sites_page_is_self_contained_and_says_unpaired(tmp_path):
     assert "No per-case plot" in text and "Paired Dice per case" not in text
     assert "+0.050" in text and "n = 12 (A), 12 (B)" in text
     assert "north_00" not in text and "south_00" not in text  # no per-case table
+
+
+def test_two_runs_of_the_same_name_are_numbered_not_named_by_their_parents(tmp_path):
+    rows = _rows({"anterior": [0.8, 0.7], "posterior": [0.6, 0.5]}, ["c1", "c2"], ["", ""])
+    eval_a = _folder(tmp_path / "jane_doe" / "eval", rows, "train")  # parents named after a patient, a project
+    eval_b = _folder(tmp_path / "project_x" / "eval", rows, "train")
+    page = compare_evaluations(eval_a, eval_b).read_text()
+    result = json.loads((eval_b / "comparison.json").read_text())
+    assert (result["a"]["label"], result["b"]["label"]) == ("train (1)", "train (2)")
+    assert "jane_doe" not in page and "project_x" not in page
+
+
+def test_the_console_table_gives_each_class_with_the_difference_and_its_interval(shifted_pair, capsys):
+    from medft.cli import _print_comparison
+
+    eval_a, eval_b, _ = shifted_pair
+    compare_evaluations(eval_a, eval_b)
+    _print_comparison(eval_b / "comparison.json")
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:3] == ["  A: pretrained", "  B: finetuned", " " * 24 + "A      B  B - A (paired, 95% interval)"]
+    result = json.loads((eval_b / "comparison.json").read_text())
+    for line, (name, entry) in zip(lines[3:], result["dice"].items(), strict=True):
+        shown = "mean of classes" if name == "mean_foreground" else name
+        assert line == f"  {shown:<16} {entry['a']['mean']:>6.3f} {entry['b']['mean']:>6.3f}  +0.050 [+0.050, +0.050]"

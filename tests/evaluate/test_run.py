@@ -240,6 +240,17 @@ def test_checkpoint_last_evaluates_the_final_model(trained, tmp_path):
         evaluate(trained, manifest, tmp_path / "x", checkpoint="final")
 
 
+def test_checkpoint_last_of_a_bundle_is_refused_before_inference(trained, tmp_path, capsys):
+    from medft.bundle.export import export_run
+
+    bundle = export_run(trained, tmp_path / "bundle")
+    assert main(["evaluate", str(bundle), "--manifest", str(_one_case_manifest(tmp_path)), "--out", str(tmp_path / "e"),
+                 "--checkpoint", "last"]) == 1
+    assert (f"{bundle}: --checkpoint last applies to a run folder, and this is a bundle: it holds one set of weights "
+            "(models/model.pt). Fix: leave out --checkpoint") in capsys.readouterr().err
+    assert not (tmp_path / "e").exists()
+
+
 def _one_case_manifest(folder: Path, case_id: str = "hippocampus_340") -> Path:
     image, label = sample_case(case_id)
     return write_csv(folder / "one.csv", [{"case_id": "a1", "image": image, "label": label}], classes=CLASSES)
@@ -377,6 +388,22 @@ def test_predict_refuses_inputs_that_would_write_one_file_before_loading_the_mod
     assert not (tmp_path / "p").exists()
 
 
+def test_predict_refuses_to_replace_a_file_before_loading_the_model_unless_told_to(trained, tmp_path, capsys):
+    scan, out = sample_case("hippocampus_340")[0], tmp_path / "p"
+    out.mkdir()
+    (out / "hippocampus_340.nii.gz").write_bytes(b"an earlier prediction")
+    with pytest.raises(MedftError, match=re.escape(  # a model path that does not exist: found before loading it
+            f"{out / 'hippocampus_340.nii.gz'} exists: predicting would replace it. Fix: give a new --out folder, "
+            "or add --overwrite to replace the existing files")):
+        predict_files(tmp_path / "no_model", [sample_case("hippocampus_341")[0], scan], out)
+    assert main(["predict", str(trained), str(scan), "--out", str(out)]) == 1
+    assert f"{out / 'hippocampus_340.nii.gz'} exists" in capsys.readouterr().err
+    assert _listing(out) == ["hippocampus_340.nii.gz"]
+    assert (out / "hippocampus_340.nii.gz").read_bytes() == b"an earlier prediction"
+    assert main(["predict", str(trained), str(scan), "--out", str(out), "--overwrite"]) == 0
+    assert nib.load(out / "hippocampus_340.nii.gz").shape == nib.load(scan).shape
+
+
 def test_compare_with_a_folder_that_is_no_evaluation_stops_before_inference(trained, tmp_path):
     manifest = _one_case_manifest(tmp_path)
     with pytest.raises(MedftError, match=r"--compare .*notarun: no such folder\. Fix: give an evaluation folder"):
@@ -406,6 +433,30 @@ def test_compare_writes_the_comparison_with_each_sides_inference_options(trained
     assert "used different inference options" in page
 
 
+def test_the_evaluate_console_names_a_failure_once_counts_it_and_prints_the_comparison(trained, tmp_path, capsys):
+    plain = evaluate(trained, _one_case_manifest(tmp_path), tmp_path / "plain")
+    broken = copy_case("hippocampus_349", tmp_path / "nii", "broken")
+    broken[0].write_bytes(broken[0].read_bytes()[:2000])
+    rows = [{"case_id": "a1", "image": sample_case("hippocampus_340")[0], "label": sample_case("hippocampus_340")[1]},
+            {"case_id": "broken", "image": broken[0], "label": broken[1]}]
+    manifest = write_csv(tmp_path / "m.csv", rows, classes=CLASSES)
+    capsys.readouterr()
+    assert main(["evaluate", str(trained), "--manifest", str(manifest), "--out", str(tmp_path / "tta"), "--tta",
+                 "--compare", str(plain)]) == 0
+    out, err = capsys.readouterr()
+    failure = [line for line in err.splitlines() if "broken" in line]
+    assert len(failure) == 1 and failure[0].startswith(f"case broken: not evaluated: {broken[0]}: is truncated")
+    assert "ERROR" not in failure[0] and failure[0].count("case broken") == 1
+    assert "  1 of 2 cases failed and were not evaluated: the reasons are above, in evaluation.json" in out
+    result = json.loads((tmp_path / "tta" / "comparison.json").read_text())
+    assert f"  A: {result['a']['label']}\n  B: {result['b']['label']}\n" in out
+    for name, shown in (("anterior", "anterior"), ("posterior", "posterior"), ("mean_foreground", "mean of classes")):
+        entry = result["dice"][name]
+        line = (f"  {shown:<16} {entry['a']['mean']:>6.3f} {entry['b']['mean']:>6.3f}  "
+                f"{entry['paired']['mean_diff']:+.3f}\n")  # one case in common: no interval
+        assert line in out, name
+
+
 def test_a_missing_model_folder_and_a_run_without_checkpoint_say_so(trained, tmp_path):
     import shutil
 
@@ -426,13 +477,14 @@ def test_a_missing_model_folder_and_a_run_without_checkpoint_say_so(trained, tmp
         (run / "checkpoints").mkdir(exist_ok=True)
 
 
-def test_a_run_is_named_by_its_folder_and_the_parent_in_the_report(trained, tmp_path):
-    demo = tmp_path / "demo"
-    demo.mkdir()
-    (demo / "train").symlink_to(trained, target_is_directory=True)  # runs/demo/train, as the demo writes it
-    out = evaluate(demo / "train", _one_case_manifest(tmp_path), tmp_path / "eval")
-    assert json.loads((out / "evaluation.json").read_text())["model"]["name"] == "demo/train"
-    assert "<title>Evaluation of demo/train</title>" in (out / "report.html").read_text()
+def test_a_run_is_named_by_its_own_folder_not_its_parent_in_the_report(trained, tmp_path):
+    patient = tmp_path / "jane_doe_1962"  # a parent folder named after a patient
+    patient.mkdir()
+    (patient / "train").symlink_to(trained, target_is_directory=True)
+    out = evaluate(patient / "train", _one_case_manifest(tmp_path), tmp_path / "eval")
+    assert json.loads((out / "evaluation.json").read_text())["model"]["name"] == "train"
+    report = (out / "report.html").read_text()
+    assert "<title>Evaluation of train</title>" in report and "jane_doe_1962" not in report
 
 
 def _listing(folder: Path) -> list[str]:
