@@ -143,7 +143,8 @@ def _from_bundle(root: Path) -> TrainedModel:
     prep = medft_info.get("preprocessing") or {}
     if not prep:
         log.warning("%s was not exported by medft: its own preprocessing is not replayed; images are "
-                    "z-score normalised in RAS orientation", root)
+                    "z-score normalised in RAS orientation, and --tta mirrors left-right only (the axes its "
+                    "training mirrored are not recorded)", root)
     roi = prep.get("spatial_size") or _inferer_arg(bundle, "roi_size", _is_size) or bundle.input_spatial_shape or DEFAULT_ROI
     overlap = _inferer_arg(bundle, "overlap", lambda v: _is_number(v) and 0 <= v < 1)
     sw_batch_size = _inferer_arg(bundle, "sw_batch_size", lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0)

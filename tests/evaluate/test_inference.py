@@ -65,3 +65,14 @@ def test_a_bundle_whose_inferer_refers_to_its_config_gives_the_values(tmp_path):
     config["inferer"].update(roi_size="@nowhere", sw_batch_size="many")  # unresolvable: the defaults
     model = load_model(make_bundle(tmp_path / "broken", config=config), device=torch.device("cpu"))
     assert (model.roi_size, model.sw_batch_size) == ([96, 96, 96], 4)
+
+
+def test_a_foreign_bundle_is_loaded_with_a_warning_of_what_is_assumed(tmp_path, caplog):
+    from medft.evaluate.inference import load_model
+    from tests.bundle.helpers import UNET3D, make_bundle
+
+    with caplog.at_level("WARNING", logger="medft"):
+        model = load_model(make_bundle(tmp_path / "foreign", UNET3D), device=torch.device("cpu"))
+    assert model.flip_axes == (0,) and model.intensity == "zscore"
+    assert "was not exported by medft: its own preprocessing is not replayed" in caplog.text
+    assert "--tta mirrors left-right only (the axes its training mirrored are not recorded)" in caplog.text
