@@ -112,8 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
         "validate",
         "check a run config without running it",
         "Validates a YAML run config against medft's schema and prints every problem at once, each\n"
-        "with its key, and checks that its manifest (and a local bundle folder) exist; prints the\n"
-        "resolved config when it is valid. --keys lists every key with its type, default and meaning.",
+        "with its key (a search section's values too, as medft tune checks them), and checks that its\n"
+        "manifest (and a local bundle folder) exist; prints the resolved config when it is valid.\n"
+        "--keys lists every key with its type, default and meaning.",
         "medft validate configs/demo.yaml --set train.epochs=3\n  medft validate --keys",
     )
     validate.add_argument("config", type=Path, nargs="?", help="YAML run config")
@@ -347,7 +348,7 @@ def _validate(args: argparse.Namespace) -> int:
         return 0
     if args.config is None:
         raise MedftError("give a YAML run config to validate (or --keys to list the keys)")
-    config = load_config(args.config, args.overrides)
+    config = load_config(args.config, args.overrides, search_space=True)
     print(dump_config(config), end="")
     problems = missing_paths(config)
     for problem in problems:
@@ -362,7 +363,11 @@ def _tune(args: argparse.Namespace) -> int:
     _console_logging()
     console = next(h for h in logging.getLogger("medft").handlers if h.get_name() == "medft-console")
     console.addFilter(lambda record: record.name == "medft.tune" or record.levelno >= logging.WARNING)  # runs log to their train.log
+    import optuna
+
     from medft.tune import TuneInterrupted, tune
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # medft.tune logs each trial; Optuna's own lines repeat them
 
     try:
         result = tune(args.config, args.trials, out=args.out, storage=args.storage, study_name=args.study,

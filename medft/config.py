@@ -7,6 +7,8 @@ Relative paths in a config file resolve against the file's own folder; those giv
 """
 from __future__ import annotations
 
+import copy
+import json
 import re
 from collections.abc import Hashable
 from pathlib import Path
@@ -259,17 +261,6 @@ class SearchConfig(_Section):
     sampler_seed: int | None = Field(None, description="Seed of the sampler; trial n draws from (seed, n), so parallel workers and resumed studies do not repeat draws. By default the config's seed.")
     study_name: str | None = Field(None, min_length=1, description="Name of the study in the storage; by default the config file's name (medft tune --study overrides it).")
 
-    @model_validator(mode="after")
-    def _freeze_keys(self) -> "SearchConfig":
-        preset, unfreeze = self.params.get(FREEZE_PRESET_KEY), self.params.get(UNFREEZE_EPOCH_KEY)
-        if preset is not None:
-            allowed = {value for arg in get_args(FreezeStage.model_fields["preset"].annotation) for value in get_args(arg)}
-            if preset.type != "categorical" or not set(preset.choices) <= allowed:
-                raise ValueError(f"{FREEZE_PRESET_KEY} must be categorical with choices among {sorted(allowed)}")
-        if unfreeze is not None and (unfreeze.type != "int" or unfreeze.low < 0):
-            raise ValueError(f"{UNFREEZE_EPOCH_KEY} must be an int parameter with low >= 0 (an epoch)")
-        return self
-
 
 class RunConfig(_Section):
     seed: int = Field(0, description="Seed of every random choice: data order, augmentation, initialisation.")
@@ -312,10 +303,10 @@ class RunConfig(_Section):
         return data
 
 
-def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
+def load_config(path: str | Path, overrides: list[str] = (), search_space: bool = False) -> RunConfig:
     """Read a YAML config, apply ``dotted.key=value`` overrides, validate, resolve paths."""
     path = Path(path)
-    return validate_config(read_raw_config(path, overrides), source=str(path), base=path.parent)
+    return validate_config(read_raw_config(path, overrides), source=str(path), base=path.parent, search_space=search_space)
 
 
 def read_raw_config(path: Path, overrides: list[str] = ()) -> dict:
@@ -385,18 +376,152 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def validate_config(raw: dict, source: str, base: Path | None = None) -> RunConfig:
-    """Validate a config dict; one MedftError lists every problem, each with its key."""
-    try:
-        config = RunConfig.model_validate(raw)
-    except ValidationError as exc:
-        lines = [_format_error(error) for error in exc.errors()]
-        raise MedftError(f"{source}: {len(lines)} problem(s) in the config:\n" + "\n".join(lines)) from None
+def validate_config(raw: dict, source: str, base: Path | None = None, search_space: bool = False) -> RunConfig:
+    """Validate a config dict; one MedftError lists every problem, each with its key. With
+    ``search_space`` (medft tune and validate), the values of its search too (``search_space_problems``)."""
+    config, problems = _validated(raw)
+    if search_space:
+        problems += search_space_problems(raw)
+    if problems:
+        raise MedftError(f"{source}: {len(problems)} problem(s) in the config:\n" + "\n".join(problems))
     if base is not None:
         config.data.manifest = _resolve(base, config.data.manifest)
         if config.model.bundle and _is_local(base, config.model.bundle):
             config.model.bundle = _resolve(base, config.model.bundle)
     return config
+
+
+def _validated(raw: dict) -> tuple[RunConfig | None, list[str]]:
+    """The config, or None and its problems, one line each."""
+    try:
+        return RunConfig.model_validate(raw), []
+    except ValidationError as exc:
+        return None, [_format_error(error) for error in exc.errors()]
+
+
+def search_space_problems(raw: dict) -> list[str]:
+    """What the schema cannot see in a config's search: the config must stay valid at each end of
+    every range and with each choice, and the pruner must be able to stop a trial. The parameters
+    that the schema refuses, and a config that is invalid without its search, are left to the
+    schema's problems, which come in the same error."""
+    search = raw.get("search")
+    base = {key: value for key, value in raw.items() if key != "search"}
+    config, invalid = _validated(base)
+    if not isinstance(search, dict) or invalid:
+        return []
+    params = search["params"] if isinstance(search.get("params"), dict) else {}
+    problems = []
+    epochs, min_resource = config.train.epochs, search.get("min_resource", 1)
+    if search.get("pruner") != "none" and type(min_resource) is int and min_resource >= epochs:
+        problems.append(f"  search.min_resource: {min_resource} epoch(s) is not below train.epochs ({epochs}), so the "
+                        f"pruner could never stop a trial. Fix: lower search.min_resource or set search.pruner: none")
+    searched = {}
+    for key, spec in params.items():
+        param = _search_param(key, spec)
+        if param is None:
+            continue
+        wrong = _freeze_key_problem(key, param)
+        if wrong:
+            problems.append(f"  search.params.{key}: {wrong}")
+        else:
+            searched[key] = param
+    if UNFREEZE_EPOCH_KEY in searched and FREEZE_PRESET_KEY not in params:
+        first = next((stage for stage in config.freeze if stage.epoch == 0), None)
+        if first is None or first.preset in (None, "none") and not first.patterns:
+            problems.append(f"  search.params.{UNFREEZE_EPOCH_KEY}: nothing is frozen at epoch 0, so there is nothing to "
+                            f"unfreeze. Fix: search {FREEZE_PRESET_KEY} too, or give a freeze stage at epoch 0 with a preset")
+    for key, param in searched.items():
+        for value in _extremes(param):
+            _, invalid = _validated(apply_params(base, {key: value}))
+            if invalid:
+                problems.append(f"  search.params.{key}: the value {value!r} makes the config invalid:\n" +
+                                "\n".join("  " + line for line in invalid))
+    return problems
+
+
+def _search_param(key: Any, spec: Any) -> SearchParam | None:
+    """A searched parameter as the schema reads it; None when the schema refuses it."""
+    if not isinstance(key, str):
+        return None
+    try:
+        _searchable_key(key)
+        return SearchParam.model_validate(spec)
+    except ValueError:  # pydantic's ValidationError too
+        return None
+
+
+def _freeze_key_problem(key: str, param: SearchParam) -> str | None:
+    """The searched freeze keys take a preset (categorical) and an epoch (int from 0)."""
+    if key == FREEZE_PRESET_KEY:
+        allowed = {value for arg in get_args(FreezeStage.model_fields["preset"].annotation) for value in get_args(arg)}
+        if param.type != "categorical" or not set(param.choices) <= allowed:
+            return f"{FREEZE_PRESET_KEY} must be categorical with choices among {sorted(allowed)}"
+    if key == UNFREEZE_EPOCH_KEY and (param.type != "int" or param.low < 0):
+        return f"{UNFREEZE_EPOCH_KEY} must be an int parameter with low >= 0 (an epoch)"
+    return None
+
+
+def _extremes(param: SearchParam) -> list:
+    if param.type == "categorical":
+        return list(param.choices)
+    cast = int if param.type == "int" else float
+    return [cast(param.low), cast(param.high)]
+
+
+def apply_params(base: dict, params: dict[str, Any]) -> dict:
+    """A copy of the raw config ``base`` with the searched values set (the freeze keys build the schedule)."""
+    raw = copy.deepcopy(base)
+    raw.pop("search", None)
+    for key, value in params.items():
+        if key not in (FREEZE_PRESET_KEY, UNFREEZE_EPOCH_KEY):
+            _set_dotted(raw, key, value, f"search.params.{key}")
+    if FREEZE_PRESET_KEY in params or UNFREEZE_EPOCH_KEY in params:
+        raw["freeze"] = freeze_schedule(raw.get("freeze") or [], params.get(FREEZE_PRESET_KEY), params.get(UNFREEZE_EPOCH_KEY))
+    return raw
+
+
+def freeze_schedule(stages: list[dict], preset: str | None, unfreeze_epoch: int | None) -> list[dict]:
+    """The schedule from a searched preset (replaces the epoch-0 stage's) and unfreeze epoch
+    (replaces the later stages with one that trains everything from that epoch on)."""
+    first = next((dict(s) for s in stages if s.get("epoch") == 0), {"epoch": 0, "preset": "none"})
+    later = [dict(s) for s in stages if s.get("epoch", 0) > 0]
+    if preset is not None:
+        first["preset"] = preset
+    if unfreeze_epoch is not None:
+        if unfreeze_epoch == 0:
+            return []
+        later = [{"epoch": int(unfreeze_epoch), "preset": "none"}]
+    if first.get("preset") in (None, "none") and not first.get("patterns"):
+        return later if any(s.get("preset") not in (None, "none") or s.get("patterns") for s in later) else []
+    return [first, *later]
+
+
+_ABSENT = object()
+
+
+def describe_differences(old: Any, new: Any, limit: int = 5) -> str:
+    """The dotted keys where two configs (as dumped, or read from YAML) differ, the first ``limit``
+    with their values when short: "optim.lr (0.001 -> 0.0003), freeze.1.epoch (2 -> 3) and 2 more";
+    empty when they do not differ."""
+    differences = _differences(old, new, "")
+    shown = [key if len(before + after) > 40 else f"{key} ({before} -> {after})"
+             for key, before, after in ((key, _shown(a), _shown(b)) for key, a, b in differences[:limit])]
+    more = len(differences) - len(shown)
+    return ", ".join(shown) + (f" and {more} more" if more else "")
+
+
+def _differences(old: Any, new: Any, prefix: str) -> list[tuple[str, Any, Any]]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [difference for key in dict.fromkeys([*old, *new])
+                for difference in _differences(old.get(key, _ABSENT), new.get(key, _ABSENT), f"{prefix}{key}.")]
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):  # freeze.1.epoch, as --set names it
+        return [difference for index, (a, b) in enumerate(zip(old, new))
+                for difference in _differences(a, b, f"{prefix}{index}.")]
+    return [] if old == new else [(prefix.removesuffix("."), old, new)]
+
+
+def _shown(value: Any) -> str:
+    return "absent" if value is _ABSENT else json.dumps(value)
 
 
 def dump_config(config: RunConfig) -> str:

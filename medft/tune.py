@@ -22,7 +22,6 @@ After the trials, ``OUT`` holds ``best_config.yaml`` (ready for ``medft train``)
 from __future__ import annotations
 
 import contextlib
-import copy
 import csv
 import hashlib
 import json
@@ -40,8 +39,8 @@ import optuna
 import torch
 
 from medft.atomic_files import process_ended
-from medft.config import (FREEZE_PRESET_KEY, UNFREEZE_EPOCH_KEY, RunConfig, SearchConfig, SearchParam, _set_dotted,
-                          dump_config, read_raw_config, validate_config)
+from medft.config import (RunConfig, SearchConfig, SearchParam, apply_params, describe_differences, dump_config,
+                          read_raw_config, validate_config)
 from medft.errors import MedftError
 from medft.train import distributed
 from medft.train.recipe import TrainingInterrupted, run_training
@@ -100,65 +99,6 @@ class TuneResult:
 
 # --- the search space --------------------------------------------------------------------------
 
-def apply_params(base: dict, params: dict[str, Any]) -> dict:
-    """A copy of the raw config ``base`` with the searched values set (the freeze keys build the schedule)."""
-    raw = copy.deepcopy(base)
-    raw.pop("search", None)
-    for key, value in params.items():
-        if key not in (FREEZE_PRESET_KEY, UNFREEZE_EPOCH_KEY):
-            _set_dotted(raw, key, value, f"search.params.{key}")
-    if FREEZE_PRESET_KEY in params or UNFREEZE_EPOCH_KEY in params:
-        raw["freeze"] = freeze_schedule(raw.get("freeze") or [], params.get(FREEZE_PRESET_KEY), params.get(UNFREEZE_EPOCH_KEY))
-    return raw
-
-
-def freeze_schedule(stages: list[dict], preset: str | None, unfreeze_epoch: int | None) -> list[dict]:
-    """The schedule from a searched preset (replaces the epoch-0 stage's) and unfreeze epoch
-    (replaces the later stages with one that trains everything from that epoch on)."""
-    first = next((dict(s) for s in stages if s.get("epoch") == 0), {"epoch": 0, "preset": "none"})
-    later = [dict(s) for s in stages if s.get("epoch", 0) > 0]
-    if preset is not None:
-        first["preset"] = preset
-    if unfreeze_epoch is not None:
-        if unfreeze_epoch == 0:
-            return []
-        later = [{"epoch": int(unfreeze_epoch), "preset": "none"}]
-    if first.get("preset") in (None, "none") and not first.get("patterns"):
-        return later if any(s.get("preset") not in (None, "none") or s.get("patterns") for s in later) else []
-    return [first, *later]
-
-
-def check_search_space(base: dict, search: SearchConfig, source: str) -> None:
-    """Validate the config at each end of every range and with each choice, before any trial."""
-    problems = []
-    epochs = base["train"]["epochs"]
-    if search.pruner != "none" and search.min_resource >= epochs:
-        problems.append(f"  search.min_resource: {search.min_resource} epoch(s) is not below train.epochs ({epochs}), so the "
-                        f"pruner could never stop a trial. Fix: lower search.min_resource or set search.pruner: none")
-    if UNFREEZE_EPOCH_KEY in search.params and FREEZE_PRESET_KEY not in search.params:
-        first = next((s for s in base.get("freeze") or [] if s.get("epoch") == 0), None)
-        if first is None or first.get("preset") in (None, "none") and not first.get("patterns"):
-            problems.append(f"  search.params.{UNFREEZE_EPOCH_KEY}: nothing is frozen at epoch 0, so there is nothing to "
-                            f"unfreeze. Fix: search {FREEZE_PRESET_KEY} too, or give a freeze stage at epoch 0 with a preset")
-    for key, spec in search.params.items():
-        for value in _extremes(spec):
-            try:
-                validate_config(apply_params(base, {key: value}), source=f"{key}={value!r}")
-            except MedftError as exc:
-                details = str(exc).split("\n")[1:]
-                problems.append(f"  search.params.{key}: the value {value!r} makes the config invalid:\n" +
-                                "\n".join("  " + line for line in details))
-    if problems:
-        raise MedftError(f"{source}: {len(problems)} problem(s) in the search section:\n" + "\n".join(problems))
-
-
-def _extremes(spec: SearchParam) -> list:
-    if spec.type == "categorical":
-        return list(spec.choices)
-    cast = int if spec.type == "int" else float
-    return [cast(spec.low), cast(spec.high)]
-
-
 def suggest(trial, key: str, spec: SearchParam):
     if spec.type == "categorical":
         return trial.suggest_categorical(key, spec.choices)
@@ -183,14 +123,13 @@ def tune(config_path: str | Path, trials: int, out: str | Path | None = None, st
     config_path = Path(config_path)
     out = Path(out) if out is not None else Path("runs") / config_path.stem
     raw = read_raw_config(config_path, overrides)
-    config = validate_config(raw, source=str(config_path), base=config_path.parent)
+    config = validate_config(raw, source=str(config_path), base=config_path.parent, search_space=True)
     if config.search is None:
         raise MedftError(f"{config_path}: no search section, so there is nothing to tune. Fix: add one, e.g. "
                          "search: {params: {optim.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}}} "
                          "(see configs/tune_demo.yaml)")
     search = config.search
     base = config.model_dump(mode="json", exclude={"search"})  # paths resolved
-    check_search_space(base, search, str(config_path))
 
     out.mkdir(parents=True, exist_ok=True)
     url = storage or f"sqlite:///{(out / 'study.db').resolve()}"
@@ -265,7 +204,8 @@ class _Objective:
             trial.set_user_attr("error", str(exc))
             self.failures.append((f"trial {trial.number} ({_describe(params)})", str(exc)))
             raise TrialFailed(str(exc)) from None
-        except optuna.TrialPruned:
+        except optuna.TrialPruned as pruned:
+            log.info("trial %d pruned: %s", trial.number, pruned)
             self.failures.clear()
             raise
         self.failures.clear()
@@ -297,6 +237,7 @@ class _Objective:
         if best is None or not math.isfinite(best):
             raise TrialFailed("no finite validation Dice (no foreground in the validation cases?)")
         trial.set_user_attr("best_epoch", summary["best_epoch"])
+        log.info("trial %d finished: best validation Dice %.4f at epoch %d", trial.number, best, summary["best_epoch"])
         return float(best)
 
 
@@ -454,21 +395,10 @@ def _check_same_search(study, config: RunConfig, name: str) -> None:
     if held is None:
         study.set_user_attr("medft_config", fingerprint)
     elif held != fingerprint:
-        old, new = _flat(json.loads(held)), _flat(json.loads(fingerprint))
-        differ = sorted(key for key in old.keys() | new.keys() if old.get(key) != new.get(key))
-        raise MedftError(f"study {name!r} was started with another config (it differs in {', '.join(differ)}): its trials "
+        differ = describe_differences(json.loads(held), json.loads(fingerprint))
+        raise MedftError(f"study {name!r} was started with another config (it differs in {differ}): its trials "
                          "would not compare. Fix: give a new study name (--study) or --out, or go back to the config "
                          "the study started with")
-
-
-def _flat(tree: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value and prefix + key != "search.params":
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[prefix + key] = value
-    return flat
 
 
 def _finished(study: optuna.Study) -> int:

@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -164,6 +165,21 @@ def test_set_paths_start_at_the_working_directory_as_the_hippocampus_config_says
     assert load_config(demo, ["model.bundle=spleen_ct_segmentation"]).model.bundle == "spleen_ct_segmentation"  # a Model Zoo name
     monkeypatch.chdir(tmp_path)
     assert load_config(demo, ["data.manifest=m.csv"]).data.manifest == str(tmp_path.resolve() / "m.csv")
+
+
+SET_EXAMPLE = re.compile(r"--set\s+([\w.]+=[^\s`)]*[^\s`).,;])")  # not the full stop after one
+
+
+@pytest.mark.parametrize("doc, config", [("README.md", "demo.yaml"), *((f"configs/{p.name}", p.name) for p in CONFIGS)])
+def test_every_set_example_of_the_docs_loads(monkeypatch, doc, config):
+    """README's `--set freeze.1.epoch=4` made the epochs of configs/demo.yaml's stages 0, 4, 4: an error."""
+    monkeypatch.chdir(REPO)  # the examples run from the repository
+    examples = SET_EXAMPLE.findall((REPO / doc).read_text())
+    assert examples or doc != "README.md"
+    for example in examples:
+        loaded = load_config(REPO / "configs" / config, [example])
+        if example.startswith("data.manifest="):
+            assert Path(loaded.data.manifest).is_file(), example
 
 
 @pytest.mark.parametrize("size", ["[0, 64, 48]", "[-4, 64, 48]", "[]", "[48]", "[8, 8, 8, 8]"])

@@ -1,6 +1,7 @@
 """Hyperparameter search (medft tune): tiny studies of the tiny fine-tuning config, on CPU."""
 import csv
 import json
+import logging
 import multiprocessing
 import re
 import socket
@@ -13,9 +14,9 @@ import torch
 
 from medft import tune as tune_module
 from medft.cli import main
-from medft.config import RunConfig, SearchConfig, SearchParam, load_config, validate_config
+from medft.config import RunConfig, SearchConfig, SearchParam, freeze_schedule, load_config, validate_config
 from medft.errors import MedftError
-from medft.tune import TrialFailed, TrialSeededTPE, freeze_schedule, tune
+from medft.tune import TrialFailed, TrialSeededTPE, tune
 from tests.train.helpers import make_config
 
 # A wide learning-rate range and an aggressive pruner: successive halving from the first epoch,
@@ -103,7 +104,7 @@ def test_the_same_command_again_runs_only_the_missing_trials(tmp_path):
     assert _states(study) == ["COMPLETE"] * 3
     assert [t.value for t in study.trials[:2]] == values
     assert tune(config, 3, out=tmp_path / "out").ran == 0  # nothing missing
-    with pytest.raises(MedftError, match=r"started with another config \(it differs in train.epochs\)"):
+    with pytest.raises(MedftError, match=r"started with another config \(it differs in train.epochs \(2 -> 3\)\)"):
         tune(config, 4, out=tmp_path / "out", overrides=["train.epochs=3"])
 
 
@@ -167,7 +168,29 @@ def test_search_keys_and_ranges_are_validated_with_the_config(tmp_path):
                      "search.params.optim.lr: log needs low above 0", "choices: a list of at least two values"):
         assert expected in message
     with pytest.raises(MedftError, match="freeze.preset must be categorical with choices among"):
-        validate_config({**base, "search": {"params": {"freeze.preset": {"type": "categorical", "choices": ["none", "head"]}}}}, "c.yaml")
+        validate_config({**base, "search": {"params": {"freeze.preset": {"type": "categorical", "choices": ["none", "head"]}}}},
+                        "c.yaml", search_space=True)
+
+
+def test_validate_checks_the_search_space_and_names_every_problem_at_once(tmp_path, capsys):
+    """medft validate passed a search whose choices make the config invalid (medft tune refused it later),
+    and a wrong key hid the other problems of the search until it was fixed."""
+    choices = make_config(tmp_path, search={"params": {"data.augmentation": {"type": "categorical", "choices": ["none", "bogus"]}}})
+    assert main(["validate", str(choices)]) == 1
+    assert "search.params.data.augmentation: the value 'bogus' makes the config invalid" in capsys.readouterr().err
+    params = {"optim.lrr": {"type": "float", "low": 1, "high": 2},
+              "data.augmentation": {"type": "categorical", "choices": ["none", "bogus"]},
+              "freeze.preset": {"type": "categorical", "choices": ["none", "head"]}}
+    everything = make_config(tmp_path, search={"params": params, "min_resource": 4})  # train.epochs is 4
+    assert main(["validate", str(everything)]) == 1
+    err = capsys.readouterr().err
+    for expected in ("4 problem(s)", "optim.lrr is not a key of the run config", "search.min_resource: 4 epoch(s)",
+                     "freeze.preset must be categorical", "the value 'bogus' makes the config invalid"):
+        assert expected in err
+    with pytest.raises(MedftError, match="4 problem"):
+        tune(everything, 2, out=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert main(["validate", str(make_config(tmp_path, search=SEARCH))]) == 0
 
 
 def test_every_search_field_has_a_description():
@@ -223,6 +246,29 @@ def _fake_training(failing: dict[str, Exception] | None = None):
             on_validation(epoch, 0.5)
         return {"best_val_dice": 0.5, "best_epoch": 0}
     return run_training
+
+
+def test_tune_prints_a_line_per_trial_and_not_optunas_info_lines(tmp_path, monkeypatch, capfd, caplog):
+    """Optuna's "[I ...] Trial 0 finished with value ..." lines repeated medft's progress."""
+    config = make_config(tmp_path, **{"train.epochs": 2, "search": SEARCH})  # successive halving from epoch 1
+
+    def poorer_each_trial(config, run_dir, resume=False, on_validation=None):
+        dice = 0.5 - 0.1 * int(run_dir.name.removeprefix("trial_"))
+        for epoch in range(config.train.epochs):
+            on_validation(epoch, dice)
+        return {"best_val_dice": dice, "best_epoch": 1}
+
+    monkeypatch.setattr(tune_module, "run_training", poorer_each_trial)
+    optuna_logger = logging.getLogger("optuna")
+    optuna_logger.addHandler(caplog.handler)  # Optuna's records do not reach the root logger
+    try:
+        assert main(["tune", str(config), "--trials", "2", "--out", str(tmp_path / "out")]) == 0
+    finally:
+        optuna_logger.removeHandler(caplog.handler)
+    err = capfd.readouterr().err
+    assert "trial 0 finished: best validation Dice 0.5000 at epoch 1" in err
+    assert "trial 1 pruned: validation Dice 0.4000 after 1 epoch(s)" in err
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("optuna") and r.levelno < logging.WARNING] == []
 
 
 def test_a_failed_trial_is_recorded_and_the_worker_runs_trials_until_the_target(tmp_path, monkeypatch):

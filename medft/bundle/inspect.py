@@ -51,6 +51,10 @@ def _inspect(
     overrides: dict | None,
 ) -> dict:
     _require_positive(out_channels=out_channels, in_channels=in_channels, input_size=input_size)
+    if out_channels == 1:
+        raise MedftError("out_channels=1: medft trains one output channel per class, background included (softmax, "
+                         "Dice + cross-entropy, the prediction is the channel with the highest score), so a head needs "
+                         "at least 2. Fix: give 2 for one structure (background and the structure), N + 1 for N")
     bundle = load_bundle(source)
     network, report = adapt_network(bundle, out_channels, in_channels, overrides, min_loaded_fraction=0.0)
     errors = []

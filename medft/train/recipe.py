@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from medft import __version__
 from medft.atomic_files import atomic_write_text
-from medft.config import SGD_MOMENTUM, RunConfig, TrainConfig, dump_config
+from medft.config import SGD_MOMENTUM, RunConfig, TrainConfig, describe_differences, dump_config, read_yaml
 from medft.data.manifest import load_manifest
 from medft.errors import MedftError
 from medft.metrics import confusion_counts, dice, foreground_mean
@@ -357,9 +357,10 @@ class FineTuneRecipe:
         if self.resume:
             if not saved.is_file():
                 raise MedftError(f"{self.run_dir}: nothing to resume (no config.yaml). Fix: train without --resume")
-            if saved.read_text() != dump_config(self.config):
+            differences = describe_differences(read_yaml(saved), self.config.model_dump(mode="json"))
+            if differences:
                 raise MedftError(
-                    f"{saved}: the config differs from the one this run started with. Fix: resume with "
+                    f"{saved}: the config differs from the one this run started with, in {differences}. Fix: resume with "
                     f"`medft train {saved} --out {self.run_dir} --resume`, or start a new run with another --out"
                 )
         elif (self.checkpoints / "last.pt").exists():

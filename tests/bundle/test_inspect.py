@@ -47,6 +47,16 @@ def test_a_count_under_1_is_refused_before_the_bundle_is_read(counts):
         inspect_bundle("no/such/bundle", **counts)
 
 
+def test_one_output_channel_is_refused_before_the_bundle_is_read(tmp_path, capsys):
+    """A head needs background and a class: with one channel softmax is 1 everywhere and every voxel background."""
+    with pytest.raises(MedftError, match=r"^out_channels=1: medft trains one output channel per class, background "
+                                         r"included .* Fix: give 2 for one structure"):
+        inspect_bundle("no/such/bundle", out_channels=1)
+    root = make_bundle(tmp_path / "b", UNET3D)
+    assert main(["bundle", "inspect", str(root), "--out-channels", "1"]) == 1
+    assert "at least 2" in capsys.readouterr().err
+
+
 def test_input_size_from_metadata_and_from_the_caller(tmp_path):
     metadata = {"network_data_format": {"inputs": {"image": {"spatial_shape": [16, 16, 8]}}}}
     root = make_bundle(tmp_path / "b", UNET2D | {"spatial_dims": 3}, metadata=metadata)

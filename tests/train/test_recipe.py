@@ -463,6 +463,22 @@ def test_resuming_after_the_bundle_changed_its_network_is_a_clear_error(tmp_path
         run_training(load_config(config), tmp_path / "out", resume=True)
 
 
+def test_resuming_with_another_config_names_the_keys_that_differ(tmp_path):
+    """The refusal said only that the config differs, leaving the user to diff the two files."""
+    from medft.config import dump_config
+
+    config = load_config(make_config(tmp_path))
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "config.yaml").write_text("# the run's config, commented\n" + dump_config(config))
+    changed = load_config(make_config(tmp_path), ["optim.lr=0.0003", "freeze.1.epoch=2", "freeze.2.epoch=3",
+                                                  "data.manifest=/elsewhere/a_much_longer_manifest_name.csv",
+                                                  "train.amp=true", "seed=1", "train.epochs=9"])
+    with pytest.raises(MedftError, match=r"config.yaml: the config differs from the one this run started with, in "
+                                         r"seed \(0 -> 1\), data.manifest, freeze.1.epoch \(1 -> 2\), "
+                                         r"freeze.2.epoch \(2 -> 3\), optim.lr \(0.01 -> 0.0003\) and 2 more\. Fix: resume"):
+        run_training(changed, tmp_path / "out", resume=True)
+
+
 def test_a_warmup_as_long_as_the_run_is_named(tmp_path, caplog):
     config = make_config(tmp_path, **{"train.epochs": 1, "optim.warmup_epochs": 1})
     with caplog.at_level("WARNING", logger="medft"):
