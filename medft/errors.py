@@ -10,7 +10,20 @@ DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSP
 
 
 class MedftError(Exception):
-    """An error the command line prints as one line, without a traceback."""
+    """An error the command line prints as one line, without a traceback.
+
+    ``public`` is its message as medft writes it into files (evaluation.json, report.html, the
+    review app, trials.csv, train.log): without the identifying particulars (DICOM UIDs, series
+    descriptions, slice file names) that the console shows to the user running the command.
+    """
+
+    def __init__(self, *args, public: str | None = None):
+        super().__init__(*args)
+        self._public = public
+
+    @property
+    def public(self) -> str:
+        return str(self) if self._public is None else self._public
 
 
 @dataclass
@@ -22,15 +35,25 @@ class Problem:
     file: Path | str | None = None
     case_id: str | None = None
     severity: str = "error"  # "error" or "warning"
+    detail: str = ""  # identifying particulars (DICOM UIDs, series descriptions, slice file names): console only
 
     def __str__(self) -> str:
-        case = f"case {_printable(self.case_id)}: " if self.case_id else ""
-        return f"{self.severity.upper()} {case}{self.without_case()}"
+        return self._line(public=False)
 
-    def without_case(self) -> str:
+    @property
+    def public(self) -> str:
+        """The line without ``detail``, as medft writes it into files."""
+        return self._line(public=True)
+
+    def without_case(self, public: bool = False) -> str:
         """The file, the problem and the fix, without severity and case: for a line already about the case."""
+        problem = f"{self.problem} ({self.detail})" if self.detail and not public else self.problem
         where = f"{self.file}: " if self.file else ""
-        return f"{where}{self.problem}. Fix: {self.fix}"
+        return f"{where}{problem}. Fix: {self.fix}"
+
+    def _line(self, public: bool) -> str:
+        case = f"case {_printable(self.case_id)}: " if self.case_id else ""
+        return f"{self.severity.upper()} {case}{self.without_case(public)}"
 
 
 def _printable(text: str) -> str:
@@ -41,9 +64,14 @@ def _printable(text: str) -> str:
 class DataError(MedftError):
     """Bad input data: carries the Problem that describes it."""
 
-    def __init__(self, problem: str, fix: str, file: Path | str | None = None, case_id: str | None = None):
-        self.details = Problem(problem=problem, fix=fix, file=file, case_id=case_id)
+    def __init__(self, problem: str, fix: str, file: Path | str | None = None, case_id: str | None = None,
+                 detail: str = ""):
+        self.details = Problem(problem=problem, fix=fix, file=file, case_id=case_id, detail=detail)
         super().__init__(str(self.details))
+
+    @property
+    def public(self) -> str:
+        return self.details.public
 
     def with_case(self, case_id: str) -> "DataError":
         self.details.case_id = case_id

@@ -201,7 +201,7 @@ class _Objective:
         try:
             value = self._train(trial, params)
         except MedftError as exc:  # out of memory, no finite Dice, a problem of this trial's config or of the data
-            trial.set_user_attr("error", str(exc))
+            trial.set_user_attr("error", exc.public)  # trials.csv: the console shows the full message
             self.failures.append((f"trial {trial.number} ({_describe(params)})", str(exc)))
             raise TrialFailed(str(exc)) from None
         except optuna.TrialPruned as pruned:

@@ -15,7 +15,7 @@ import torch
 from medft import tune as tune_module
 from medft.cli import main
 from medft.config import RunConfig, SearchConfig, SearchParam, freeze_schedule, load_config, validate_config
-from medft.errors import MedftError
+from medft.errors import DataError, MedftError
 from medft.tune import TrialFailed, TrialSeededTPE, tune
 from tests.train.helpers import make_config
 
@@ -273,13 +273,13 @@ def test_tune_prints_a_line_per_trial_and_not_optunas_info_lines(tmp_path, monke
 
 def test_a_failed_trial_is_recorded_and_the_worker_runs_trials_until_the_target(tmp_path, monkeypatch):
     config = make_config(tmp_path, **QUICK)
-    broken = MedftError("the network does not build with these values. Fix: narrow the range")
+    broken = DataError("holds 2 DICOM series", "give series_uid", file="scan", case_id="c7", detail="uid=1.2.3")
     monkeypatch.setattr(tune_module, "run_training", _fake_training({"trial_1": broken, "trial_2": TrialFailed("no finite Dice")}))
     result = tune(config, 3, out=tmp_path / "out")
     assert _states(_study(tmp_path / "out", config.stem)) == ["COMPLETE", "FAIL", "FAIL", "COMPLETE", "COMPLETE"]
     assert result.counts == {"complete": 3, "fail": 2} and result.ran == 5
     rows = list(csv.DictReader((tmp_path / "out" / "trials.csv").open()))
-    assert [r["error"] for r in rows] == ["", str(broken), "no finite Dice", "", ""]
+    assert [r["error"] for r in rows] == ["", broken.public, "no finite Dice", "", ""]  # without the UID of str(broken)
 
 
 def test_trials_failing_in_a_row_stop_the_worker_with_one_message(tmp_path, monkeypatch):

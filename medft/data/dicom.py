@@ -25,6 +25,9 @@ too, in the encoding pydicom guesses, when they hold an image slice's tags.
 
 No message, summary or metadata produced here contains patient identifiers (name, ID, birth
 date): series are described by SeriesInstanceUID, SeriesDescription, SeriesNumber and size only.
+Those, and slice file names, go in a problem's ``detail``, which the console shows and no file
+that medft writes keeps (``Problem.public``); the errors of ``read_series`` and the MONAI reader name
+the series folder, the slice in their detail.
 """
 from __future__ import annotations
 
@@ -72,6 +75,7 @@ class SeriesInfo:
     rows: int
     columns: int
     modality: str
+    folder: Path  # the folder scanned for it (the manifest's image)
     headers: list[pydicom.Dataset] = field(repr=False, compare=False)  # one per file, without pixels
 
     @property
@@ -144,6 +148,7 @@ def scan_folder(folder: Path) -> SeriesScan:
                 rows=int(first.Rows),
                 columns=int(first.Columns),
                 modality=str(first.get("Modality", "")),
+                folder=folder,
                 headers=[ds for _, ds in members],
             )
         )
@@ -228,7 +233,7 @@ def _header_numbers(ds: pydicom.Dataset, keyword: str, count: int) -> np.ndarray
     except ValueError:
         numbers = np.array([np.nan])
     if not np.isfinite(numbers).all():
-        raise DataError(f"{keyword} is not numeric ({str(parts)[:80]})", _REEXPORT)
+        raise DataError(f"{keyword} is not numeric", _REEXPORT)
     if numbers.size != count:
         raise DataError(f"{keyword} holds {numbers.size} value(s) where {count} are needed", _REEXPORT)
     return numbers
@@ -236,7 +241,7 @@ def _header_numbers(ds: pydicom.Dataset, keyword: str, count: int) -> np.ndarray
 
 def select_series(scan: SeriesScan, series_uid: str | None) -> SeriesInfo:
     """The series to use: the only one, or the one with `series_uid`. Never merges series."""
-    found = "; ".join(s.summary for s in scan.series)
+    found = "series found: " + "; ".join(s.summary for s in scan.series)
     if not scan.series:
         bad = f" ({len(scan.unreadable)} files could not be read as DICOM)" if scan.unreadable else ""
         raise DataError(
@@ -249,16 +254,19 @@ def select_series(scan: SeriesScan, series_uid: str | None) -> SeriesInfo:
             if s.uid == series_uid:
                 return s
         raise DataError(
-            f"holds no series with SeriesInstanceUID {series_uid}; it holds: {found}",
-            "set series_uid in the manifest to one of the uids listed",
+            f"holds no series with the manifest's series_uid ({len(scan.series)} other series)",
+            "set series_uid in the manifest to the SeriesInstanceUID of one of them (medft check-data lists them)",
             file=scan.folder,
+            detail=f"series_uid {series_uid}; {found}",
         )
     if len(scan.series) > 1:
         raise DataError(
-            f"holds {len(scan.series)} DICOM series and medft does not merge series: {found}",
-            "in a manifest, add a series_uid column and give, for this case, the uid of the series to use "
-            "(one of those listed); or move each series to a folder of its own (what medft predict needs)",
+            f"holds {len(scan.series)} DICOM series and medft does not merge series",
+            "in a manifest, add a series_uid column and give, for this case, the SeriesInstanceUID of the series "
+            "to use (medft check-data lists them); or move each series to a folder of its own (what medft predict "
+            "needs)",
             file=scan.folder,
+            detail=found,
         )
     return scan.series[0]
 
@@ -309,12 +317,12 @@ def _grouped(problem: str, fix: str, paths: list[Path], severity: str = "error")
         return Problem(problem, fix, file=paths[0], severity=severity)
     names = ", ".join(p.name for p in paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
     folder = Path(os.path.commonpath(paths))
-    return Problem(f"{problem} (in {len(paths)} files: {names})", fix, file=folder, severity=severity)
+    return Problem(f"{problem}, in {len(paths)} files", fix, file=folder, severity=severity, detail=names)
 
 
 def _geometry_problems(slices: list[tuple[Path, pydicom.Dataset]]) -> tuple[list[Problem], list[int]]:
     """Problems of a series given (file, dataset) pairs, and the slice order along the normal."""
-    problems = _series_number_problems(slices) + _format_problems(slices)
+    problems = _patient_problems(slices) + _series_number_problems(slices) + _format_problems(slices)
     placements, unplaced = [], {}
     for path, ds in slices:
         try:
@@ -337,6 +345,23 @@ def _geometry_problems(slices: list[tuple[Path, pydicom.Dataset]]) -> tuple[list
         return problems + consistency, list(range(len(slices)))
     stack, order = _stack_problems(slices, placements)
     return problems + stack, order
+
+
+def _patient_problems(slices: list[tuple[Path, pydicom.Dataset]]) -> list[Problem]:
+    """An error when the slices of one series carry different PatientIDs (files of several patients under one
+    SeriesInstanceUID); the IDs are compared, never shown."""
+    ids = [_stored_text(ds, "PatientID") if "PatientID" in ds else "" for _, ds in slices]
+    if len(set(ids)) == 1:
+        return []
+    first = slices[0][0]
+    other = next(path for (path, _), patient in zip(slices, ids) if patient != ids[0])
+    return [Problem(
+        f"its slices carry {len(set(ids))} different PatientIDs (not shown) under one SeriesInstanceUID: "
+        "files of several patients are mixed",
+        "keep the files of one patient only in the series folder, or export the series again from its source",
+        file=Path(os.path.commonpath([path.parent for path, _ in slices])),
+        detail=f"{other.name} and {first.name} differ, for example",
+    )]
 
 
 def _series_number_problems(slices: list[tuple[Path, pydicom.Dataset]]) -> list[Problem]:
@@ -396,9 +421,10 @@ def _consistency_problems(slices: list[tuple[Path, pydicom.Dataset]], placements
             if differs:
                 problems.append(
                     Problem(
-                        f"has a different {what} than {first_path.name} of the same series",
+                        f"has a different {what} than the first slice of the same series",
                         "make sure the folder holds one series only; " + _REEXPORT,
                         file=path,
+                        detail=f"first slice: {first_path.name}",
                     )
                 )
     return problems
@@ -423,10 +449,11 @@ def _stack_problems(
         more = f" and {duplicates.size - 5} more pairs" if duplicates.size > 5 else ""
         problems.append(
             Problem(
-                f"{duplicates.size} pair(s) of slices share the same position: {pairs}{more}",
+                f"{duplicates.size} pair(s) of slices share the same position",
                 "remove the duplicate files; if the folder holds several acquisitions (echoes, time points) "
                 "under one series uid, export them as separate series",
                 file=folder,
+                detail=pairs + more,
             )
         )
     real_gaps = gaps[gaps > _SAME_POSITION_MM]
@@ -442,10 +469,10 @@ def _stack_problems(
             n_missing = max(1, round(gap / step) - 1)
             problems.append(
                 Problem(
-                    f"about {n_missing} slice(s) seem missing between {names[i]} and {names[i + 1]} "
-                    f"(gap of {gap:.2f} mm where slices are {step:.2f} mm apart)",
+                    f"about {n_missing} slice(s) seem missing: a gap of {gap:.2f} mm where slices are {step:.2f} mm apart",
                     "copy the missing slice files into the folder, or export the complete series again",
                     file=folder,
+                    detail=f"between {names[i]} and {names[i + 1]}",
                 )
             )
         elif abs(gap - step) > tolerance:
@@ -455,10 +482,11 @@ def _stack_problems(
         problems.append(
             Problem(
                 f"slice spacing is uneven: typical spacing {step:.3f} mm, tolerance {tolerance:.3f} mm "
-                f"(the larger of 0.01 mm and 1%), but {listed}",
+                f"(the larger of 0.01 mm and 1%), but {len(uneven)} gap(s) differ",
                 "export the complete series again, or resample it to even spacing (e.g. convert it to NIfTI "
                 "with dcm2niix) and list the .nii.gz instead",
                 file=folder,
+                detail=listed,
             )
         )
     return problems + _off_line_problems(positions[order], normal, names, tolerance, folder), order
@@ -483,11 +511,12 @@ def _off_line_problems(
     more = f"; and {off.size - 5} more" if off.size > 5 else ""
     return [
         Problem(
-            f"{off.size} slice(s) lie off the line of the others (displaced across the slice normal; tolerance "
-            f"{tolerance:.3f} mm, as for the spacing): {listed}{more}",
+            f"{off.size} slice(s) lie off the line of the others: displaced across the slice normal beyond a "
+            f"tolerance of {tolerance:.3f} mm (as for the spacing)",
             "remove slices that belong to another acquisition, or export the complete series again "
             "(their ImagePositionPatient disagrees with the other slices')",
             file=folder,
+            detail=listed + more,
         )
     ]
 
@@ -503,19 +532,19 @@ def read_series(series: SeriesInfo) -> tuple[np.ndarray, np.ndarray]:
         try:
             slices.append((path, _read_dicom(path)))
         except Exception as e:
-            raise DataError(f"cannot be read as DICOM ({describe_exception(e)})", _REMOVE_OR_REPLACE, file=path)
+            problem = Problem(f"cannot be read as DICOM ({describe_exception(e)})", _REMOVE_OR_REPLACE, file=path)
+            raise _series_error(series.folder, [problem]) from None
     problems, order = _geometry_problems(slices)
     errors = [p for p in problems if p.severity == "error"]
     if errors:
-        more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
-        raise DataError(errors[0].problem + more, errors[0].fix, file=errors[0].file)
+        raise _series_error(series.folder, errors)
 
     planes = []
     for path, ds in (slices[i] for i in order):
         try:
             pixels = ds.pixel_array
         except Exception as e:
-            raise _pixel_error(path, ds, e) from None
+            raise _series_error(series.folder, [_pixel_problem(path, ds, e)]) from None
         slope, intercept = _rescale(ds)
         planes.append((pixels.astype(np.float32) * slope + intercept).T)  # (rows, columns) -> (columns, rows)
     volume = np.stack(planes, axis=-1, dtype=np.float32)
@@ -530,16 +559,27 @@ def read_series(series: SeriesInfo) -> tuple[np.ndarray, np.ndarray]:
     return volume, LPS_TO_RAS @ affine
 
 
-def _pixel_error(path: Path, ds: pydicom.Dataset, exc: Exception) -> DataError:
+def _series_error(folder: Path, problems: list[Problem]) -> DataError:
+    """The first of a series' ``problems`` as the loaders raise it: naming the series folder (what the
+    manifest lists), the slice or subfolder it concerns in the detail."""
+    first = problems[0]
+    file = Path(first.file) if first.file else folder
+    where = f"in {file.relative_to(folder)}" if file != folder and file.is_relative_to(folder) else ""
+    more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+    detail = "; ".join(part for part in (where, first.detail) if part)
+    return DataError(first.problem + more, first.fix, file=folder, detail=detail)
+
+
+def _pixel_problem(path: Path, ds: pydicom.Dataset, exc: Exception) -> Problem:
     """Why a slice's pixels cannot be decoded: a compression no installed package decodes, or damage."""
     syntax = ds.file_meta.get("TransferSyntaxUID")
     if syntax is not None and syntax.is_compressed and not _decodable(syntax):
-        return DataError(
+        return Problem(
             f"its pixel data is compressed as {syntax.name}, which no installed package decodes",
             _DECODER_FIX,
             file=path,
         )
-    return DataError(
+    return Problem(
         f"its pixel data cannot be decoded ({describe_exception(exc)}); the file may be truncated or damaged",
         _REMOVE_OR_REPLACE,
         file=path,
@@ -580,10 +620,8 @@ def _reader_class() -> type:
 
         def read(self, data, **kwargs) -> SeriesInfo:
             scan = scan_folder(_as_folder(data))
-            problems = scan.unreadable
-            if problems:
-                more = f" (and {len(problems) - 1} more problem(s) in {scan.folder})" if len(problems) > 1 else ""
-                raise DataError(problems[0].problem + more, problems[0].fix, file=problems[0].file)
+            if scan.unreadable:
+                raise _series_error(scan.folder, scan.unreadable)
             return select_series(scan, self.series_uid)
 
         def get_data(self, img: SeriesInfo) -> tuple[np.ndarray, dict]:

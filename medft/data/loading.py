@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from monai.data import ImageReader, MetaTensor, NibabelReader
 from monai.transforms import LoadImage, MapTransform, Orientation
+from pydicom.misc import is_dicom
 
 from medft.data.dicom import DicomSeriesReader, describe_exception
 from medft.errors import DataError, Problem
@@ -37,6 +38,11 @@ _READ_FIX = "the file looks damaged or is not a NIfTI image: copy it again from 
 _DICOM_READ_FIX = (
     "run medft check-data on it for details; export the series again, or convert it to NIfTI "
     "(e.g. with dcm2niix) and list the .nii.gz instead"
+)
+_SLICE_FIX = "give the folder that holds the whole series (all its slices, one series per folder) as the image"
+_LABEL_FIX = (
+    "convert the segmentation (a DICOM SEG or RTSTRUCT, for example) to a NIfTI label map on the image's voxel grid "
+    "and list the .nii.gz as the label"
 )
 _AFFINE_FIX = (
     "give the image a valid affine (sform or qform: voxel spacing and orientation), e.g. re-export it from its source"
@@ -54,6 +60,9 @@ def load_image(paths: list[str] | tuple[Path, ...], series_uid: str | None = Non
     if len(paths) == 1 and paths[0].is_dir():
         image = _read(paths[0], DicomSeriesReader(series_uid=series_uid))
     else:
+        for path in paths:
+            if _is_dicom_file(path):
+                raise DataError("is one DICOM file (a single slice), not a 3D image", _SLICE_FIX, file=path)
         channels = [_read(p) for p in paths]
         for path, channel in zip(paths[1:], channels[1:]):
             mismatch = geometry_mismatch(channels[0], channel, "channel")
@@ -80,9 +89,13 @@ def _require_finite(image: MetaTensor, path: Path) -> None:
 
 def load_label(path: str | Path) -> MetaTensor:
     """A label map as a (1, x, y, z) MetaTensor in RAS, values as stored (float32)."""
-    label = _read(Path(path))
-    _require_3d(label, Path(path))
-    _require_placeable(label, Path(path))
+    path = Path(path)
+    if path.is_dir() or _is_dicom_file(path):
+        what = "a folder" if path.is_dir() else "a DICOM file"
+        raise DataError(f"is {what}, but a label must be a NIfTI label map (.nii or .nii.gz)", _LABEL_FIX, file=path)
+    label = _read(path)
+    _require_3d(label, path)
+    _require_placeable(label, path)
     if label.shape[0] != 1:
         raise DataError(
             f"the label map has {label.shape[0]} channels",
@@ -90,6 +103,11 @@ def load_label(path: str | Path) -> MetaTensor:
             file=path,
         )
     return to_ras(label)
+
+
+def _is_dicom_file(path: Path) -> bool:
+    """A file named .dcm, or one with the DICOM Part-10 header ('DICM' after the preamble)."""
+    return path.is_file() and (path.suffix.lower() == ".dcm" or is_dicom(path))
 
 
 def to_ras(tensor: MetaTensor) -> MetaTensor:

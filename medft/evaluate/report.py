@@ -535,7 +535,7 @@ def _worst_section(folder: EvaluationFolder) -> str:
 
 
 def _reason(exc: Exception) -> str:
-    return str(exc) or type(exc).__name__
+    return (exc.public if isinstance(exc, MedftError) else str(exc)) or type(exc).__name__
 
 
 def _resolve(folder: EvaluationFolder, text: str) -> Path:

@@ -75,7 +75,7 @@ def _write_evaluation(out: Path, model: TrainedModel, manifest: Manifest, cases:
     n = len(model.class_names)
     rows: list[dict] = []
     records: list[dict] = []
-    warnings: list[str] = []
+    warnings: list[tuple[str, str]] = []  # (as evaluation.json keeps it, as the console shows it)
     confusion = torch.zeros(n, n, dtype=torch.int64)
     histograms = np.zeros((2, n, ROC_BINS), dtype=np.int64)  # [negatives, positives] per class
     prep = model.preprocess()
@@ -88,7 +88,7 @@ def _write_evaluation(out: Path, model: TrainedModel, manifest: Manifest, cases:
         if case.label is not None and not case.label.exists():
             item.pop("label")
             record.update(label=None, message=f"label file {case.label} not found: evaluated as prediction-only")
-            warnings.append(f"case {case.case_id}: {record['message']}")
+            warnings.append((f"case {case.case_id}: {record['message']}",) * 2)
         try:
             data = prep(item)
             check_channels(model, data["image"], ", ".join(str(p) for p in case.image))
@@ -97,9 +97,12 @@ def _write_evaluation(out: Path, model: TrainedModel, manifest: Manifest, cases:
             problem = find_user_error(exc)
             if problem is None:
                 raise
-            message = problem.details.without_case() if isinstance(problem, DataError) else str(problem)
-            record.update(status="failed", message=message)
-            warnings.append(f"case {case.case_id}: not evaluated: {message}")
+            if isinstance(problem, DataError):  # the line is about the case already
+                stored, shown = problem.details.without_case(public=True), problem.details.without_case()
+            else:
+                stored, shown = problem.public, str(problem)
+            record.update(status="failed", message=stored)
+            warnings.append((f"case {case.case_id}: not evaluated: {stored}", f"case {case.case_id}: not evaluated: {shown}"))
             continue
         probs = predict(model, data["image"], tta=tta)
         labels = _label_map(probs, largest_component)
@@ -107,7 +110,7 @@ def _write_evaluation(out: Path, model: TrainedModel, manifest: Manifest, cases:
         if "label" not in data:
             record["status"] = "prediction_only"
             if not record["message"]:
-                warnings.append(f"case {case.case_id}: no label, evaluated as prediction-only")
+                warnings.append((f"case {case.case_id}: no label, evaluated as prediction-only",) * 2)
             continue
         target = data["label"][0].long()
         rows += _case_rows(case, model.class_names, labels, target, _spacing(data["image"]))
@@ -122,12 +125,12 @@ def _write_evaluation(out: Path, model: TrainedModel, manifest: Manifest, cases:
         "model": model.info, "manifest": str(manifest.path), "split": split, "class_names": model.class_names,
         "tta": tta, "tta_flip_axes": list(model.flip_axes) if tta else [], "largest_component": largest_component, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "medft_version": __version__,
         "cases": records, "confusion_matrix": confusion.tolist(), "roc": _roc_curves(histograms, model.class_names),
-        "warnings": warnings,
+        "warnings": [stored for stored, _ in warnings],
     }
     (out / "evaluation.json").write_text(json.dumps(evaluation, indent=1) + "\n")
     write_report(out)
-    for warning in warnings:
-        log.warning(warning)
+    for _, shown in warnings:
+        log.warning(shown)
 
 
 def _require_class_labels(data: dict, case: Case, class_names: list[str]) -> None:

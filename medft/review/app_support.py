@@ -307,6 +307,6 @@ def user_message(exc: BaseException) -> str:
         where = f"case {details.case_id}: " if details.case_id else ""
         return hide_paths(f"{where}{details.problem}. Fix: {details.fix}")
     if isinstance(exc, MedftError):
-        return hide_paths(str(exc))
+        return hide_paths(exc.public)
     log.error("review app: unexpected error", exc_info=exc)
     return f"Something went wrong ({type(exc).__name__}). The details are in the server's log."

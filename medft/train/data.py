@@ -143,9 +143,10 @@ def _cached(cases: list[dict], transform: Compose) -> CacheDataset:
         user_errors = [find_user_error(error) for error in failures]
         if any(error is None for error in user_errors):
             raise next(error for error, user in zip(failures, user_errors) if user is None)
-        shown = [str(error) for error in user_errors[:MAX_SHOWN]]
-        more = len(user_errors) - len(shown)
-        raise MedftError("\n".join(shown + ([f"... and {more} more case(s); medft check-data lists them all"] if more else [])))
+        shown, more = user_errors[:MAX_SHOWN], len(user_errors) - MAX_SHOWN
+        end = [f"... and {more} more case(s); medft check-data lists them all"] if more > 0 else []
+        raise MedftError("\n".join([str(error) for error in shown] + end),
+                         public="\n".join([error.public for error in shown] + end))
     return dataset
 
 
@@ -167,7 +168,7 @@ class UserErrorsFromWorkers(torch.utils.data.Dataset):
             user_error = find_user_error(exc)
             if user_error is None or torch.utils.data.get_worker_info() is None:
                 raise
-            raise _WorkerUserError(_MARK + str(user_error) + _MARK) from None
+            raise _WorkerUserError(_MARK + str(user_error) + _MARK + user_error.public + _MARK) from None
 
 
 _MARK = "<<medft-user-error>>"
@@ -176,12 +177,14 @@ _MARK = "<<medft-user-error>>"
 class _WorkerUserError(MedftError):
     """torch re-raises a worker's error in the main process as ``type(error)(text)``, ``text`` being
     "Caught ... in DataLoader worker process N" and the worker's traceback; the message meant for
-    people travels in it between two marks, and is all this error keeps."""
+    people and its public form travel in it between three marks, and are all this error keeps."""
 
     def __init__(self, text: str):
-        if text.count(_MARK) >= 2 and not text.startswith(_MARK):  # re-raised in the main process
-            text = text.split(_MARK)[-2]
-        super().__init__(text)
+        if text.count(_MARK) >= 3 and not text.startswith(_MARK):  # re-raised in the main process
+            *_, message, public, _ = text.split(_MARK)
+            super().__init__(message, public=public)
+        else:
+            super().__init__(text)
 
 
 class SeededDistributedSampler(DistributedSampler):

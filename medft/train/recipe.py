@@ -33,7 +33,7 @@ from medft import __version__
 from medft.atomic_files import atomic_write_text
 from medft.config import SGD_MOMENTUM, RunConfig, TrainConfig, describe_differences, dump_config, read_yaml
 from medft.data.manifest import load_manifest
-from medft.errors import MedftError
+from medft.errors import MedftError, find_user_error
 from medft.metrics import confusion_counts, dice, foreground_mean
 from medft.train import distributed
 from medft.train.checkpoint import atomic_save, load_checkpoint, restore_rng_states, rng_states
@@ -68,6 +68,7 @@ class FineTuneRecipe:
         self._rank_salt: tuple[int, ...] = (distributed.rank(),) if distributed.is_distributed() else ()
         self._wrapped = None  # the DistributedDataParallel wrapper and the frozen set it was built for
         self._wrapped_frozen: set[str] | None = None
+        self._log_file: logging.Handler | None = None  # train.log, on rank 0 once the run folder is ready
 
     # --- setup ---------------------------------------------------------------------------------
 
@@ -336,6 +337,14 @@ class FineTuneRecipe:
             if hasattr(self, "_quiet_logger"):
                 logging.getLogger("medft").setLevel(self._quiet_logger)
 
+    def log_stop(self, exc: BaseException) -> None:
+        """Write the user error that stops the run (a data error while loading, say) into train.log,
+        as ``public``: not through the logger, whose console handler would print it a second time."""
+        error = find_user_error(exc)
+        if error is not None and self._log_file is not None:
+            self._log_file.handle(logging.makeLogRecord(
+                {"name": log.name, "levelno": logging.ERROR, "levelname": "ERROR", "msg": f"stopped: {error.public}"}))
+
     # --- helpers -------------------------------------------------------------------------------
 
     def _check_same_network(self, state: dict) -> None:
@@ -372,7 +381,7 @@ class FineTuneRecipe:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if not saved.is_file() or saved.read_text() != dump_config(self.config):
             atomic_write_text(dump_config(self.config), saved)
-        _log_to_file(self.run_dir / "train.log")
+        self._log_file = _log_to_file(self.run_dir / "train.log")
 
     def _wrap(self, frozen: set[str]) -> None:
         """Distributed: a new DDP wrapper when the trainable parameters change (see distributed.wrap)."""
@@ -419,6 +428,9 @@ def run_training(config: RunConfig, run_dir: Path, resume: bool = False,
     try:
         recipe.setup()
         return recipe.train()
+    except Exception as exc:
+        recipe.log_stop(exc)
+        raise
     finally:
         recipe.cleanup()
 
@@ -523,7 +535,7 @@ def _truncate_metrics(path: Path, epochs_done: int) -> None:
         atomic_write_text("".join(json.dumps(record) + "\n" for record in kept), path)
 
 
-def _log_to_file(path: Path) -> None:
+def _log_to_file(path: Path) -> logging.Handler:
     logger = logging.getLogger("medft")
     for handler in list(logger.handlers):
         if isinstance(handler, logging.FileHandler):
@@ -533,3 +545,4 @@ def _log_to_file(path: Path) -> None:
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
+    return handler

@@ -114,11 +114,11 @@ def _add_damaged_headers(root: Path, add) -> None:
     add("ipp_empty", folder, None, "16.dcm: ImagePositionPatient is empty")
     folder = series("ipp_text")
     edit_raw(folder / "16.dcm", ImagePositionPatient=b"abc\\0\\6")
-    add("ipp_text", folder, None, "16.dcm: ImagePositionPatient is not numeric (['abc', '0', '6'])")
+    add("ipp_text", folder, None, "16.dcm: ImagePositionPatient is not numeric. Fix")
     folder = series("spacing0")
     for path in folder.iterdir():
         edit_raw(path, PixelSpacing=b"0\\0")
-    add("spacing0", folder, None, "PixelSpacing is 0", "(in 32 files")
+    add("spacing0", folder, None, "PixelSpacing is 0", ", in 32 files (1.dcm, 10.dcm")
     folder = series("series_number")
     for path in folder.iterdir():
         edit_raw(path, SeriesNumber=b"abc")
@@ -140,6 +140,17 @@ def _add_damaged_headers(root: Path, add) -> None:
     folder = series("cut_header")
     (folder / "16.dcm").write_bytes((folder / "16.dcm").read_bytes()[:300])
     add("cut_header", folder, None, "16.dcm: is truncated or damaged", "replace it with the complete file")
+    folder = series("mixed_patients")
+    edit_raw(folder / "16.dcm", PatientID=b"OTHER-PATIENT-77")
+    add("mixed_patients", folder, None, f"{folder}: its slices carry 2 different PatientIDs (not shown)",
+        "16.dcm and 1.dcm differ", "keep the files of one patient")
+    one_slice = Path(shutil.copy(CROP_1 / "16.dcm", root / "dicom" / "one_slice.dcm"))
+    add("one_slice", one_slice, None, "one_slice.dcm: is one DICOM file (a single slice), not a 3D image",
+        "give the folder that holds the whole series")
+    image, _ = copy_case("hippocampus_359", root / "nii", "dicom_label")
+    add("dicom_label", image, series("label_series"), "label_series: is a folder, but a label must be a NIfTI label map",
+        "DICOM SEG or RTSTRUCT")
+    add("dicom_label_file", image, one_slice, "one_slice.dcm: is a DICOM file, but a label must be a NIfTI label map")
 
     image, label = copy_case("hippocampus_355", root / "nii", "singular")
     header = nib.load(image).header.copy()
@@ -168,6 +179,8 @@ def test_every_problem_is_reported_in_one_run(tmp_path, capsys):
             assert any(phrase in line for line in mine), f"{case_id}: no line with {phrase!r} in {mine}"
         assert all("Fix: " in line for line in mine)
     assert not [line for line in lines if "case clean:" in line]
+    patient_id = str(pydicom.dcmread(CROP_1 / "1.dcm", stop_before_pixels=True).PatientID)
+    assert not [line for line in lines if any(value in line for value in ("abc", "OTHER-PATIENT-77", patient_id))]
     assert not [line for line in lines if "case headerless:" in line]
     assert lines[-1].endswith("error(s), 2 warning(s)")
     no_orientation = [line for line in lines if "case no_orientation:" in line]

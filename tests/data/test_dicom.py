@@ -160,6 +160,7 @@ def test_several_series_are_never_merged(tmp_path, shown):
     text = show_error(shown, excinfo)
     assert all(uid in text for uid in uids) and "series_uid" in text
     assert "32 slices" in text and "35 slices" in text and str(folder) in text
+    assert_public(excinfo.value, f"{folder}: holds 2 DICOM series and medft does not merge series. Fix: ")
 
     chosen = select_series(scan, uids[1])
     show_series(shown, chosen)
@@ -171,6 +172,14 @@ def test_several_series_are_never_merged(tmp_path, shown):
         select_series(scan, "1.2.3.4")
     text = show_error(shown, excinfo)
     assert "1.2.3.4" in text and all(uid in text for uid in uids)
+    assert_public(excinfo.value, "holds no series with the manifest's series_uid (2 other series)", "1.2.3.4")
+
+
+def assert_public(error: DataError, expected: str, *hidden: str) -> None:
+    """The error's public form (what medft writes into files) says ``expected`` and names no series, slice or ``hidden``."""
+    public = error.public
+    assert expected in public and "uid=" not in public and "HippoCrop" not in public and ".dcm" not in public
+    assert not any(text in public for text in hidden)
 
 
 def test_no_series_is_an_error(tmp_path, shown):
@@ -255,7 +264,8 @@ def test_monai_reader_refusal_reaches_the_caller(tmp_path, shown):
     with pytest.raises(DataError) as excinfo:
         LoadImage(image_only=True)(folder, reader=DicomSeriesReader(crop_series(CROP2).uid))
     text = show_error(shown, excinfo)
-    assert "notes.txt: is not a DICOM file" in text and "remove it" in text
+    assert f"{folder}: is not a DICOM file (in notes.txt)" in text and "remove it" in text
+    assert_public(excinfo.value, f"{folder}: is not a DICOM file. Fix: remove it", "notes.txt")
 
     reader = pickle.loads(pickle.dumps(DicomSeriesReader("1.2.3")))  # DataLoader workers pickle transforms
     assert isinstance(reader, DicomSeriesReader) and reader.series_uid == "1.2.3"
@@ -286,7 +296,8 @@ def test_unreadable_and_truncated_files_are_named(tmp_path, shown):
     with pytest.raises(DataError) as excinfo:
         read_series(series)
     text = show_error(shown, excinfo)
-    assert excinfo.value.details.file == truncated and "16.dcm" in text and "pixel data" in text
+    assert excinfo.value.details.file == folder and "(in 16.dcm)" in text and "pixel data" in text
+    assert_public(excinfo.value, f"{folder}: its pixel data cannot be decoded")
 
 
 def problems_for(folder: Path, shown: list[str]) -> list[str]:
@@ -307,14 +318,15 @@ def test_missing_slice_is_reported(tmp_path, shown):
     (folder / "16.dcm").unlink()
     texts = problems_for(folder, shown)
     assert len(texts) == 1
-    assert "about 1 slice(s) seem missing between 15.dcm and 17.dcm" in texts[0]
+    assert "about 1 slice(s) seem missing: a gap of 2.00 mm where slices are 1.00 mm apart (between 15.dcm and 17.dcm)" in texts[0]
     with pytest.raises(DataError) as excinfo:
         read_series(crop_series(folder))
     assert "missing" in show_error(shown, excinfo)
+    assert_public(excinfo.value, "about 1 slice(s) seem missing: a gap of 2.00 mm where slices are 1.00 mm apart. Fix")
 
     for name in ("18.dcm", "19.dcm"):
         (folder / name).unlink()
-    assert any("about 2 slice(s) seem missing between 17.dcm and 20.dcm" in t for t in problems_for(folder, shown))
+    assert any("about 2 slice(s) seem missing" in t and "(between 17.dcm and 20.dcm)" in t for t in problems_for(folder, shown))
 
 
 def test_uneven_spacing_is_reported(tmp_path, shown):
@@ -373,12 +385,12 @@ def test_full_study_has_five_series(shown):
     "tag, stored, expected",
     [
         ("ImagePositionPatient", b"", "ImagePositionPatient is empty"),
-        ("ImagePositionPatient", b"abc\\0\\6", "ImagePositionPatient is not numeric (['abc', '0', '6'])"),
+        ("ImagePositionPatient", b"abc\\0\\6", "ImagePositionPatient is not numeric."),
         ("ImagePositionPatient", b"0\\0", "ImagePositionPatient holds 2 value(s) where 3 are needed"),
         ("PixelSpacing", b"0\\0", "PixelSpacing is 0, not a pixel size in mm"),
         ("ImageOrientationPatient", b"1\\0\\0\\1\\0\\0", "ImageOrientationPatient is invalid (1, 0, 0, 1, 0, 0)"),
-        ("NumberOfFrames", b"x", "NumberOfFrames is not numeric (['x'])"),
-        ("RescaleSlope", b"abc", "RescaleSlope is not numeric (['abc'])"),
+        ("NumberOfFrames", b"x", "NumberOfFrames is not numeric."),
+        ("RescaleSlope", b"abc", "RescaleSlope is not numeric."),
         ("RescaleIntercept", b"1\\2", "RescaleIntercept holds 2 value(s) where 1 are needed"),
     ],
 )
@@ -391,7 +403,8 @@ def test_a_malformed_tag_names_the_file_and_the_tag(tag, stored, expected, tmp_p
         assert len(texts) == 1 and f"16.dcm: {expected}" in texts[0] and "Fix: " in texts[0]
         with pytest.raises(DataError) as excinfo:
             read_series(crop_series(folder))
-    assert f"16.dcm: {expected}" in show_error(shown, excinfo)
+    assert f"{folder}: {expected.rstrip('.')}" in show_error(shown, excinfo) and "(in 16.dcm)" in str(excinfo.value)
+    assert_public(excinfo.value, f"{folder}: {expected.rstrip('.')}")
 
 
 def test_a_blanked_orientation_is_invalid_not_duplicate_slices(tmp_path, shown):
@@ -403,7 +416,7 @@ def test_a_blanked_orientation_is_invalid_not_duplicate_slices(tmp_path, shown):
     assert texts[0].startswith(
         f"ERROR {folder}: ImageOrientationPatient is invalid (0, 0, 0, 0, 0, 0): it must hold two orthogonal unit vectors"
     )
-    assert "(in 32 files: 1.dcm, 10.dcm, 11.dcm and 29 more)" in texts[0] and "anonymiser" in texts[0]
+    assert ", in 32 files (1.dcm, 10.dcm, 11.dcm and 29 more)" in texts[0] and "anonymiser" in texts[0]
 
 
 def test_a_series_number_that_is_no_number_is_a_quiet_warning(tmp_path, shown):
@@ -418,7 +431,21 @@ def test_a_series_number_that_is_no_number_is_a_quiet_warning(tmp_path, shown):
     show_series(shown, series)
     assert series.number is None and volume.shape == (35, 51, 32)
     assert [p.severity for p in problems] == ["warning"]
-    assert "SeriesNumber is not numeric (['abc']); medft ignores it (in 32 files" in str(problems[0])
+    assert "SeriesNumber is not numeric; medft ignores it, in 32 files (" in str(problems[0]) and "abc" not in str(problems[0])
+
+
+def test_slices_of_two_patients_under_one_series_uid_are_refused_without_their_ids(tmp_path, shown):
+    folder = copy_series(CROP, tmp_path / "crop")
+    other_patient = pydicom.dcmread(sorted(CROP2.glob("*.dcm"))[0], stop_before_pixels=True).PatientID
+    edit_header(folder / "16.dcm", PatientID=other_patient)
+    texts = problems_for(folder, shown)  # the fixture checks that neither patient's ID is shown
+    assert texts == [f"ERROR {folder}: its slices carry 2 different PatientIDs (not shown) under one SeriesInstanceUID: "
+                     "files of several patients are mixed (16.dcm and 1.dcm differ, for example). Fix: keep the files "
+                     "of one patient only in the series folder, or export the series again from its source"]
+    with pytest.raises(DataError) as excinfo:
+        read_series(crop_series(folder))
+    assert "2 different PatientIDs" in show_error(shown, excinfo)
+    assert_public(excinfo.value, f"{folder}: its slices carry 2 different PatientIDs (not shown)")
 
 
 def test_a_slice_displaced_sideways_is_reported(tmp_path, shown):
@@ -427,7 +454,7 @@ def test_a_slice_displaced_sideways_is_reported(tmp_path, shown):
     edit_header(folder / "16.dcm", ImagePositionPatient=[x + 5, y, z])
     texts = problems_for(folder, shown)
     assert len(texts) == 1 and "1 slice(s) lie off the line of the others" in texts[0]
-    assert "tolerance 0.010 mm" in texts[0] and "16.dcm by 5.000 mm" in texts[0]
+    assert "tolerance of 0.010 mm" in texts[0] and "(16.dcm by 5.000 mm)" in texts[0]
     with pytest.raises(DataError) as excinfo:
         read_series(crop_series(folder))
     assert "off the line" in show_error(shown, excinfo)
@@ -453,7 +480,7 @@ def test_a_compression_without_decoder_names_the_packages(tmp_path, shown):
     with pytest.raises(DataError) as excinfo:
         read_series(crop_series(folder))
     text = show_error(shown, excinfo)
-    assert "\n" not in text and excinfo.value.details.file == folder / "16.dcm"
+    assert "\n" not in text and excinfo.value.details.file == folder and "(in 16.dcm)" in text
     assert "compressed as JPEG Lossless, Non-Hierarchical (Process 14), which no installed package decodes" in text
     assert "pip install pylibjpeg pylibjpeg-libjpeg" in text and "python-gdcm" in text and "uncompressed" in text
 

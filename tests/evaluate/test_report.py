@@ -6,6 +6,7 @@ import io
 import json
 import math
 import re
+import shutil
 import struct
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import numpy as np
 import pydicom
 import pytest
 
+from medft.data.dicom import scan_folder
 from medft.errors import MedftError
 from medft.evaluate.report import write_report
 from tests.evaluate.helpers import CLASS_NAMES, DICOM_SERIES, make_evaluation
@@ -169,6 +171,19 @@ def test_no_file_paths_whose_folders_may_name_the_patient(tmp_path):
     assert "label file [path] not found" in _section(text, "overview")
     assert "<td>manifest.csv</td>" in _section(text, "overview")
     assert "Picture not drawn: " in _section(text, "worst") and "[path]" in _section(text, "worst")
+
+
+def test_a_picture_not_drawn_for_a_folder_of_two_dicom_series_names_no_series(tmp_path):
+    folder = make_evaluation(tmp_path / "eval")
+    two = tmp_path / "two_series"
+    shutil.copytree(DICOM_SERIES, two / "a")
+    shutil.copytree(DICOM_SERIES.parents[1] / "study2" / "14_HCropVolume", two / "b")
+    evaluation = json.loads((folder / "evaluation.json").read_text())
+    next(c for c in evaluation["cases"] if c["case_id"] == "dicom_13")["image"] = [str(two)]
+    (folder / "evaluation.json").write_text(json.dumps(evaluation))
+    worst = _section(write_report(folder).read_text(), "worst")
+    assert "Picture not drawn: ERROR [path]: holds 2 DICOM series and medft does not merge series" in worst
+    assert not [s.uid for s in scan_folder(two).series if s.uid in worst] and "HippoCrop" not in worst
 
 
 def test_how_to_read_gives_the_nan_conventions_of_the_distances_and_the_nsd_tolerance(report):

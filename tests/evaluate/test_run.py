@@ -2,6 +2,7 @@
 import csv
 import json
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -310,6 +311,27 @@ def test_a_case_with_the_wrong_channel_count_fails_alone_with_the_reason(trained
     assert any("case two" in w and "2 channel(s)" in w for w in evaluation["warnings"])
     assert {r["case_id"] for r in _per_case(out)} == {"a1"}
     assert [p.name for p in (out / "predictions").iterdir()] == ["a1.nii.gz"]
+
+
+def test_a_folder_of_two_dicom_series_fails_with_the_series_named_on_the_console_only(trained, tmp_path, caplog):
+    folder = tmp_path / "two_series"
+    shutil.copytree(DICOM_CROP, folder / "a")
+    shutil.copytree(SAMPLE / "dicom" / "study2" / "14_HCropVolume", folder / "b")
+    series = scan_folder(folder).series
+    rows = [{"case_id": "a1", "image": sample_case("hippocampus_340")[0], "label": sample_case("hippocampus_340")[1]},
+            {"case_id": "two", "image": folder, "label": ""}]
+    with caplog.at_level("WARNING", logger="medft"):
+        out = evaluate(trained, write_csv(tmp_path / "m.csv", rows, classes=CLASSES), tmp_path / "eval")
+    console = "\n".join(r.getMessage() for r in caplog.records)
+    assert "case two: not evaluated" in console and all(s.uid in console for s in series)
+    evaluation = json.loads((out / "evaluation.json").read_text())
+    message = next(c for c in evaluation["cases"] if c["case_id"] == "two")["message"]
+    assert "holds 2 DICOM series and medft does not merge series. Fix: " in message
+    assert any("case two: not evaluated" in w for w in evaluation["warnings"])
+    for stored in ((out / "evaluation.json").read_text(), (out / "report.html").read_text()):
+        assert "holds 2 DICOM series" in stored
+        identifying = [s.uid for s in series] + [s.description for s in series] + [".dcm"]
+        assert not [text for text in identifying if text in stored]
 
 
 def test_predict_names_the_input_whose_channel_count_is_wrong(trained, tmp_path, capsys):

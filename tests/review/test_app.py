@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from medft.errors import MedftError
+from medft.errors import DataError, MedftError
 from medft.review import app_support as support
 from medft.review.auth import LoginThrottle, add_user
 from medft.review.store import ReviewStore
@@ -175,6 +175,13 @@ def test_errors_show_a_short_message_and_no_traceback(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", [str(APP)])  # no arguments at all
     at = AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()
     assert not at.exception and "no evaluation folder given" in at.error[0].value
+
+
+def test_a_short_message_leaves_out_what_only_the_console_shows():
+    error = MedftError("case 7: holds 2 series (uid=1.2.3). Fix: give series_uid", public="case 7: holds 2 series. Fix: give series_uid")
+    assert support.user_message(error) == "case 7: holds 2 series. Fix: give series_uid"
+    error = DataError("holds 2 DICOM series", "give series_uid", file="/data/x", case_id="c7", detail="uid=1.2.3")
+    assert support.user_message(error) == "case c7: holds 2 DICOM series. Fix: give series_uid"
 
 
 def test_no_file_paths_on_the_page_a_folder_may_be_named_after_the_patient(tmp_path, monkeypatch):

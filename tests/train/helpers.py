@@ -1,12 +1,14 @@
 """A tiny fine-tuning config on real sample cases, for the tests of training and evaluation."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import yaml
 
+from medft.data.dicom import scan_folder
 from tests.bundle.helpers import UNET3D, make_bundle
-from tests.conftest import sample_case, write_csv
+from tests.conftest import SAMPLE, sample_case, write_csv
 
 TRAIN_IDS = ["hippocampus_334", "hippocampus_335", "hippocampus_336", "hippocampus_338"]
 VAL_IDS = ["hippocampus_340", "hippocampus_341"]
@@ -40,3 +42,14 @@ def make_config(root: Path, **changes) -> Path:
     path = root / f"config_{len(list(root.glob('config_*.yaml')))}.yaml"
     path.write_text("# Run: medft train (test config)\n" + yaml.safe_dump(config))
     return path
+
+
+def two_series_image(root: Path) -> tuple[Path, list[str]]:
+    """In make_config's manifest, the image of TRAIN_IDS[1] becomes a folder of two DICOM series (an
+    error that names the series); returns the folder and the series' UIDs."""
+    folder = root / "two_series"
+    for study in ("study1/13_HCropVolume", "study2/14_HCropVolume"):
+        shutil.copytree(SAMPLE / "dicom" / study, folder / study.split("/")[0])
+    manifest = root / "manifest.csv"
+    manifest.write_text(manifest.read_text().replace(str(sample_case(TRAIN_IDS[1])[0]), str(folder)))
+    return folder, [series.uid for series in scan_folder(folder).series]

@@ -14,7 +14,7 @@ from medft.data.manifest import load_manifest
 from medft.errors import MedftError, find_user_error
 from medft.train.data import build_loaders
 from tests.conftest import copy_case, rewrite_nifti, sample_case
-from tests.train.helpers import TRAIN_IDS, make_config
+from tests.train.helpers import TRAIN_IDS, make_config, two_series_image
 
 
 def test_the_train_transform_applies_the_configured_augmentation(tmp_path):
@@ -58,6 +58,20 @@ def test_a_data_error_in_a_loader_worker_reaches_the_run_as_itself(tmp_path):
     assert re.fullmatch(r"ERROR case hippocampus_33\d: \S+labelsTr/hippocampus_33\d.nii.gz: label values \[2\] are "
                         r"outside the run's classes 0..1 \(background, hippocampus\). Fix: .*", message), message
     assert find_user_error(err.value) is err.value
+
+
+@pytest.mark.parametrize("changes", [{}, {"data.cache": False, "data.num_workers": 1, "train.batch_size": 1}],
+                         ids=["caching", "loader-worker"])
+def test_a_case_error_names_the_dicom_series_on_the_console_but_not_in_its_public_form(tmp_path, changes):
+    config = load_config(make_config(tmp_path, **changes))
+    folder, uids = two_series_image(tmp_path)
+    with pytest.raises(MedftError) as err:
+        train, _, _ = build_loaders(config, load_manifest(config.data.manifest), torch.Generator().manual_seed(0))
+        list(train)
+    error = find_user_error(err.value)
+    assert all(uid in str(error) for uid in uids)
+    assert f"case {TRAIN_IDS[1]}: {folder}: holds 2 DICOM series and medft does not merge series. Fix: " in error.public
+    assert not [uid for uid in uids if uid in error.public]
 
 
 def test_a_case_that_fails_while_caching_ends_the_run_with_exit_1_not_an_abort(tmp_path):

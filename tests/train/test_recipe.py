@@ -23,7 +23,7 @@ from medft.errors import MedftError
 from medft.train.recipe import run_training
 from tests.bundle.helpers import UNET3D, make_bundle, pretrained
 from tests.conftest import REPO, sample_case, write_csv
-from tests.train.helpers import TRAIN_IDS, VAL_IDS, make_config
+from tests.train.helpers import TRAIN_IDS, VAL_IDS, make_config, two_series_image
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
@@ -289,6 +289,19 @@ def test_a_damaged_training_file_is_one_clear_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "case damaged" in err and "damaged_img.nii.gz: is truncated" in err and "Fix:" in err
     assert "internal error" not in err and "Traceback" not in err
+
+
+def test_a_data_error_that_stops_the_run_lands_in_train_log_without_the_series(tmp_path, capsys):
+    from medft.cli import main
+
+    config = make_config(tmp_path)
+    folder, uids = two_series_image(tmp_path)
+    assert main(["train", str(config), "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert all(uid in err for uid in uids) and "stopped:" not in err  # the console shows the error once, in full
+    log = (tmp_path / "out" / "train.log").read_text()
+    assert f"ERROR stopped: ERROR case {TRAIN_IDS[1]}: {folder}: holds 2 DICOM series and medft does not merge" in log
+    assert not [uid for uid in uids if uid in log]
 
 
 def test_on_validation_sees_every_validation_and_can_end_the_run(tmp_path):
