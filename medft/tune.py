@@ -231,23 +231,12 @@ class _Objective:
             raise TrialInterrupted(trial.number) from None  # Optuna marks the trial failed
         except torch.cuda.OutOfMemoryError as exc:  # torch.OutOfMemoryError, on older torch too
             raise TrialFailed(f"out of memory ({exc})") from None
-        finally:
-            _close_trial_log(run_dir)
         best = summary["best_val_dice"]
         if best is None or not math.isfinite(best):
             raise TrialFailed("no finite validation Dice (no foreground in the validation cases?)")
         trial.set_user_attr("best_epoch", summary["best_epoch"])
         log.info("trial %d finished: best validation Dice %.4f at epoch %d", trial.number, best, summary["best_epoch"])
         return float(best)
-
-
-def _close_trial_log(run_dir: Path) -> None:
-    """The recipe logs to the trial's train.log until the next run: end that with the trial."""
-    logger = logging.getLogger("medft")
-    for handler in list(logger.handlers):
-        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).parent == run_dir.resolve():
-            logger.removeHandler(handler)
-            handler.close()
 
 
 def _running(study: optuna.Study) -> int:

@@ -330,6 +330,10 @@ class FineTuneRecipe:
     def cleanup(self) -> None:
         if hasattr(self, "tensorboard"):
             self.tensorboard.close()
+        if self._log_file is not None:  # what the process logs next (an evaluation, say) is not this run's
+            logging.getLogger("medft").removeHandler(self._log_file)
+            self._log_file.close()
+            self._log_file = None
         if distributed.is_distributed():
             distributed.unwrap(self._wrapped)
             self._wrapped = None

@@ -302,6 +302,10 @@ def test_a_data_error_that_stops_the_run_lands_in_train_log_without_the_series(t
     log = (tmp_path / "out" / "train.log").read_text()
     assert f"ERROR stopped: ERROR case {TRAIN_IDS[1]}: {folder}: holds 2 DICOM series and medft does not merge" in log
     assert not [uid for uid in uids if uid in log]
+    import logging
+
+    logging.getLogger("medft").warning("logged by what runs next in this process, an evaluation say")
+    assert (tmp_path / "out" / "train.log").read_text() == log  # the run's log ends with the run
 
 
 def test_on_validation_sees_every_validation_and_can_end_the_run(tmp_path):
