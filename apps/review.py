@@ -227,7 +227,7 @@ def viewer(eval_dir: str, case_id: str) -> None:
     try:
         draw_viewer(eval_dir, case_id)
     except Exception as exc:  # noqa: BLE001 - a short message, never a traceback
-        st.error(support.user_message(exc))
+        st.error(support.user_message(exc, support.configured_paths()))
 
 
 def draw_viewer(eval_dir: str, case_id: str) -> None:
@@ -399,4 +399,4 @@ def main() -> None:
 try:
     main()
 except Exception as exc:  # noqa: BLE001 - the page shows a short message; the log has the traceback
-    st.error(support.user_message(exc))
+    st.error(support.user_message(exc, support.configured_paths()))

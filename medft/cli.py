@@ -242,6 +242,18 @@ def build_parser() -> argparse.ArgumentParser:
     reviewer.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
     reviewer.set_defaults(run=_add_reviewer)
 
+    remove = _command(
+        commands,
+        "remove-reviewer",
+        "remove a reviewer from a users file",
+        "Removes a reviewer from the users file: they can no longer log in. Their reviews stay in the\n"
+        "review store.",
+        "medft remove-reviewer alice --users runs/demo/eval/users.json",
+    )
+    remove.add_argument("username", help="login name to remove")
+    remove.add_argument("--users", type=Path, required=True, help="users file to update")
+    remove.set_defaults(run=_remove_reviewer)
+
     bundle = _command(commands, "bundle", "work with MONAI bundles", "Work with MONAI bundles: 'medft bundle COMMAND --help'.",
                       "medft bundle inspect bundles/hippocampus_demo --out-channels 3")
     bundle.set_defaults(run=lambda args: bundle.print_help() or 2)
@@ -461,7 +473,7 @@ def _add_reviewer(args: argparse.Namespace) -> int:
     from medft.review.auth import add_user
 
     if args.password_stdin:
-        password = sys.stdin.readline().rstrip("\n")
+        password = sys.stdin.readline().rstrip("\r\n")  # a Windows line end too
     elif not sys.stdin.isatty():
         raise MedftError("no terminal to ask the password on (standard input is a pipe or a file). Fix: add "
                          "--password-stdin to read it from standard input, or run the command in a terminal")
@@ -471,6 +483,14 @@ def _add_reviewer(args: argparse.Namespace) -> int:
             raise MedftError("the passwords differ; nothing was changed")
     add_user(args.users, args.username, password, name=args.name, replace=args.replace)
     print(f"reviewer {args.username} saved in {args.users}")
+    return 0
+
+
+def _remove_reviewer(args: argparse.Namespace) -> int:
+    from medft.review.auth import remove_user
+
+    remove_user(args.users, args.username)
+    print(f"reviewer {args.username} removed from {args.users}; their reviews stay in the review store")
     return 0
 
 

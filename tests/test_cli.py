@@ -8,8 +8,8 @@ from medft import cli
 from tests.conftest import REPO
 
 
-def _medft(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "medft", *args], capture_output=True, text=True, cwd=REPO)
+def _medft(*args: str, input: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "medft", *args], capture_output=True, text=True, cwd=REPO, input=input)
 
 
 def test_help_lists_the_commands_without_importing_torch():
@@ -23,7 +23,8 @@ def test_help_lists_the_commands_without_importing_torch():
     assert result.stdout.strip().endswith("light")
 
 
-@pytest.mark.parametrize("command", ["check-data", "train", "validate", "export", "bundle", "bundle inspect", "demo"])
+@pytest.mark.parametrize("command", ["check-data", "train", "validate", "export", "bundle", "bundle inspect", "demo",
+                                     "add-reviewer", "remove-reviewer"])
 def test_every_command_has_help_with_an_example(command):
     result = _medft(*command.split(), "--help")
     assert result.returncode == 0
@@ -205,6 +206,21 @@ def test_add_reviewer_without_a_terminal_asks_for_password_stdin(tmp_path):
     assert piped.returncode == 1 and "Traceback" not in piped.stderr
     assert "no terminal to ask the password on" in piped.stderr and "--password-stdin" in piped.stderr
     assert not users.exists()
+
+
+def test_a_windows_line_end_is_no_part_of_the_password_and_a_reviewer_can_be_removed(tmp_path):
+    from medft.review.auth import list_users, verify
+
+    users = tmp_path / "users.json"
+    for name in ("alice", "bob"):
+        added = _medft("add-reviewer", name, "--users", str(users), "--password-stdin", input="correct horse battery\r\n")
+        assert added.returncode == 0, added.stderr
+    assert verify(users, "alice", "correct horse battery")
+    removed = _medft("remove-reviewer", "alice", "--users", str(users))
+    assert removed.returncode == 0 and "reviewer alice removed" in removed.stdout
+    assert list_users(users) == ["bob"]
+    again = _medft("remove-reviewer", "alice", "--users", str(users))
+    assert again.returncode == 1 and "there is no user 'alice' to remove. Fix: pick one of bob" in again.stderr
 
 
 def test_the_printed_dice_says_when_no_case_had_a_label(tmp_path, capsys):

@@ -60,6 +60,22 @@ class AppConfig:
     users: Path
     db: str | None = None
 
+    @property
+    def paths(self) -> list[Path]:
+        """The folder and files the app was given, absolute: ``user_message`` hides them, spaces and all."""
+        paths = [self.eval_dir, self.users]
+        if self.db and self.db.startswith("sqlite:///"):
+            paths.append(Path(self.db.removeprefix("sqlite:///")))
+        return [path.resolve() for path in paths]
+
+
+def configured_paths() -> list[Path]:
+    """``AppConfig.paths`` of the running app; [] when its arguments are missing."""
+    try:
+        return parse_app_args().paths
+    except MedftError:
+        return []
+
 
 def default_users_file(eval_dir: Path) -> Path:
     return Path(eval_dir) / "users.json"
@@ -298,15 +314,16 @@ def reviews_csv(store) -> bytes:
         return path.read_bytes()
 
 
-def user_message(exc: BaseException) -> str:
+def user_message(exc: BaseException, known: Sequence[Path] = ()) -> str:
     """A short message for the page: a medft error's own words without file paths (``hide_paths``:
-    a folder may be named after the patient), else only the kind of error; the traceback goes to
-    the server log."""
+    a folder may be named after the patient; the ``known`` ones, such as ``AppConfig.paths``, are
+    hidden even where they hold spaces), else only the kind of error; the traceback goes to the
+    server log."""
     if isinstance(exc, DataError):
         details = exc.details
         where = f"case {details.case_id}: " if details.case_id else ""
-        return hide_paths(f"{where}{details.problem}. Fix: {details.fix}")
+        return hide_paths(f"{where}{details.problem}. Fix: {details.fix}", known)
     if isinstance(exc, MedftError):
-        return hide_paths(exc.public)
+        return hide_paths(exc.public, known)
     log.error("review app: unexpected error", exc_info=exc)
     return f"Something went wrong ({type(exc).__name__}). The details are in the server's log."

@@ -29,6 +29,7 @@ import contextlib
 import csv
 import io
 import json
+import os
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -246,11 +247,13 @@ class ReviewStore:
             ) from exc
         if self._is_sqlite:
             _setup_sqlite(self._engine)
+        self._opened_file: tuple[int, int] | None = None
         try:
             self._ensure_schema()
         except BaseException:
             self._engine.dispose()
             raise
+        self._opened_file = self._file_identity()
 
     @classmethod
     def for_eval_dir(cls, eval_dir: Path | str, url: str | None = None) -> "ReviewStore":
@@ -394,6 +397,12 @@ class ReviewStore:
         A write begins with BEGIN IMMEDIATE on SQLite (see ``_setup_sqlite``). A database error
         becomes a MedftError that names the database, ``what`` failed and the ``fix``.
         """
+        if self._opened_file is not None and self._file_identity() != self._opened_file:
+            raise MedftError(
+                f"{self._shown_url}: {what}: the database file was deleted or replaced since it was opened, and "
+                "connections still open to the old file would write where nobody reads. Fix: restore the file "
+                "from a backup if it was deleted by mistake, then restart medft review (or reopen the store)"
+            )
         try:
             with self._engine.connect() as conn:
                 if write:
@@ -410,6 +419,17 @@ class ReviewStore:
                        f"{fix[0].upper()}{fix[1:]}")
             raise MedftError(f"{self._shown_url}: {what} ({type(detail).__name__}: {detail}). "
                              f"Fix: {fix}") from exc
+
+    def _file_identity(self) -> tuple[int, int] | None:
+        """(device, inode) of an SQLite database file; None for a server database, in memory, or no file."""
+        database = make_url(self.url).database if self._is_sqlite else None
+        if not database or database == ":memory:":
+            return None
+        try:
+            stat = os.stat(database)
+        except OSError:
+            return None
+        return stat.st_dev, stat.st_ino
 
     def _mine(self) -> Any:
         """The condition that keeps a query to this store's evaluation."""

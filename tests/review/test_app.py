@@ -184,6 +184,19 @@ def test_a_short_message_leaves_out_what_only_the_console_shows():
     assert support.user_message(error) == "case c7: holds 2 DICOM series. Fix: give series_uid"
 
 
+def test_the_apps_own_folders_are_hidden_in_messages_spaces_and_all(tmp_path, monkeypatch):
+    """Only an absolute path up to its first space looked like a path: "[path] Jane MRN4711/eval/reviews.sqlite"."""
+    eval_dir = tmp_path / "Doe Jane MRN4711" / "eval"
+    monkeypatch.setattr(sys, "argv", [str(APP), "--eval-dir", str(eval_dir), "--db", f"sqlite:///{tmp_path}/A B/r.sqlite"])
+    error = MedftError(f"sqlite:///{eval_dir}/reviews.sqlite: could not save the grade. Fix: submit it again; "
+                       f"also sqlite:///{tmp_path}/A B/r.sqlite and {eval_dir}/users.json")
+    message = support.user_message(error, support.configured_paths())
+    assert message == "sqlite:[path]: could not save the grade. Fix: submit it again; also sqlite:[path] and [path]"
+    assert "Jane" not in support.user_message(error, support.configured_paths())
+    monkeypatch.setattr(sys, "argv", [str(APP)])
+    assert support.configured_paths() == []
+
+
 def test_no_file_paths_on_the_page_a_folder_may_be_named_after_the_patient(tmp_path, monkeypatch):
     folder = make_review_eval(tmp_path / "eval")
     add_user(folder / "users.json", "alice", PASSWORD)

@@ -568,3 +568,27 @@ def test_an_old_format_database_is_refused_with_a_fix(tmp_path):
         assert raw.execute("SELECT case_id, grade FROM reviews").fetchall() == [("case_1", 2)]
     finally:
         raw.close()
+
+
+def test_a_database_file_deleted_or_replaced_under_an_open_store_is_refused(tmp_path):
+    """Open connections would write into the deleted file ("Saved" shown, nothing kept) or
+    into a replaced one under the old handle."""
+    path = tmp_path / "reviews.sqlite"
+    with ReviewStore(f"sqlite:///{path}", EVAL_ID) as store:
+        store.submit("case_1", "alice", 2)
+        for name in os.listdir(tmp_path):
+            (tmp_path / name).unlink()
+        with pytest.raises(MedftError, match=r"could not save the grade of case case_2 by alice: the database file was "
+                                             r"deleted or replaced since it was opened.*Fix: restore the file"):
+            store.submit("case_2", "alice", 3)
+        with pytest.raises(MedftError, match="could not read the reviews: the database file was deleted"):
+            store.current()
+        assert not path.exists()
+        with ReviewStore(f"sqlite:///{tmp_path / 'other.sqlite'}", EVAL_ID) as other:
+            other.submit("case_3", "bob", 1)
+        os.replace(tmp_path / "other.sqlite", path)
+        with pytest.raises(MedftError, match="deleted or replaced"):
+            store.submit("case_2", "alice", 3)
+    with ReviewStore(f"sqlite:///{path}", EVAL_ID) as reopened:  # a new store works on the file that is there
+        assert sorted(reopened.current()) == ["case_3"]
+        reopened.submit("case_2", "alice", 3)
