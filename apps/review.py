@@ -15,6 +15,7 @@ from datetime import timezone
 
 import streamlit as st
 
+from medft.errors import MedftError
 from medft.evaluate.report import hide_paths
 from medft.review import app_support as support
 from medft.review.cases import REVIEW_FILTERS, SORT_LABELS, SORTS, CaseEntry, CaseTable, format_score
@@ -23,6 +24,9 @@ from medft.slices import PLANES, SLICE_DIRECTION, orientation_letters, to_png
 MEAN_OF_CLASSES = "mean"
 ALL_SITES = "all sites"
 VIEW_TITLES = {"truth": "Ground truth", "prediction": "Prediction", "difference": "Difference", "image": "Image"}
+EVALUATION_REPLACED = ("The evaluation in this folder changed while the app was running, so this page shows and saves "
+                       "nothing more (a grade submitted since was not saved). Fix: restart medft review.")
+REMOVED_REVIEWER = "You were logged out: your account is no longer on this evaluation's list of reviewers."
 
 st.set_page_config(page_title="medft review", page_icon=":material/radiology:", layout="wide",
                    initial_sidebar_state="expanded")
@@ -88,8 +92,18 @@ def oidc_reviewer() -> str | None:
     return email
 
 
-def current_reviewer() -> str | None:
-    return st.session_state.get("reviewer") or oidc_reviewer()
+def current_reviewer(config: support.AppConfig) -> str | None:
+    """The signed-in reviewer; a password reviewer no longer in the users file is logged out."""
+    username = st.session_state.get("reviewer")
+    if not username:
+        return oidc_reviewer()
+    from medft.review.auth import list_users
+
+    if username not in list_users(config.users):  # removed while signed in: no grade from them
+        log_out()
+        st.session_state["login_notice"] = REMOVED_REVIEWER
+        return None
+    return username
 
 
 @st.cache_resource(show_spinner=False)
@@ -110,10 +124,13 @@ def login_page(config: support.AppConfig) -> None:
     with middle:
         st.title("Clinician review")
         st.caption("medft \u00b7 grade the model's segmentations against the ground truth")
+        notice = st.session_state.pop("login_notice", None)
+        if notice:
+            st.warning(notice)
         if oidc_configured():
             if st.user.get("is_logged_in"):
                 st.error("Your single sign-on account is not on this evaluation's list of reviewers.")
-                st.button("Log out", on_click=st.logout)
+                st.button("Log out", on_click=log_out_sso)
             else:
                 st.button("Log in with single sign-on", on_click=st.login, type="primary", width="stretch")
             st.caption("or with a medft reviewer account:")
@@ -134,8 +151,15 @@ def login_page(config: support.AppConfig) -> None:
 
 
 def log_out() -> None:
-    for key in ("reviewer", "reviewer_name", "case_id"):
-        st.session_state.pop(key, None)
+    """Forget all of this reviewer's session (case, viewer settings, drafts, messages) and the case
+    in the address: whoever signs in next on this tab starts afresh."""
+    st.session_state.clear()
+    st.query_params.pop("case", None)
+
+
+def log_out_sso() -> None:
+    log_out()
+    st.logout()
 
 
 # --------------------------------------------------------------------------------------------
@@ -176,7 +200,7 @@ def sidebar(config: support.AppConfig, table: CaseTable, store, reviewer: str, m
         if st.session_state.get("reviewer"):
             out.button("Log out", on_click=log_out, key="logout", type="tertiary")
         else:
-            out.button("Log out", on_click=st.logout, key="logout", type="tertiary")
+            out.button("Log out", on_click=log_out_sso, key="logout", type="tertiary")
         progress = table.progress(mine)
         st.progress(progress.fraction, text=str(progress))
 
@@ -295,30 +319,51 @@ def _nice_step(width: float) -> float:
 # --------------------------------------------------------------------------------------------
 # The review form and the case's numbers
 # --------------------------------------------------------------------------------------------
-def review_panel(store, entry: CaseEntry, reviewer: str, previous) -> None:
+def fill_form(case_id: str, current) -> None:
+    """Put the reviewer's current review of the case (``current``, from the store) into the form
+    when it opens, and again when the stored review changed (saved here or in another tab); a
+    draft typed since is kept otherwise, and what is being submitted is never replaced."""
+    state = st.session_state
+    if state.get(f"submit_{case_id}"):
+        return
+    filled = state.setdefault("form_filled_from", {})
+    review_id = current.id if current else None
+    if f"grade_{case_id}" not in state or filled.get(case_id) != review_id:
+        state[f"grade_{case_id}"] = current.grade if current else None
+        state[f"comment_{case_id}"] = current.comment if current else ""
+        filled[case_id] = review_id
+
+
+def review_panel(store, entry: CaseEntry, reviewer: str, current) -> None:
     from medft.review.store import GRADES
 
     st.markdown("**Your review**")
-    flash = st.session_state.get("flash")
+    flash = st.session_state.pop("flash", None)  # shown once, right after the save
     if flash and flash[0] == entry.case_id:
         st.success(flash[1], icon=":material/check_circle:")
-    elif previous is not None:
-        when = previous.reviewed_at.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-        st.info(f"Your previous grade: **{previous.grade} \u00b7 {previous.grade_label}** ({when})")
+    elif current is not None:
+        when = current.reviewed_at.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        st.info(f"Your current grade: **{current.grade} \u00b7 {current.grade_label}** ({when})")
+    fill_form(entry.case_id, current)
     with st.form(f"review_{entry.case_id}", border=False):
         grade = st.radio("Grade", list(GRADES), index=None, key=f"grade_{entry.case_id}",
                          format_func=lambda g: f"{g} \u00b7 {GRADES[g]}")
         comment = st.text_area("Comment", key=f"comment_{entry.case_id}", height=110,
                                placeholder="What is wrong, where? (optional)")
-        submitted = st.form_submit_button("Submit grade", type="primary", width="stretch")
+        submitted = st.form_submit_button("Submit grade", type="primary", width="stretch",
+                                          key=f"submit_{entry.case_id}")
     if submitted:
         if grade is None:
             st.warning("Choose a grade first.")
-        else:
+            return
+        try:
             review = store.submit(entry.case_id, reviewer, int(grade), comment or "")
-            st.session_state["flash"] = (entry.case_id, f"Saved: grade {review.grade} \u00b7 {review.grade_label} "
-                                                         f"for {entry.case_id}.")
-            st.rerun()
+        except MedftError as exc:  # not saved: the form keeps what was typed
+            st.error(support.user_message(exc))
+            return
+        st.session_state["flash"] = (entry.case_id, f"Saved: grade {review.grade} \u00b7 {review.grade_label} "
+                                                     f"for {entry.case_id}.")
+        st.rerun()
 
 
 def metrics_table(entry: CaseEntry) -> None:
@@ -376,6 +421,11 @@ def review_page(config: support.AppConfig, table: CaseTable, reviewer: str) -> N
         st.warning("This case could not be evaluated, so there is nothing to review. "
                    + hide_paths(entry.message or "", [*files.image, files.label]))
         return
+    try:
+        case_volumes(str(config.eval_dir), case_id)  # cached: the viewer draws from it
+    except Exception as exc:  # noqa: BLE001 - nothing to look at, so nothing to grade
+        st.error(support.user_message(exc))
+        return
     view_col, side_col = st.columns([3.3, 1], gap="medium")
     with view_col:
         viewer(str(config.eval_dir), case_id)
@@ -389,7 +439,10 @@ def main() -> None:
             "[data-testid='stSidebarUserContent']{padding-top:1rem}</style>")
     config = support.parse_app_args()
     table = case_table(str(config.eval_dir))
-    reviewer = current_reviewer()
+    if table.replaced(config.eval_dir):  # moved away, another put in its place: grades must not cross over
+        st.error(EVALUATION_REPLACED)
+        return
+    reviewer = current_reviewer(config)
     if reviewer is None:
         login_page(config)
     else:

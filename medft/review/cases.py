@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,8 +98,9 @@ class CaseTable:
     """The cases of one evaluation folder, in ``evaluation.json`` order."""
 
     def __init__(self, eval_dir: Path, class_names: list[str], entries: list[CaseEntry], files: dict[str, CaseFiles],
-                 model_name: str | None = None):
+                 model_name: str | None = None, identity: tuple | None = None):
         self.eval_dir = eval_dir
+        self.identity = identity  # see evaluation_identity: what was read
         self.class_names = class_names
         self.entries = entries
         self._by_id = {e.case_id: e for e in entries}
@@ -109,8 +111,10 @@ class CaseTable:
     @classmethod
     def from_eval_dir(cls, eval_dir: str | Path) -> "CaseTable":
         """Read ``per_case.csv`` and ``evaluation.json`` of an evaluation folder."""
-        eval_dir = Path(eval_dir).resolve()
+        given = Path(eval_dir)
+        eval_dir = given.resolve()
         check_eval_dir(eval_dir)
+        folder = os.stat(given)  # before the files: a folder put in its place later is told apart
         try:
             evaluation = json.loads((eval_dir / EVALUATION).read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
@@ -151,7 +155,15 @@ class CaseTable:
             ))
             files[case_id] = _case_files(eval_dir, record)
         model = evaluation.get("model") or {}
-        return cls(eval_dir, class_names, entries, files, model_name=model.get("name") if isinstance(model, dict) else None)
+        return cls(eval_dir, class_names, entries, files, model_name=model.get("name") if isinstance(model, dict) else None,
+                   identity=(folder.st_dev, folder.st_ino, evaluation.get("evaluation_id")))
+
+    def replaced(self, eval_dir: str | Path) -> bool:
+        """Whether ``eval_dir`` (the folder as given to ``from_eval_dir``) no longer holds the
+        evaluation this table was read from: another evaluation_id, another folder put in its
+        place, or nothing readable. Reads only the folder's inode and the id."""
+        now = evaluation_identity(eval_dir)
+        return now is None or now != self.identity
 
     # ---------------------------------------------------------------------------------------
     @property
@@ -255,6 +267,19 @@ def check_eval_dir(eval_dir: str | Path) -> Path:
             f"Fix: give the --out folder of 'medft evaluate', or run it first"
         )
     return eval_dir
+
+
+def evaluation_identity(eval_dir: str | Path) -> tuple | None:
+    """What tells the evaluation in a folder from one put in its place: the folder's device and
+    inode (a folder moved away and another moved in differ, even holding a copy) and the
+    evaluation_id of its evaluation.json. None when they cannot be read."""
+    try:
+        folder = os.stat(eval_dir)
+        evaluation = json.loads((Path(eval_dir) / EVALUATION).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    evaluation_id = evaluation.get("evaluation_id") if isinstance(evaluation, dict) else None
+    return (folder.st_dev, folder.st_ino, evaluation_id)
 
 
 def format_score(value: float, digits: int = 3) -> str:

@@ -75,6 +75,9 @@ def load_case(table: CaseTable, case_id: str) -> CaseVolumes:
     if not entry.viewable or files.prediction is None:
         raise MedftError(f"case {case_id} has no prediction to review (status {entry.status})"
                          + (f": {entry.message}" if entry.message else ""))
+    if not files.prediction.is_file():  # medft evaluate wrote it; it is not in the manifest
+        raise DataError("the prediction of this case is missing from the evaluation folder",
+                        evaluate_again(table.eval_dir), file=files.prediction, case_id=case_id)
     from medft.data.loading import geometry_mismatch, load_image, load_label
 
     changed = f"put back the files that were evaluated, or {evaluate_again(table.eval_dir)}"

@@ -21,13 +21,13 @@ from streamlit.testing.v1 import AppTest
 
 from medft.errors import DataError, MedftError
 from medft.review import app_support as support
-from medft.review.auth import LoginThrottle, add_user
+from medft.review.auth import LoginThrottle, add_user, remove_user
 from medft.review.store import ReviewStore
 from tests.evaluate.helpers import make_review_eval
 
 APP = Path(__file__).resolve().parents[2] / "apps" / "review.py"
 PASSWORD = "correct horse battery"
-USERS = ("alice", "bob", "dana", "erin", "frank")
+USERS = ("alice", "bob", "dana", "erin", "frank", "gina", "hank", "ivan", "judy")
 TIMEOUT = 60  # the first case load imports torch and MONAI
 
 
@@ -111,12 +111,12 @@ def test_log_in_review_the_worst_case_move_the_slider_and_grade_it(app, eval_dir
     assert "1 of 5 reviewed" in [p.proto.text for p in at.get("progress")]
     assert "graded 3" in "\n".join(at.sidebar.radio(key="case_pick").proto.captions)
 
-    # the next case, from the button at the top; the previous grade shows when coming back
+    # the next case, from the button at the top; the grade shows when coming back
     button(at, "Next").click().run()
     assert shown_case(at) == "hippocampus_334"
     button(at, "Previous").click().run()
     assert shown_case(at) == "hippocampus_335"
-    assert any("Your previous grade: **3" in i.value for i in at.info)
+    assert any("Your current grade: **3" in i.value for i in at.info)
 
     # the "not reviewed" list leaves it out
     at.sidebar.selectbox(key="review_filter").set_value("not reviewed").run()
@@ -169,12 +169,128 @@ def test_errors_show_a_short_message_and_no_traceback(tmp_path, monkeypatch):
     at = log_in(AppTest.from_file(str(APP), default_timeout=TIMEOUT), "alice")
     assert not at.exception
     assert [e.value for e in at.error] == [
-        "case hippocampus_335: file not found. Fix: correct the path in the manifest (relative paths start at the "
-        "manifest's folder)"]
+        "case hippocampus_335: the prediction of this case is missing from the evaluation folder. Fix: evaluate again "
+        "into a new folder (`medft evaluate MODEL --manifest MANIFEST --out NEW_EVAL_DIR`) and review that one; keep "
+        "this folder: the reviews in its reviews.sqlite stay there, tied to this evaluation, and do not carry over to "
+        "the new one"]
+    assert "Submit grade" not in [b.label for b in at.button] and not at.main.radio  # nothing seen, nothing to grade
 
     monkeypatch.setattr(sys, "argv", [str(APP)])  # no arguments at all
     at = AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()
     assert not at.exception and "no evaluation folder given" in at.error[0].value
+
+
+def test_the_form_holds_the_current_review_and_a_regrade_keeps_the_comment(app, eval_dir):
+    at = log_in(app, "gina")
+    at.radio(key="grade_hippocampus_335").set_value(2)
+    at.text_area(key="comment_hippocampus_335").input("apex off by a slice")
+    button(at, "Submit grade").click().run()
+    button(at, "Next").click().run()
+    button(at, "Previous").click().run()
+    assert at.radio(key="grade_hippocampus_335").value == 2
+    assert at.text_area(key="comment_hippocampus_335").value == "apex off by a slice"
+    at.radio(key="grade_hippocampus_335").set_value(3)  # a new grade, the comment left as it is
+    button(at, "Submit grade").click().run()
+    with ReviewStore.for_eval_dir(eval_dir) as store:
+        review = store.current("gina")["hippocampus_335"]
+    assert (review.grade, review.comment) == (3, "apex off by a slice")
+
+
+def test_saved_shows_once_then_the_grade_in_the_store(app, eval_dir, monkeypatch):
+    tab1 = log_in(app, "hank")
+    tab2 = log_in(AppTest.from_file(str(APP), default_timeout=TIMEOUT), "hank")
+    tab1.radio(key="grade_hippocampus_335").set_value(1)
+    tab1.text_area(key="comment_hippocampus_335").input("fine in tab 1")
+    button(tab1, "Submit grade").click().run()
+    assert [s.value for s in tab1.success] == ["Saved: grade 1 \u00b7 accept as is for hippocampus_335."]
+    tab2.radio(key="grade_hippocampus_335").set_value(4)
+    tab2.text_area(key="comment_hippocampus_335").input("tab 2: anterior missed")
+    button(tab2, "Submit grade").click().run()
+
+    tab1.run()  # the same reviewer's tab 1 shows what the store holds now
+    assert not tab1.success and any("Your current grade: **4 \u00b7 reject**" in i.value for i in tab1.info)
+    assert tab1.radio(key="grade_hippocampus_335").value == 4
+    assert tab1.text_area(key="comment_hippocampus_335").value == "tab 2: anterior missed"
+
+    def fail(*args, **kwargs):
+        raise MedftError("could not save the grade. Fix: the grade was NOT saved; submit it again")
+
+    monkeypatch.setattr(ReviewStore, "submit", fail)
+    tab1.radio(key="grade_hippocampus_335").set_value(2)
+    button(tab1, "Submit grade").click().run()
+    assert not tab1.exception and not tab1.success
+    assert [e.value for e in tab1.error] == ["could not save the grade. Fix: the grade was NOT saved; submit it again"]
+    assert any("Your current grade: **4" in i.value for i in tab1.info)
+    assert tab1.radio(key="grade_hippocampus_335").value == 2  # what was chosen stays for another try
+    assert "Metrics" in texts(tab1)  # the rest of the page is still there
+
+
+def test_log_out_forgets_the_reviewer_so_the_next_one_starts_afresh(app, eval_dir):
+    at = log_in(app, "ivan")
+    at.sidebar.radio(key="case_pick").set_value("hippocampus_334").run()
+    at.radio(key="grade_hippocampus_334").set_value(4)
+    button(at, "Submit grade").click().run()
+    assert any("Saved: grade 4" in s.value for s in at.success)
+    at.sidebar.radio(key="case_pick").set_value("hippocampus_335").run()
+    at.text_area(key="comment_hippocampus_335").input("draft: patient looks like Doe")
+    at.selectbox(key="window_choice").set_value("CT bone").run()
+    assert at.query_params["case"] == "hippocampus_335"
+    button(at, "Log out").click().run()
+    assert "case" not in at.query_params  # the next reviewer does not land on this case by its link
+
+    at.text_input(key="login_username").input("judy")
+    at.text_input(key="login_password").input(PASSWORD)
+    button(at, "Log in").click().run()
+    assert not at.exception and not at.error
+    assert shown_case(at) == "hippocampus_335" and len(at.image) == 3  # the worst case: ivan's last one too
+    assert at.text_area(key="comment_hippocampus_335").value == ""
+    at.sidebar.radio(key="case_pick").set_value("hippocampus_334").run()
+    assert not at.error and not at.success  # nothing of ivan's: blinded review
+    assert "Saved" not in texts(at) and "graded 4" not in texts(at)
+    assert at.radio(key="grade_hippocampus_334").value is None
+
+
+def test_a_reviewer_removed_while_signed_in_cannot_grade(tmp_path, monkeypatch):
+    folder = make_review_eval(tmp_path / "eval")
+    add_user(folder / "users.json", "alice", PASSWORD)
+    add_user(folder / "users.json", "bob", PASSWORD)
+    monkeypatch.setattr(sys, "argv", [str(APP), "--eval-dir", str(folder)])
+    at = log_in(AppTest.from_file(str(APP), default_timeout=TIMEOUT), "alice")
+    remove_user(folder / "users.json", "alice")
+    at.radio(key="grade_hippocampus_335").set_value(1)
+    button(at, "Submit grade").click().run()
+    assert not at.exception
+    assert [w.value for w in at.warning] == [
+        "You were logged out: your account is no longer on this evaluation's list of reviewers."]
+    assert at.text_input(key="login_username").value == "" and not at.image
+    with ReviewStore.for_eval_dir(folder) as store:
+        assert store.current() == {}
+
+
+def test_an_evaluation_put_in_place_of_the_one_served_stops_the_app(tmp_path, monkeypatch):
+    folder = make_review_eval(tmp_path / "eval")
+    add_user(folder / "users.json", "alice", PASSWORD)
+    monkeypatch.setattr(sys, "argv", [str(APP), "--eval-dir", str(folder)])
+    at = log_in(AppTest.from_file(str(APP), default_timeout=TIMEOUT), "alice")
+    at.radio(key="grade_hippocampus_335").set_value(3)
+    button(at, "Submit grade").click().run()
+    assert any("Saved: grade 3" in s.value for s in at.success)
+
+    folder.rename(tmp_path / "eval_old")  # the folder moved away, a new evaluation in its place
+    make_review_eval(folder)
+    add_user(folder / "users.json", "alice", PASSWORD)
+    at.radio(key="grade_hippocampus_335").set_value(1)  # graded on the page of the old evaluation
+    button(at, "Submit grade").click().run()
+    stopped = ["The evaluation in this folder changed while the app was running, so this page shows and saves "
+               "nothing more (a grade submitted since was not saved). Fix: restart medft review."]
+    assert not at.exception and [e.value for e in at.error] == stopped
+    assert not at.image and not at.radio and not at.success
+    again = AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()  # another tab, before logging in: stopped too
+    assert [e.value for e in again.error] == stopped and not again.image
+    with ReviewStore.for_eval_dir(tmp_path / "eval_old") as old:
+        assert [(r.case_id, r.grade) for r in old.history("hippocampus_335")] == [("hippocampus_335", 3)]
+    with ReviewStore.for_eval_dir(folder) as new:
+        assert new.current() == {}
 
 
 def test_a_short_message_leaves_out_what_only_the_console_shows():

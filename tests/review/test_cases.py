@@ -143,6 +143,24 @@ def test_a_broken_evaluation_json_says_to_evaluate_again_into_a_new_folder(tmp_p
         assert (kept in message) == reviewed
 
 
+def test_a_table_knows_when_its_folder_holds_another_evaluation(tmp_path):
+    import shutil
+
+    folder = make_review_eval(tmp_path / "eval")
+    table = CaseTable.from_eval_dir(folder)
+    assert not table.replaced(folder)
+    evaluation = json.loads((folder / "evaluation.json").read_text())
+    evaluation["evaluation_id"] = "another"
+    (folder / "evaluation.json").write_text(json.dumps(evaluation))
+    assert table.replaced(folder)  # evaluation.json rewritten with another id
+
+    table = CaseTable.from_eval_dir(folder)
+    folder.rename(tmp_path / "old")
+    assert table.replaced(folder)  # gone
+    shutil.copytree(tmp_path / "old", folder)
+    assert table.replaced(folder)  # a copy of the same evaluation in its place: its reviews.sqlite is another file
+
+
 # --------------------------------------------------------------------------------------------
 # Loading one case for viewing
 # --------------------------------------------------------------------------------------------
