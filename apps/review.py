@@ -359,7 +359,7 @@ def review_panel(store, entry: CaseEntry, reviewer: str, current) -> None:
         try:
             review = store.submit(entry.case_id, reviewer, int(grade), comment or "")
         except MedftError as exc:  # not saved: the form keeps what was typed
-            st.error(support.user_message(exc))
+            st.error(support.user_message(exc, support.configured_paths()))
             return
         st.session_state["flash"] = (entry.case_id, f"Saved: grade {review.grade} \u00b7 {review.grade_label} "
                                                      f"for {entry.case_id}.")
@@ -424,7 +424,7 @@ def review_page(config: support.AppConfig, table: CaseTable, reviewer: str) -> N
     try:
         case_volumes(str(config.eval_dir), case_id)  # cached: the viewer draws from it
     except Exception as exc:  # noqa: BLE001 - nothing to look at, so nothing to grade
-        st.error(support.user_message(exc))
+        st.error(support.user_message(exc, support.configured_paths()))
         return
     view_col, side_col = st.columns([3.3, 1], gap="medium")
     with view_col:
