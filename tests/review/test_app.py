@@ -293,6 +293,26 @@ def test_an_evaluation_put_in_place_of_the_one_served_stops_the_app(tmp_path, mo
         assert new.current() == {}
 
 
+def test_a_review_database_deleted_while_the_app_runs_is_no_place_to_save(tmp_path, monkeypatch):
+    """The open connections wrote into the deleted file, and the page said "Saved"."""
+    folder = make_review_eval(tmp_path / "Doe Jane" / "eval")
+    add_user(folder / "users.json", "alice", PASSWORD)
+    monkeypatch.setattr(sys, "argv", [str(APP), "--eval-dir", str(folder)])
+    at = log_in(AppTest.from_file(str(APP), default_timeout=TIMEOUT), "alice")
+    at.radio(key="grade_hippocampus_335").set_value(2)
+    button(at, "Submit grade").click().run()
+    assert any("Saved: grade 2" in s.value for s in at.success)
+    for stale in folder.glob("reviews.sqlite*"):
+        stale.unlink()
+    at.radio(key="grade_hippocampus_335").set_value(4)
+    button(at, "Submit grade").click().run()
+    assert not at.exception and not at.success
+    (error,) = [e.value for e in at.error]  # the page's first read of the reviews stops it, before any write
+    assert error.startswith("sqlite:[path]: could not read the reviews: the database file was deleted or replaced "
+                            "since it was opened") and "restart medft review" in error and "Jane" not in error
+    assert not list(folder.glob("reviews.sqlite*"))
+
+
 def test_a_short_message_leaves_out_what_only_the_console_shows():
     error = MedftError("case 7: holds 2 series (uid=1.2.3). Fix: give series_uid", public="case 7: holds 2 series. Fix: give series_uid")
     assert support.user_message(error) == "case 7: holds 2 series. Fix: give series_uid"
