@@ -5,6 +5,7 @@ from collections.abc import Sequence
 
 import numpy as np
 from monai.transforms import (
+    MapLabelValue,
     MapLabelValued,
     NormalizeIntensityd,
     RandAdjustContrastd,
@@ -37,6 +38,15 @@ def preprocessing(intensity: str = "zscore", label_map: dict[int, int] | None = 
     if intensity == "zscore":
         steps.append(NormalizeIntensityd(keys="image", channel_wise=True))
     return steps
+
+
+def map_label_values(labels: np.ndarray, label_map: dict[int, int]) -> np.ndarray:
+    """A label file's values as the run's classes (``data.label_map``), as ``preprocessing`` maps
+    them: for pictures drawn from the files themselves (report, review app)."""
+    if not label_map:
+        return labels
+    original = sorted(label_map)
+    return MapLabelValue(orig_labels=original, target_labels=[label_map[v] for v in original], dtype=labels.dtype)(labels)
 
 
 def sampling(mode: str, spatial_size: Sequence[int], samples_per_volume: int = 1, foreground_ratio: float = 0.67) -> list:

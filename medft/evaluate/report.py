@@ -74,6 +74,11 @@ class EvaluationFolder:
         return hide_paths(text, known)
 
     @property
+    def label_map(self) -> dict[int, int]:
+        """The run's ``data.label_map`` (label file value -> class); {} for none or an older evaluation."""
+        return {int(k): int(v) for k, v in (self.evaluation.get("label_map") or {}).items()}
+
+    @property
     def model_name(self) -> str:
         model = self.evaluation.get("model") or {}
         name = model.get("name") or Path(str(model.get("path") or self.path)).name
@@ -290,7 +295,14 @@ def _headline(folder: EvaluationFolder) -> str:
         per_class.append(f"{name} {format_metric('dice', class_stats.get('mean'))}")
     return (f'<p class="lead">Mean Dice over the foreground classes: <strong>{format_metric("dice", stats["mean"])}</strong> '
             f'(95% CI {format_metric("dice", ci[0])} to {format_metric("dice", ci[1])}) on {stats.get("n", "n/a")} cases'
-            f' with ground truth; per class: {_e(", ".join(per_class))}.</p>')
+            f' with ground truth{_undefined(stats.get("n_nan"))}; per class: {_e(", ".join(per_class))}.</p>')
+
+
+def _undefined(n_nan: int | None) -> str:
+    """The cases left out of a mean because their Dice is undefined (no structure in truth or prediction)."""
+    if not n_nan:
+        return ""
+    return f" (and {n_nan} more whose Dice is undefined: no structure in either the ground truth or the prediction)"
 
 
 def _nav(folder: EvaluationFolder) -> str:
@@ -558,6 +570,7 @@ def _case_picture(folder: EvaluationFolder, case: dict, title: str) -> tuple[str
     """
     from medft import slices
     from medft.data.loading import geometry_mismatch, load_image, load_label
+    from medft.data.transforms import map_label_values
 
     if case.get("status") != "ok" or not case.get("label") or not case.get("prediction") or not case.get("image"):
         raise MedftError("evaluation.json gives no image, ground truth and prediction for this case")
@@ -569,7 +582,7 @@ def _case_picture(folder: EvaluationFolder, case: dict, title: str) -> tuple[str
         if mismatch:
             raise MedftError(f"the {name} does not lie on the image's voxel grid: {mismatch}")
     volume = np.asarray(image[0].detach().cpu(), dtype=np.float32)
-    truth_map = np.rint(np.asarray(truth[0].detach().cpu())).astype(np.int16)
+    truth_map = map_label_values(np.rint(np.asarray(truth[0].detach().cpu())).astype(np.int16), folder.label_map)
     prediction_map = np.rint(np.asarray(prediction[0].detach().cpu())).astype(np.int16)
     z = slices.best_slice(truth_map, prediction_map, "axial", by="label")
     n_classes = max(len(folder.class_names), int(max(truth_map.max(), prediction_map.max())) + 1)

@@ -123,6 +123,7 @@ def _write_evaluation(out: Path, model: TrainedModel, manifest: Manifest, cases:
     evaluation = {
         "evaluation_id": uuid.uuid4().hex,  # scopes this evaluation's rows in a shared review store
         "model": model.info, "manifest": str(manifest.path), "split": split, "class_names": model.class_names,
+        "label_map": {str(k): v for k, v in sorted(model.label_map.items())},  # the label files' values -> classes
         "tta": tta, "tta_flip_axes": list(model.flip_axes) if tta else [], "largest_component": largest_component, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "medft_version": __version__,
         "cases": records, "confusion_matrix": confusion.tolist(), "roc": _roc_curves(histograms, model.class_names),
         "warnings": [stored for stored, _ in warnings],

@@ -98,8 +98,9 @@ class CaseTable:
     """The cases of one evaluation folder, in ``evaluation.json`` order."""
 
     def __init__(self, eval_dir: Path, class_names: list[str], entries: list[CaseEntry], files: dict[str, CaseFiles],
-                 model_name: str | None = None, identity: tuple | None = None):
+                 model_name: str | None = None, identity: tuple | None = None, label_map: dict[int, int] | None = None):
         self.eval_dir = eval_dir
+        self.label_map = label_map or {}  # the run's data.label_map: ground-truth file value -> class
         self.identity = identity  # see evaluation_identity: what was read
         self.class_names = class_names
         self.entries = entries
@@ -156,7 +157,8 @@ class CaseTable:
             files[case_id] = _case_files(eval_dir, record)
         model = evaluation.get("model") or {}
         return cls(eval_dir, class_names, entries, files, model_name=model.get("name") if isinstance(model, dict) else None,
-                   identity=(folder.st_dev, folder.st_ino, evaluation.get("evaluation_id")))
+                   identity=(folder.st_dev, folder.st_ino, evaluation.get("evaluation_id")),
+                   label_map={int(k): int(v) for k, v in (evaluation.get("label_map") or {}).items()})
 
     def replaced(self, eval_dir: str | Path) -> bool:
         """Whether ``eval_dir`` (the folder as given to ``from_eval_dir``) no longer holds the

@@ -97,7 +97,8 @@ def load_case(table: CaseTable, case_id: str) -> CaseVolumes:
         raise exc.with_case(case_id) from None
 
     n_classes = max(len(table.class_names), 2)
-    arrays = {name: _classes(volume, n_classes, name, case_id, changed) for name, volume in maps.items()}
+    arrays = {name: _classes(volume, n_classes, name, case_id, changed, table.label_map if name == "ground truth" else {})
+              for name, volume in maps.items()}
     affine = np.asarray(image.affine, dtype=np.float64).copy()
     first = np.ascontiguousarray(np.asarray(image.detach().cpu()[0], dtype=np.float32))
     sample = _sample(first)  # percentiles of a large volume from every n-th voxel: the same window, faster
@@ -127,8 +128,11 @@ def _sample(volume: np.ndarray, most: int = 2_000_000) -> np.ndarray:
     return volume[::step, ::step, ::step]
 
 
-def _classes(volume, n_classes: int, name: str, case_id: str, fix: str) -> np.ndarray:
-    values = np.rint(np.asarray(volume.detach().cpu()[0], dtype=np.float32))
+def _classes(volume, n_classes: int, name: str, case_id: str, fix: str, label_map: dict[int, int]) -> np.ndarray:
+    """The volume's classes (its file values through ``label_map``); DataError for values outside them."""
+    from medft.data.transforms import map_label_values
+
+    values = map_label_values(np.rint(np.asarray(volume.detach().cpu()[0], dtype=np.float32)), label_map)
     if values.size and (values.min() < 0 or values.max() >= n_classes):
         raise DataError(
             f"the {name} holds values {int(values.min())}..{int(values.max())}, outside the {n_classes} classes "

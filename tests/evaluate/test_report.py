@@ -261,3 +261,16 @@ def test_worst_cases_are_at_most_six_and_skip_cases_without_a_defined_dice(tmp_p
     worst = worst_cases(folder)
     assert [c for c, _ in worst] == ["one_nan", "c7", "c6", "c5", "c4", "c3"]
     assert worst[0][1] == pytest.approx(0.05) and worst[1][1] == pytest.approx(0.15)
+
+
+def test_the_headline_counts_the_cases_whose_dice_is_undefined(tmp_path):
+    """It said "on 9 cases with ground truth" where 11 had ground truth and 2 had nothing to score."""
+    from medft.evaluate.report import EvaluationFolder, _headline
+
+    dice = {"mean": 0.5, "ci95": [0.4, 0.6], "n": 9, "n_nan": 2}
+    summary = {"overall": {"mean_foreground": {"dice": dice}, "anterior": {"dice": dice}}}
+    folder = EvaluationFolder(tmp_path, {"class_names": ["background", "anterior"]}, summary)
+    assert ("on 9 cases with ground truth (and 2 more whose Dice is undefined: no structure in either the ground "
+            "truth or the prediction); per class: anterior 0.500") in _headline(folder)
+    dice["n_nan"] = 0
+    assert "on 9 cases with ground truth; per class" in _headline(folder)

@@ -631,6 +631,40 @@ def test_a_label_map_travels_to_the_exported_bundle_so_both_evaluate_alike(train
     assert int(next(r for r in from_run if r["class_index"] == "2")["fn"]) == 0  # no posterior left in the truth
 
 
+def test_label_files_stored_with_other_values_are_drawn_through_the_runs_label_map(trained, tmp_path, monkeypatch):
+    """Labels stored as 0/10/20 with data.label_map {10: 1, 20: 2}: the Dice used the map, but the
+    report's picture drew "class 10" and "class 20", and the review app refused the case as changed."""
+    import yaml
+
+    from medft.review.cases import CaseTable
+    from medft.review.volumes import load_case
+
+    run = Path(shutil.copytree(trained, tmp_path / "run", ignore=shutil.ignore_patterns("tensorboard")))
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["data"]["label_map"] = {10: 1, 20: 2}
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    image, label = sample_case("hippocampus_340")
+    stored = nib.load(label)
+    classes = np.asarray(stored.dataobj).astype(np.int16)
+    nib.save(nib.Nifti1Image(classes * 10, stored.affine), tmp_path / "label_x10.nii.gz")
+    manifest = write_csv(tmp_path / "m.csv", [{"case_id": "a1", "image": image, "label": tmp_path / "label_x10.nii.gz"}],
+                         classes=CLASSES)
+    assert main(["evaluate", str(run), "--manifest", str(manifest), "--out", str(tmp_path / "eval")]) == 0
+    evaluation = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    assert evaluation["label_map"] == {"10": 1, "20": 2} and evaluation["cases"][0]["status"] == "ok"
+    report = (tmp_path / "eval" / "report.html").read_text()
+    assert "Picture not drawn" not in report
+    from medft.evaluate import report as report_module
+
+    drawn = {}
+    monkeypatch.setattr(report_module, "_slice_figure", lambda panels, letters, legend, title: drawn.update(legend=legend))
+    report_module._case_picture(report_module.read_evaluation(tmp_path / "eval"), evaluation["cases"][0], "a1")
+    assert [name for _, name in drawn["legend"]] == ["anterior", "posterior", "false positive", "false negative",
+                                                     "wrong class"]
+    volumes = load_case(CaseTable.from_eval_dir(tmp_path / "eval"), "a1")
+    assert volumes.truth.max() == 2 and volumes.truth.sum() == classes.sum()  # the classes, in RAS
+
+
 def test_predict_names_a_folder_given_as_dot_by_its_own_name(trained, tmp_path, monkeypatch):
     """`medft predict RUN . --out DIR` from inside a DICOM series folder wrote a hidden DIR/.nii.gz."""
     from medft.evaluate.run import _case_id
