@@ -178,7 +178,7 @@ def loading(spec: dict) -> dict:
     manifest = load_manifest(config.data.manifest)
     started = time.perf_counter()
     generator = torch.Generator()
-    train_loader, val_loader, transform = build_loaders(config, manifest, generator)
+    train_loader, val_loader, transform = build_loaders(config, manifest, generator, config.model.in_channels or 1)
     build_seconds = time.perf_counter() - started
     epochs = []
     for epoch in range(spec["epochs"]):

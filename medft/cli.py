@@ -340,6 +340,10 @@ def _train(args: argparse.Namespace) -> int:
     from medft.train.recipe import TrainingInterrupted, run_training
 
     run_dir = args.out or Path("runs") / args.config.stem
+    saved = run_dir / "config.yaml"
+    if not args.resume and saved.is_file() and saved.samefile(args.config):
+        raise MedftError(f"{args.config}: --out {run_dir} is the config's own folder, and the run would replace this "
+                         "file with its resolved config.yaml. Fix: give --out another folder, such as runs/NAME")
     try:
         summary = run_training(config, run_dir, resume=args.resume)
     except TrainingInterrupted as stop:

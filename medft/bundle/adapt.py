@@ -175,7 +175,8 @@ def dummy_forward_backward(
     """
     size = (size,) * spatial_dims if isinstance(size, int) else tuple(size)
     if len(size) != spatial_dims:
-        raise MedftError(f"input size {size} has {len(size)} dimensions, the network takes {spatial_dims}")
+        raise MedftError(f"input size {size} has {len(size)} dimensions, the network takes {spatial_dims}. "
+                         f"Fix: give {size_option} {spatial_dims} sizes")
     parameter = next(network.parameters(), None)
     device = parameter.device if parameter is not None else torch.device("cpu")
     batch = torch.randn(2, in_channels, *size, device=device)

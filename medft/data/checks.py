@@ -104,7 +104,8 @@ def label_value_problems(label, file: Path | str, class_names: list[str]) -> lis
         return [Problem(
             f"label values {outside} are outside the declared classes 0..{len(class_names) - 1} "
             f"({', '.join(class_names)})",
-            "declare those classes in the manifest's labels, or correct the label map",
+            "declare those classes (in the \"labels\" of dataset.json, or in the .classes.json beside a CSV "
+            "manifest), or correct the label map",
             file=file,
         )]
     return []

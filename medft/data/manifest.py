@@ -174,6 +174,7 @@ def _case_problems(manifest: Manifest) -> list[Problem]:
     """Problems between cases: unsafe or duplicate ids, one patient in two splits, missing classes."""
     problems: list[Problem] = []
     seen: set[str] = set()
+    case_of_image: dict[tuple, str] = {}
     for case in manifest.cases:
         problems += _unsafe_id_problems(manifest, case)
         if case.case_id in seen:
@@ -181,6 +182,13 @@ def _case_problems(manifest: Manifest) -> list[Problem]:
                 "duplicate case_id", "give every case a unique case_id", file=manifest.path, case_id=case.case_id
             ))
         seen.add(case.case_id)
+        first = case_of_image.setdefault((case.image, case.series_uid), case.case_id)
+        if first != case.case_id:
+            problems.append(Problem(
+                f"the same image as case {first} ({', '.join(str(p) for p in case.image)}): in two splits, the "
+                "validation or test Dice of it is a score on training data",
+                "list each image once, under one case_id", file=manifest.path, case_id=case.case_id, severity="warning",
+            ))
     splits_of_group: dict[str, dict[str, list[str]]] = {}
     for case in manifest.cases:
         if case.split:

@@ -19,9 +19,10 @@ from medft.data.transforms import augmentation, preprocessing, sampling
 from medft.errors import DataError, MedftError, find_user_error
 
 
-def build_loaders(config: RunConfig, manifest: Manifest, generator: torch.Generator,
+def build_loaders(config: RunConfig, manifest: Manifest, generator: torch.Generator, in_channels: int,
                   rank: int = 0, world_size: int = 1) -> tuple[DataLoader, DataLoader, Compose]:
     """Train and validation loaders, and the train transform (reseeded every epoch by the loop).
+    Every case is checked against the run's classes and the network's ``in_channels`` as it loads.
 
     With ``world_size`` processes (torchrun), process ``rank`` gets its share of every training
     batch (``train.batch_size`` volumes per process, see ``SeededDistributedSampler``) and
@@ -41,7 +42,8 @@ def build_loaders(config: RunConfig, manifest: Manifest, generator: torch.Genera
                 f"{manifest.path}: {len(unlabelled)} {name} case(s) have no label ({', '.join(unlabelled[:5])}). "
                 "Fix: give them a label or move them to the test split"
             )
-    prep = preprocessing(data.intensity, data.label_map) + [CheckLabelValues(run_class_names(config, manifest.class_names))]
+    prep = preprocessing(data.intensity, data.label_map) + [CheckLabelValues(run_class_names(config, manifest.class_names)),
+                                                            CheckImageChannels(in_channels)]
     train_transform = Compose(
         sampling(data.sampling, data.spatial_size, data.samples_per_volume, data.foreground_ratio)
         + augmentation(data.augmentation, data.mirrored_axes, data.elastic)
@@ -110,6 +112,26 @@ class CheckLabelValues(Transform):
             "data.label_map (e.g. {3: 0}), or correct the label file",
             file=file, case_id=case_id,
         )
+
+
+class CheckImageChannels(Transform):
+    """Refuse an image whose channels are not the network's (a 4D file among 3D ones, a missing
+    modality): batching or the first layer would otherwise fail deep inside torch."""
+
+    def __init__(self, in_channels: int):
+        self.in_channels = in_channels
+
+    def __call__(self, data: dict) -> dict:
+        channels = data["image"].shape[0]
+        if channels != self.in_channels:
+            image = data["image"]
+            raise DataError(
+                f"the image has {channels} channel(s) but the network takes {self.in_channels}",
+                "give every case the same channels (medft check-data names the cases that differ); if all have "
+                f"{channels}, set model.in_channels: {channels} (the first layer is then re-initialised)",
+                file=getattr(image, "meta", {}).get("filename_or_obj", ""), case_id=str(data.get("case_id", "")),
+            )
+        return data
 
 
 class _Caught(Transform):

@@ -101,8 +101,7 @@ class FineTuneRecipe:
 
         self.generator = torch.Generator()
         self.train_loader, self.val_loader, self.train_transform = build_loaders(
-            config, manifest, self.generator, distributed.rank(), distributed.world_size())
-        self._check_channels()
+            config, manifest, self.generator, prepared.in_channels, distributed.rank(), distributed.world_size())
         self._check_forward()
         self._unused = set()
         if distributed.is_distributed():
@@ -341,13 +340,16 @@ class FineTuneRecipe:
             if hasattr(self, "_quiet_logger"):
                 logging.getLogger("medft").setLevel(self._quiet_logger)
 
-    def log_stop(self, exc: BaseException) -> None:
-        """Write the user error that stops the run (a data error while loading, say) into train.log,
-        as ``public``: not through the logger, whose console handler would print it a second time."""
+    def log_stop(self, exc: Exception) -> None:
+        """Write the error that stops the run into train.log: a user error (a data error while
+        loading, say) as ``public``, another as its type and message. Not through the logger, whose
+        console handler would print it a second time."""
+        if self._log_file is None or isinstance(exc, TrainingInterrupted):  # Ctrl-C logs its own line
+            return
         error = find_user_error(exc)
-        if error is not None and self._log_file is not None:
-            self._log_file.handle(logging.makeLogRecord(
-                {"name": log.name, "levelno": logging.ERROR, "levelname": "ERROR", "msg": f"stopped: {error.public}"}))
+        text = error.public if error is not None else f"internal error ({type(exc).__name__}: {exc})"
+        self._log_file.handle(logging.makeLogRecord(
+            {"name": log.name, "levelno": logging.ERROR, "levelname": "ERROR", "msg": f"stopped: {text}"}))
 
     # --- helpers -------------------------------------------------------------------------------
 
@@ -399,16 +401,6 @@ class FineTuneRecipe:
     def _trained(self, image: torch.Tensor):
         """The training forward pass: through DDP in a distributed run (it averages the gradients)."""
         return (self._wrapped if self._wrapped is not None else self.network)(image)
-
-    def _check_channels(self) -> None:
-        if len(self.val_loader.dataset) == 0:  # a process with no validation case (more processes than cases)
-            return
-        sample = self.val_loader.dataset[0]["image"]
-        if sample.shape[0] != self.prepared.in_channels:
-            raise MedftError(
-                f"the images have {sample.shape[0]} channel(s) but the network takes {self.prepared.in_channels}. "
-                "Fix: set model.in_channels to the number of image channels (the first layer is then re-initialised)"
-            )
 
     def _check_forward(self) -> None:
         """A fake batch through the network before any long run (as MONAI's verify_net_in_out)."""

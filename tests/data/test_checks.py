@@ -150,6 +150,7 @@ def _add_damaged_headers(root: Path, add) -> None:
     image, _ = copy_case("hippocampus_359", root / "nii", "dicom_label")
     add("dicom_label", image, series("label_series"), "label_series: is a folder, but a label must be a NIfTI label map",
         "DICOM SEG or RTSTRUCT")
+    image, _ = copy_case("hippocampus_359", root / "nii", "dicom_label_file")
     add("dicom_label_file", image, one_slice, "one_slice.dcm: is a DICOM file, but a label must be a NIfTI label map")
 
     image, label = copy_case("hippocampus_355", root / "nii", "singular")

@@ -139,9 +139,10 @@ def test_safe_case_ids_pass(case_id):
 
 def test_an_unsafe_csv_case_id_is_one_problem_and_loading_refuses(tmp_path):
     image, label = copy_case("hippocampus_334", tmp_path)
+    other, other_label = copy_case("hippocampus_335", tmp_path)
     rows = [{"case_id": "../../escaped", "image": image.name, "label": label.name},
             {"case_id": "sub/dir", "image": "missing.nii.gz"},
-            {"case_id": "ok", "image": image.name, "label": label.name}]
+            {"case_id": "ok", "image": other.name, "label": other_label.name}]
     manifest = write_csv(tmp_path / "m.csv", rows, classes={"0": "background", "1": "a", "2": "b"})
     _, problems = read_manifest(manifest)
     assert [str(p) for p in problems] == [
@@ -345,3 +346,15 @@ def test_an_nnunet_dataset_json_given_as_the_manifest_reads_its_folder(tmp_path)
     from_folder, _ = read_manifest(root)
     assert problems == []
     assert from_json.cases == from_folder.cases and from_json.class_names == ["background", "anterior", "posterior"]
+
+
+def test_one_image_under_two_case_ids_is_named(tmp_path):
+    """Listed once for training and once for validation, it made the validation Dice a training score."""
+    image, label = copy_case("hippocampus_334", tmp_path)
+    rows = [f"c334,{image.name},{label.name},train", f"copy334,{image.name},{label.name},val"]
+    (tmp_path / "m.csv").write_text("\n".join(["case_id,image,label,split", *rows, ""]))
+    _, problems = read_manifest(tmp_path / "m.csv")
+    (problem,) = [p for p in problems if "the same image" in p.problem]
+    assert (problem.case_id, problem.severity) == ("copy334", "warning")
+    assert f"the same image as case c334 ({image.resolve()}): in two splits, the validation" in problem.problem
+    assert problem.fix == "list each image once, under one case_id"

@@ -70,8 +70,9 @@ def test_an_unlabelled_case_of_a_patient_given_train_is_a_warning(tmp_path, capl
     from tests.conftest import copy_case, write_csv
 
     image, label = copy_case("hippocampus_334", tmp_path)
+    follow_up, _ = copy_case("hippocampus_335", tmp_path)
     rows = [{"case_id": "base", "image": image.name, "label": label.name, "split": "train", "patient_id": "Doe^Jane"},
-            {"case_id": "follow_up", "image": image.name, "patient_id": "Doe^Jane"}]
+            {"case_id": "follow_up", "image": follow_up.name, "patient_id": "Doe^Jane"}]
     path = write_csv(tmp_path / "m.csv", rows, classes={"0": "background", "1": "a", "2": "b"})
     manifest, problems = read_manifest(path)
     assert [c.split for c in manifest] == ["train", "test"]

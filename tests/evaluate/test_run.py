@@ -373,6 +373,7 @@ def test_cases_with_nan_voxels_or_labels_outside_the_classes_fail_alone_as_check
     assert [cases[c]["status"] for c in ("a1", "nan", "three", "half")] == ["ok", "failed", "failed", "failed"]
     assert "voxel(s) of the image are NaN or infinite" in cases["nan"]["message"]
     assert "label values [3] are outside the declared classes 0..2" in cases["three"]["message"]
+    assert "Fix: declare those classes (in the \"labels\" of dataset.json, or in the .classes.json beside a CSV" in cases["three"]["message"]
     assert "label values are not whole numbers (e.g. 0.5)" in cases["half"]["message"]
     assert {r["case_id"] for r in _per_case(out)} == {"a1"}
 

@@ -239,6 +239,13 @@ def test_problems_surface_before_training(tmp_path):
         run_training(load_config(config), tmp_path / "out2")
 
 
+def test_a_size_with_too_few_dimensions_names_data_spatial_size(tmp_path):
+    config = make_config(tmp_path, **{"data.spatial_size": [32, 48]})
+    with pytest.raises(MedftError, match=r"input size \(32, 48\) has 2 dimensions, the network takes 3. Fix: give "
+                                         r"data.spatial_size 3 sizes"):
+        run_training(load_config(config), tmp_path / "out")
+
+
 def test_a_size_the_network_cannot_take_names_data_spatial_size(tmp_path):
     config = make_config(tmp_path, **{"data.spatial_size": [17, 17, 17]})
     with pytest.raises(MedftError, match=r"did not accept a \(2, 1, 17, 17, 17\) input: .*Fix: give an input size "
@@ -289,6 +296,55 @@ def test_a_damaged_training_file_is_one_clear_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "case damaged" in err and "damaged_img.nii.gz: is truncated" in err and "Fix:" in err
     assert "internal error" not in err and "Traceback" not in err
+
+
+def test_an_image_with_other_channels_is_named_before_training(tmp_path, capsys):
+    """Only the first validation case was checked: a 2-channel training case ended in "internal
+    error (stack expects each tensor to be equal size)" at epoch 0."""
+    import nibabel as nib
+    import numpy as np
+
+    from medft.cli import main
+
+    config = make_config(tmp_path)
+    image, label = sample_case(TRAIN_IDS[0])
+    stored = nib.load(image)
+    volume = np.asarray(stored.dataobj)
+    nib.save(nib.Nifti1Image(np.stack([volume, volume], axis=-1), stored.affine), tmp_path / "two_img.nii.gz")
+    rows = [{"case_id": c, "image": sample_case(c)[0], "label": sample_case(c)[1], "split": "val"} for c in VAL_IDS]
+    rows += [{"case_id": c, "image": sample_case(c)[0], "label": sample_case(c)[1], "split": "train"} for c in TRAIN_IDS[1:]]
+    rows.append({"case_id": "two", "image": tmp_path / "two_img.nii.gz", "label": label, "split": "train"})
+    write_csv(tmp_path / "manifest.csv", rows, classes={"0": "background", "1": "anterior", "2": "posterior"})
+    assert main(["train", str(config), "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert (f"case two: {tmp_path / 'two_img.nii.gz'}: the image has 2 channel(s) but the network takes 1. Fix: give "
+            "every case the same channels (medft check-data names the cases that differ)") in err
+    assert "internal error" not in err and not (tmp_path / "out" / "checkpoints").exists()
+
+
+def test_the_configs_own_folder_as_out_is_refused_and_the_file_kept(tmp_path, capsys):
+    """The run wrote its resolved config.yaml over the user's, comments and values gone."""
+    from medft.cli import main
+
+    user_config = tmp_path / "exp" / "config.yaml"
+    user_config.parent.mkdir()
+    make_config(tmp_path).rename(user_config)
+    text = user_config.read_text()
+    assert main(["train", str(user_config), "--out", str(user_config.parent), "--set", "train.epochs=1"]) == 1
+    assert "is the config's own folder" in capsys.readouterr().err and user_config.read_text() == text
+
+
+def test_an_internal_error_that_stops_the_run_lands_in_train_log(tmp_path, monkeypatch):
+    from medft.train import recipe
+
+    def broken(self):
+        raise RuntimeError("stack expects each tensor to be equal size")
+
+    monkeypatch.setattr(recipe.FineTuneRecipe, "train", broken)
+    with pytest.raises(RuntimeError):
+        run_training(load_config(make_config(tmp_path)), tmp_path / "out")
+    log = (tmp_path / "out" / "train.log").read_text()
+    assert "ERROR stopped: internal error (RuntimeError: stack expects each tensor to be equal size)" in log
 
 
 def test_a_data_error_that_stops_the_run_lands_in_train_log_without_the_series(tmp_path, capsys):
