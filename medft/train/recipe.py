@@ -102,6 +102,7 @@ class FineTuneRecipe:
         self.generator = torch.Generator()
         self.train_loader, self.val_loader, self.train_transform = build_loaders(
             config, manifest, self.generator, prepared.in_channels, distributed.rank(), distributed.world_size())
+        log.info("%d training and %d validation cases", len(manifest.split("train")), len(manifest.split("val")))
         self._check_forward()
         self._unused = set()
         if distributed.is_distributed():

@@ -50,6 +50,7 @@ def test_the_run_folder_holds_the_contract_files(finished_run):
     assert records[0]["frozen_tensors"] > records[1]["frozen_tensors"]
     log = (run_dir / "train.log").read_text()
     assert "medft" in log and "epoch 3" in log
+    assert f"{len(TRAIN_IDS)} training and {len(VAL_IDS)} validation cases" in log
     assert "epoch 1: freezing stage encoder" in log and "epoch 2: freezing stage none, 0 of" in log
     assert "loaded" in (run_dir / "head_adaptation.txt").read_text()
 
