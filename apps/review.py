@@ -424,7 +424,7 @@ def review_page(config: support.AppConfig, table: CaseTable, reviewer: str) -> N
     try:
         case_volumes(str(config.eval_dir), case_id)  # cached: the viewer draws from it
     except Exception as exc:  # noqa: BLE001 - nothing to look at, so nothing to grade
-        st.error(support.user_message(exc, support.configured_paths()))
+        st.error(support.user_message(exc, config.paths))
         return
     view_col, side_col = st.columns([3.3, 1], gap="medium")
     with view_col:

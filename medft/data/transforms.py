@@ -31,10 +31,7 @@ def preprocessing(intensity: str = "zscore", label_map: dict[int, int] | None = 
     """Deterministic steps: load in RAS, remap label values, normalise intensities."""
     steps: list = [LoadCased()]
     if label_map:
-        original = sorted(label_map)
-        steps.append(MapLabelValued(
-            keys="label", orig_labels=original, target_labels=[label_map[v] for v in original], allow_missing_keys=True
-        ))
+        steps.append(MapLabelValued(keys="label", **_label_pairs(label_map), allow_missing_keys=True))
     if intensity == "zscore":
         steps.append(NormalizeIntensityd(keys="image", channel_wise=True))
     return steps
@@ -45,8 +42,13 @@ def map_label_values(labels: np.ndarray, label_map: dict[int, int]) -> np.ndarra
     them: for pictures drawn from the files themselves (report, review app)."""
     if not label_map:
         return labels
+    return MapLabelValue(**_label_pairs(label_map), dtype=labels.dtype)(labels)
+
+
+def _label_pairs(label_map: dict[int, int]) -> dict[str, list[int]]:
+    """MONAI's MapLabelValue arguments for ``label_map``."""
     original = sorted(label_map)
-    return MapLabelValue(orig_labels=original, target_labels=[label_map[v] for v in original], dtype=labels.dtype)(labels)
+    return {"orig_labels": original, "target_labels": [label_map[v] for v in original]}
 
 
 def sampling(mode: str, spatial_size: Sequence[int], samples_per_volume: int = 1, foreground_ratio: float = 0.67) -> list:

@@ -75,14 +75,19 @@ class EvaluationFolder:
 
     @property
     def label_map(self) -> dict[int, int]:
-        """The run's ``data.label_map`` (label file value -> class); {} for none or an older evaluation."""
-        return {int(k): int(v) for k, v in (self.evaluation.get("label_map") or {}).items()}
+        return label_map_of(self.evaluation)
 
     @property
     def model_name(self) -> str:
         model = self.evaluation.get("model") or {}
         name = model.get("name") or Path(str(model.get("path") or self.path)).name
         return f"{name} {model['version']}" if model.get("version") else name
+
+
+def label_map_of(evaluation: dict) -> dict[int, int]:
+    """The run's ``data.label_map`` (label file value -> class) from evaluation.json; {} for none or an
+    older evaluation."""
+    return {int(k): int(v) for k, v in (evaluation.get("label_map") or {}).items()}
 
 
 def read_evaluation(eval_dir: str | Path) -> EvaluationFolder:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medft.errors import DataError, MedftError
+from medft.evaluate.report import label_map_of
 from medft.evaluate.summary import read_per_case
 from medft.review.store import evaluate_again
 
@@ -157,8 +158,7 @@ class CaseTable:
             files[case_id] = _case_files(eval_dir, record)
         model = evaluation.get("model") or {}
         return cls(eval_dir, class_names, entries, files, model_name=model.get("name") if isinstance(model, dict) else None,
-                   identity=(folder.st_dev, folder.st_ino, evaluation.get("evaluation_id")),
-                   label_map={int(k): int(v) for k, v in (evaluation.get("label_map") or {}).items()})
+                   identity=_identity(folder, evaluation), label_map=label_map_of(evaluation))
 
     def replaced(self, eval_dir: str | Path) -> bool:
         """Whether ``eval_dir`` (the folder as given to ``from_eval_dir``) no longer holds the
@@ -280,6 +280,10 @@ def evaluation_identity(eval_dir: str | Path) -> tuple | None:
         evaluation = json.loads((Path(eval_dir) / EVALUATION).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+    return _identity(folder, evaluation)
+
+
+def _identity(folder: os.stat_result, evaluation: object) -> tuple:
     evaluation_id = evaluation.get("evaluation_id") if isinstance(evaluation, dict) else None
     return (folder.st_dev, folder.st_ino, evaluation_id)
 

@@ -267,14 +267,21 @@ def test_a_reviewer_removed_while_signed_in_cannot_grade(tmp_path, monkeypatch):
         assert store.current() == {}
 
 
-def test_an_evaluation_put_in_place_of_the_one_served_stops_the_app(tmp_path, monkeypatch):
-    folder = make_review_eval(tmp_path / "eval")
+def alice_grades_a_case(folder: Path, monkeypatch, grade: int) -> AppTest:
+    """A new evaluation in ``folder``, served; alice logs in and grades hippocampus_335."""
+    make_review_eval(folder)
     add_user(folder / "users.json", "alice", PASSWORD)
     monkeypatch.setattr(sys, "argv", [str(APP), "--eval-dir", str(folder)])
     at = log_in(AppTest.from_file(str(APP), default_timeout=TIMEOUT), "alice")
-    at.radio(key="grade_hippocampus_335").set_value(3)
+    at.radio(key="grade_hippocampus_335").set_value(grade)
     button(at, "Submit grade").click().run()
-    assert any("Saved: grade 3" in s.value for s in at.success)
+    assert any(f"Saved: grade {grade}" in s.value for s in at.success)
+    return at
+
+
+def test_an_evaluation_put_in_place_of_the_one_served_stops_the_app(tmp_path, monkeypatch):
+    folder = tmp_path / "eval"
+    at = alice_grades_a_case(folder, monkeypatch, 3)
 
     folder.rename(tmp_path / "eval_old")  # the folder moved away, a new evaluation in its place
     make_review_eval(folder)
@@ -295,13 +302,8 @@ def test_an_evaluation_put_in_place_of_the_one_served_stops_the_app(tmp_path, mo
 
 def test_a_review_database_deleted_while_the_app_runs_is_no_place_to_save(tmp_path, monkeypatch):
     """The open connections wrote into the deleted file, and the page said "Saved"."""
-    folder = make_review_eval(tmp_path / "Doe Jane" / "eval")
-    add_user(folder / "users.json", "alice", PASSWORD)
-    monkeypatch.setattr(sys, "argv", [str(APP), "--eval-dir", str(folder)])
-    at = log_in(AppTest.from_file(str(APP), default_timeout=TIMEOUT), "alice")
-    at.radio(key="grade_hippocampus_335").set_value(2)
-    button(at, "Submit grade").click().run()
-    assert any("Saved: grade 2" in s.value for s in at.success)
+    folder = tmp_path / "Doe Jane" / "eval"
+    at = alice_grades_a_case(folder, monkeypatch, 2)
     for stale in folder.glob("reviews.sqlite*"):
         stale.unlink()
     at.radio(key="grade_hippocampus_335").set_value(4)
