@@ -270,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("bundle", help="bundle folder or Model Zoo name")
     inspect.add_argument("--out-channels", type=_count, default=None, help="output classes of the adapted network")
     inspect.add_argument("--in-channels", type=_count, default=None, help="input channels of the adapted network")
-    inspect.add_argument("--input-size", type=_count, default=None, help="edge of the dummy input in voxels (default: the input shape in the bundle's metadata when at most 64, else 32, then 64)")
+    inspect.add_argument("--input-size", type=_count, default=None, help="edge of the dummy input in voxels (default: the bundle's own input shape or sliding window, up to 128^3 voxels, else 32, then 64)")
     inspect.add_argument("--json", action="store_true", help="print the report as JSON")
     inspect.set_defaults(run=_bundle_inspect)
 

@@ -51,7 +51,10 @@ class DataConfig(_Section):
     spatial_size: list[int] = Field(description="Training volume or patch size in voxels, one per spatial axis; also the validation sliding-window size.")
     samples_per_volume: int = Field(2, ge=1, description="Patches drawn from each volume per epoch (patch sampling).")
     foreground_ratio: float = Field(0.67, ge=0, le=1, description="Share of patches centred on foreground (patch sampling).")
-    intensity: Literal["zscore", "none"] = Field("zscore", description="Intensity normalisation per image and channel: zscore (mean 0, sd 1) or none.")
+    preprocessing: Literal["bundle", "medft"] | None = Field(None, description="What the network is fed: bundle (the default with model.bundle) replays the bundle's own deterministic preprocessing (its resampling, intensity scaling) from its config, as it was trained; medft (the default without a bundle) uses spacing and intensity below.")
+    spacing: list[float] | Literal["auto"] | None = Field(None, description="medft preprocessing: resample every case to this voxel spacing (mm per RAS axis) with linear interpolation (labels: nearest neighbour); auto: the median spacing of the training cases (nnU-Net's rule), written into the run's config.yaml; none keeps each case's spacing. Predictions are brought back to each input's own grid.")
+    intensity: Literal["zscore", "nonzero_zscore", "ct_window", "percentiles", "none"] | None = Field(None, description="medft preprocessing, per image and channel: zscore (mean 0, sd 1; the default), nonzero_zscore (over the non-zero voxels, as for skull-stripped MRI), ct_window (intensity_range, a window in HU, to 0..1, clipped), percentiles (intensity_range, lower and upper percentiles, to 0..1, clipped; default 0.5 and 99.5) or none.")
+    intensity_range: list[float] | None = Field(None, description="The window of ct_window (e.g. [-57, 164] HU) or the percentiles of percentiles (e.g. [1, 99]).")
     augmentation: Literal["none", "light", "standard", "strong"] = Field("standard", description="Augmentation preset: none; light (the flips of flip_axes only); standard (flips, small rotations and scaling, intensity scale/shift, noise); strong (nnU-Net's ranges: larger rotations and scaling, noise, blur, brightness, gamma, low resolution).")
     flip_axes: list[int] = Field(default_factory=lambda: [0], description="Spatial axes the augmentation mirrors, each on its own with probability 0.5, and test-time augmentation averages over (medft evaluate --tta; none with augmentation: none): 0 left-right, 1 front-back, 2 up-down (RAS). nnU-Net mirrors all three; the default, left-right only, keeps anterior in front.")
     elastic: float = Field(0.0, ge=0, le=1, description="Probability of a mild elastic deformation of a training sample (3D, with any augmentation preset but none): smooth displacements of 1-2 voxels on average (Gaussian-smoothed, sigma 5-7 voxels), shapes bent the way anatomy varies between people.")
@@ -66,9 +69,34 @@ class DataConfig(_Section):
                              "Fix: e.g. [96, 96, 96] for 3D volumes")
         return size
 
+    @field_validator("spacing")
+    @classmethod
+    def _spacing(cls, spacing: list[float] | str | None) -> list[float] | str | None:
+        if isinstance(spacing, list) and (len(spacing) not in (2, 3) or any(not s > 0 for s in spacing)):
+            raise ValueError("one voxel size in mm above 0 per spatial axis, or auto. Fix: e.g. [1.5, 1.5, 2.0]")
+        return spacing
+
+    @model_validator(mode="after")
+    def _intensity_range_fits(self) -> "DataConfig":
+        span = self.intensity_range
+        if span is not None and self.intensity not in ("ct_window", "percentiles"):
+            raise ValueError(f"data.intensity_range applies to data.intensity ct_window and percentiles, not {self.intensity}. "
+                             "Fix: remove data.intensity_range, or set data.intensity: ct_window or percentiles")
+        if self.intensity == "ct_window" and span is None:
+            raise ValueError("data.intensity ct_window needs the window. Fix: set data.intensity_range: [low, high] in HU, "
+                             "e.g. [-57, 164] for soft tissue")
+        if span is not None and (len(span) != 2 or not span[0] < span[1]):
+            raise ValueError(f"data.intensity_range {span}: give [low, high] with low below high")
+        if self.intensity == "percentiles" and span is not None and not 0 <= span[0] < span[1] <= 100:
+            raise ValueError(f"data.intensity_range {span}: percentiles lie from 0 to 100. Fix: e.g. [1, 99]")
+        return self
+
     @model_validator(mode="after")
     def _spatial_augmentation_fits(self) -> "DataConfig":
         dims = len(self.spatial_size)
+        if isinstance(self.spacing, list) and len(self.spacing) != dims:
+            raise ValueError(f"data.spacing {self.spacing} has {len(self.spacing)} axes, data.spatial_size {dims}. "
+                             f"Fix: give {dims} voxel sizes")
         if any(not 0 <= a < dims for a in self.flip_axes) or len(set(self.flip_axes)) != len(self.flip_axes):
             raise ValueError(f"data.flip_axes {self.flip_axes}: each axis once, from 0 to {dims - 1} "
                              f"(spatial_size has {dims}). Fix: e.g. [0] for left-right only, [0, 1, 2] for all")
@@ -109,7 +137,7 @@ SGD_MOMENTUM = 0.99  # nnU-Net's; optim.momentum's default for sgd
 
 class OptimConfig(_Section):
     name: Literal["adamw", "sgd"] = Field("adamw", description="adamw, or sgd: SGD with Nesterov momentum (nnU-Net's optimizer).")
-    lr: float = Field(1e-3, gt=0, description="Peak learning rate of the pretrained layers.")
+    lr: float = Field(1e-3, ge=0, description="Peak learning rate of the pretrained layers (0 leaves them as pretrained: a check that a run starts from what the bundle knows).")
     head_lr: float | None = Field(None, gt=0, description="Peak learning rate of the new head; by default 10 x lr.")
     weight_decay: float = Field(1e-5, ge=0, description="Weight decay (decoupled for adamw, L2 for sgd).")
     momentum: float | None = Field(None, gt=0, lt=1, description=f"Nesterov momentum of sgd; by default {SGD_MOMENTUM} (nnU-Net's).")
@@ -285,6 +313,26 @@ class RunConfig(_Section):
                     if not (value is None and key in fields and not fields[key].is_required()
                             and _section_type(fields[key].annotation) is not None)}
         return data
+
+    @model_validator(mode="after")
+    def _one_preprocessing(self) -> "RunConfig":
+        """data.preprocessing resolved (bundle with a bundle, else medft), and only its own keys given."""
+        data = self.data
+        if data.preprocessing is None:
+            data.preprocessing = "bundle" if self.model.bundle else "medft"
+        if data.preprocessing == "bundle":
+            if not self.model.bundle:
+                raise ValueError("data.preprocessing bundle replays a bundle's preprocessing, and this run has no "
+                                 "model.bundle. Fix: set data.preprocessing: medft (data.spacing, data.intensity)")
+            own = [f"data.{key}" for key in ("spacing", "intensity", "intensity_range") if getattr(data, key) is not None]
+            if own:
+                raise ValueError(f"{', '.join(own)} choose medft's own preprocessing, but this run feeds the bundle its "
+                                 "own (data.preprocessing: bundle, the default with a bundle): what its network was "
+                                 f"trained on. Fix: remove {', '.join(own)}, or set data.preprocessing: medft to choose "
+                                 "it yourself")
+        elif data.intensity is None:
+            data.intensity = "zscore"
+        return self
 
     @field_validator("freeze")
     @classmethod
@@ -524,6 +572,17 @@ def _shown(value: Any) -> str:
     return "absent" if value is _ABSENT else json.dumps(value)
 
 
+def read_run_config(run_dir: Path) -> RunConfig:
+    """The config.yaml of a run folder. A run written before data.preprocessing existed used medft's own
+    preprocessing (its data.intensity, no resampling), also with a bundle: read as such."""
+    path = Path(run_dir) / "config.yaml"
+    raw = read_yaml(path)
+    data = raw.get("data")
+    if isinstance(data, dict) and "preprocessing" not in data:
+        data["preprocessing"] = "medft"
+    return validate_config(raw, source=str(path))
+
+
 def dump_config(config: RunConfig) -> str:
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
 
@@ -588,6 +647,8 @@ def _format_error(error: dict) -> str:
     if error["type"] == "missing":
         return f"  {key}: required"
     message = error["msg"].removeprefix("Value error, ")
+    if isinstance(error["input"], dict):  # a check across a section's keys: the message names them
+        return f"  {message}" if not error["loc"] else f"  {key}: {message}"
     return f"  {key}: {message} (got {error['input']!r})"
 
 

@@ -90,3 +90,9 @@ def find_user_error(exc: BaseException) -> MedftError | None:
         seen.add(id(current))
         current = current.__cause__ or current.__context__
     return None
+
+
+def one_line(error: BaseException) -> str:
+    """``Type: first line of the message``, for errors passed on to people."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0] if lines else ''}".rstrip(":. ")

@@ -243,3 +243,42 @@ def test_an_empty_plain_value_is_still_an_error(tmp_path):
     path.write_text("seed:\nmodel: {bundle: b}\ndata: {manifest: m.csv, spatial_size: [8, 8, 8]}\n")
     with pytest.raises(MedftError, match="seed: Input should be a valid integer"):
         load_config(path)
+
+
+def test_the_preprocessing_follows_the_model_and_takes_only_its_own_keys():
+    bundle = load_config(REPO / "configs" / "demo.yaml")
+    assert (bundle.data.preprocessing, bundle.data.intensity) == ("bundle", None)
+    scratch = load_config(REPO / "configs" / "hippocampus.yaml")
+    assert (scratch.data.preprocessing, scratch.data.intensity, scratch.data.spacing) == ("medft", "zscore", None)
+    with pytest.raises(MedftError, match=r"\n  data.spacing, data.intensity choose medft's own preprocessing.*Fix: remove "
+                                         r"data.spacing, data.intensity, or set data.preprocessing: medft"):
+        load_config(REPO / "configs" / "demo.yaml", ["data.intensity=zscore", "data.spacing=auto"])
+    own = load_config(REPO / "configs" / "demo.yaml", ["data.preprocessing=medft", "data.spacing=[1, 1, 2]",
+                                                       "data.intensity=percentiles", "data.intensity_range=[1, 99]"])
+    assert (own.data.spacing, own.data.intensity_range) == ([1.0, 1.0, 2.0], [1.0, 99.0])
+    with pytest.raises(MedftError, match="has no model.bundle. Fix: set data.preprocessing: medft"):
+        load_config(REPO / "configs" / "hippocampus.yaml", ["data.preprocessing=bundle"])
+
+
+@pytest.mark.parametrize("settings, message", [
+    (["data.intensity=ct_window"], "needs the window. Fix: set data.intensity_range: [low, high] in HU"),
+    (["data.intensity=zscore", "data.intensity_range=[0, 1]"], "applies to data.intensity ct_window and percentiles"),
+    (["data.intensity=percentiles", "data.intensity_range=[5, 120]"], "percentiles lie from 0 to 100"),
+    (["data.intensity=ct_window", "data.intensity_range=[100, -100]"], "give [low, high] with low below high"),
+    (["data.spacing=[1, 1]"], "data.spacing [1.0, 1.0] has 2 axes, data.spatial_size 3"),
+    (["data.spacing=[1, 0, 1]"], "one voxel size in mm above 0 per spatial axis, or auto"),
+])
+def test_medft_preprocessing_values_are_checked(settings, message):
+    with pytest.raises(MedftError, match=re.escape(message)):
+        load_config(REPO / "configs" / "hippocampus.yaml", settings)
+
+
+def test_a_run_folder_from_before_data_preprocessing_reads_as_medft_preprocessing(tmp_path):
+    from medft.config import dump_config, read_run_config
+
+    config = load_config(REPO / "configs" / "demo.yaml", ["data.preprocessing=medft"])
+    raw = yaml.safe_load(dump_config(config))
+    del raw["data"]["preprocessing"], raw["data"]["spacing"], raw["data"]["intensity_range"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(raw))  # as medft wrote it before: intensity zscore, a bundle
+    old = read_run_config(tmp_path)
+    assert (old.data.preprocessing, old.data.intensity, old.model.bundle) == ("medft", "zscore", config.model.bundle)

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from medft.bundle.reader import Bundle, one_line
-from medft.errors import MedftError
+from medft.bundle.reader import Bundle
+from medft.errors import MedftError, one_line
 
 MIN_LOADED_FRACTION = 0.5
 
@@ -107,7 +107,7 @@ def adapt_network(
     for key, value in ((classes, out_channels), ("in_channels", in_channels)):
         if value is None:
             continue
-        if key not in {**bundle.network_def, **changes}:
+        if key not in {**bundle.network_args, **changes} and not isinstance(bundle.network_def, str):  # an expression: build_network says why
             raise MedftError(
                 f"{bundle.config_file}: network_def ({bundle.network_class}) has no {key} argument to set to "
                 f"{value}. Fix: when {bundle.network_class} takes {key} with a default value, add it to network_def "
@@ -117,7 +117,7 @@ def adapt_network(
     network = bundle.build_network(changes)
     head_out = changes.get(classes, bundle.out_channels)
     head: list[str] = []
-    if isinstance(head_out, int) and classes in {**bundle.network_def, **changes}:
+    if isinstance(head_out, int) and classes in {**bundle.network_args, **changes}:
         head = sorted(_shape_dependent(network, bundle.build_network({**changes, classes: head_out + 1})))
     report = load_matching(network, bundle.pretrained_state_dict(), head)
     require_loaded(report, bundle, min_loaded_fraction)
@@ -161,6 +161,32 @@ def require_loaded(report: AdaptationReport, bundle: Bundle, min_loaded_fraction
         f"the weights in {weights} (e.g. {examples}). Fix: use the network_def these weights were trained "
         f"with (same channels, features and blocks), or the bundle the weights come from"
     )
+
+
+# Networks medft refuses to fine-tune, by the name network_def gives them (lower case), and why.
+_VISTA3D = (
+    "VISTA3D segments the classes it is prompted for (a class_vector or points), one sigmoid map per prompted class, "
+    "and is fine-tuned by its own loop that samples prompts (the bundle's train_continual.json); medft's loop trains "
+    "one softmax channel per class on one label map, which VISTA3D's forward does not give. Measured here: its 218 M "
+    "parameters take {step} for one training step at 64^3 on 2 CPU cores (its patches are 128^3). Fix: fine-tune it "
+    "with the bundle's own train_continual.json (monai.bundle run), or fine-tune a segmentation bundle of the Model "
+    "Zoo (e.g. wholeBody_ct_segmentation) with medft"
+).format(step="32 s")
+REFUSED_NETWORKS = {"vista3d": _VISTA3D, "vista3d132": _VISTA3D}
+
+
+def training_refusal(bundle: Bundle) -> str | None:
+    """Why medft does not fine-tune this bundle's network (None when it does)."""
+    return REFUSED_NETWORKS.get(bundle.network_class.lower())
+
+
+def segmentation_output_problem(output_shape: Sequence[int], spatial_dims: int | None) -> str | None:
+    """Why an output of ``output_shape`` is not a segmentation map (batch, classes, *spatial), or None."""
+    if spatial_dims is None or len(output_shape) == spatial_dims + 2:
+        return None
+    return (f"the network's output {tuple(output_shape)} is not a segmentation map (batch, classes, "
+            f"{', '.join('xyz'[:spatial_dims])}): it gives one value per class and image, as a classifier does. medft "
+            "fine-tunes segmentation networks (one score per class and voxel). Fix: choose a segmentation bundle")
 
 
 def dummy_forward_backward(

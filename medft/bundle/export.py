@@ -23,7 +23,9 @@ import torch
 
 from medft import __version__
 from medft.bundle.reader import load_bundle
-from medft.config import RunConfig, read_yaml, validate_config
+from medft.components import IMPORTS
+from medft.config import RunConfig, read_run_config
+from medft.data.preprocessing import Preprocessing, checkpoint_preprocessing
 from medft.data.manifest import read_manifest
 from medft.errors import MedftError
 from medft.atomic_files import new_folder
@@ -44,7 +46,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path) -> Path:
     if not (run_dir / "config.yaml").is_file():
         raise MedftError(f"{run_dir}: {'not a run folder (no config.yaml)' if run_dir.is_dir() else 'no such folder'}. "
                          "Fix: give the folder that `medft train --out` wrote")
-    config = validate_config(read_yaml(run_dir / "config.yaml"), source=str(run_dir / "config.yaml"))
+    config = read_run_config(run_dir)
     checkpoint_path = next((p for p in (run_dir / "checkpoints" / n for n in ("best.pt", "last.pt")) if p.is_file()), None)
     if checkpoint_path is None:
         raise MedftError(f"{run_dir}: no checkpoints/best.pt or last.pt. Fix: export a run folder that `medft train` wrote")
@@ -52,13 +54,14 @@ def export_run(run_dir: str | Path, out_dir: str | Path) -> Path:
         raise MedftError(f"{out_dir} exists and is not an empty folder. Fix: give a new folder to --out")
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
     parent = load_bundle(config.model.bundle, version=config.model.bundle_version) if config.model.bundle else None
-    metadata = _metadata(config, checkpoint, run_dir, parent)
+    preprocessing = checkpoint_preprocessing(checkpoint, config.data.intensity, str(checkpoint_path))
+    metadata = _metadata(config, checkpoint, run_dir, parent, preprocessing)
 
     with new_folder(out_dir) as bundle:  # a kill leaves no folder that MONAI would load with parts missing
         for sub in ("configs", "models", "docs"):
             (bundle / sub).mkdir()
         torch.save(checkpoint["model"], bundle / "models" / "model.pt")
-        inference = _inference_config(config, checkpoint["network_def"], parent.config if parent else {})
+        inference = _inference_config(config, checkpoint["network_def"], preprocessing, parent.config if parent else {})
         (bundle / "configs" / "inference.json").write_text(json.dumps(inference, indent=2) + "\n")
         (bundle / "configs" / "metadata.json").write_text(json.dumps(metadata, indent=2, allow_nan=False) + "\n")
         (bundle / "docs" / "README.md").write_text(_readme(metadata))
@@ -70,31 +73,37 @@ def export_run(run_dir: str | Path, out_dir: str | Path) -> Path:
     return out_dir
 
 
-def _inference_config(config: RunConfig, network_def: dict, parent_config: dict) -> dict:
-    """network_def (with the parent config entries it refers to) and a MONAI inference pipeline."""
-    inference: dict = {"imports": ["$import torch"] + [i for i in parent_config.get("imports", []) if i != "$import torch"]}
+def _inference_config(config: RunConfig, network_def: dict, preprocessing: Preprocessing, parent_config: dict) -> dict:
+    """network_def (with the parent config entries it refers to) and a MONAI inference pipeline: the preprocessing
+    the network was trained on, the sliding window, and the postprocessing that inverts the spatial steps, so that
+    the prediction lands on the input's grid."""
+    imports = [*IMPORTS, *parent_config.get("imports", []), *preprocessing.imports]
+    inference: dict = {"imports": list(dict.fromkeys(imports))}
     for key in _referenced_keys(network_def, parent_config):
         inference[key] = parent_config[key]
-    preprocessing = [
+    transforms = [
         {"_target_": "LoadImaged", "keys": "image", "image_only": True},
         {"_target_": "EnsureChannelFirstd", "keys": "image"},
-        # labels as medft reads images (MONAI's default for them is changing: a FutureWarning without them)
-        {"_target_": "Orientationd", "keys": "image", "axcodes": "RAS", "labels": [["L", "R"], ["P", "A"], ["I", "S"]]},
     ]
-    if config.data.intensity == "zscore":
-        preprocessing.append({"_target_": "NormalizeIntensityd", "keys": "image", "channel_wise": True})
+    if preprocessing.reorient:  # medft's loader brought the images to RAS
+        # labels as medft reads images (MONAI's default for them is changing: a FutureWarning without them)
+        transforms.append({"_target_": "Orientationd", "keys": "image", "axcodes": "RAS",
+                           "labels": [["L", "R"], ["P", "A"], ["I", "S"]]})
+    transforms += preprocessing.steps
     inference.update({
         "bundle_root": ".",
         "device": "$torch.device('cuda' if torch.cuda.is_available() else 'cpu')",
         "network_def": network_def,
         "network": "$@network_def.to(@device)",
-        "preprocessing": {"_target_": "Compose", "transforms": preprocessing},
+        "preprocessing": {"_target_": "Compose", "transforms": transforms},
         "inferer": {
             "_target_": "SlidingWindowInferer", "roi_size": config.data.spatial_size,
             "sw_batch_size": config.validation.sw_batch_size, "overlap": config.validation.overlap, "mode": "gaussian",
         },
         "postprocessing": {"_target_": "Compose", "transforms": [
             {"_target_": "Activationsd", "keys": "pred", "softmax": True},
+            {"_target_": "Invertd", "keys": "pred", "transform": "@preprocessing", "orig_keys": "image",
+             "nearest_interp": False, "to_tensor": True},
             {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
         ]},
     })
@@ -119,7 +128,7 @@ def _referenced_keys(node: object, config: dict, found: list[str] | None = None)
     return found
 
 
-def _metadata(config: RunConfig, checkpoint: dict, run_dir: Path, parent) -> dict:
+def _metadata(config: RunConfig, checkpoint: dict, run_dir: Path, parent, preprocessing: Preprocessing) -> dict:
     """The fine-tuned bundle's own metadata; the parent's, verbatim, under ``medft.parent_bundle``."""
     class_names = checkpoint["class_names"]
     parent_meta = parent.metadata if parent else {}
@@ -148,7 +157,7 @@ def _metadata(config: RunConfig, checkpoint: dict, run_dir: Path, parent) -> dic
         "evaluation": {"split": "val", "metric": "mean Dice over foreground classes", "val_dice": early["best"], "best_epoch": early["best_epoch"],
                        "val_dice_per_class": _best_per_class(run_dir, early["best_epoch"])} if validated else None,
         "class_names": class_names,
-        "preprocessing": {"orientation": "RAS", "intensity": config.data.intensity, "spatial_size": list(config.data.spatial_size),
+        "preprocessing": {**preprocessing.to_dict(public=True), "spatial_size": list(config.data.spatial_size),
                           "flip_axes": config.data.mirrored_axes,
                           # label value -> class index, as training remapped the ground truth (JSON keys are strings)
                           "label_map": {str(k): v for k, v in sorted(config.data.label_map.items())}},
@@ -264,8 +273,9 @@ parser.read_config("configs/inference.json")
 network = parser.get_parsed_content("network_def")
 network.load_state_dict(torch.load("models/model.pt", map_location="cpu"))
 ```
-Images are brought to RAS orientation and normalised as in `preprocessing`; predict with the
-sliding-window `inferer`.
+Feed it what it was trained on: `preprocessing` (the voxel spacing, orientation and intensity
+scaling of its training), then the sliding-window `inferer`; `postprocessing` inverts the spatial
+steps, so that the prediction lands on the input's own grid.
 """
 
 

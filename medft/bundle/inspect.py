@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 from collections.abc import Sequence
 
@@ -13,14 +14,19 @@ from medft.bundle.adapt import (
     dummy_forward_backward,
     format_adaptation,
     require_loaded,
+    segmentation_output_problem,
+    training_refusal,
 )
+from medft.bundle.preprocessing import bundle_preprocessing, read_bundle_steps
 from medft.bundle.reader import Bundle, load_bundle
 from medft.errors import MedftError
 
 DEFAULT_SIZE = 32
 # Tried when the default size fails (e.g. SwinUNETR's instance norms need 2+ voxels at its bottom).
 RETRY_SIZE = 64
-MAX_METADATA_SIZE = 64
+# The bundle's own sizes (its training patch, its inferer's window) are tried first up to this many voxels
+# (a batch of two of them through a large network fits in a few GB); UNesT takes nothing smaller than 96^3.
+MAX_BUNDLE_VOXELS = 128**3
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
 
@@ -56,12 +62,15 @@ def _inspect(
                          "Dice + cross-entropy, the prediction is the channel with the highest score), so a head needs "
                          "at least 2. Fix: give 2 for one structure (background and the structure), N + 1 for N")
     bundle = load_bundle(source)
-    network, report = adapt_network(bundle, out_channels, in_channels, overrides, min_loaded_fraction=0.0)
-    errors = []
+    refused = training_refusal(bundle)
+    network, report = adapt_network(bundle, None if refused else out_channels, None if refused else in_channels,
+                                    overrides, min_loaded_fraction=0.0)
+    errors = [refused] if refused else []
     try:
         require_loaded(report, bundle, MIN_LOADED_FRACTION)
     except MedftError as error:
         errors.append(str(error))
+    preprocessing = _preprocessing(bundle, errors)
     changed = dict(overrides or {})
     changed.update({k: v for k, v in (("out_channels", out_channels), ("in_channels", in_channels)) if v is not None})
     spatial_dims = _int(changed.get("spatial_dims")) or bundle.spatial_dims or _first_conv(network, "dims")
@@ -70,7 +79,9 @@ def _inspect(
 
     sizes = [input_size] if input_size is not None else _default_sizes(bundle, spatial_dims)
     output_shape, forward_error, size = None, None, sizes[0]
-    if spatial_dims is None or n_in is None:
+    if refused:
+        forward_error = None
+    elif spatial_dims is None or n_in is None:
         forward_error = "cannot tell the network's spatial dims or input channels from network_def: give --in-channels"
     else:
         for size in sizes:
@@ -81,7 +92,9 @@ def _inspect(
                 forward_error = str(error)
     if forward_error:
         errors.append(forward_error)
-    elif n_out is not None and output_shape[1] != n_out:
+    elif output_shape is not None and (problem := segmentation_output_problem(output_shape, spatial_dims)):
+        errors.append(problem)
+    elif n_out is not None and output_shape is not None and output_shape[1] != n_out:
         errors.append(f"the network's output has {output_shape[1]} channels, not the {n_out} asked for")
     size = [size] * (spatial_dims or 0) if isinstance(size, int) else list(size)
     return {
@@ -103,6 +116,7 @@ def _inspect(
         "input_shape": [2, n_in, *size],
         "output_shape": list(output_shape) if output_shape else None,
         "forward_ok": output_shape is not None,
+        "preprocessing": preprocessing,
         "would_train": not errors,
         "errors": errors,
     }
@@ -122,6 +136,9 @@ def format_inspection(result: dict) -> str:
         format_adaptation(result),
         "",
     ]
+    lines += ["preprocessing (replayed by medft train and evaluate):"]
+    lines += [f"  {line}" for line in result["preprocessing"]["lines"]]
+    lines.append("")
     shape_in = tuple(result["input_shape"])
     if result["forward_ok"]:
         lines.append(f"dummy pass  {shape_in} -> {tuple(result['output_shape'])}: forward and backward OK")
@@ -147,12 +164,30 @@ def _int(value: object) -> int | None:
 
 
 def _default_sizes(bundle: Bundle, spatial_dims: int | None) -> list:
-    """The metadata's input shape when all ints up to 64, else 32 per dim; then 64 per dim as a retry."""
-    shape = bundle.input_spatial_shape
-    fits = shape and len(shape) == spatial_dims and all(_int(s) and 0 < s <= MAX_METADATA_SIZE for s in shape)
-    first = list(shape) if fits else DEFAULT_SIZE
-    smallest = first if isinstance(first, int) else min(first)
-    return [first] if smallest >= RETRY_SIZE else [first, RETRY_SIZE]
+    """The bundle's own sizes (the metadata's input shape, then its inferer's roi_size) up to MAX_BUNDLE_VOXELS,
+    then 32 per dim, then 64 per dim as a retry."""
+    own = [list(shape) for shape in (bundle.input_spatial_shape, bundle.inferer_arg("roi_size"))
+           if isinstance(shape, (list, tuple)) and len(shape) == spatial_dims
+           and all(_int(s) and s > 0 for s in shape) and math.prod(shape) <= MAX_BUNDLE_VOXELS]
+    sizes = own + [DEFAULT_SIZE, RETRY_SIZE]
+    return [size for i, size in enumerate(sizes) if size not in sizes[:i]]
+
+
+def _preprocessing(bundle: Bundle, errors: list[str]) -> dict:
+    """What medft will replay of the bundle's preprocessing, one line per step; a problem joins ``errors``."""
+    try:
+        steps = read_bundle_steps(bundle)
+    except MedftError as error:
+        errors.append(str(error))
+        return {"origin": None, "steps": None, "left_out": [], "lines": [f"cannot replay: {error}"]}
+    if steps.preprocessing is None:
+        try:
+            bundle_preprocessing(bundle)
+        except MedftError as error:
+            errors.append(str(error))
+        return {"origin": None, "steps": None, "left_out": [], "lines": steps.describe()}
+    return {"origin": steps.origin, "steps": steps.preprocessing.steps,
+            "left_out": [{"step": name, "reason": why} for name, why in steps.left_out], "lines": steps.describe()}
 
 
 def _first_conv(network: nn.Module, what: str) -> int | None:

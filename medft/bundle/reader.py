@@ -10,13 +10,10 @@ takes them from the working folder, and bundles are run from their own).
 from __future__ import annotations
 
 import copy
-import importlib
 import json
 import logging
 import re
-import sys
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from medft.errors import MedftError
+from medft.components import bundle_imports
+from medft.errors import MedftError, one_line
 
 # Where network_def is looked for, in this order (the first config that has one wins).
 CONFIG_NAMES = ("inference.json", "inference.yaml", "inference.yml", "train.json", "train.yaml", "train.yml")
@@ -44,25 +42,34 @@ def build_network(
     source: str = "",
     config: dict | None = None,
 ) -> nn.Module:
-    """Instantiate ``network_def`` (``{"_target_": "UNet", ...}``) as a torch module.
+    """Instantiate ``network_def`` (``{"_target_": "UNet", ...}``, or a ``$`` expression such as VISTA3D's
+    ``"$monai.networks.nets.vista3d132(in_channels=@input_channels)"``) as a torch module.
 
     ``overrides`` set keys of network_def; a value of ``None`` drops the key (for arguments that
-    newer MONAI releases removed). ``config`` is the whole bundle config that network_def comes
-    from, for its ``@`` references; ``bundle_root`` makes the bundle's ``scripts`` package
-    importable; ``source`` (the config file) names where the network_def came from in errors.
+    newer MONAI releases removed); an expression takes none. ``config`` is the whole bundle config
+    that network_def comes from, for its ``@`` references; ``bundle_root`` makes the bundle's
+    ``scripts`` package importable; ``source`` (the config file) names where the network_def came from in errors.
     """
     _require_component(network_def, source)
-    network_def = copy.deepcopy(dict(network_def))
-    for key, value in (overrides or {}).items():
-        if value is None:
-            network_def.pop(key, None)
-        else:
-            network_def[key] = value
+    network_class = network_class_name(network_def)
+    if isinstance(network_def, str):
+        if overrides:
+            raise MedftError(
+                f"{source or 'network_def'}: network_def is a $ expression ({network_def[:80]}), so medft cannot set its "
+                f"arguments {sorted(overrides)}. Fix: write network_def as a component, "
+                f"{{\"_target_\": \"{network_class}\", ...}}, with the arguments as keys"
+            )
+    else:
+        network_def = copy.deepcopy(dict(network_def))
+        for key, value in (overrides or {}).items():
+            if value is None:
+                network_def.pop(key, None)
+            else:
+                network_def[key] = value
     full = copy.deepcopy(config) if config is not None else {}
     full["network_def"] = network_def
     if bundle_root is not None:
         full["bundle_root"] = str(bundle_root)
-    network_class = str(network_def["_target_"]).rsplit(".", 1)[-1]
     with bundle_imports(bundle_root):
         try:
             network = _parsed(full, "network_def")
@@ -77,6 +84,8 @@ def build_network(
 
 
 def _require_component(network_def: Any, source: str) -> None:
+    if isinstance(network_def, str) and network_def.startswith("$"):
+        return
     if not isinstance(network_def, Mapping) or "_target_" not in network_def:
         raise MedftError(
             f"{source or 'network_def'}: network_def is not a component with a _target_ "
@@ -84,31 +93,15 @@ def _require_component(network_def: Any, source: str) -> None:
         )
 
 
-@contextmanager
-def bundle_imports(bundle_root: Path | None) -> Iterator[None]:
-    """Make ``import scripts...`` find this bundle's package, and forget it afterwards.
-
-    Every bundle calls its package ``scripts``: modules of that name are dropped from
-    ``sys.modules`` before and after, so two bundles loaded in one process never share one.
-    """
-    if bundle_root is None:
-        yield
-        return
-    path = str(Path(bundle_root).resolve())
-    _forget_scripts()
-    sys.path.insert(0, path)
-    importlib.invalidate_caches()
-    try:
-        yield
-    finally:
-        if path in sys.path:
-            sys.path.remove(path)
-        _forget_scripts()
+_EXPRESSION_CALL = re.compile(r"\$\s*([\w.]+)\s*\(")
 
 
-def _forget_scripts() -> None:
-    for name in [m for m in sys.modules if m == "scripts" or m.startswith("scripts.")]:
-        del sys.modules[name]
+def network_class_name(network_def: Any) -> str:
+    """The class a network_def builds: its _target_'s last part, or the function an expression calls."""
+    if isinstance(network_def, Mapping):
+        return str(network_def.get("_target_", "?")).rsplit(".", 1)[-1]
+    match = _EXPRESSION_CALL.match(str(network_def))
+    return match.group(1).rsplit(".", 1)[-1] if match else "network"
 
 
 def _parsed(config: dict, id: str) -> Any:
@@ -150,12 +143,6 @@ def _build_error(error: BaseException, network_class: str, source: str) -> Medft
     )
 
 
-def one_line(error: BaseException) -> str:
-    """``Type: first line of the message``, for errors passed on to people."""
-    lines = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {lines[0] if lines else ''}".rstrip(":. ")
-
-
 @dataclass
 class Bundle:
     """A bundle folder read from disk; ``config`` is the whole parsed ``config_file``."""
@@ -168,12 +155,22 @@ class Bundle:
     config: dict
 
     @property
-    def network_def(self) -> dict:
+    def network_def(self) -> dict | str:
         return self.config["network_def"]
 
     @property
+    def network_args(self) -> dict:
+        """network_def's arguments by name; none for a $ expression."""
+        return dict(self.network_def) if isinstance(self.network_def, Mapping) else {}
+
+    @property
     def network_class(self) -> str:
-        return str(self.network_def.get("_target_", "?")).rsplit(".", 1)[-1]
+        return network_class_name(self.network_def)
+
+    def read_config(self, name: str) -> dict:
+        """Another config file of the bundle (``train.json``), its ``%`` macros replaced."""
+        path = self.root / "configs" / name
+        return _resolve_macros(_read_config(path), self.root, path)
 
     def build_network(self, overrides: dict | None = None) -> nn.Module:
         return build_network(self.network_def, overrides, self.root, str(self.config_file), self.config)
@@ -215,8 +212,19 @@ class Bundle:
         except Exception:  # noqa: BLE001 - an unresolvable value is simply unknown
             return None
 
+    def inferer_arg(self, key: str) -> Any:
+        """An argument of the bundle's ``inferer`` (``roi_size``, ``overlap``, ``mode``), its ``@`` reference or
+        ``$`` expression resolved (``"roi_size": "@patch_size"``), tuples as lists; None when it gives none."""
+        inferer = self.config.get("inferer")
+        if not isinstance(inferer, Mapping) or key not in inferer:
+            return None
+        value = self.resolved(f"inferer::{key}", inferer[key])
+        return list(value) if isinstance(value, tuple) else value
+
     def network_arg(self, key: str) -> int | None:
         """An int argument of network_def (``@`` references and ``$`` expressions resolved), else None."""
+        if not isinstance(self.network_def, Mapping):
+            return None  # a $ expression: its arguments are not keys
         value = self.resolved(f"network_def::{key}", self.network_def.get(key))
         return value if isinstance(value, int) and not isinstance(value, bool) else None
 
@@ -235,7 +243,8 @@ class Bundle:
     @property
     def class_count_key(self) -> str:
         """The argument of network_def that sets the number of output classes (see CLASS_COUNT_KEYS)."""
-        return next((key for key in CLASS_COUNT_KEYS if key in self.network_def), CLASS_COUNT_KEYS[0])
+        keys = self.network_def if isinstance(self.network_def, Mapping) else {}
+        return next((key for key in CLASS_COUNT_KEYS if key in keys), CLASS_COUNT_KEYS[0])
 
     @property
     def class_names(self) -> dict[int, str] | None:
@@ -392,7 +401,7 @@ def _resolve_macros(config: dict, root: Path, config_file: Path) -> dict:
     try:
         parser.resolve_macro_and_relative_ids()
     except Exception as error:  # noqa: BLE001 - a missing file or id
-        if "%" not in json.dumps(config["network_def"], default=str):
+        if "%" not in json.dumps(config.get("network_def"), default=str):
             return config  # a broken macro elsewhere (another workflow's entry) does not stop the network
         raise MedftError(
             f"{config_file}: cannot replace its % macros ({one_line(error)}). Fix: make each macro name a file "

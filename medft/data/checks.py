@@ -37,13 +37,14 @@ def check_manifest(path: str | Path, workers: int | None = None, progress: bool 
             leave=False,
         )
         per_case = list(results)
-    for case_problems, _ in per_case:
+    for case_problems, _, _ in per_case:
         problems += case_problems
-    problems += _channel_count_problems(manifest.cases, [channels for _, channels in per_case])
+    problems += _channel_count_problems(manifest.cases, [channels for _, channels, _ in per_case])
+    problems += _spacing_spread_problems(manifest.path, manifest.cases, [spacing for _, _, spacing in per_case])
     return problems
 
 
-def _check_case_safely(case: Case, class_names: list[str]) -> tuple[list[Problem], int | None]:
+def _check_case_safely(case: Case, class_names: list[str]) -> tuple[list[Problem], int | None, tuple | None]:
     """`check_case`, with an unexpected exception as one problem of the case: the other cases are still checked."""
     try:
         return check_case(case, class_names)
@@ -57,11 +58,12 @@ def _check_case_safely(case: Case, class_names: list[str]) -> tuple[list[Problem
             "developers (MEDFT_DEBUG=1 shows its traceback)",
             file=case.image[0],
             case_id=case.case_id,
-        )], None
+        )], None, None
 
 
-def check_case(case: Case, class_names: list[str]) -> tuple[list[Problem], int | None]:
-    """The problems of one case, and its number of image channels (None when unreadable)."""
+def check_case(case: Case, class_names: list[str]) -> tuple[list[Problem], int | None, tuple | None]:
+    """The problems of one case, its number of image channels and its voxel spacing in mm along the RAS
+    axes (None when unreadable)."""
     problems: list[Problem] = []
     image = None
     if case.is_dicom:
@@ -77,7 +79,10 @@ def check_case(case: Case, class_names: list[str]) -> tuple[list[Problem], int |
         problems += _label_problems(case, image, class_names)
     for problem in problems:
         problem.case_id = case.case_id
-    return problems, None if image is None else int(image.shape[0])
+    if image is None:
+        return problems, None, None
+    spacing = tuple(float(v) for v in np.linalg.norm(np.asarray(image.affine, dtype=np.float64)[:3, :3], axis=0))
+    return problems, int(image.shape[0]), spacing
 
 
 def _dicom_problems(case: Case) -> list[Problem]:
@@ -156,3 +161,31 @@ def _channel_count_problems(cases: list[Case], channels: list[int | None]) -> li
         if n is not None and n != usual
     ]
 
+
+
+SPACING_SPREAD = 1.5  # largest / smallest spacing along an axis above which check-data warns
+_RAS_AXES = ("left-right", "front-back", "up-down")
+
+
+def _spacing_spread_problems(source: Path, cases: list[Case], spacings: list[tuple | None]) -> list[Problem]:
+    """One warning when the cases' voxel spacings differ widely along an axis: a network sees each case at its own
+    scale unless a target spacing resamples them all."""
+    known = [(case, spacing) for case, spacing in zip(cases, spacings) if spacing is not None]
+    spreads = []
+    for axis, name in enumerate(_RAS_AXES):
+        if not known or any(len(spacing) <= axis for _, spacing in known):
+            continue
+        finest = min(known, key=lambda item: item[1][axis])
+        coarsest = max(known, key=lambda item: item[1][axis])
+        if coarsest[1][axis] > SPACING_SPREAD * finest[1][axis]:
+            spreads.append(f"{name} from {finest[1][axis]:.3g} mm (case {finest[0].case_id}) to {coarsest[1][axis]:.3g} mm "
+                           f"(case {coarsest[0].case_id})")
+    if not spreads:
+        return []
+    return [Problem(
+        f"voxel spacings differ widely between cases: {'; '.join(spreads)}",
+        "resample every case to one spacing: set data.spacing in the run config (auto: the median spacing of the "
+        "training cases); a bundle's own preprocessing does so when it has a Spacingd step (medft bundle inspect lists it)",
+        file=source,
+        severity="warning",
+    )]

@@ -53,9 +53,9 @@ _DEFLATE_MAX_EXPANSION = 1032
 _SHORT_READ = re.compile(r"Expected (\d+) bytes, got (\d+) bytes")
 
 
-def load_image(paths: list[str] | tuple[Path, ...], series_uid: str | None = None) -> MetaTensor:
-    """An image as a (C, x, y, z) MetaTensor in RAS: one NIfTI per channel, or one DICOM series folder.
-    Images with NaN or infinite voxels are refused (DataError)."""
+def load_image(paths: list[str] | tuple[Path, ...], series_uid: str | None = None, reorient: bool = True) -> MetaTensor:
+    """An image as a (C, x, y, z) MetaTensor in RAS (as stored without ``reorient``): one NIfTI per channel,
+    or one DICOM series folder. Images with NaN or infinite voxels are refused (DataError)."""
     paths = [Path(p) for p in paths]
     if len(paths) == 1 and paths[0].is_dir():
         image = _read(paths[0], DicomSeriesReader(series_uid=series_uid))
@@ -76,7 +76,7 @@ def load_image(paths: list[str] | tuple[Path, ...], series_uid: str | None = Non
     _require_3d(image, paths[0])
     _require_placeable(image, paths[0])
     _require_finite(image, paths[0])
-    return to_ras(image)
+    return to_ras(image) if reorient else image
 
 
 def _require_finite(image: MetaTensor, path: Path) -> None:
@@ -87,8 +87,8 @@ def _require_finite(image: MetaTensor, path: Path) -> None:
                         "re-export the image, or replace the non-finite voxels", file=path)
 
 
-def load_label(path: str | Path) -> MetaTensor:
-    """A label map as a (1, x, y, z) MetaTensor in RAS, values as stored (float32)."""
+def load_label(path: str | Path, reorient: bool = True) -> MetaTensor:
+    """A label map as a (1, x, y, z) MetaTensor in RAS (as stored without ``reorient``), values as stored (float32)."""
     path = Path(path)
     if path.is_dir() or _is_dicom_file(path):
         what = "a folder" if path.is_dir() else "a DICOM file"
@@ -102,7 +102,7 @@ def load_label(path: str | Path) -> MetaTensor:
             "give one 3D label map with one integer class value per voxel",
             file=path,
         )
-    return to_ras(label)
+    return to_ras(label) if reorient else label
 
 
 def _is_dicom_file(path: Path) -> bool:
@@ -167,24 +167,25 @@ def qform_sform_problem(path: Path) -> Problem | None:
 
 
 class LoadCased(MapTransform):
-    """Load a case record (see ``Case.record``): ``image`` and, when present, ``label``.
+    """Load a case record (see ``Case.record``): ``image`` and, when present, ``label``, in RAS (as
+    stored without ``reorient``: a bundle's own steps orient them, as MONAI's LoadImaged leaves them).
 
     Raises DataError naming the case and file when a file cannot be read or the label does not
     lie on the image's voxel grid.
     """
 
-    def __init__(self, image_key: str = "image", label_key: str = "label"):
+    def __init__(self, image_key: str = "image", label_key: str = "label", reorient: bool = True):
         super().__init__(keys=[image_key, label_key], allow_missing_keys=True)
-        self.image_key, self.label_key = image_key, label_key
+        self.image_key, self.label_key, self.reorient = image_key, label_key, reorient
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         record = dict(data)
         case_id = str(record.get("case_id", ""))
         try:
-            image = load_image(record[self.image_key], record.get("series_uid"))
+            image = load_image(record[self.image_key], record.get("series_uid"), self.reorient)
             record[self.image_key] = image
             if record.get(self.label_key):
-                label = load_label(record[self.label_key])
+                label = load_label(record[self.label_key], self.reorient)
                 mismatch = geometry_mismatch(image, label)
                 if mismatch:
                     raise DataError(

@@ -1,4 +1,4 @@
-"""MONAI transform pipelines: preprocessing shared by training and inference, sampling, augmentation."""
+"""MONAI transform pipelines of training: sampling and augmentation; label values mapped to classes."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -6,8 +6,6 @@ from collections.abc import Sequence
 import numpy as np
 from monai.transforms import (
     MapLabelValue,
-    MapLabelValued,
-    NormalizeIntensityd,
     RandAdjustContrastd,
     Rand3DElasticd,
     RandAffined,
@@ -22,30 +20,19 @@ from monai.transforms import (
     SpatialPadd,
 )
 
-from medft.data.loading import LoadCased
 
 KEYS = ("image", "label")
 
 
-def preprocessing(intensity: str = "zscore", label_map: dict[int, int] | None = None) -> list:
-    """Deterministic steps: load in RAS, remap label values, normalise intensities."""
-    steps: list = [LoadCased()]
-    if label_map:
-        steps.append(MapLabelValued(keys="label", **_label_pairs(label_map), allow_missing_keys=True))
-    if intensity == "zscore":
-        steps.append(NormalizeIntensityd(keys="image", channel_wise=True))
-    return steps
-
-
 def map_label_values(labels: np.ndarray, label_map: dict[int, int]) -> np.ndarray:
-    """A label file's values as the run's classes (``data.label_map``), as ``preprocessing`` maps
+    """A label file's values as the run's classes (``data.label_map``), as training maps
     them: for pictures drawn from the files themselves (report, review app)."""
     if not label_map:
         return labels
-    return MapLabelValue(**_label_pairs(label_map), dtype=labels.dtype)(labels)
+    return MapLabelValue(**label_pairs(label_map), dtype=labels.dtype)(labels)
 
 
-def _label_pairs(label_map: dict[int, int]) -> dict[str, list[int]]:
+def label_pairs(label_map: dict[int, int]) -> dict[str, list[int]]:
     """MONAI's MapLabelValue arguments for ``label_map``."""
     original = sorted(label_map)
     return {"orig_labels": original, "target_labels": [label_map[v] for v in original]}

@@ -1,6 +1,7 @@
 """Load a trained model (a run folder or a bundle) and predict cases with a sliding window.
 
-Predictions are computed in RAS, like training, and written back in the geometry of the input
+Predictions are computed on the preprocessed image, like training, brought back onto the grid the
+image was loaded on (``Preprocessing.to_input_grid``) and written in the geometry of the input
 image (its affine and axis order as stored), so they overlay the input in any NIfTI viewer.
 """
 from __future__ import annotations
@@ -18,10 +19,11 @@ from monai.data import MetaTensor
 from monai.inferers import SlidingWindowInferer
 from monai.transforms import Compose
 
+from medft.bundle.preprocessing import bundle_preprocessing
 from medft.bundle.reader import CLASS_COUNT_KEYS, load_bundle
-from medft.config import read_yaml, validate_config
+from medft.config import read_run_config
 from medft.data.loading import to_native
-from medft.data.transforms import preprocessing
+from medft.data.preprocessing import Preprocessing, checkpoint_preprocessing
 from medft.errors import DataError, MedftError
 
 log = logging.getLogger("medft.evaluate")
@@ -35,15 +37,17 @@ class TrainedModel:
     network: torch.nn.Module
     class_names: list[str]
     roi_size: list[int]
-    intensity: str = "zscore"
+    preprocessing: Preprocessing
     label_map: dict[int, int] = field(default_factory=dict)
     overlap: float = 0.25
     sw_batch_size: int = 4
     info: dict = field(default_factory=dict)  # path, kind, name, version: for reports
     flip_axes: tuple[int, ...] = (0,)  # the axes its training mirrored: test-time augmentation's
+    blend_mode: str = "gaussian"  # how overlapping windows are averaged: a bundle's inferer may say constant
 
     def preprocess(self) -> Compose:
-        return Compose(preprocessing(self.intensity, self.label_map))
+        """Load a case and preprocess its image; the label stays on its file's grid."""
+        return Compose(self.preprocessing.inference(self.label_map))
 
     @property
     def in_channels(self) -> int | None:
@@ -99,7 +103,7 @@ def load_model(path: str | Path, device: torch.device | None = None, checkpoint:
 
 
 def _from_run(run_dir: Path, checkpoint: str = "best") -> TrainedModel:
-    config = validate_config(read_yaml(run_dir / "config.yaml"), source=str(run_dir / "config.yaml"))
+    config = read_run_config(run_dir)
     names = ("best.pt", "last.pt") if checkpoint == "best" else ("last.pt",)
     checkpoint_path = next((p for p in (run_dir / "checkpoints" / n for n in names) if p.is_file()), None)
     if checkpoint_path is None:
@@ -117,8 +121,9 @@ def _from_run(run_dir: Path, checkpoint: str = "best") -> TrainedModel:
 
         network = build_network(checkpoint["network_def"], source=str(checkpoint_path))
     network.load_state_dict(checkpoint["model"])
+    preprocessing = checkpoint_preprocessing(checkpoint, config.data.intensity, str(checkpoint_path))
     return TrainedModel(
-        network, list(checkpoint["class_names"]), list(config.data.spatial_size), config.data.intensity,
+        network, list(checkpoint["class_names"]), list(config.data.spatial_size), preprocessing,
         dict(config.data.label_map), config.validation.overlap, config.validation.sw_batch_size,
         {"path": str(run_dir), "kind": "run", "name": _run_name(run_dir), "version": None, "checkpoint": checkpoint_path.name},
         tuple(config.data.mirrored_axes),
@@ -138,23 +143,32 @@ def _from_bundle(root: Path) -> TrainedModel:
         network.load_state_dict(bundle.pretrained_state_dict())
     except RuntimeError as exc:
         raise MedftError(f"{root}: the weights do not fit the bundle's network_def ({str(exc).splitlines()[0]})") from None
+    preprocessing = bundle_preprocessing(bundle)
+    log.info("%s: replaying its preprocessing (%s):\n  %s", bundle.name, preprocessing.origin,
+             "\n  ".join(preprocessing.describe()))
     medft_info = bundle.metadata.get("medft") or {}
     names = medft_info.get("class_names") or _channel_names(bundle)
     prep = medft_info.get("preprocessing") or {}
-    if not prep:
-        log.warning("%s was not exported by medft: its own preprocessing is not replayed; images are "
-                    "z-score normalised in RAS orientation, and --tta mirrors left-right only (the axes its "
-                    "training mirrored are not recorded)", root)
+    if "flip_axes" not in prep:
+        log.warning("%s was not exported by medft: --tta mirrors left-right only (the axes its training mirrored are "
+                    "not recorded)", root)
     roi = prep.get("spatial_size") or _inferer_arg(bundle, "roi_size", _is_size) or bundle.input_spatial_shape or DEFAULT_ROI
     overlap = _inferer_arg(bundle, "overlap", lambda v: _is_number(v) and 0 <= v < 1)
     sw_batch_size = _inferer_arg(bundle, "sw_batch_size", lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0)
     label_map = {int(k): int(v) for k, v in (prep.get("label_map") or {}).items()}
     return TrainedModel(
-        network, names, list(roi), prep.get("intensity", "zscore"), label_map,
+        network, names, list(roi), preprocessing, label_map,
         float(0.25 if overlap is None else overlap), int(sw_batch_size or 4),
         {"path": str(root), "kind": "bundle", "name": bundle.name, "version": bundle.version},
-        tuple(prep.get("flip_axes", (0,))),
+        tuple(prep.get("flip_axes", (0,))), _blend_mode(bundle),
     )
+
+
+def _blend_mode(bundle) -> str:
+    """The bundle inferer's ``mode`` (MONAI's default, constant, when it gives none); gaussian without an inferer."""
+    if not isinstance(bundle.config.get("inferer"), dict):
+        return "gaussian"
+    return _inferer_arg(bundle, "mode", lambda v: v in ("constant", "gaussian")) or "constant"
 
 
 def _is_number(value) -> bool:
@@ -167,15 +181,8 @@ def _is_size(value) -> bool:
 
 
 def _inferer_arg(bundle, key: str, valid) -> object | None:
-    """An argument of the bundle's ``inferer`` (``roi_size``, ``overlap``, ``sw_batch_size``), its ``@``
-    reference or ``$`` expression resolved (``"roi_size": "@patch_size"``); None when the bundle gives
-    none or a value that is not ``valid``."""
-    inferer = bundle.config.get("inferer")
-    if not isinstance(inferer, dict) or key not in inferer:
-        return None
-    value = bundle.resolved(f"inferer::{key}", inferer[key])
-    if isinstance(value, tuple):
-        value = list(value)
+    """``bundle.inferer_arg(key)`` when it is ``valid``, else None."""
+    value = bundle.inferer_arg(key)
     return value if valid(value) else None
 
 
@@ -186,7 +193,7 @@ def _channel_names(bundle) -> list[str]:
 
 
 def predict(model: TrainedModel, image: MetaTensor, tta: bool = False) -> torch.Tensor:
-    """Class probabilities (C, x, y, z) for a preprocessed RAS image (channels, x, y, z).
+    """Class probabilities (C, x, y, z) for a preprocessed image (channels, x, y, z), on its grid.
 
     With ``tta`` the probabilities are averaged over the image and its mirror images along every
     combination of the axes the model was trained to mirror (``model.flip_axes``): 2 predictions
@@ -194,7 +201,7 @@ def predict(model: TrainedModel, image: MetaTensor, tta: bool = False) -> torch.
     """
     device = next(model.network.parameters()).device
     inferer = SlidingWindowInferer(roi_size=model.roi_size, sw_batch_size=model.sw_batch_size,
-                                   overlap=model.overlap, mode="gaussian")
+                                   overlap=model.overlap, mode=model.blend_mode)
     batch = image.as_tensor()[None].to(device)
     mirrors = tta_mirrors(model.flip_axes) if tta else [()]
     with torch.no_grad(), torch.autocast(device.type, enabled=device.type == "cuda"):
@@ -226,9 +233,9 @@ def keep_largest_components(labels: torch.Tensor, num_classes: int) -> torch.Ten
 
 
 def save_prediction(labels: torch.Tensor, like: MetaTensor, path: Path) -> Path:
-    """Write a RAS label map (x, y, z) as NIfTI in the geometry of the image it was predicted from."""
-    ras = MetaTensor(labels[None].to(torch.uint8), meta=dict(like.meta))  # meta holds the RAS affine
-    native = to_native(ras)[0].astype(np.uint8)
+    """Write a label map (x, y, z) on the grid of ``like`` (an image as loaded) as NIfTI in the geometry of its file."""
+    loaded = MetaTensor(labels[None].to(torch.uint8), meta=dict(like.meta))  # meta holds the loaded grid's affine
+    native = to_native(loaded)[0].astype(np.uint8)
     image = nib.Nifti1Image(native, np.asarray(like.meta["original_affine"], dtype=np.float64))
     image.set_qform(image.affine, code=1)
     image.set_sform(image.affine, code=1)

@@ -104,18 +104,18 @@ def _write_evaluation(out: Path, model: TrainedModel, manifest: Manifest, cases:
             record.update(status="failed", message=stored)
             warnings.append((f"case {case.case_id}: not evaluated: {stored}", f"case {case.case_id}: not evaluated: {shown}"))
             continue
-        probs = predict(model, data["image"], tta=tta)
+        probs = model.preprocessing.to_input_grid(predict(model, data["image"], tta=tta), data["image"])
         labels = _label_map(probs, largest_component)
-        record["prediction"] = str(save_prediction(labels, data["image"], out / "predictions" / f"{case.case_id}.nii.gz").relative_to(out))
+        record["prediction"] = str(save_prediction(labels, probs, out / "predictions" / f"{case.case_id}.nii.gz").relative_to(out))
         if "label" not in data:
             record["status"] = "prediction_only"
             if not record["message"]:
                 warnings.append((f"case {case.case_id}: no label, evaluated as prediction-only",) * 2)
             continue
         target = data["label"][0].long()
-        rows += _case_rows(case, model.class_names, labels, target, _spacing(data["image"]))
+        rows += _case_rows(case, model.class_names, labels, target, _spacing(data["label"]))
         confusion += torch.bincount((target * n + labels).flatten(), minlength=n * n).reshape(n, n)
-        _add_histograms(histograms, probs, target)
+        _add_histograms(histograms, probs.as_tensor(), target)
 
     write_per_case(out / "per_case.csv", rows)
     summary = summarize(rows, model.class_names)
@@ -124,6 +124,7 @@ def _write_evaluation(out: Path, model: TrainedModel, manifest: Manifest, cases:
         "evaluation_id": uuid.uuid4().hex,  # scopes this evaluation's rows in a shared review store
         "model": model.info, "manifest": str(manifest.path), "split": split, "class_names": model.class_names,
         "label_map": {str(k): v for k, v in sorted(model.label_map.items())},  # the label files' values -> classes
+        "preprocessing": model.preprocessing.to_dict(public=True),
         "tta": tta, "tta_flip_axes": list(model.flip_axes) if tta else [], "largest_component": largest_component, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "medft_version": __version__,
         "cases": records, "confusion_matrix": confusion.tolist(), "roc": _roc_curves(histograms, model.class_names),
         "warnings": [stored for stored, _ in warnings],
@@ -184,9 +185,10 @@ def predict_files(model_path: str | Path, inputs: list[Path], out: Path, tta: bo
                 raise
             failed.append(str(problem))
             continue
-        labels = _label_map(predict(model, data["image"], tta=tta), largest_component)
+        probs = model.preprocessing.to_input_grid(predict(model, data["image"], tta=tta), data["image"])
+        labels = _label_map(probs, largest_component)
         with new_file(out / f"{case_id}.nii.gz") as partial:  # a kill leaves no truncated file that looks like a result
-            save_prediction(labels, data["image"], partial)
+            save_prediction(labels, probs, partial)
         written.append(out / f"{case_id}.nii.gz")
     if failed:
         raise MedftError(f"predicted {len(written)} of {len(inputs)} inputs into {out}; not predicted:\n  "
@@ -195,7 +197,7 @@ def predict_files(model_path: str | Path, inputs: list[Path], out: Path, tta: bo
 
 
 def _label_map(probs: torch.Tensor, largest_component: bool) -> torch.Tensor:
-    labels = probs.argmax(0)
+    labels = torch.as_tensor(probs).argmax(0)
     return keep_largest_components(labels, probs.shape[0]) if largest_component else labels
 
 

@@ -15,14 +15,18 @@ from torch.utils.data import DistributedSampler
 from medft.config import RunConfig
 from medft.data.checks import label_value_problems
 from medft.data.manifest import Manifest
-from medft.data.transforms import augmentation, preprocessing, sampling
+from medft.data.preprocessing import Preprocessing
+from medft.data.transforms import augmentation, sampling
 from medft.errors import DataError, MedftError, find_user_error
 
 
-def build_loaders(config: RunConfig, manifest: Manifest, generator: torch.Generator, in_channels: int,
-                  rank: int = 0, world_size: int = 1) -> tuple[DataLoader, DataLoader, Compose]:
+def build_loaders(config: RunConfig, manifest: Manifest, preprocessing: Preprocessing, generator: torch.Generator,
+                  in_channels: int, rank: int = 0, world_size: int = 1) -> tuple[DataLoader, DataLoader, Compose]:
     """Train and validation loaders, and the train transform (reseeded every epoch by the loop).
     Every case is checked against the run's classes and the network's ``in_channels`` as it loads.
+
+    Training cases are preprocessed with their labels on the preprocessed grid; validation cases
+    come one at a time, not batched, their labels on their files' grids (see ``Preprocessing``).
 
     With ``world_size`` processes (torchrun), process ``rank`` gets its share of every training
     batch (``train.batch_size`` volumes per process, see ``SeededDistributedSampler``) and
@@ -42,18 +46,17 @@ def build_loaders(config: RunConfig, manifest: Manifest, generator: torch.Genera
                 f"{manifest.path}: {len(unlabelled)} {name} case(s) have no label ({', '.join(unlabelled[:5])}). "
                 "Fix: give them a label or move them to the test split"
             )
-    prep = preprocessing(data.intensity, data.label_map) + [CheckLabelValues(run_class_names(config, manifest.class_names)),
-                                                            CheckImageChannels(in_channels)]
+    checks = [CheckLabelValues(run_class_names(config, manifest.class_names)), CheckImageChannels(in_channels)]
     train_transform = Compose(
         sampling(data.sampling, data.spatial_size, data.samples_per_volume, data.foreground_ratio)
         + augmentation(data.augmentation, data.mirrored_axes, data.elastic)
     )
-    val_transform = Compose(prep)
+    val_transform = Compose(preprocessing.inference(data.label_map) + checks)
 
     def dataset(cases, transform):
         return _cached(cases, transform) if data.cache else Dataset(cases, transform)
 
-    cached_train = dataset(train_cases, Compose(prep))
+    cached_train = dataset(train_cases, Compose(preprocessing.training(data.label_map) + checks))
     train_set = UserErrorsFromWorkers(Dataset(cached_train, train_transform))
     val_set = UserErrorsFromWorkers(dataset(val_cases if world_size == 1 else val_cases[rank::world_size], val_transform))
     batch = config.train.batch_size
@@ -69,8 +72,14 @@ def build_loaders(config: RunConfig, manifest: Manifest, generator: torch.Genera
             train_set, batch_size=batch, sampler=sampler, generator=generator, num_workers=data.num_workers,
             drop_last=len(sampler) > batch, worker_init_fn=partial(_seed_worker, rank=rank),
         )
-    val_loader = DataLoader(val_set, batch_size=1, num_workers=data.num_workers)
+    val_loader = DataLoader(val_set, batch_size=None, collate_fn=_one_case, num_workers=data.num_workers)
     return train_loader, val_loader, train_transform
+
+
+def _one_case(case: dict) -> dict:
+    """Validation cases as they are: each keeps the record of its preprocessing, which brings its
+    prediction back onto its label's grid."""
+    return case
 
 
 def run_class_names(config: RunConfig, manifest_names: list[str]) -> list[str]:

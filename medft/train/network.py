@@ -5,9 +5,10 @@ from dataclasses import dataclass
 
 import torch
 
-from medft.bundle.adapt import AdaptationReport, adapt_network, head_parameter_names
+from medft.bundle.adapt import AdaptationReport, adapt_network, head_parameter_names, training_refusal
 from medft.bundle.reader import build_network, load_bundle
 from medft.config import ModelConfig
+from medft.errors import MedftError
 
 
 @dataclass
@@ -25,11 +26,14 @@ def prepare_network(config: ModelConfig, num_classes: int) -> PreparedNetwork:
     inputs = {"in_channels": config.in_channels} if config.in_channels is not None else {}
     if config.bundle is not None:
         bundle = load_bundle(config.bundle, version=config.bundle_version)
+        refused = training_refusal(bundle)
+        if refused:
+            raise MedftError(f"{bundle.root}: medft cannot fine-tune {bundle.network_class}: {refused}")
         network, report = adapt_network(
             bundle, out_channels=num_classes, in_channels=config.in_channels,
             overrides=config.network_overrides, min_loaded_fraction=config.min_loaded_fraction,
         )
-        merged = {**bundle.network_def, **config.network_overrides, bundle.class_count_key: num_classes, **inputs}
+        merged = {**bundle.network_args, **config.network_overrides, bundle.class_count_key: num_classes, **inputs}
         network_def = {k: v for k, v in merged.items() if v is not None}  # None dropped the argument
         in_channels = config.in_channels or bundle.in_channels or 1  # the bundle resolves @references
         return PreparedNetwork(network, set(report.head), network_def, in_channels, bundle.spatial_dims or 3, report)

@@ -33,6 +33,7 @@ from medft import __version__
 from medft.atomic_files import atomic_write_text
 from medft.config import SGD_MOMENTUM, RunConfig, TrainConfig, describe_differences, dump_config, read_yaml
 from medft.data.manifest import load_manifest
+from medft.data.preprocessing import PREPROCESSING_FILE
 from medft.errors import MedftError, find_user_error
 from medft.metrics import confusion_counts, dice, foreground_mean
 from medft.train import distributed
@@ -42,6 +43,7 @@ from medft.train.early_stopping import EarlyStopping
 from medft.train.freezing import FreezeSchedule, FreezeStage, apply_freezing, parameter_groups, set_train_mode
 from medft.train.metrics_log import read_metrics
 from medft.train.network import prepare_network
+from medft.train.preprocessing import resolve_spacing, run_preprocessing
 
 log = logging.getLogger("medft.train")
 
@@ -74,6 +76,7 @@ class FineTuneRecipe:
 
     def setup(self) -> None:
         config = self.config
+        resolve_spacing(config)  # before the run folder: config.yaml holds the spacing data.spacing auto resolves to
         if distributed.is_distributed():
             # Join the other processes first, so that a problem rank 0 finds in the run folder ends them all.
             self.device = distributed.init(_device(config.train.device))
@@ -84,6 +87,10 @@ class FineTuneRecipe:
         else:
             self._prepare_run_dir()
         log.info("medft %s, resolved config:\n%s", __version__, dump_config(config))
+        self.preprocessing = run_preprocessing(config)
+        if self.main:
+            self._record_preprocessing()
+        log.info("preprocessing (%s):\n  %s", config.data.preprocessing, "\n  ".join(self.preprocessing.describe()))
         torch.manual_seed(config.seed)
         if config.train.deterministic:
             use_deterministic_algorithms()
@@ -101,7 +108,8 @@ class FineTuneRecipe:
 
         self.generator = torch.Generator()
         self.train_loader, self.val_loader, self.train_transform = build_loaders(
-            config, manifest, self.generator, prepared.in_channels, distributed.rank(), distributed.world_size())
+            config, manifest, self.preprocessing, self.generator, prepared.in_channels, distributed.rank(),
+            distributed.world_size())
         log.info("%d training and %d validation cases", len(manifest.split("train")), len(manifest.split("val")))
         self._check_forward()
         self._unused = set()
@@ -259,12 +267,13 @@ class FineTuneRecipe:
         """
         self.network.eval()
         counts = []
-        for batch in self.val_loader:
-            image = _plain(batch["image"]).to(self.device)
+        for case in self.val_loader:
+            image = case["image"]
             with torch.autocast(self.device.type, enabled=self.amp):
-                logits = self.inferer(image, self.network)
-            pred = logits.argmax(dim=1)
-            counts.append(confusion_counts(pred.cpu(), batch["label"][:, 0].cpu(), len(self.class_names)))
+                logits = self.inferer(_plain(image)[None].to(self.device), self.network)
+            probs = torch.softmax(logits.float(), dim=1)[0].cpu()
+            pred = self.preprocessing.to_input_grid(probs, image).as_tensor().argmax(0)  # on the label's own grid
+            counts.append(confusion_counts(pred[None], _plain(case["label"]).long(), len(self.class_names)))
         if not distributed.is_distributed():
             return foreground_mean(dice(torch.cat(counts)))
         classes = len(self.class_names)
@@ -307,6 +316,7 @@ class FineTuneRecipe:
             "rng": rng_states(),
             "class_names": self.class_names,
             "network_def": self.prepared.network_def,
+            "preprocessing": self.preprocessing.to_dict(),
             "medft_version": __version__,
         }, self.checkpoints / name)
 
@@ -390,6 +400,17 @@ class FineTuneRecipe:
             atomic_write_text(dump_config(self.config), saved)
         self._log_file = _log_to_file(self.run_dir / "train.log")
 
+    def _record_preprocessing(self) -> None:
+        """preprocessing.json: what the network is fed; on --resume it must not have changed (a bundle edited under the run)."""
+        recorded, current = self.run_dir / PREPROCESSING_FILE, json.dumps(self.preprocessing.to_dict(), indent=1) + "\n"
+        if self.resume and recorded.is_file() and recorded.read_text() != current:
+            raise MedftError(
+                f"{recorded}: the run started with other preprocessing than {self.config.model.bundle or 'the config'} "
+                "gives now, so it cannot resume. Fix: restore the bundle as it was when the run started, or start a new "
+                "run with another --out"
+            )
+        atomic_write_text(current, recorded)
+
     def _wrap(self, frozen: set[str]) -> None:
         """Distributed: a new DDP wrapper when the trainable parameters change (see distributed.wrap)."""
         if not distributed.is_distributed() or frozen == self._wrapped_frozen:
@@ -405,10 +426,13 @@ class FineTuneRecipe:
 
     def _check_forward(self) -> None:
         """A fake batch through the network before any long run (as MONAI's verify_net_in_out)."""
-        from medft.bundle.adapt import dummy_forward_backward
+        from medft.bundle.adapt import dummy_forward_backward, segmentation_output_problem
 
         shape = dummy_forward_backward(self.network, self.prepared.in_channels, self.prepared.spatial_dims,
                                        self.config.data.spatial_size, size_option="data.spatial_size")
+        problem = segmentation_output_problem(shape, self.prepared.spatial_dims)
+        if problem:
+            raise MedftError(problem)
         if shape[1] != len(self.class_names):
             raise MedftError(f"the network gives {shape[1]} output channels, expected {len(self.class_names)} classes")
 

@@ -15,6 +15,14 @@ UNET3D = {"_target_": "UNet", "spatial_dims": 3, "in_channels": 1, "out_channels
 UNET2D = {"_target_": "UNet", "spatial_dims": 2, "in_channels": 1, "out_channels": 2,
           "channels": [4, 8, 16], "strides": [2, 2]}
 
+# The preprocessing of a tiny bundle's inference config: RAS, intensities z-scored per channel.
+ZSCORE = {"_target_": "Compose", "transforms": [
+    {"_target_": "LoadImaged", "keys": "image", "image_only": True},
+    {"_target_": "EnsureChannelFirstd", "keys": "image"},
+    {"_target_": "Orientationd", "keys": "image", "axcodes": "RAS", "labels": [["L", "R"], ["P", "A"], ["I", "S"]]},
+    {"_target_": "NormalizeIntensityd", "keys": "image", "channel_wise": True},
+]}
+
 # A bundle-local network, as a Model Zoo bundle ships it in scripts/ (WIDTH and HEAD vary per test).
 TINY_NET = '''
 import torch.nn as nn
@@ -62,7 +70,7 @@ def make_bundle(
     (under ``key`` when given, every name prefixed with ``prefix``). ``scripts`` maps file names
     to the source of the bundle's scripts/ package.
     """
-    config = config if config is not None else {"network_def": network_def}
+    config = config if config is not None else {"network_def": network_def, "preprocessing": ZSCORE}
     if network is None:
         torch.manual_seed(seed)
         network = ConfigParser(json.loads(json.dumps(config))).get_parsed_content("network_def")

@@ -9,7 +9,7 @@ from medft.bundle.inspect import format_inspection, inspect_bundle
 from medft.cli import main
 from medft.errors import MedftError
 from tests.bundle.test_adapt import FAMILIES
-from tests.bundle.helpers import UNET2D, UNET3D, make_bundle
+from tests.bundle.helpers import UNET2D, UNET3D, ZSCORE, make_bundle
 
 CONTRACT = {"loaded": int, "new": int, "dropped": int, "total_pretrained": int, "forward_ok": bool}
 
@@ -93,3 +93,93 @@ def test_the_inspect_command_adapts_every_family(tmp_path, capsys, family):
     result = json.loads(capsys.readouterr().out)  # DiNTS prints as it is built: to stderr, not into the JSON
     assert result["forward_ok"] and result["dropped"] == result["new"] == len(expected_head)
     assert result["loaded"] == result["total_pretrained"] - len(expected_head)
+
+
+def test_the_report_lists_the_preprocessing_medft_replays(tmp_path):
+    steps = [{"_target_": "LoadImaged", "keys": "@key", "image_only": True}, {"_target_": "EnsureChannelFirstd", "keys": "@key"},
+             {"_target_": "Spacingd", "keys": ["@key", "label"], "pixdim": "@spacing", "mode": ["bilinear", "nearest"]},
+             {"_target_": "ScaleIntensityRanged", "keys": "@key", "a_min": -57, "a_max": 164, "b_min": 0, "b_max": 1,
+              "clip": True},
+             {"_target_": "RandFlipd", "keys": "@key", "prob": 0.5}]
+    config = {"key": "img", "spacing": [1.5, 1.5, 2.0], "network_def": UNET3D,
+              "preprocessing": {"_target_": "Compose", "transforms": "$@steps"}, "steps": steps}
+    result = inspect_bundle(make_bundle(tmp_path / "b", config=config))
+    assert result["would_train"], result["errors"]
+    assert result["preprocessing"]["origin"] == "configs/inference.json#preprocessing"
+    assert result["preprocessing"]["steps"] == [
+        {"_target_": "Spacingd", "keys": "image", "pixdim": [1.5, 1.5, 2.0], "mode": "bilinear"},
+        {"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": -57, "a_max": 164, "b_min": 0, "b_max": 1, "clip": True}]
+    text = format_inspection(result)
+    assert "  Spacingd(pixdim=[1.5, 1.5, 2.0], mode=bilinear)\n" in text
+    assert "left out: RandFlipd: random (augmentation)" in text and "left out: LoadImaged: medft loads the image" in text
+
+
+def test_a_bundle_without_preprocessing_or_with_a_step_medft_cannot_replay_would_not_train(tmp_path):
+    bare = inspect_bundle(make_bundle(tmp_path / "bare", config={"network_def": UNET3D}))
+    assert bare["forward_ok"] and not bare["would_train"]
+    assert "declares no preprocessing" in bare["errors"][0] and "data.preprocessing: medft" in bare["errors"][0]
+    joined = {"network_def": UNET3D, "preprocessing": {"_target_": "Compose", "transforms": [
+        {"_target_": "ConcatItemsd", "keys": ["t1", "t2"], "name": "image"}]}}
+    result = inspect_bundle(make_bundle(tmp_path / "joined", config=joined))
+    assert not result["would_train"] and "the step ConcatItemsd adds, joins or removes data keys" in result["errors"][0]
+    assert "cannot replay" in format_inspection(result)
+
+
+NEEDS_96 = '''
+import torch.nn as nn
+
+
+class Needs96(nn.Module):
+    """Refuses inputs under 96 voxels a side, as UNesT's patch embedding does."""
+
+    def __init__(self, in_channels=1, out_channels=2):
+        super().__init__()
+        self.conv = nn.Conv3d(in_channels, out_channels, 1)
+
+    def forward(self, x):
+        if min(x.shape[2:]) < 96:
+            raise ValueError(f"input {tuple(x.shape)} is smaller than 96")
+        return self.conv(x)
+'''
+
+
+def test_the_dummy_input_takes_the_bundles_own_window_size(tmp_path):
+    config = {"network_def": {"_target_": "scripts.net.Needs96", "in_channels": 1, "out_channels": 2},
+              "preprocessing": ZSCORE, "inferer": {"_target_": "SlidingWindowInferer", "roi_size": [96, 96, 96]}}
+    namespace: dict = {}
+    exec(NEEDS_96, namespace)
+    root = make_bundle(tmp_path / "b", config=config, network=namespace["Needs96"](),
+                       scripts={"__init__.py": "", "net.py": NEEDS_96})
+    result = inspect_bundle(root, out_channels=3)
+    assert result["forward_ok"] and result["input_shape"] == [2, 1, 96, 96, 96], result["errors"]
+
+
+def test_a_classifier_is_refused_by_inspect_and_train_with_the_reason(tmp_path):
+    classifier = {"_target_": "DenseNet121", "spatial_dims": 3, "in_channels": 1, "out_channels": 2}
+    root = make_bundle(tmp_path / "b", classifier)
+    result = inspect_bundle(root)
+    assert result["forward_ok"] and result["output_shape"] == [2, 2] and not result["would_train"]
+    assert "is not a segmentation map" in result["errors"][0] and "as a classifier does" in result["errors"][0]
+    from medft.config import load_config
+    from medft.train.recipe import run_training
+    from tests.train.helpers import make_config
+
+    with pytest.raises(MedftError, match="output .* is not a segmentation map"):
+        run_training(load_config(make_config(tmp_path, **{"model.bundle": str(root), "train.epochs": 1})), tmp_path / "run")
+
+
+def test_vista3d_and_expression_network_defs(tmp_path, monkeypatch):
+    """VISTA3D's network_def is a $ expression; medft builds it, and refuses to fine-tune it, saying why."""
+    from medft.bundle import adapt
+
+    expression = {"network_def": "$monai.networks.nets.UNet(spatial_dims=3, in_channels=1, out_channels=2, "
+                                 "channels=[4, 8, 16], strides=[2, 2])", "preprocessing": ZSCORE}
+    root = make_bundle(tmp_path / "expr", config=expression)
+    result = inspect_bundle(root)
+    assert result["network"] == "UNet" and result["forward_ok"] and result["would_train"], result["errors"]
+    with pytest.raises(MedftError, match=r"network_def is a \$ expression .* cannot set its arguments \['out_channels'\]"):
+        inspect_bundle(root, out_channels=3)
+    monkeypatch.setitem(adapt.REFUSED_NETWORKS, "unet", adapt.REFUSED_NETWORKS["vista3d"])  # VISTA3D's 218 M parameters aside
+    refused = inspect_bundle(root)
+    assert not refused["would_train"] and refused["errors"][0].startswith("VISTA3D segments the classes it is prompted for")
+    assert "Measured here" in refused["errors"][0] and refused["output_shape"] is None

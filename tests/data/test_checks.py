@@ -305,3 +305,22 @@ def test_a_qform_that_disagrees_with_the_sform_is_a_warning_and_the_sform_is_com
     assert main(["check-data", str(manifest)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2 and lines[0].startswith(f"WARNING case forms: {label}: its qform and sform disagree")
+
+
+def test_widely_different_spacings_are_one_warning_with_the_fix(tmp_path, capsys):
+    rows = []
+    for case_id, slice_mm in (("fine", 1.0), ("usual", 1.2), ("thick", 3.0)):
+        image, label = copy_case("hippocampus_334", tmp_path, case_id)
+        for path in (image, label):
+            rewrite_nifti(path, affine=np.diag([1.0, 1.0, slice_mm, 1.0]))
+        rows.append({"case_id": case_id, "image": image, "label": label, "split": "train"})
+    manifest = write_csv(tmp_path / "m.csv", rows, classes={"0": "background", "1": "anterior", "2": "posterior"})
+    assert main(["check-data", str(manifest)]) == 0  # a warning, not an error
+    out = capsys.readouterr().out
+    assert out.count("voxel spacings differ widely") == 1
+    assert "up-down from 1 mm (case fine) to 3 mm (case thick)" in out and "left-right" not in out
+    assert "Fix: resample every case to one spacing: set data.spacing" in out
+    rows[2]["image"], rows[2]["label"] = rows[1]["image"], rows[1]["label"]
+    write_csv(tmp_path / "m.csv", rows, classes={"0": "background", "1": "anterior", "2": "posterior"})
+    assert main(["check-data", str(manifest)]) == 0
+    assert "differ widely" not in capsys.readouterr().out  # 1.0 to 1.2 mm: close enough

@@ -4,7 +4,8 @@ import pytest
 import torch
 from monai.transforms import Compose
 
-from medft.data.transforms import augmentation, preprocessing, sampling
+from medft.data.preprocessing import Preprocessing
+from medft.data.transforms import augmentation, sampling
 from tests.conftest import sample_case
 
 SIZE = [48, 64, 48]
@@ -17,7 +18,7 @@ def _centroid(label: torch.Tensor, value: int) -> np.ndarray:
 @pytest.mark.parametrize("preset", ["none", "light", "standard", "strong"])
 def test_presets_keep_anterior_in_front_of_posterior(preset):
     image, label = sample_case("hippocampus_334")
-    case = Compose(preprocessing())({"case_id": "hippocampus_334", "image": [image], "label": label})
+    case = Compose(Preprocessing.medft().training())({"case_id": "hippocampus_334", "image": [image], "label": label})
     transform = Compose(sampling("whole", SIZE) + augmentation(preset))
     transform.set_random_state(seed=0)
     changed = 0
@@ -39,7 +40,7 @@ def test_presets_keep_anterior_in_front_of_posterior(preset):
 
 def test_strong_changes_intensities_more_than_standard():
     image, label = sample_case("hippocampus_334")
-    case = Compose(preprocessing())({"case_id": "hippocampus_334", "image": [image], "label": label})
+    case = Compose(Preprocessing.medft().training())({"case_id": "hippocampus_334", "image": [image], "label": label})
     spread = {}
     for preset in ("standard", "strong"):
         transform = Compose(sampling("whole", SIZE) + augmentation(preset))
@@ -52,7 +53,7 @@ def test_strong_changes_intensities_more_than_standard():
 
 def test_flip_axes_mirror_each_axis_on_its_own():
     image, label = sample_case("hippocampus_334")
-    case = Compose(preprocessing())({"case_id": "hippocampus_334", "image": [image], "label": label})
+    case = Compose(Preprocessing.medft().training())({"case_id": "hippocampus_334", "image": [image], "label": label})
     padded = Compose(sampling("whole", SIZE))(dict(case))
     mirrorings = {axes: padded["label"].as_tensor().flip([a + 1 for a in axes]) if axes else padded["label"].as_tensor()
                   for axes in [(), (0,), (1,), (2,), (0, 1), (0, 2), (1, 2), (0, 1, 2)]}
@@ -69,7 +70,7 @@ def test_flip_axes_mirror_each_axis_on_its_own():
 
 def test_elastic_bends_shapes_by_a_voxel_or_two_and_keeps_labels():
     image, label = sample_case("hippocampus_334")
-    case = Compose(preprocessing() + sampling("whole", SIZE))({"case_id": "hippocampus_334", "image": [image], "label": label})
+    case = Compose(Preprocessing.medft().training() + sampling("whole", SIZE))({"case_id": "hippocampus_334", "image": [image], "label": label})
     grid = torch.stack(torch.meshgrid(*[torch.arange(n, dtype=torch.float32) for n in SIZE], indexing="ij"))
     original = case["label"].as_tensor()
     assert augmentation("light", flip_axes=[], elastic=0.0) == []

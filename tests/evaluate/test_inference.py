@@ -3,13 +3,15 @@ import pytest
 import torch
 from monai.data import MetaTensor
 
+from medft.data.preprocessing import Preprocessing
 from medft.evaluate.inference import TrainedModel, predict, tta_mirrors
 
 
 def _model(flip_axes: tuple[int, ...]) -> TrainedModel:
     torch.manual_seed(0)
     network = torch.nn.Conv3d(1, 3, kernel_size=3, padding=1)  # random weights: not mirror-symmetric
-    return TrainedModel(network.eval(), ["background", "a", "b"], roi_size=[6, 8, 5], flip_axes=flip_axes)
+    return TrainedModel(network.eval(), ["background", "a", "b"], roi_size=[6, 8, 5], preprocessing=Preprocessing.medft(),
+                        flip_axes=flip_axes)
 
 
 def _by_hand(model: TrainedModel, image: torch.Tensor, mirrorings: list[tuple[int, ...]]) -> torch.Tensor:
@@ -55,9 +57,9 @@ def test_a_bundle_whose_inferer_refers_to_its_config_gives_the_values(tmp_path):
     """Model Zoo configs often write ``"roi_size": "@patch_size"``: the reference is resolved, not taken
     as the characters of a string (which stopped the evaluation with a ValueError)."""
     from medft.evaluate.inference import load_model
-    from tests.bundle.helpers import UNET3D, make_bundle
+    from tests.bundle.helpers import UNET3D, ZSCORE, make_bundle
 
-    config = {"patch_size": [32, 32, 16], "batch": 2, "network_def": UNET3D,
+    config = {"patch_size": [32, 32, 16], "batch": 2, "network_def": UNET3D, "preprocessing": ZSCORE,
               "inferer": {"_target_": "SlidingWindowInferer", "roi_size": "@patch_size", "sw_batch_size": "$@batch * 2",
                           "overlap": 0.5}}
     model = load_model(make_bundle(tmp_path / "refs", config=config), device=torch.device("cpu"))
@@ -73,6 +75,6 @@ def test_a_foreign_bundle_is_loaded_with_a_warning_of_what_is_assumed(tmp_path, 
 
     with caplog.at_level("WARNING", logger="medft"):
         model = load_model(make_bundle(tmp_path / "foreign", UNET3D), device=torch.device("cpu"))
-    assert model.flip_axes == (0,) and model.intensity == "zscore"
-    assert "was not exported by medft: its own preprocessing is not replayed" in caplog.text
+    assert model.flip_axes == (0,) and model.preprocessing.source == "bundle"
+    assert [step["_target_"] for step in model.preprocessing.steps] == ["Orientationd", "NormalizeIntensityd"]
     assert "--tta mirrors left-right only (the axes its training mirrored are not recorded)" in caplog.text

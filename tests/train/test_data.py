@@ -13,6 +13,7 @@ from medft.config import load_config
 from medft.data.manifest import load_manifest
 from medft.errors import MedftError, find_user_error
 from medft.train.data import build_loaders
+from medft.train.preprocessing import run_preprocessing
 from tests.conftest import copy_case, rewrite_nifti, sample_case
 from tests.train.helpers import TRAIN_IDS, make_config, two_series_image
 
@@ -20,7 +21,7 @@ from tests.train.helpers import TRAIN_IDS, make_config, two_series_image
 def test_the_train_transform_applies_the_configured_augmentation(tmp_path):
     def steps(**changes):
         config = load_config(make_config(tmp_path, **changes))
-        transform = build_loaders(config, load_manifest(config.data.manifest), torch.Generator().manual_seed(0), 1)[2]
+        transform = build_loaders(config, load_manifest(config.data.manifest), run_preprocessing(config), torch.Generator().manual_seed(0), 1)[2]
         flips = [t.flipper.spatial_axis for t in transform.transforms if isinstance(t, RandFlipd)]
         return flips, [t.prob for t in transform.transforms if isinstance(t, Rand3DElasticd)]
 
@@ -31,7 +32,7 @@ def test_the_train_transform_applies_the_configured_augmentation(tmp_path):
 
 def _loaders(tmp_path, **changes):
     config = load_config(make_config(tmp_path, **changes))
-    return build_loaders(config, load_manifest(config.data.manifest), torch.Generator().manual_seed(0), 1)
+    return build_loaders(config, load_manifest(config.data.manifest), run_preprocessing(config), torch.Generator().manual_seed(0), 1)
 
 
 def test_label_values_beyond_the_runs_classes_name_each_case_and_the_fix(tmp_path):
@@ -66,7 +67,7 @@ def test_a_case_error_names_the_dicom_series_on_the_console_but_not_in_its_publi
     config = load_config(make_config(tmp_path, **changes))
     folder, uids = two_series_image(tmp_path)
     with pytest.raises(MedftError) as err:
-        train, _, _ = build_loaders(config, load_manifest(config.data.manifest), torch.Generator().manual_seed(0), 1)
+        train, _, _ = build_loaders(config, load_manifest(config.data.manifest), run_preprocessing(config), torch.Generator().manual_seed(0), 1)
         list(train)
     error = find_user_error(err.value)
     assert all(uid in str(error) for uid in uids)
@@ -86,9 +87,9 @@ def test_a_case_that_fails_while_caching_ends_the_run_with_exit_1_not_an_abort(t
     rewrite_nifti(image, data)
     (tmp_path / "manifest.csv").write_text(manifest.replace(str(sample_case(TRAIN_IDS[1])[0]), str(image)))
     script = ("import sys, torch\nfrom medft.config import load_config\nfrom medft.data.manifest import load_manifest\n"
-              "from medft.errors import MedftError\nfrom medft.train.data import build_loaders\n"
+              "from medft.errors import MedftError\nfrom medft.train.data import build_loaders\nfrom medft.train.preprocessing import run_preprocessing\n"
               f"config = load_config({str(config)!r})\n"
-              "try:\n    build_loaders(config, load_manifest(config.data.manifest), torch.Generator(), 1)\n"
+              "try:\n    build_loaders(config, load_manifest(config.data.manifest), run_preprocessing(config), torch.Generator(), 1)\n"
               "except MedftError as exc:\n    print(exc)\n    sys.exit(1)\n")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert result.returncode == 1, result.stderr

@@ -13,12 +13,11 @@ from monai.bundle import ConfigParser
 from monai.inferers import SlidingWindowInferer
 from monai.metrics import DiceMetric
 from monai.networks.utils import one_hot
-from monai.transforms import ResizeWithPadOrCrop
+from monai.transforms import Compose, LoadImaged, NormalizeIntensityd, Orientationd, ResizeWithPadOrCrop
 
 from medft.bundle.export import export_run
 from medft.config import TrainConfig, load_config
 from medft.data.loading import LoadCased
-from medft.data.transforms import preprocessing
 from medft.errors import MedftError
 from medft.train.recipe import run_training
 from tests.bundle.helpers import UNET3D, make_bundle, pretrained
@@ -65,13 +64,14 @@ def test_the_validation_dice_matches_an_independent_monai_computation(finished_r
     network.eval()
     inferer = SlidingWindowInferer(roi_size=[32, 48, 32], sw_batch_size=4, overlap=0.25, mode="gaussian")
     metric = DiceMetric(include_background=False, reduction="none", ignore_empty=True)
-    prep = preprocessing("zscore")
+    keys = ["image", "label"]
+    prep = Compose([LoadImaged(keys, image_only=True, ensure_channel_first=True),
+                    Orientationd(keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
+                    NormalizeIntensityd("image", channel_wise=True)])  # the test bundle's preprocessing, in plain MONAI
     with torch.no_grad():
         for case in VAL_IDS:
             image, label = sample_case(case)
-            record = {"image": [str(image)], "label": str(label)}
-            for step in prep:
-                record = step(record)
+            record = prep({"image": str(image), "label": str(label)})
             pred = inferer(record["image"][None], network).argmax(1, keepdim=True)
             metric(one_hot(pred, 3), one_hot(record["label"][None], 3))
     per_class = metric.aggregate().nanmean(0)
