@@ -62,12 +62,14 @@ def fold_rows(fold: int, members: list[str], labels: list[str], reference: str |
     for case in tqdm(cases, desc=f"fold {fold}", unit="case", disable=None):
         data = prep(case.record())
         target = data["label"][0].long()
-        probs = [predict(model, data["image"], tta=True) for model in models]
+        probs = [model.preprocessing.to_input_grid(predict(model, data["image"], tta=True), data["image"]).as_tensor()
+                 for model in models]
         for label, p in zip(labels, probs):
             rows[label] += case_rows(case.case_id, names, p, target)
         rows[ENSEMBLE] += case_rows(case.case_id, names, torch.stack(probs).mean(0), target)
         if outside is not None:
-            rows[REFERENCE] += case_rows(case.case_id, names, predict(outside, data["image"], tta=True), target)
+            reference_probs = outside.preprocessing.to_input_grid(predict(outside, data["image"], tta=True), data["image"])
+            rows[REFERENCE] += case_rows(case.case_id, names, reference_probs.as_tensor(), target)
     return rows, names
 
 

@@ -106,13 +106,14 @@ def plain_train(spec: dict) -> dict:
     from monai.transforms import Compose
 
     from medft.data.manifest import load_manifest
-    from medft.data.transforms import augmentation, preprocessing, sampling
+    from medft.data.preprocessing import Preprocessing
+    from medft.data.transforms import augmentation, sampling
 
     torch.manual_seed(0)
     device = torch.device(spec["device"])
     amp = device.type == "cuda"
     cases = load_manifest(spec["manifest"]).records("train")
-    cached = CacheDataset(cases, Compose(preprocessing("zscore")), num_workers=None, progress=False)
+    cached = CacheDataset(cases, Compose(Preprocessing.medft(None, "zscore").training()), num_workers=None, progress=False)
     train_transform = Compose(sampling("whole", SPATIAL_SIZE) + augmentation("standard"))
     train_transform.set_random_state(seed=0)
     loader = DataLoader(Dataset(cached, train_transform), batch_size=BATCH, shuffle=True, drop_last=len(cases) > BATCH,
@@ -173,12 +174,14 @@ def loading(spec: dict) -> dict:
     from medft.config import validate_config
     from medft.data.manifest import load_manifest
     from medft.train.data import build_loaders
+    from medft.train.preprocessing import run_preprocessing
 
     config = validate_config(spec["config"], source="overhead loading config")
     manifest = load_manifest(config.data.manifest)
     started = time.perf_counter()
     generator = torch.Generator()
-    train_loader, val_loader, transform = build_loaders(config, manifest, generator, config.model.in_channels or 1)
+    train_loader, val_loader, transform = build_loaders(config, manifest, run_preprocessing(config), generator,
+                                                       config.model.in_channels or 1)
     build_seconds = time.perf_counter() - started
     epochs = []
     for epoch in range(spec["epochs"]):

@@ -51,11 +51,12 @@ def _batch(size: list[int], n: int):
     from monai.transforms import Compose
     from monai.utils import set_determinism
 
-    from medft.data.transforms import preprocessing, sampling
+    from medft.data.preprocessing import Preprocessing
+    from medft.data.transforms import sampling
 
     set_determinism(0)
     root = REPO / "sample_data" / "hippocampus"
-    transform = Compose([*preprocessing("zscore"), *sampling("patch", size)])
+    transform = Compose([*Preprocessing.medft(None, "zscore").training(), *sampling("patch", size)])
     samples = []
     for case in SAMPLE_CASES[:n]:
         out = transform({"case_id": case, "image": [str(root / "imagesTr" / f"{case}.nii.gz")],

@@ -16,8 +16,10 @@ One writer and one reader of the recorded form: ``to_dict`` and ``from_dict``.
 """
 from __future__ import annotations
 
+import copy
 import functools
 import statistics
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +28,7 @@ import nibabel as nib
 import numpy as np
 import torch
 from monai.data import MetaTensor
-from monai.transforms import Compose, Invertd, MapLabelValued, Orientation, ResampleToMatch, Transform
+from monai.transforms import Compose, InvertibleTransform, Invertd, MapLabelValued, Orientation, ResampleToMatch, Transform
 
 from medft.components import IMPORTS, bundle_imports
 from medft.data.loading import LoadCased, load_image
@@ -99,7 +101,10 @@ class Preprocessing:
         from monai.bundle import ConfigParser
 
         config = {"imports": list(IMPORTS) + [i for i in self.imports if i not in IMPORTS], "steps": self.steps}
-        with bundle_imports(self.code_root):
+        with bundle_imports(self.code_root), warnings.catch_warnings():
+            # MONAI's notice to bundle authors that Orientation's default labels will follow the image's space: RAS
+            # for the images medft loads, the same axes as the labels it defaults to now; nothing a user can act on
+            warnings.filterwarnings("ignore", message=r".*Orientation.*labels", category=FutureWarning)
             try:
                 transforms = ConfigParser(config).get_parsed_content("steps")
             except Exception as error:  # noqa: BLE001 - a step that no longer builds (a MONAI upgrade)
@@ -124,6 +129,8 @@ class Preprocessing:
     def to_input_grid(self, values: torch.Tensor, image: MetaTensor) -> MetaTensor:
         """``values`` (C, ...) computed on the preprocessed ``image``, brought back onto the grid the image was
         loaded on (probabilities: linear interpolation, as a bundle's ``Invertd`` with nearest_interp false)."""
+        if not any(isinstance(t, InvertibleTransform) for t in self.compose.transforms):
+            return MetaTensor(values, meta=copy.deepcopy(image.meta))  # no step moved the grid
         inverted = Invertd(keys="pred", transform=self.compose, orig_keys=_IMAGE, nearest_interp=False)(
             {_IMAGE: image, "pred": MetaTensor(values)})
         return inverted["pred"]
