@@ -511,7 +511,16 @@ def _bundle_inspect(args: argparse.Namespace) -> int:
 
     from medft.bundle.inspect import format_inspection, inspect_bundle
 
-    result = inspect_bundle(args.bundle, out_channels=args.out_channels, in_channels=args.in_channels, input_size=args.input_size)
+    try:
+        result = inspect_bundle(args.bundle, out_channels=args.out_channels, in_channels=args.in_channels,
+                                input_size=args.input_size)
+    except MedftError as error:
+        if not args.json:
+            raise
+        # a bundle that cannot be read or built: still the JSON a script waits for, and the message on stderr
+        print(json.dumps({"bundle": args.bundle, "forward_ok": False, "would_train": False, "errors": [str(error)]},
+                         indent=1))
+        raise
     print(json.dumps(result, indent=1) if args.json else format_inspection(result))
     return 0 if result.get("would_train") else 1
 

@@ -242,3 +242,19 @@ def test_demo_into_a_file_is_a_clear_error(tmp_path, capsys):
     assert cli.main(["demo", "--out", str(out), "--epochs", "1"]) == 1
     assert f"{out}: is a file, not a folder. Fix: give --out a folder" in capsys.readouterr().err
     assert out.read_text() == "not a folder"
+
+
+def test_bundle_inspect_json_of_a_bundle_that_does_not_build(tmp_path):
+    import json
+
+    from tests.bundle.helpers import UNET3D, make_bundle
+
+    bundle = make_bundle(tmp_path / "tiny", UNET3D)
+    config = json.loads((bundle / "configs" / "inference.json").read_text())
+    config["network_def"]["dimensions"] = 3  # an argument this MONAI's UNet no longer takes
+    (bundle / "configs" / "inference.json").write_text(json.dumps(config))
+    result = _medft("bundle", "inspect", str(bundle), "--json")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    report = json.loads(result.stdout)
+    assert report["would_train"] is False and report["forward_ok"] is False
+    assert "network_overrides: {dimensions: null}" in report["errors"][0] and report["errors"][0] in result.stderr

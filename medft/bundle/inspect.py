@@ -113,7 +113,7 @@ def _inspect(
         "parameters": sum(p.numel() for p in network.parameters()),
         **report.to_dict(),
         "min_loaded_fraction": MIN_LOADED_FRACTION,
-        "input_shape": [2, n_in, *size],
+        "input_shape": None if refused else [2, n_in, *size],
         "output_shape": list(output_shape) if output_shape else None,
         "forward_ok": output_shape is not None,
         "preprocessing": preprocessing,
@@ -139,8 +139,10 @@ def format_inspection(result: dict) -> str:
     lines += ["preprocessing (replayed by medft train and evaluate):"]
     lines += [f"  {line}" for line in result["preprocessing"]["lines"]]
     lines.append("")
-    shape_in = tuple(result["input_shape"])
-    if result["forward_ok"]:
+    shape_in = tuple(result["input_shape"] or ())
+    if result["input_shape"] is None:
+        lines.append("dummy pass  not run")
+    elif result["forward_ok"]:
         lines.append(f"dummy pass  {shape_in} -> {tuple(result['output_shape'])}: forward and backward OK")
     else:
         lines.append(f"dummy pass  {shape_in}: FAILED")
@@ -166,11 +168,23 @@ def _int(value: object) -> int | None:
 def _default_sizes(bundle: Bundle, spatial_dims: int | None) -> list:
     """The bundle's own sizes (the metadata's input shape, then its inferer's roi_size) up to MAX_BUNDLE_VOXELS,
     then 32 per dim, then 64 per dim as a retry."""
-    own = [list(shape) for shape in (bundle.input_spatial_shape, bundle.inferer_arg("roi_size"))
-           if isinstance(shape, (list, tuple)) and len(shape) == spatial_dims
-           and all(_int(s) and s > 0 for s in shape) and math.prod(shape) <= MAX_BUNDLE_VOXELS]
+    own = [shape for shape in map(lambda s: _size(s, spatial_dims), (bundle.input_spatial_shape, bundle.inferer_arg("roi_size")))
+           if shape is not None and math.prod(shape) <= MAX_BUNDLE_VOXELS]
     sizes = own + [DEFAULT_SIZE, RETRY_SIZE]
     return [size for i, size in enumerate(sizes) if size not in sizes[:i]]
+
+
+def _size(value: object, spatial_dims: int | None) -> list[int] | None:
+    """A size as a bundle writes one (``[96, 96, 96]``, ``256`` for every axis, ``["256", "256"]``), or None
+    (``"8*n"``, or the wrong number of axes)."""
+    if spatial_dims is None:
+        return None
+    if _int(value) or (isinstance(value, str) and value.isdigit()):
+        value = [value] * spatial_dims
+    if not isinstance(value, (list, tuple)) or len(value) != spatial_dims:
+        return None
+    size = [int(v) if isinstance(v, str) and v.isdigit() else v for v in value]
+    return size if all(_int(v) and v > 0 for v in size) else None
 
 
 def _preprocessing(bundle: Bundle, errors: list[str]) -> dict:

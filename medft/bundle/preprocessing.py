@@ -10,6 +10,7 @@ or a spatial step MONAI cannot invert, is a MedftError naming it, before any wor
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,7 +83,7 @@ def read_bundle_steps(bundle: Bundle) -> BundleSteps:
         parser = ConfigParser({**copy.deepcopy(config), "bundle_root": str(bundle.root)})
         step_ids = _step_ids(parser, source_id, origin)
         raw_steps = [(sid, parser[sid]) for sid in step_ids]
-        image_key = _image_key(parser, raw_steps)
+        image_key = _image_key(parser, raw_steps, origin)
         steps, left_out = [], []
         for sid, raw in raw_steps:
             if _disabled(raw):
@@ -105,11 +106,14 @@ def read_bundle_steps(bundle: Bundle) -> BundleSteps:
             if short in KEY_CHANGES:
                 raise MedftError(f"{origin}: the step {short} adds, joins or removes data keys, which medft cannot replay "
                                  f"(it loads a case's channels as one image). Fix: {FIX_MEDFT}")
+            if "keys" not in raw:
+                raise MedftError(f"{origin}: the step {short} names no keys, so medft cannot tell which data it reads or "
+                                 "adds (guidance signals, images joined into one) and cannot replay it. Fix: "
+                                 f"{FIX_MEDFT}")
             step = _resolved_step(parser, sid, raw, origin)
-            keys = step.get("keys", image_key)
-            keys = [keys] if isinstance(keys, str) else list(keys)
+            keys = [step["keys"]] if isinstance(step["keys"], str) else list(step["keys"])
             if image_key not in keys:
-                left_out.append((short, f"acts on {', '.join(map(str, keys))}, not on the image"))
+                left_out.append((short, f"acts on {', '.join(map(str, keys))}, not on the image ({image_key})"))
                 continue
             steps.append(_narrowed(step, keys, image_key))
     preprocessing = Preprocessing("bundle", steps, reorient=False, imports=[str(i) for i in config.get("imports", [])],
@@ -140,14 +144,14 @@ def _find_source(bundle: Bundle) -> tuple[dict, str, str] | None:
     return None
 
 
-def _reference(value: Any) -> str | None:
-    """The id of ``"@id"`` or ``"$@id"`` (a whole reference), else None."""
-    if isinstance(value, str):
-        value = value.strip()
-        text = value[1:] if value.startswith("$@") else value if value.startswith("@") else ""
-        ident = text[1:].replace("#", "::")
-        if ident and all(part.replace("_", "a").isalnum() for part in ident.split("::")):
-            return ident
+_ID = r"@([A-Za-z0-9_]+(?:(?:#|::)[A-Za-z0-9_]+)*)"
+
+
+def _references(value: Any) -> list[str] | None:
+    """The ids of ``"@id"``, ``"$@id"`` or ``"$@a + @b + ..."`` (lists joined), else None."""
+    if isinstance(value, str) and re.fullmatch(rf"\s*(\$\s*)?{_ID}(\s*\+\s*{_ID})*\s*", value) and (
+            value.strip().startswith("$") or "+" not in value):
+        return [ident.replace("#", "::") for ident in re.findall(_ID, value)]
     return None
 
 
@@ -160,8 +164,8 @@ def _step_ids(parser, ident: str, origin: str, depth: int = 0) -> list[str]:
     if depth > 20:
         raise MedftError(f"{origin}: its references go round in circles. Fix: correct the bundle's config")
     value = parser[ident]
-    if (ref := _reference(value)) is not None:
-        return _step_ids(parser, ref, origin, depth + 1)
+    if (refs := _references(value)) is not None:
+        return [sid for ref in refs for sid in _step_ids(parser, ref, origin, depth + 1)]
     if _is_compose(value):
         return _step_ids(parser, f"{ident}::transforms", origin, depth + 1)
     if isinstance(value, dict) and "_target_" in value:
@@ -173,18 +177,25 @@ def _step_ids(parser, ident: str, origin: str, depth: int = 0) -> list[str]:
                      f"or {FIX_MEDFT}")
 
 
-def _image_key(parser, raw_steps: list[tuple[str, dict]]) -> str:
-    """The key the bundle loads its image under: the first key of its first loader, else "image"."""
+def _image_key(parser, raw_steps: list[tuple[str, dict]], origin: str) -> str:
+    """The key the bundle's image is loaded under: "image" when its loader loads one under that name (or it has no
+    loader), else the one key its loader loads besides a label. A bundle that loads several images to join them
+    (one per CT phase, say) is refused: medft loads a case's channels as one image."""
+    loaded: list = []
     for sid, raw in raw_steps:
-        if str(raw.get("_target_", "")).rsplit(".", 1)[-1] in ("LoadImaged", "EnsureChannelFirstd") and "keys" in raw:
+        if str(raw.get("_target_", "")).rsplit(".", 1)[-1] == "LoadImaged" and "keys" in raw:
             try:
                 keys = parser.get_parsed_content(f"{sid}::keys")
             except Exception:  # noqa: BLE001 - reported with the step itself
-                return "image"
-            keys = [keys] if isinstance(keys, str) else list(keys)
-            if keys and isinstance(keys[0], str):
-                return keys[0]
-    return "image"
+                continue
+            loaded += [keys] if isinstance(keys, str) else list(keys)
+    images = [key for key in loaded if key not in ("label", "seg")]
+    if not loaded or "image" in loaded:
+        return "image"
+    if len(images) == 1:
+        return images[0]
+    raise MedftError(f"{origin}: the bundle loads several images ({', '.join(map(str, images))}) and joins them, which "
+                     f"medft cannot replay (it loads a case's channels as one image, listed in the manifest). Fix: {FIX_MEDFT}")
 
 
 def _disabled(raw: dict) -> bool:

@@ -74,7 +74,8 @@ def build_network(
         try:
             network = _parsed(full, "network_def")
         except Exception as error:  # noqa: BLE001 - any failure inside MONAI becomes one clear line
-            raise _build_error(error, network_class, source) from None
+            given = set(network_def) if isinstance(network_def, Mapping) else set()
+            raise _build_error(error, network_class, source, given) from None
     if not isinstance(network, nn.Module):
         raise MedftError(
             f"{source or 'network_def'}: network_def built a {type(network).__name__}, not a torch network. "
@@ -111,7 +112,10 @@ def _parsed(config: dict, id: str) -> Any:
     return ConfigParser(config).get_parsed_content(id)
 
 
-def _build_error(error: BaseException, network_class: str, source: str) -> MedftError:
+def _build_error(error: BaseException, network_class: str, source: str, given: set[str]) -> MedftError:
+    """One line for a network that did not build; ``given``: the arguments network_def gives. An argument this
+    MONAI no longer takes gets the override that drops it, when network_def gives it (not when the bundle's
+    own code passes it)."""
     where = f"{source}: " if source else ""
     seen: set[int] = set()
     cause: BaseException | None = error
@@ -119,7 +123,7 @@ def _build_error(error: BaseException, network_class: str, source: str) -> Medft
     while cause is not None and id(cause) not in seen:
         seen.add(id(cause))
         match = _NOT_ACCEPTED.search(str(cause)) if isinstance(cause, TypeError) else None
-        if match:
+        if match and match.group(1) in given:
             arg = match.group(1)
             return MedftError(
                 f"{where}{network_class} does not accept the argument '{arg}' given in network_def "
@@ -137,9 +141,10 @@ def _build_error(error: BaseException, network_class: str, source: str) -> Medft
     import monai
 
     return MedftError(
-        f"{where}cannot build the network {network_class} from network_def: {one_line(deepest)}. "
-        f"Fix: make network_def match the arguments of {network_class} in MONAI {monai.__version__} "
-        f"(model.network_overrides in your medft config sets or drops single arguments)"
+        f"{where}cannot build the network {network_class} from network_def: {one_line(deepest)}. Fix: as that error "
+        f"says: a package the network needs may be missing (pip install it), a file it reads may be absent, or the "
+        f"network's code (MONAI {monai.__version__}'s, or the bundle's scripts/) may not take what it is given; "
+        "model.network_overrides in your medft config sets or drops single arguments of network_def"
     )
 
 

@@ -89,7 +89,7 @@ class Preprocessing:
         """One line per step, as ``medft bundle inspect`` and train.log show them."""
         lines = ["load: NIfTI or DICOM series, channels first" + (", reoriented to RAS" if self.reorient else ", as stored")]
         for step in self.steps:
-            args = ", ".join(f"{k}={v}" for k, v in step.items() if k not in ("_target_", "keys"))
+            args = ", ".join(f"{k}={_shortened(v)}" for k, v in step.items() if k not in ("_target_", "keys"))
             lines.append(f"{step['_target_']}({args})")
         return lines
 
@@ -134,6 +134,11 @@ class Preprocessing:
         inverted = Invertd(keys="pred", transform=self.compose, orig_keys=_IMAGE, nearest_interp=False)(
             {_IMAGE: image, "pred": MetaTensor(values)})
         return inverted["pred"]
+
+
+def _shortened(value, limit: int = 60) -> str:
+    text = str(value)
+    return text if len(text) <= limit else text[:limit - 5] + " ...}" if isinstance(value, dict) else text[:limit - 4] + " ..."
 
 
 def checkpoint_preprocessing(checkpoint: dict, intensity: str | None, where: str) -> Preprocessing:

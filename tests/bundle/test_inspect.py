@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from medft.bundle.inspect import format_inspection, inspect_bundle
 from medft.cli import main
@@ -183,3 +184,66 @@ def test_vista3d_and_expression_network_defs(tmp_path, monkeypatch):
     refused = inspect_bundle(root)
     assert not refused["would_train"] and refused["errors"][0].startswith("VISTA3D segments the classes it is prompted for")
     assert "Measured here" in refused["errors"][0] and refused["output_shape"] is None
+
+
+def _with_steps(tmp_path, name: str, steps: list, **config) -> dict:
+    full = {"network_def": UNET3D, "preprocessing": {"_target_": "Compose", "transforms": steps}, **config}
+    return inspect_bundle(make_bundle(tmp_path / name, config=full))
+
+
+def test_the_image_is_the_key_a_bundle_loads_it_under(tmp_path):
+    """A loader of several keys: "image" is the image, whatever comes first; several images joined are refused."""
+    window = {"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": -1000, "a_max": 1000, "b_min": 0, "b_max": 1}
+    result = _with_steps(tmp_path, "first", [{"_target_": "LoadImaged", "keys": ["artery", "image"]}, window])
+    assert [s["_target_"] for s in result["preprocessing"]["steps"]] == ["ScaleIntensityRanged"], result["errors"]
+    named = _with_steps(tmp_path, "img", [{"_target_": "LoadImaged", "keys": ["img", "label"]},
+                                          {**window, "keys": ["img", "label"]}])
+    assert named["preprocessing"]["steps"] == [{**window, "keys": "image"}]
+    joined = _with_steps(tmp_path, "phases", [{"_target_": "LoadImaged", "keys": ["artery", "vein", "label"]}, window])
+    assert not joined["would_train"]
+    assert "loads several images (artery, vein) and joins them" in joined["errors"][0]
+
+
+def test_a_step_without_keys_is_refused_for_what_it_is(tmp_path):
+    """Guidance steps (NuClick's click signals) name no keys: medft cannot tell what they read or add."""
+    clicks = {"_target_": "monai.apps.nuclick.transforms.AddClickSignalsd", "image": "image", "foreground": "foreground"}
+    result = _with_steps(tmp_path, "clicks", [{"_target_": "LoadImaged", "keys": "image"}, clicks])
+    assert not result["would_train"]
+    assert "the step AddClickSignalsd names no keys, so medft cannot tell which data it reads or adds" in result["errors"][0]
+
+
+def test_a_preprocessing_joined_from_lists_is_followed(tmp_path):
+    load = [{"_target_": "LoadImaged", "keys": "image"}]
+    scale = [{"_target_": "ScaleIntensityd", "keys": "image"}]
+    result = inspect_bundle(make_bundle(tmp_path / "b", config={
+        "network_def": UNET3D, "load": load, "scale": scale,
+        "preprocessing": {"_target_": "Compose", "transforms": "$@load + @scale"}}))
+    assert [s["_target_"] for s in result["preprocessing"]["steps"]] == ["ScaleIntensityd"], result["errors"]
+
+
+def test_a_window_size_given_as_one_number_sizes_the_dummy_input(tmp_path):
+    result = _with_steps(tmp_path, "b", [{"_target_": "LoadImaged", "keys": "image"}],
+                         inferer={"_target_": "SlidingWindowInferer", "roi_size": 48})
+    assert result["input_shape"] == [2, 1, 48, 48, 48]
+
+
+TAKES_OLD_ARGUMENTS = '''
+import torch.nn as nn
+
+
+class OldNet(nn.Module):
+    def __init__(self, in_channels=1, out_channels=2):
+        super().__init__()
+        self.conv = nn.Conv3d(in_channels, out_channels, 1, dimensions=3)  # as code written for an older library
+'''
+
+
+def test_an_argument_the_bundles_own_code_passes_gets_no_override_advice(tmp_path):
+    config = {"network_def": {"_target_": "scripts.net.OldNet", "in_channels": 1, "out_channels": 2}, "preprocessing": ZSCORE}
+    root = make_bundle(tmp_path / "b", config=config, network=torch.nn.Conv3d(1, 2, 1),
+                       scripts={"__init__.py": "", "net.py": TAKES_OLD_ARGUMENTS})
+    with pytest.raises(MedftError) as error:
+        inspect_bundle(root)
+    message = str(error.value)
+    assert "TypeError" in message and "dimensions" in message and "network_overrides: {dimensions: null}" not in message
+    assert "the network's code (MONAI" in message and "or the bundle's scripts/) may not take what it is given" in message
