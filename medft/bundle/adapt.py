@@ -168,10 +168,11 @@ _VISTA3D = (
     "VISTA3D segments the classes it is prompted for (a class_vector or points), one sigmoid map per prompted class, "
     "and is fine-tuned by its own loop that samples prompts (the bundle's train_continual.json); medft's loop trains "
     "one softmax channel per class on one label map, which VISTA3D's forward does not give. Measured here: its 218 M "
-    "parameters take {step} for one training step at 64^3 on 2 CPU cores (its patches are 128^3). Fix: fine-tune it "
+    "parameters take 25 s for one training step at 64^3 and 83 s at 96^3 on 2 CPU cores (its patches are 128^3; "
+    "benchmarks/vista3d_step.py). Fix: fine-tune it "
     "with the bundle's own train_continual.json (monai.bundle run), or fine-tune a segmentation bundle of the Model "
     "Zoo (e.g. wholeBody_ct_segmentation) with medft"
-).format(step="32 s")
+)
 REFUSED_NETWORKS = {"vista3d": _VISTA3D, "vista3d132": _VISTA3D}
 
 
