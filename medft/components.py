@@ -73,14 +73,6 @@ def as_json(value: Any) -> Any:
     raise NotRecordable(f"a {type(value).__name__} ({value!r:.60})")
 
 
-def instantiate(component: dict, code_root: Path | str | None = None) -> Any:
-    """Build one recorded component with MONAI's ConfigParser (its ``$`` expressions evaluated)."""
-    from monai.bundle import ConfigParser
-
-    with bundle_imports(code_root):
-        return ConfigParser({"imports": list(IMPORTS), "component": component}).get_parsed_content("component")
-
-
 def component_class(target: str, code_root: Path | str | None = None) -> type | None:
     """The class a ``_target_`` names (a MONAI name such as ``Spacingd``, or a dotted path), None when unknown."""
     from monai.bundle import ConfigComponent
