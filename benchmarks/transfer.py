@@ -46,7 +46,7 @@ Reported: mean Dice per class with medft's 95% bootstrap interval over cases, an
 bootstrap differences on the same cases. Each configuration is trained once (seed 0).
 
 Run: ``.venv/bin/python benchmarks/transfer.py [--quick] [--bundle-steps 3000] [--epochs 40]
-[--scratch-epochs 60] [--sizes 5 10 20] [--parts A B] [--reuse-bundle] [--out DIR] [--device auto]``
+[--scratch-epochs 60] [--sizes 5 10 20] [--parts A B] [--resume] [--out DIR] [--device auto]``
 """
 from __future__ import annotations
 
@@ -488,10 +488,14 @@ def main() -> int:
     p.add_argument("--sizes", type=int, nargs="+", choices=FULL_SIZES, default=None,
                    help=f"fine-tuning set sizes (default {' '.join(map(str, FULL_SIZES))}; quick: 5)")
     p.add_argument("--parts", nargs="+", choices=("A", "B"), default=("A", "B"), help="which parts to run (default both)")
-    p.add_argument("--reuse-bundle", action="store_true",
-                   help="use OUT/foreign_bundle as it is when it exists (a rerun after a failure), instead of training it again")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the jobs that finished in OUT (OUT/done/<job>.json; the bundle with them) and run the others: "
+                        "a rerun after the run was stopped")
     args = p.parse_args()
     bench = Benchmark("transfer", args)
+    bench.resume = args.resume
+    if not args.resume and (bench.out / "done").exists():
+        fresh_folder(bench.out / "done")
     check_manifests()
     sizes = args.sizes or ((5,) if args.quick else FULL_SIZES)
     disjoint = _check_disjoint(sizes)
@@ -523,27 +527,23 @@ def part_a(bench: Benchmark, args, sizes) -> dict:
     if quick:
         val_manifest = subset_manifest(val_manifest, bench.out / "manifests" / "val.csv", n_val=4)
     bundle = bench.out / "foreign_bundle"
-    made_file = bench.out / "foreign_bundle.json"
-    if args.reuse_bundle and (bundle / "models" / "model.pt").is_file() and made_file.is_file():
-        made = json.loads(made_file.read_text())
-        print(f"  reusing {bundle} ({made['steps']} steps)", flush=True)
-    else:
-        made = bench.isolated(__file__, {"task": "make_bundle", "bundle": str(bundle), "manifest": str(PRETRAIN_MANIFEST),
-                                         "steps": steps, "n_cases": 6 if quick else None}, "make_bundle")
-        made_file.write_text(json.dumps(made, indent=1) + "\n")
+    if not (bundle / "models" / "model.pt").is_file():
+        (bench.out / "done" / "make_bundle.json").unlink(missing_ok=True)
+    made = _job(bench, {"task": "make_bundle", "bundle": str(bundle), "manifest": str(PRETRAIN_MANIFEST),
+                        "steps": steps, "n_cases": 6 if quick else None}, "make_bundle")
 
     zero_shot = {}
-    result = bench.isolated(__file__, {"task": "evaluate_model", "name": "zero_shot_bundle", "model": str(bundle),
+    result = _job(bench, {"task": "evaluate_model", "name": "zero_shot_bundle", "model": str(bundle),
                                        "manifest": str(val_manifest), "eval_dir": str(bench.out / "eval" / "zero_shot_bundle")},
                             "zero_shot_bundle")
     zero_shot["bundle"] = {"label": "medft evaluate: the bundle's preprocessing replayed (1.5 mm, percentiles)",
                            **_dice(result["eval"]), "eval_seconds": result["eval_seconds"]}
-    result = bench.isolated(__file__, {"task": "evaluate_zscore", "name": "zero_shot_zscore", "model": str(bundle),
+    result = _job(bench, {"task": "evaluate_zscore", "name": "zero_shot_zscore", "model": str(bundle),
                                        "manifest": str(val_manifest), "eval_dir": str(bench.out / "eval" / "zero_shot_zscore")},
                             "zero_shot_zscore")
     zero_shot["zscore"] = {"label": "the same network fed z-scored intensities at native 1 mm spacing (medft before)",
                            **_dice(result["eval"]), "eval_seconds": result["eval_seconds"]}
-    result = bench.isolated(__file__, {"task": "monai_inference", "name": "zero_shot_monai", "model": str(bundle),
+    result = _job(bench, {"task": "monai_inference", "name": "zero_shot_monai", "model": str(bundle),
                                        "manifest": str(val_manifest), "eval_dir": str(bench.out / "eval" / "zero_shot_monai"),
                                        "medft_eval": str(bench.out / "eval" / "zero_shot_bundle")}, "zero_shot_monai")
     zero_shot["monai"] = {"label": "MONAI's own inference of the bundle (ConfigParser), scored by medft's metrics",
@@ -569,7 +569,7 @@ def part_a(bench: Benchmark, args, sizes) -> dict:
                                 freeze=gradual_freeze(epochs) if init == "finetune" else None,
                                 optim=dict(FINETUNE_OPTIM if init == "finetune" else SCRATCH_OPTIM))
             config["model"] = {"bundle": str(bundle)} if init == "finetune" else {"network_def": dict(FOREIGN_NETWORK)}
-            result = bench.isolated(__file__, {
+            result = _job(bench, {
                 "task": "train_probed", "name": name, "config": config, "run_dir": str(bench.out / "runs" / name),
                 "eval_manifest": str(val_manifest), "eval_dir": str(bench.out / "eval" / name), "eval_split": "val",
                 "eval_checkpoint": "last"}, name)
@@ -583,7 +583,7 @@ def part_a(bench: Benchmark, args, sizes) -> dict:
         differences[f"on {n}: z-score fine-tuned - scratch (1 mm)"] = _paired(bench.out, f"scratch_n{n}", f"zscore_n{n}")
     n = max(sizes)
     differences[f"bundle on {n}: light - standard augmentation"] = _paired(bench.out, f"bundle_n{n}", f"bundle_light_n{n}")
-    ceiling = bench.isolated(__file__, {"task": "resolution_ceiling", "name": "resolution_ceiling",
+    ceiling = _job(bench, {"task": "resolution_ceiling", "name": "resolution_ceiling",
                                         "manifest": str(val_manifest), "pixdims": [FOREIGN_PIXDIM],
                                         "out": str(bench.out / "eval" / "resolution_ceiling")}, "resolution_ceiling")
     return {"resolution_ceiling": {k: _dice(v) for k, v in ceiling["summaries"].items()},"epochs": epochs, "bundle": made, "zero_shot": zero_shot,
@@ -610,14 +610,14 @@ def part_b(bench: Benchmark, args) -> dict:
                                   "spatial_size": SCRATCH_SIZE})
         config["model"] = {"network_def": dict(FOREIGN_NETWORK)}
         config["train"]["amp"] = False
-        result = bench.isolated(__file__, {
+        result = _job(bench, {
             "task": "train_probed", "name": name, "config": config, "run_dir": str(bench.out / "runs" / name),
             "eval_manifest": str(made["manifests"]["val"]), "eval_dir": str(bench.out / "eval" / name),
             "eval_checkpoint": "last"}, name)
         eval_dir = bench.out / "eval" / name
         cases = [{"case_id": r["case_id"], "prediction": str(eval_dir / "predictions" / f"{r['case_id']}.nii.gz"),
                   **made["originals"][r["case_id"]]} for r in read_rows(made["manifests"]["val"])]
-        original = bench.isolated(__file__, {"task": "score_on_original", "name": f"{name}_on_1mm", "cases": cases,
+        original = _job(bench, {"task": "score_on_original", "name": f"{name}_on_1mm", "cases": cases,
                                              "out": str(bench.out / "eval" / f"{name}_on_1mm")}, f"{name}_on_1mm")
         digest = _run_digest(result)
         digest["per_thickness"] = {site: {c: dice_of({"overall": group}, c) for c in FOREGROUND}
@@ -635,6 +635,25 @@ def part_b(bench: Benchmark, args) -> dict:
                                                                       "scratch_spacing_auto", site)
     return {"epochs": epochs, "thicknesses": list(THICKNESSES), "cases": made["thickness"], "runs": runs,
             "differences": differences}
+
+
+def _job(bench: Benchmark, spec: dict, name: str) -> dict:
+    """``bench.isolated`` of one job, its result kept in OUT/done/<name>.json; with --resume a kept result is used
+    instead of running the job again (the same spec: a changed spec runs again)."""
+    done = bench.out / "done" / f"{name}.json"
+    if getattr(bench, "resume", False) and done.is_file():
+        kept = json.loads(done.read_text())
+        if kept.get("spec") == spec:
+            print(f"  kept {name} from an earlier run ({kept['result']['process_seconds']:.0f} s)", flush=True)
+            result = kept["result"]
+            bench.jobs.append({"name": name, "timing": False, "attempts": result.get("attempts", 1),
+                               "disturbed": result.get("disturbed", False), **result["interference"],
+                               "process_seconds": result["process_seconds"], "kept_from_earlier_run": True})
+            return result
+    result = bench.isolated(__file__, spec, name)
+    done.parent.mkdir(parents=True, exist_ok=True)
+    done.write_text(json.dumps({"spec": spec, "result": result}, indent=1, default=float) + "\n")
+    return result
 
 
 # --------------------------------------------------------------------------------------------

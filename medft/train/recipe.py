@@ -97,6 +97,10 @@ class FineTuneRecipe:
         if not distributed.is_distributed():
             self.device = _device(config.train.device)
         self.amp = config.train.amp if config.train.amp is not None else self.device.type == "cuda"
+        if self.amp and self.device.type == "cpu" and not _cpu_has_bf16():
+            log.warning("train.amp is on, but this CPU has no bfloat16 support (no AVX-512 BF16 or AMX): bfloat16 "
+                        "autocast runs emulated, measured about 30 times slower than float32 on such a CPU "
+                        "(benchmarks/RESULTS.md, item 7). Fix: --set train.amp=false")
 
         manifest = load_manifest(config.data.manifest)
         self.class_names = run_class_names(config, manifest.class_names)
@@ -480,6 +484,14 @@ def _supervised_loss(loss_fn, output, label: torch.Tensor) -> torch.Tensor:
         weights = [0.5**i for i in range(len(heads))]
         return sum(w * loss_fn(h, label) for w, h in zip(weights, heads)) / sum(weights)
     return loss_fn(output, label)
+
+
+def _cpu_has_bf16() -> bool:
+    """Whether oneDNN runs bfloat16 natively on this CPU (AVX-512 BF16 or AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch build without oneDNN
+        return False
 
 
 def use_deterministic_algorithms() -> None:

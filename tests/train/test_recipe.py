@@ -558,3 +558,16 @@ def test_a_warmup_as_long_as_the_run_is_named(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="medft"):
         run_training(load_config(config), tmp_path / "out")
     assert any("optim.warmup_epochs (1) is not below train.epochs (1)" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("native_bf16", [False, True])
+def test_bfloat16_on_a_cpu_without_it_is_warned_of_with_the_fix(tmp_path, monkeypatch, caplog, native_bf16):
+    """Emulated bfloat16 made a training step about 30 times slower (benchmarks/RESULTS.md, item 7)."""
+    from medft.train import recipe
+
+    monkeypatch.setattr(recipe, "_cpu_has_bf16", lambda: native_bf16)
+    config = load_config(make_config(tmp_path, **{"train.epochs": 1, "train.amp": True, "train.device": "cpu"}))
+    with caplog.at_level("WARNING", logger="medft"):
+        run_training(config, tmp_path / "run")
+    warned = "this CPU has no bfloat16 support" in caplog.text and "Fix: --set train.amp=false" in caplog.text
+    assert warned != native_bf16
