@@ -10,7 +10,7 @@ STAMP := $(VENV)/.medft-installed
 TORCH ?= torch==2.13.0
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test lint clean
 
 setup: $(STAMP)
 
@@ -28,8 +28,11 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(BIN)/medft demo
 
-test: setup
+test: setup lint
 	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check medft apps tests benchmarks
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

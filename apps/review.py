@@ -17,6 +17,7 @@ import streamlit as st
 
 from medft.errors import MedftError
 from medft.evaluate.report import hide_paths
+from medft.formats.evaluation import CaseStatus
 from medft.review import app_support as support
 from medft.review.cases import REVIEW_FILTERS, SORT_LABELS, SORTS, CaseEntry, CaseTable, format_score
 from medft.slices import PLANES, SLICE_DIRECTION, orientation_letters, to_png
@@ -217,15 +218,17 @@ def sidebar(config: support.AppConfig, table: CaseTable, store, reviewer: str, m
         ids = [e.case_id for e in order]
         current = st.session_state.get("case_id")
         st.session_state["case_pick"] = current if current in ids else None
-        score_of = (lambda e: e.score(None if by == MEAN_OF_CLASSES else by))
+
+        def score_of(e: CaseEntry) -> float | None:
+            return e.score(None if by == MEAN_OF_CLASSES else by)
 
         def caption(e: CaseEntry) -> str:
-            parts = [f"Dice {format_score(score_of(e))}" if e.viewable else e.status]
+            parts = [f"Dice {format_score(score_of(e))}" if e.viewable else str(e.status)]
             if e.site:
                 parts.append(e.site)
             if e.case_id in mine:
                 parts.append(f"graded {mine[e.case_id].grade}")
-            elif e.status == "prediction_only":
+            elif e.status is CaseStatus.PREDICTION_ONLY:
                 parts.append("no ground truth")
             return " \u00b7 ".join(parts)
 
@@ -250,7 +253,7 @@ def sidebar(config: support.AppConfig, table: CaseTable, store, reviewer: str, m
 def viewer(eval_dir: str, case_id: str) -> None:
     try:
         draw_viewer(eval_dir, case_id)
-    except Exception as exc:  # noqa: BLE001 - a short message, never a traceback
+    except Exception as exc:
         st.error(support.user_message(exc, support.configured_paths()))
 
 
@@ -287,7 +290,7 @@ def draw_viewer(eval_dir: str, case_id: str) -> None:
     if "truth" not in case.views:
         views = ["image", *views]
     letters = orientation_letters(plane)
-    for column, view in zip(st.columns(len(views), gap="small"), views):
+    for column, view in zip(st.columns(len(views), gap="small"), views, strict=True):
         rgb = case.render(plane, index, view, window, opacity=opacity, mode=mode)
         png = to_png(support.frame_with_letters(rgb, letters))
         column.markdown(f"**{VIEW_TITLES[view]}**")
@@ -369,7 +372,7 @@ def review_panel(store, entry: CaseEntry, reviewer: str, current) -> None:
 def metrics_table(entry: CaseEntry) -> None:
     st.markdown("**Metrics**")
     if not entry.scored:
-        st.caption("No ground truth: no metrics." if entry.status == "prediction_only" else "No metrics.")
+        st.caption("No ground truth: no metrics." if entry.status is CaseStatus.PREDICTION_ONLY else "No metrics.")
         return
     rows = [{"class": r["class"], "Dice": format_score(r["dice"]), "sens.": format_score(r["sensitivity"]),
              "spec.": format_score(r["specificity"], 4)} for r in entry.metrics_rows()]
@@ -409,7 +412,7 @@ def review_page(config: support.AppConfig, table: CaseTable, reviewer: str) -> N
         st.markdown(f"### {case_id}")
         facts = [f"site {entry.site}" if entry.site else None,
                  f"mean Dice {format_score(entry.mean_dice)}" if entry.scored else None,
-                 {"prediction_only": "no ground truth", "failed": "evaluation failed"}.get(entry.status)]
+                 {CaseStatus.PREDICTION_ONLY: "no ground truth", CaseStatus.FAILED: "evaluation failed"}.get(entry.status)]
         st.caption(" \u00b7 ".join(f for f in facts if f))
     prev_col.button("Previous", icon=":material/chevron_left:", on_click=go_to, args=(previous_id,),
                     disabled=previous_id is None, width="stretch", key="previous_case")
@@ -423,7 +426,7 @@ def review_page(config: support.AppConfig, table: CaseTable, reviewer: str) -> N
         return
     try:
         case_volumes(str(config.eval_dir), case_id)  # cached: the viewer draws from it
-    except Exception as exc:  # noqa: BLE001 - nothing to look at, so nothing to grade
+    except Exception as exc:
         st.error(support.user_message(exc, config.paths))
         return
     view_col, side_col = st.columns([3.3, 1], gap="medium")
@@ -451,5 +454,5 @@ def main() -> None:
 
 try:
     main()
-except Exception as exc:  # noqa: BLE001 - the page shows a short message; the log has the traceback
+except Exception as exc:
     st.error(support.user_message(exc, support.configured_paths()))

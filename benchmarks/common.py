@@ -562,7 +562,8 @@ def markdown_table(headers: list[str], rows: list[list]) -> str:
 def parser(name: str, description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"benchmarks/{name}.py", description=description,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="a tiny version (about a minute) that checks the script works; its numbers mean nothing")
+    p.add_argument("--quick", action="store_true", help="a tiny version (about a minute) that checks the script works; its numbers mean "
+                                                        "nothing")
     p.add_argument("--out", type=Path, default=REPO / "runs" / "bench" / name, help=f"output folder (default runs/bench/{name})")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CUDA when present, else CPU")
     p.add_argument("--retries", type=int, default=2,

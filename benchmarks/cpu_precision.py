@@ -13,7 +13,15 @@ import sys
 from functools import partial
 
 from common import (
-    WORKER_TASKS, fmt, is_worker, markdown_table, ratio_range, run_step_benchmark, step_ms, training_step, worker_main,
+    WORKER_TASKS,
+    fmt,
+    is_worker,
+    markdown_table,
+    ratio_range,
+    run_step_benchmark,
+    step_ms,
+    training_step,
+    worker_main,
 )
 
 NETWORKS = {  # name -> MONAI UNet channels (strides 2, 2, 2; 2 residual units)

@@ -22,8 +22,21 @@ import sys
 from pathlib import Path
 
 from common import (
-    MANIFESTS, TRAIN_SIZES, WORKER_TASKS, Benchmark, check_manifests, dice_of, fmt, fmt_dice, gradual_freeze,
-    is_worker, markdown_table, parser, run_config, subset_manifest, worker_main,
+    MANIFESTS,
+    TRAIN_SIZES,
+    WORKER_TASKS,
+    Benchmark,
+    check_manifests,
+    dice_of,
+    fmt,
+    fmt_dice,
+    gradual_freeze,
+    is_worker,
+    markdown_table,
+    parser,
+    run_config,
+    subset_manifest,
+    worker_main,
 )
 
 FULL_EPOCHS = 40

@@ -37,10 +37,22 @@ import sys
 from pathlib import Path
 
 import numpy as np
-
 from common import (
-    BUNDLE, MANIFESTS, WHOLE_CLASSES, WORKER_TASKS, Benchmark, check_manifests, dice_of, fmt_dice, is_worker,
-    markdown_table, parser, read_rows, run_config, worker_main, write_manifest,
+    BUNDLE,
+    MANIFESTS,
+    WHOLE_CLASSES,
+    WORKER_TASKS,
+    Benchmark,
+    check_manifests,
+    dice_of,
+    fmt_dice,
+    is_worker,
+    markdown_table,
+    parser,
+    read_rows,
+    run_config,
+    worker_main,
+    write_manifest,
 )
 
 FULL_EPOCHS = 40

@@ -10,7 +10,10 @@ the best member and the ``--reference`` run (a model outside the ensemble, e.g. 
 the same total time), per case paired, with a paired bootstrap 95% interval
 (``medft.evaluate.summary.paired_difference``). An ensemble of k members costs k trainings.
 
-Run: ``.venv/bin/python benchmarks/ensemble_gain.py --folds 1 3 --members runs/bench/hippo_e36_f134/runs/recipe_fold{fold} runs/bench/hippo_lr4/runs/lr_4e-3_fold{fold}``
+Run::
+
+    .venv/bin/python benchmarks/ensemble_gain.py --folds 1 3
+        --members runs/bench/hippo_e36_f134/runs/recipe_fold{fold} runs/bench/hippo_lr4/runs/lr_4e-3_fold{fold}
 """
 from __future__ import annotations
 
@@ -64,7 +67,7 @@ def fold_rows(fold: int, members: list[str], labels: list[str], reference: str |
         target = data["label"][0].long()
         probs = [model.preprocessing.to_input_grid(predict(model, data["image"], tta=True), data["image"]).as_tensor()
                  for model in models]
-        for label, p in zip(labels, probs):
+        for label, p in zip(labels, probs, strict=True):
             rows[label] += case_rows(case.case_id, names, p, target)
         rows[ENSEMBLE] += case_rows(case.case_id, names, torch.stack(probs).mean(0), target)
         if outside is not None:
@@ -99,7 +102,8 @@ def main() -> int:
             merged[label] += rows[label]
     means = {label: summarize(rows, names, metrics=["dice"])["overall"] for label, rows in merged.items()}
     print(markdown_table(["model", "cases", *[f"{n} Dice" for n in names[1:]], "mean Dice"],
-                         [[label, len(rows) // len(names), *[f"{means[label][n]['dice']['mean']:.4f}" for n in [*names[1:], MEAN_FOREGROUND]]]
+                         [[label, len(rows) // len(names),
+                           *[f"{means[label][n]['dice']['mean']:.4f}" for n in [*names[1:], MEAN_FOREGROUND]]]
                           for label, rows in merged.items()]))
     members = [label for label in merged if label not in (ENSEMBLE, REFERENCE)]
     best = max(members, key=lambda label: means[label][MEAN_FOREGROUND]["dice"]["mean"])

@@ -25,8 +25,20 @@ import statistics
 import sys
 
 from common import (
-    MANIFESTS, WORKER_TASKS, Benchmark, check_manifests, dice_of, fmt, fmt_dice, gradual_freeze, is_worker,
-    markdown_table, parser, run_config, subset_manifest, worker_main,
+    MANIFESTS,
+    WORKER_TASKS,
+    Benchmark,
+    check_manifests,
+    dice_of,
+    fmt,
+    fmt_dice,
+    gradual_freeze,
+    is_worker,
+    markdown_table,
+    parser,
+    run_config,
+    subset_manifest,
+    worker_main,
 )
 
 FULL_EPOCHS = 40

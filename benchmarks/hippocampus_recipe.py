@@ -7,7 +7,8 @@ written by ``benchmarks/make_manifests.py``). The trained run is then evaluated 
 ``medft.evaluate.run.evaluate`` on the fold's 40 validation cases, without and with test-time
 flips (``medft evaluate --tta``: left-right, or every mirroring of ``data.flip_axes``), from the run's last checkpoint
 (``--checkpoint last``: the model after the fixed budget of epochs, not one picked on the
-validation cases): Dice per class with medft's 95% bootstrap interval over cases. Also reported: the training wall time (``train()`` from start to end:
+validation cases): Dice per class with medft's 95% bootstrap interval over cases. Also reported: the training wall time
+(``train()`` from start to end:
 steps, validations, checkpoints; setup, i.e. reading and caching the data, listed apart), the
 epochs, the epoch of the best validation Dice during training (for the record: it does not
 choose the evaluated model), and peak memory.
@@ -27,8 +28,21 @@ import sys
 from pathlib import Path
 
 from common import (
-    MANIFESTS, N_FOLDS, REPO, WORKER_TASKS, Benchmark, cv_folds, dice_of, fmt, fmt_dice, is_worker, markdown_table,
-    parser, read_rows, subset_manifest, worker_main,
+    MANIFESTS,
+    N_FOLDS,
+    REPO,
+    WORKER_TASKS,
+    Benchmark,
+    cv_folds,
+    dice_of,
+    fmt,
+    fmt_dice,
+    is_worker,
+    markdown_table,
+    parser,
+    read_rows,
+    subset_manifest,
+    worker_main,
 )
 
 CONFIG = REPO / "configs" / "hippocampus.yaml"
@@ -183,7 +197,8 @@ def _markdown(runs: list[dict], settings: list[str]) -> str:
     headers = ["variant", "fold", "TTA", "anterior Dice [95% CI]", "posterior Dice [95% CI]", "mean Dice [95% CI]",
                "epochs", "best validation epoch", "training min", "setup s", "peak RSS MiB"]
     return ("configs/hippocampus.yaml and variants, each trained on a fold's 160 training cases (half_data: 80) and evaluated on its 40 "
-            "validation cases (medft evaluate --checkpoint last: the final model; TTA: the mirrorings of data.flip_axes, left-right in the recipe)"
+            "validation cases (medft evaluate --checkpoint last: the final model; TTA: the mirrorings of data.flip_axes, left-right in "
+            "the recipe)"
             + (f"; every variant with --set {', '.join(settings)}" if settings else "")
             + f"\n\n{markdown_table(headers, rows)}")
 

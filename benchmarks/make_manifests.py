@@ -22,7 +22,14 @@ from __future__ import annotations
 import sys
 
 from common import (
-    MANIFESTS, bench_split, check_manifests, cv_folds, fold_rows, manifest_rows, pretraining_cases, write_manifest,
+    MANIFESTS,
+    bench_split,
+    check_manifests,
+    cv_folds,
+    fold_rows,
+    manifest_rows,
+    pretraining_cases,
+    write_manifest,
 )
 
 

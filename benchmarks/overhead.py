@@ -45,8 +45,23 @@ import time
 from pathlib import Path
 
 from common import (
-    BUNDLE, MANIFESTS, SPATIAL_SIZE, Benchmark, check_manifests, cuda_peak_mb, fmt, is_worker, markdown_table,
-    network_def, parser, peak_rss_mb, reset_peak_memory, run_config, subset_manifest, timed_recipe_class, worker_main,
+    BUNDLE,
+    MANIFESTS,
+    SPATIAL_SIZE,
+    Benchmark,
+    check_manifests,
+    cuda_peak_mb,
+    fmt,
+    is_worker,
+    markdown_table,
+    network_def,
+    parser,
+    peak_rss_mb,
+    reset_peak_memory,
+    run_config,
+    subset_manifest,
+    timed_recipe_class,
+    worker_main,
 )
 
 WARMUP_EPOCHS = 1
@@ -141,7 +156,7 @@ def plain_train(spec: dict) -> dict:
     reset_ok = reset_peak_memory()
     seconds = []
     network.train()
-    for epoch in range(epochs):
+    for _ in range(epochs):
         _sync(device)
         started = time.perf_counter()
         total = 0.0
@@ -354,8 +369,8 @@ def _training_summary(training: dict) -> dict:
             entry["epoch_steps_per_s"] = statistics.median(r["epoch_steps_per_s"] for r in kept)
             entry["epoch_steps_per_s_each"] = [r["epoch_steps_per_s"] for r in runs]
         if name != "plain":
-            pairs = [(r, q) for r, q in zip(runs, plain_runs) if not r.get("disturbed") and not q.get("disturbed")]
-            pairs = pairs or list(zip(runs, plain_runs))
+            pairs = [(r, q) for r, q in zip(runs, plain_runs, strict=True) if not r.get("disturbed") and not q.get("disturbed")]
+            pairs = pairs or list(zip(runs, plain_runs, strict=True))
             for kind in ("loop", "epoch"):
                 key = f"{kind}_steps_per_s"
                 if key in runs[0]:
@@ -381,7 +396,8 @@ def _markdown(results: dict) -> str:
         return f"{entry[f'{kind}_overhead']:+.1%} ({lo:+.1%} to {hi:+.1%})"
 
     for name, entry in t.items():
-        spread = [v for v, d in zip(entry["loop_steps_per_s_each"], entry["disturbed_each"]) if not d] or entry["loop_steps_per_s_each"]
+        each = entry["loop_steps_per_s_each"]
+        spread = [v for v, d in zip(each, entry["disturbed_each"], strict=True) if not d] or each
         rows.append([labels[name], entry["processes_used"], f"{entry['loop_steps_per_s']:.2f} ({min(spread):.2f}-{max(spread):.2f})",
                      overhead(entry, "loop"), f"{entry['epoch_steps_per_s']:.2f}" if "epoch_steps_per_s" in entry else "",
                      overhead(entry, "epoch"),

@@ -6,7 +6,10 @@ model recipe on folds 0 and 1: each case appears once). Printed: B - A per class
 per-case foreground mean, over the cases scored in both, with a paired bootstrap 95% interval
 (``medft.evaluate.summary.paired_difference``, the computation behind ``medft evaluate --compare``).
 
-Run: ``.venv/bin/python benchmarks/paired_ablation.py --pair "UNet" runs/a/eval_tta/f0,runs/a/eval_tta/f1 "DynUNet" runs/b/eval_tta/f0,runs/b/eval_tta/f1``
+Run::
+
+    .venv/bin/python benchmarks/paired_ablation.py
+        --pair "UNet" runs/a/eval_tta/f0,runs/a/eval_tta/f1 "DynUNet" runs/b/eval_tta/f0,runs/b/eval_tta/f1
 """
 from __future__ import annotations
 

@@ -24,7 +24,15 @@ from contextlib import contextmanager
 from functools import partial
 
 from common import (
-    REPO, WORKER_TASKS, fmt, is_worker, markdown_table, ratio_range, run_step_benchmark, step_ms, training_step,
+    REPO,
+    WORKER_TASKS,
+    fmt,
+    is_worker,
+    markdown_table,
+    ratio_range,
+    run_step_benchmark,
+    step_ms,
+    training_step,
     worker_main,
 )
 

@@ -22,8 +22,19 @@ from __future__ import annotations
 import sys
 
 from common import (
-    MANIFESTS, TRAIN_SIZES, WORKER_TASKS, Benchmark, check_manifests, fmt, gradual_freeze, is_worker,
-    markdown_table, parser, run_config, subset_manifest, worker_main,
+    MANIFESTS,
+    TRAIN_SIZES,
+    WORKER_TASKS,
+    Benchmark,
+    check_manifests,
+    fmt,
+    gradual_freeze,
+    is_worker,
+    markdown_table,
+    parser,
+    run_config,
+    subset_manifest,
+    worker_main,
 )
 
 FULL_EPOCHS = 50

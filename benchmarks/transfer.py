@@ -181,7 +181,7 @@ def make_bundle(spec: dict) -> dict:
     ])
     dataset = CacheDataset(cases, transform, progress=False, num_workers=0)
     shapes = sorted({tuple(item["image"].shape[1:]) for item in dataset._cache})
-    if any(any(s > m for s, m in zip(shape, FOREIGN_SIZE)) for shape in shapes):
+    if any(any(s > m for s, m in zip(shape, FOREIGN_SIZE, strict=True)) for shape in shapes):
         raise SystemExit(f"a case at {FOREIGN_PIXDIM} mm is larger than {FOREIGN_SIZE}: {shapes}")
     loader = DataLoader(dataset, batch_size=settings["batch_size"], shuffle=True, drop_last=True, num_workers=0,
                         collate_fn=pad_list_data_collate, generator=torch.Generator().manual_seed(settings["seed"]))
@@ -586,7 +586,8 @@ def part_a(bench: Benchmark, args, sizes) -> dict:
     ceiling = _job(bench, {"task": "resolution_ceiling", "name": "resolution_ceiling",
                                         "manifest": str(val_manifest), "pixdims": [FOREIGN_PIXDIM],
                                         "out": str(bench.out / "eval" / "resolution_ceiling")}, "resolution_ceiling")
-    return {"resolution_ceiling": {k: _dice(v) for k, v in ceiling["summaries"].items()},"epochs": epochs, "bundle": made, "zero_shot": zero_shot,
+    return {"resolution_ceiling": {k: _dice(v) for k, v in ceiling["summaries"].items()}, "epochs": epochs, "bundle": made,
+            "zero_shot": zero_shot,
             "medft_vs_monai": {"cases": len(agreement), "voxels": voxels, "differing_voxels": differing,
                                "cases_identical": sum(a["differing"] == 0 for a in agreement), "per_case": agreement},
             "finetunes": finetunes, "differences": differences}
@@ -665,7 +666,9 @@ def _dice(evaluation: dict) -> dict:
 
 def _run_digest(result: dict) -> dict:
     probe = result["timing"].get("probe", {})
-    named = lambda values: dict(zip(CLASS_NAMES[1:], values)) if values is not None else None
+    def named(values):
+        return dict(zip(CLASS_NAMES[1:], values, strict=True)) if values is not None else None
+
     return {
         **_dice(result["eval"]),
         "steps": result["steps_per_epoch"] * len(result["timing"]["train_seconds"]),
@@ -739,7 +742,8 @@ def _markdown(results: dict) -> str:
                          fmt_dice(d["anterior"]), fmt_dice(d["posterior"]), fmt_dice(d["mean_foreground"]),
                          run["steps"], fmt(run["train_seconds"], 0)])
         parts.append(f"Fine-tuned from the bundle (and the control from random weights), {a['epochs']} epochs, last "
-                     "checkpoint\n\n" + markdown_table(["train cases", "run", "val Dice before training", "after epoch 1", "after epoch 1 (ant / post)",
+                     "checkpoint\n\n" + markdown_table(["train cases", "run", "val Dice before training", "after epoch 1", "after epoch 1 "
+                                                                                                                           "(ant / post)",
              "final anterior [95% CI]", "final posterior [95% CI]", "final mean [95% CI]", "steps", "train s"], rows))
         rows = [[label, _fmt_diff(d["anterior"]), _fmt_diff(d["posterior"]), _fmt_diff(d["mean_foreground"]), d["n_common"]]
                 for label, d in a["differences"].items()]

@@ -20,8 +20,22 @@ import sys
 from pathlib import Path
 
 from common import (
-    MANIFESTS, N_FOLDS, WORKER_TASKS, Benchmark, dice_of, fmt, fmt_dice, fmt_difference, fresh_folder, is_worker,
-    markdown_table, parser, subset_manifest, timed_recipe_class, train_and_evaluate, worker_main,
+    MANIFESTS,
+    N_FOLDS,
+    WORKER_TASKS,
+    Benchmark,
+    dice_of,
+    fmt,
+    fmt_dice,
+    fmt_difference,
+    fresh_folder,
+    is_worker,
+    markdown_table,
+    parser,
+    subset_manifest,
+    timed_recipe_class,
+    train_and_evaluate,
+    worker_main,
 )
 from hippocampus_recipe import variant_config
 

@@ -165,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", type=Path, required=True, help="evaluation folder to write")
     evaluate.add_argument("--split", default=None, help="evaluate one split (train, val, test); default: all cases")
     evaluate.add_argument("--tta", action="store_true",
-                          help="average with the mirrored predictions along the axes the model was trained to mirror (data.flip_axes: left-right by default)")
+                          help="average with the mirrored predictions along the axes the model was trained to mirror (data.flip_axes: "
+                               "left-right by default)")
     evaluate.add_argument("--largest-component", action="store_true",
                           help="keep only each class's largest connected component (structures that are one piece)")
     evaluate.add_argument("--checkpoint", choices=("best", "last"), default="best",
@@ -190,7 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("inputs", type=Path, nargs="+", help="NIfTI files or DICOM series folders")
     predict.add_argument("--out", type=Path, required=True, help="folder for the predictions")
     predict.add_argument("--tta", action="store_true",
-                         help="average with the mirrored predictions along the axes the model was trained to mirror (data.flip_axes: left-right by default)")
+                         help="average with the mirrored predictions along the axes the model was trained to mirror (data.flip_axes: "
+                              "left-right by default)")
     predict.add_argument("--largest-component", action="store_true",
                          help="keep only each class's largest connected component (structures that are one piece)")
     predict.add_argument("--overwrite", action="store_true",
@@ -270,7 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("bundle", help="bundle folder or Model Zoo name")
     inspect.add_argument("--out-channels", type=_count, default=None, help="output classes of the adapted network")
     inspect.add_argument("--in-channels", type=_count, default=None, help="input channels of the adapted network")
-    inspect.add_argument("--input-size", type=_count, default=None, help="edge of the dummy input in voxels (default: the bundle's own input shape or sliding window, up to 128^3 voxels, else 32, then 64)")
+    inspect.add_argument("--input-size", type=_count, default=None, help="edge of the dummy input in voxels (default: the bundle's own "
+                                                                         "input shape or sliding window, up to 128^3 voxels, else 32, "
+                                                                         "then 64)")
     inspect.add_argument("--json", action="store_true", help="print the report as JSON")
     inspect.set_defaults(run=_bundle_inspect)
 
@@ -398,13 +402,14 @@ def _tune(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     _console_logging()
     from medft.evaluate.run import evaluate
+    from medft.formats.evaluation import CaseStatus, read_evaluation_file
 
     out = evaluate(args.model, args.manifest, args.out, split=args.split, tta=args.tta,
                    largest_component=args.largest_component, checkpoint=args.checkpoint, compare=args.compare)
     print(f"evaluation written to {out}: per_case.csv, summary.json, predictions/, report.html")
     _print_dice(out / "summary.json")
-    cases = json.loads((out / "evaluation.json").read_text())["cases"]
-    failed = sum(case["status"] == "failed" for case in cases)
+    cases = read_evaluation_file(out).cases
+    failed = sum(case.status is CaseStatus.FAILED for case in cases)
     if failed:
         print(f"  {failed} of {len(cases)} cases failed and were not evaluated: the reasons are above, in "
               "evaluation.json and in report.html")

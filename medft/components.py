@@ -80,12 +80,12 @@ def component_class(target: str, code_root: Path | str | None = None) -> type | 
     with bundle_imports(code_root):
         try:
             found = ConfigComponent({"_target_": target}).resolve_module_name()
-        except Exception:  # noqa: BLE001 - a name MONAI cannot place
+        except Exception:
             return None
         if isinstance(found, str):
             module, _, name = found.rpartition(".")
             try:
                 found = getattr(importlib.import_module(module), name)
-            except Exception:  # noqa: BLE001 - not importable
+            except Exception:
                 return None
         return found if isinstance(found, type) else None

@@ -73,7 +73,7 @@ class DataError(MedftError):
     def public(self) -> str:
         return self.details.public
 
-    def with_case(self, case_id: str) -> "DataError":
+    def with_case(self, case_id: str) -> DataError:
         self.details.case_id = case_id
         self.args = (str(self.details),)
         return self

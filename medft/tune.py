@@ -39,8 +39,16 @@ import optuna
 import torch
 
 from medft.atomic_files import process_ended
-from medft.config import (RunConfig, SearchConfig, SearchParam, apply_params, describe_differences, dump_config,
-                          read_raw_config, validate_config)
+from medft.config import (
+    RunConfig,
+    SearchConfig,
+    SearchParam,
+    apply_params,
+    describe_differences,
+    dump_config,
+    read_raw_config,
+    validate_config,
+)
 from medft.errors import MedftError
 from medft.train import distributed
 from medft.train.recipe import TrainingInterrupted, run_training

@@ -70,3 +70,23 @@ def write_csv(path: Path, rows: list[dict], classes: dict | None = None) -> Path
 
         path.with_name(path.stem + ".classes.json").write_text(json.dumps(classes))
     return path
+
+
+def evaluation_json(**changes) -> dict:
+    """What ``medft evaluate`` writes into evaluation.json (no cases), with ``changes``; a change to None
+    leaves the key out."""
+    import json
+
+    from medft.formats.evaluation import Evaluation
+
+    fields = {"evaluation_id": "0123456789abcdef0123456789abcdef",
+              "model": {"path": "/runs/hippo_ft", "kind": "run", "name": "hippo_ft"}, "manifest": "/data/test.csv",
+              "class_names": ["background", "organ"], "created": "2025-03-04T10:15:00+00:00", "medft_version": "0.1.0",
+              "cases": []}
+    made = json.loads(Evaluation(**fields).model_dump_json())
+    for key, value in changes.items():
+        if value is None:
+            made.pop(key)
+        else:
+            made[key] = value
+    return made

@@ -16,8 +16,15 @@ import torch
 from monai.bundle import ConfigParser
 from monai.data import DataLoader, Dataset
 from monai.losses import DiceCELoss
-from monai.transforms import (Compose, DivisiblePadd, EnsureChannelFirstd, LoadImaged, Orientationd,
-                              ScaleIntensityRangePercentilesd, Spacingd)
+from monai.transforms import (
+    Compose,
+    DivisiblePadd,
+    EnsureChannelFirstd,
+    LoadImaged,
+    Orientationd,
+    ScaleIntensityRangePercentilesd,
+    Spacingd,
+)
 
 RAS = [["L", "R"], ["P", "A"], ["I", "S"]]
 CLASSES = {"0": "background", "1": "anterior", "2": "posterior"}
@@ -61,7 +68,7 @@ def make_foreign_bundle(root: Path, cases: list[tuple[Path, Path]], steps: int =
         ScaleIntensityRangePercentilesd("image", lower=1, upper=99, b_min=0.0, b_max=1.0, clip=True),
         DivisiblePadd(keys, k=8),
     ])
-    loader = DataLoader(Dataset([{"image": str(i), "label": str(l)} for i, l in cases], train), batch_size=1, shuffle=True,
+    loader = DataLoader(Dataset([{"image": str(i), "label": str(lab)} for i, lab in cases], train), batch_size=1, shuffle=True,
                         generator=torch.Generator().manual_seed(seed))
     optimizer = torch.optim.Adam(network.parameters(), lr=3e-3)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)

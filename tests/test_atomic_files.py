@@ -16,7 +16,6 @@ import torch
 from medft.atomic_files import atomic_write, atomic_write_text
 from medft.errors import MedftError
 from medft.review.auth import add_user, verify
-from medft.train.checkpoint import atomic_save
 from tests.conftest import REPO
 
 KILLED_WRITER = """
@@ -100,7 +99,7 @@ def _disk_with_free(monkeypatch, free: int) -> None:
 ])
 def test_a_full_disk_names_the_file_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch, failure):
     path = tmp_path / "checkpoints" / "last.pt"
-    atomic_save({"epoch": 1}, path)
+    atomic_write(path, lambda file: torch.save({"epoch": 1}, file))
 
     def fill_the_disk(obj, file):
         file.write(b"x" * 1000)
@@ -109,7 +108,7 @@ def test_a_full_disk_names_the_file_and_keeps_the_previous_checkpoint(tmp_path, 
     monkeypatch.setattr(torch, "save", fill_the_disk)
     _disk_with_free(monkeypatch, 512 * 1024)
     with pytest.raises(MedftError) as caught:
-        atomic_save({"epoch": 2}, path)
+        atomic_write(path, lambda file: torch.save({"epoch": 2}, file))
     message = str(caught.value)
     assert message.startswith(f"{path}: cannot write the file, the disk is full (0.5 MiB free); "
                               "its previous version is intact. Fix: free space")

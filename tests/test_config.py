@@ -190,8 +190,8 @@ def test_spatial_size_needs_a_positive_size_per_axis(size):
 
 
 @pytest.mark.parametrize("pattern, message", [
-    ("(encoder", r"'\(encoder' is not a valid regular expression"),
-    ("", "an empty pattern matches every parameter name"),
+    ("(encoder", r"freeze pattern '\(encoder' is not a valid regular expression"),
+    ("", "an empty freeze pattern matches every parameter name"),
 ])
 def test_freeze_patterns_are_checked_by_validate(pattern, message):
     """An invalid regular expression used to pass `medft validate` and stop `medft train` only at setup."""

@@ -201,7 +201,7 @@ def test_one_voxel_and_border_touching_structures_equal_monais_metric_classes():
         (_volume((1, (5, 5, 6))), _volume((1, (5, 5, 5)))),
         (_volume((1, (slice(0, 7), slice(0, 5), slice(0, 3)))), _volume((1, (slice(0, 6), slice(0, 5), slice(0, 3))))),
     ]
-    pred, target = (torch.stack(side) for side in zip(*cases))
+    pred, target = (torch.stack(side) for side in zip(*cases, strict=True))
     hd95, nsd = surface_metrics(pred, target, 2, SPACING)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -276,7 +276,7 @@ def test_surface_metrics_options_and_input_checks(edge_cases):
     pred, target = edge_cases
     plain = surface_metrics(pred, target, CLASSES, SPACING)
     with_channel = surface_metrics(pred[:, None], target[:, None], CLASSES, SPACING)
-    for a, b in zip(plain, with_channel):
+    for a, b in zip(plain, with_channel, strict=True):
         torch.testing.assert_close(a, b, equal_nan=True)
     # one tolerance per foreground class, or per class with the background's ignored
     a = torch.zeros(1, 12, 12, 12, dtype=torch.long)

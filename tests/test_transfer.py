@@ -42,7 +42,8 @@ def _dice_by_hand(pred: np.ndarray, truth: np.ndarray, c: int) -> float:
 def test_evaluate_predicts_what_monai_predicts_at_any_spacing_orientation_and_from_dicom(foreign, tmp_path):
     other = [stored_otherwise(*sample_case(c), tmp_path / "other" / c) for c in VAL[:2]]
     rows = [{"case_id": c, "image": sample_case(c)[0], "label": sample_case(c)[1], "split": "test"} for c in VAL]
-    rows += [{"case_id": f"{c}_turned", "image": image, "label": label, "split": "test"} for c, (image, label) in zip(VAL, other)]
+    rows += [{"case_id": f"{c}_turned", "image": image, "label": label, "split": "test"}
+             for c, (image, label) in zip(VAL[:2], other, strict=True)]
     rows.append({"case_id": "dicom_crop", "image": DICOM, "label": "", "split": "test"})
     manifest = write_csv(tmp_path / "manifest.csv", rows, classes=CLASSES)
     out = evaluate(foreign, manifest, tmp_path / "eval")

@@ -107,7 +107,8 @@ def adapt_network(
     for key, value in ((classes, out_channels), ("in_channels", in_channels)):
         if value is None:
             continue
-        if key not in {**bundle.network_args, **changes} and not isinstance(bundle.network_def, str):  # an expression: build_network says why
+        # a network_def that is an expression has no arguments to compare: build_network says why it fails
+        if key not in {**bundle.network_args, **changes} and not isinstance(bundle.network_def, str):
             raise MedftError(
                 f"{bundle.config_file}: network_def ({bundle.network_class}) has no {key} argument to set to "
                 f"{value}. Fix: when {bundle.network_class} takes {key} with a default value, add it to network_def "
@@ -213,7 +214,7 @@ def dummy_forward_backward(
     try:
         try:
             output = network(batch)
-        except Exception as error:  # noqa: BLE001 - any failure here means the input does not fit
+        except Exception as error:
             raise MedftError(
                 f"the network did not accept a {tuple(batch.shape)} input: {one_line(error)}. Fix: give an input "
                 f"size the network accepts ({size_option}), e.g. a multiple of 32, and the channels it takes"
@@ -227,7 +228,7 @@ def dummy_forward_backward(
         if output.requires_grad:
             try:
                 output.float().mean().backward()
-            except Exception as error:  # noqa: BLE001
+            except Exception as error:
                 raise MedftError(f"the backward pass through the network failed: {one_line(error)}") from None
         return tuple(output.shape)
     finally:

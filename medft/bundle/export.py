@@ -22,13 +22,14 @@ import numpy as np
 import torch
 
 from medft import __version__
+from medft.atomic_files import new_folder
 from medft.bundle.reader import load_bundle
 from medft.components import IMPORTS
 from medft.config import RunConfig, read_run_config
-from medft.data.preprocessing import Preprocessing, checkpoint_preprocessing
 from medft.data.manifest import read_manifest
+from medft.data.preprocessing import Preprocessing, checkpoint_preprocessing
 from medft.errors import MedftError
-from medft.atomic_files import new_folder
+from medft.formats.checkpoint import Checkpoint, find_checkpoint, read_checkpoint
 from medft.train.metrics_log import read_metrics
 
 EXPORT_VERSION = "0.1.0"
@@ -47,21 +48,21 @@ def export_run(run_dir: str | Path, out_dir: str | Path) -> Path:
         raise MedftError(f"{run_dir}: {'not a run folder (no config.yaml)' if run_dir.is_dir() else 'no such folder'}. "
                          "Fix: give the folder that `medft train --out` wrote")
     config = read_run_config(run_dir)
-    checkpoint_path = next((p for p in (run_dir / "checkpoints" / n for n in ("best.pt", "last.pt")) if p.is_file()), None)
+    checkpoint_path = find_checkpoint(run_dir)
     if checkpoint_path is None:
         raise MedftError(f"{run_dir}: no checkpoints/best.pt or last.pt. Fix: export a run folder that `medft train` wrote")
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise MedftError(f"{out_dir} exists and is not an empty folder. Fix: give a new folder to --out")
-    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+    checkpoint = read_checkpoint(checkpoint_path)
     parent = load_bundle(config.model.bundle, version=config.model.bundle_version) if config.model.bundle else None
-    preprocessing = checkpoint_preprocessing(checkpoint, config.data.intensity, str(checkpoint_path))
+    preprocessing = checkpoint_preprocessing(checkpoint.preprocessing, config.data.intensity, str(checkpoint_path))
     metadata = _metadata(config, checkpoint, run_dir, parent, preprocessing)
 
     with new_folder(out_dir) as bundle:  # a kill leaves no folder that MONAI would load with parts missing
         for sub in ("configs", "models", "docs"):
             (bundle / sub).mkdir()
-        torch.save(checkpoint["model"], bundle / "models" / "model.pt")
-        inference = _inference_config(config, checkpoint["network_def"], preprocessing, parent.config if parent else {})
+        torch.save(checkpoint.model, bundle / "models" / "model.pt")
+        inference = _inference_config(config, checkpoint.network_def, preprocessing, parent.config if parent else {})
         (bundle / "configs" / "inference.json").write_text(json.dumps(inference, indent=2) + "\n")
         (bundle / "configs" / "metadata.json").write_text(json.dumps(metadata, indent=2, allow_nan=False) + "\n")
         (bundle / "docs" / "README.md").write_text(_readme(metadata))
@@ -128,12 +129,12 @@ def _referenced_keys(node: object, config: dict, found: list[str] | None = None)
     return found
 
 
-def _metadata(config: RunConfig, checkpoint: dict, run_dir: Path, parent, preprocessing: Preprocessing) -> dict:
+def _metadata(config: RunConfig, checkpoint: Checkpoint, run_dir: Path, parent, preprocessing: Preprocessing) -> dict:
     """The fine-tuned bundle's own metadata; the parent's, verbatim, under ``medft.parent_bundle``."""
-    class_names = checkpoint["class_names"]
+    class_names = checkpoint.class_names
     parent_meta = parent.metadata if parent else {}
     parent_name = f"{parent.name} {parent.version}".strip() if parent else "none (trained from random weights)"
-    early = checkpoint["early_stopping"]
+    early = checkpoint.early_stopping
     validated = early["best_epoch"] >= 0  # a run with no validation epoch has no best (-inf at epoch -1)
     metadata = {key: parent_meta[key] for key in KEPT_PARENT_KEYS if key in parent_meta}
     metadata.update({
@@ -154,7 +155,8 @@ def _metadata(config: RunConfig, checkpoint: dict, run_dir: Path, parent, prepro
     })
     metadata["medft"] = {
         "parent_bundle": _parent_entry(config, parent),
-        "evaluation": {"split": "val", "metric": "mean Dice over foreground classes", "val_dice": early["best"], "best_epoch": early["best_epoch"],
+        "evaluation": {"split": "val", "metric": "mean Dice over foreground classes", "val_dice": early["best"],
+                       "best_epoch": early["best_epoch"],
                        "val_dice_per_class": _best_per_class(run_dir, early["best_epoch"])} if validated else None,
         "class_names": class_names,
         "preprocessing": {**preprocessing.to_dict(public=True), "spatial_size": list(config.data.spatial_size),
@@ -202,10 +204,10 @@ def _intended_use(parent_meta: dict) -> str:
     return f"{text} The parent bundle's intended use: {parent_meta['intended_use']}" if parent_meta.get("intended_use") else text
 
 
-def _network_data_format(config: RunConfig, checkpoint: dict, parent_meta: dict) -> dict:
+def _network_data_format(config: RunConfig, checkpoint: Checkpoint, parent_meta: dict) -> dict:
     """Inputs and outputs of the fine-tuned network: its channels, classes and training size."""
-    class_names = checkpoint["class_names"]
-    channels = int(checkpoint["network_def"].get("in_channels", 1))
+    class_names = checkpoint.class_names
+    channels = int(checkpoint.network_def.get("in_channels", 1))
     modality = parent_meta.get("network_data_format", {}).get("inputs", {}).get("image", {}).get("modality", "MR")
     return {
         "inputs": {"image": {

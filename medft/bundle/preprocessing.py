@@ -186,7 +186,7 @@ def _image_key(parser, raw_steps: list[tuple[str, dict]], origin: str) -> str:
         if str(raw.get("_target_", "")).rsplit(".", 1)[-1] == "LoadImaged" and "keys" in raw:
             try:
                 keys = parser.get_parsed_content(f"{sid}::keys")
-            except Exception:  # noqa: BLE001 - reported with the step itself
+            except Exception:
                 continue
             loaded += [keys] if isinstance(keys, str) else list(keys)
     images = [key for key in loaded if key not in ("label", "seg")]
@@ -213,7 +213,7 @@ def _resolved_step(parser, sid: str, raw: dict, origin: str) -> dict:
             continue
         try:
             resolved = parser.get_parsed_content(f"{sid}::{key}")
-        except Exception as error:  # noqa: BLE001 - any failure inside MONAI's resolution
+        except Exception as error:
             raise MedftError(f"{origin}: cannot resolve {key}={value!r} of the step {raw['_target_']} "
                              f"({one_line(error)}). Fix: correct the bundle's config, or {FIX_MEDFT}") from None
         try:
@@ -252,7 +252,7 @@ def _narrowed(step: dict, keys: list, image_key: str) -> dict:
 
 def _require_invertible(preprocessing: Preprocessing, origin: str) -> None:
     """A step that changes the voxel grid must be invertible, or predictions cannot return to the input's grid."""
-    for step, transform in zip(preprocessing.steps, preprocessing.compose.transforms):
+    for step, transform in zip(preprocessing.steps, preprocessing.compose.transforms, strict=True):
         if isinstance(transform, InvertibleTransform) or not _moves_grid(transform):
             continue
         raise MedftError(
@@ -268,7 +268,7 @@ def _moves_grid(transform) -> bool:
     image = MetaTensor(torch.rand(1, 10, 12, 8), affine=torch.as_tensor(affine))
     try:
         out = transform({"image": image})["image"]
-    except Exception:  # noqa: BLE001 - a step that needs real data; it is checked on the cases
+    except Exception:
         return False
     moved_affine = getattr(out, "affine", None)
     return tuple(out.shape) != tuple(image.shape) or (

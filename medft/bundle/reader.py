@@ -73,7 +73,7 @@ def build_network(
     with bundle_imports(bundle_root):
         try:
             network = _parsed(full, "network_def")
-        except Exception as error:  # noqa: BLE001 - any failure inside MONAI becomes one clear line
+        except Exception as error:
             given = set(network_def) if isinstance(network_def, Mapping) else set()
             raise _build_error(error, network_class, source, given) from None
     if not isinstance(network, nn.Module):
@@ -199,7 +199,7 @@ class Bundle:
                 loaded = dict(torch.jit.load(str(path), map_location="cpu").state_dict())
             else:
                 loaded = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # noqa: BLE001 - unreadable or unsafe pickle
+        except Exception as error:
             raise MedftError(
                 f"{path}: cannot read the weights as a state dict ({one_line(error)}). "
                 f"Fix: save them with torch.save(model.state_dict(), '{path.name}')"
@@ -214,7 +214,7 @@ class Bundle:
         try:
             with bundle_imports(self.root):
                 return _parsed({**copy.deepcopy(self.config), "bundle_root": str(self.root)}, id)
-        except Exception:  # noqa: BLE001 - an unresolvable value is simply unknown
+        except Exception:
             return None
 
     def inferer_arg(self, key: str) -> Any:
@@ -326,7 +326,7 @@ def load_bundle(source: str | Path, version: str | None = None, cache_dir: Path 
     summary.setLevel(logging.WARNING)
     try:
         download(name=name, version=version, bundle_dir=str(cache), progress=False)
-    except Exception as error:  # noqa: BLE001 - offline, unknown name, missing client library...
+    except Exception as error:
         raise MedftError(
             f"{name}: not a bundle folder here, and cannot download bundle {name} from the MONAI Model Zoo "
             f"(no network?): {one_line(error)}. "
@@ -379,7 +379,7 @@ def _read_config(path: Path) -> dict:
 
     try:
         content = ConfigParser.load_config_file(path)
-    except Exception as error:  # noqa: BLE001 - JSON/YAML syntax, duplicate keys
+    except Exception as error:
         raise MedftError(f"{path}: cannot read it ({one_line(error)}). Fix: correct its JSON/YAML syntax") from None
     if not isinstance(content, dict):
         raise MedftError(f"{path}: holds a {type(content).__name__}, not a mapping. Fix: make it a JSON/YAML object")
@@ -405,7 +405,7 @@ def _resolve_macros(config: dict, root: Path, config_file: Path) -> dict:
     parser = ConfigParser(anchored(config))
     try:
         parser.resolve_macro_and_relative_ids()
-    except Exception as error:  # noqa: BLE001 - a missing file or id
+    except Exception as error:
         if "%" not in json.dumps(config.get("network_def"), default=str):
             return config  # a broken macro elsewhere (another workflow's entry) does not stop the network
         raise MedftError(

@@ -157,7 +157,7 @@ def _channel_count_problems(cases: list[Case], channels: list[int | None]) -> li
             file=case.image[0],
             case_id=case.case_id,
         )
-        for case, n in zip(cases, channels)
+        for case, n in zip(cases, channels, strict=True)
         if n is not None and n != usual
     ]
 
@@ -170,7 +170,7 @@ _RAS_AXES = ("left-right", "front-back", "up-down")
 def _spacing_spread_problems(source: Path, cases: list[Case], spacings: list[tuple | None]) -> list[Problem]:
     """One warning when the cases' voxel spacings differ widely along an axis: a network sees each case at its own
     scale unless a target spacing resamples them all."""
-    known = [(case, spacing) for case, spacing in zip(cases, spacings) if spacing is not None]
+    known = [(case, spacing) for case, spacing in zip(cases, spacings, strict=True) if spacing is not None]
     spreads = []
     for axis, name in enumerate(_RAS_AXES):
         if not known or any(len(spacing) <= axis for _, spacing in known):

@@ -273,7 +273,7 @@ def select_series(scan: SeriesScan, series_uid: str | None) -> SeriesInfo:
 
 def geometry_problems(series: SeriesInfo) -> list[Problem]:
     """Check the slice geometry of a series from its headers; an empty list means it is a clean 3D stack."""
-    return _geometry_problems(list(zip(series.files, series.headers)))[0]
+    return _geometry_problems(list(zip(series.files, series.headers, strict=True)))[0]
 
 
 class _Placement(NamedTuple):
@@ -354,7 +354,7 @@ def _patient_problems(slices: list[tuple[Path, pydicom.Dataset]]) -> list[Proble
     if len(set(ids)) == 1:
         return []
     first = slices[0][0]
-    other = next(path for (path, _), patient in zip(slices, ids) if patient != ids[0])
+    other = next(path for (path, _), patient in zip(slices, ids, strict=True) if patient != ids[0])
     return [Problem(
         f"its slices carry {len(set(ids))} different PatientIDs (not shown) under one SeriesInstanceUID: "
         "files of several patients are mixed",
@@ -411,7 +411,7 @@ def _consistency_problems(slices: list[tuple[Path, pydicom.Dataset]], placements
     """Slices whose orientation, size or pixel spacing differ from the first one's."""
     (first_path, first), reference = slices[0], placements[0]
     problems = []
-    for (path, ds), placement in zip(slices[1:], placements[1:]):
+    for (path, ds), placement in zip(slices[1:], placements[1:], strict=True):
         directions = np.r_[placement.row, placement.column], np.r_[reference.row, reference.column]
         for what, differs in (
             ("orientation (ImageOrientationPatient)", not np.allclose(*directions, atol=1e-4)),

@@ -64,7 +64,7 @@ def load_image(paths: list[str] | tuple[Path, ...], series_uid: str | None = Non
             if _is_dicom_file(path):
                 raise DataError("is one DICOM file (a single slice), not a 3D image", _SLICE_FIX, file=path)
         channels = [_read(p) for p in paths]
-        for path, channel in zip(paths[1:], channels[1:]):
+        for path, channel in zip(paths[1:], channels[1:], strict=True):
             mismatch = geometry_mismatch(channels[0], channel, "channel")
             if mismatch:
                 raise DataError(

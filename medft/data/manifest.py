@@ -141,7 +141,7 @@ def _assigned_split_problems(source: Path, given: list[Case], assigned: list[Cas
     for case in assigned:
         splits.setdefault(case.group, set()).add(case.split)
     problems = []
-    for before, after in zip(given, assigned):
+    for before, after in zip(given, assigned, strict=True):
         others = sorted(splits[after.group] - {after.split})
         if before.split is None and before.label is None and others:  # a labelled one joins its patient's split
             problems.append(Problem(
@@ -241,7 +241,7 @@ def _read_csv(path: Path) -> tuple[Manifest, list[Problem]]:
             reader = csv.reader(handle)
             table = [(reader.line_num, row) for row in reader]
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise DataError(f"cannot read the CSV ({exc})", "save it as UTF-8 CSV with a header row", file=path)
+        raise DataError(f"cannot read the CSV ({exc})", "save it as UTF-8 CSV with a header row", file=path) from None
     # Rows without any value (blank lines, or the ",,,,," that spreadsheets leave below the data) are no cases.
     table = [(line, [cell.strip() for cell in row]) for line, row in table if any(cell.strip() for cell in row)]
     (_, header), rows = (table[0], table[1:]) if table else ((0, []), [])
@@ -261,10 +261,11 @@ def _read_csv(path: Path) -> tuple[Manifest, list[Problem]]:
             problems.append(Problem(
                 f"the row has {len(cells)} values but the header has {len(header)} columns",
                 'put a value that holds a comma (such as a path) in double quotes: "/data/a,b/image.nii.gz"',
-                file=where, case_id=dict(zip(header, cells)).get("case_id") or None,
+                file=where, case_id=dict(zip(header, cells, strict=False)).get("case_id") or None,
             ))
             continue
-        row = {name: value for name, value in zip(header, cells) if name}
+        # a short row leaves its last columns empty; empty cells past the header are a spreadsheet's trailing commas
+        row = {name: value for name, value in zip(header, cells, strict=False) if name}
         case_id, image = row.get("case_id", ""), row.get("image", "")
         if not case_id or not image:
             problems.append(Problem(
@@ -373,11 +374,11 @@ def _read_json(path: Path) -> object:
         return json.loads(path.read_text(encoding="utf-8-sig"))  # a byte order mark is no syntax error
     except UnicodeDecodeError as exc:
         raise DataError(f"cannot read the dataset.json: not UTF-8 text ({exc.reason} at byte {exc.start})",
-                        "save it as UTF-8 (JSON files are UTF-8)", file=path)
+                        "save it as UTF-8 (JSON files are UTF-8)", file=path) from None
     except OSError as exc:
-        raise DataError(f"cannot read the dataset.json ({exc})", "check that the file exists and is readable", file=path)
+        raise DataError(f"cannot read the dataset.json ({exc})", "check that the file exists and is readable", file=path) from None
     except json.JSONDecodeError as exc:
-        raise DataError(f"cannot read the dataset.json ({exc})", "fix the JSON syntax", file=path)
+        raise DataError(f"cannot read the dataset.json ({exc})", "fix the JSON syntax", file=path) from None
 
 
 def _entry_image(entry: object) -> str | None:

@@ -28,7 +28,7 @@ import nibabel as nib
 import numpy as np
 import torch
 from monai.data import MetaTensor
-from monai.transforms import Compose, InvertibleTransform, Invertd, MapLabelValued, Orientation, ResampleToMatch, Transform
+from monai.transforms import Compose, Invertd, InvertibleTransform, MapLabelValued, Orientation, ResampleToMatch, Transform
 
 from medft.components import IMPORTS, bundle_imports
 from medft.data.loading import LoadCased, load_image
@@ -107,7 +107,7 @@ class Preprocessing:
             warnings.filterwarnings("ignore", message=r".*Orientation.*labels", category=FutureWarning)
             try:
                 transforms = ConfigParser(config).get_parsed_content("steps")
-            except Exception as error:  # noqa: BLE001 - a step that no longer builds (a MONAI upgrade)
+            except Exception as error:
                 raise MedftError(f"cannot build the preprocessing steps {[s.get('_target_') for s in self.steps]} "
                                  f"({one_line(error)}). Fix: install the MONAI version the model was made with") from None
         return Compose(transforms)
@@ -141,10 +141,10 @@ def _shortened(value, limit: int = 60) -> str:
     return text if len(text) <= limit else text[:limit - 5] + " ...}" if isinstance(value, dict) else text[:limit - 4] + " ..."
 
 
-def checkpoint_preprocessing(checkpoint: dict, intensity: str | None, where: str) -> Preprocessing:
-    """The preprocessing a checkpoint's network was trained on. Checkpoints written before medft recorded it
-    were trained on medft's own, without resampling: ``intensity`` is their config's data.intensity."""
-    recorded = checkpoint.get("preprocessing")
+def checkpoint_preprocessing(recorded: dict | None, intensity: str | None, where: str) -> Preprocessing:
+    """The preprocessing a checkpoint's network was trained on (``recorded``, its ``to_dict``). Checkpoints
+    written before medft recorded it were trained on medft's own, without resampling: ``intensity`` is their
+    config's data.intensity."""
     if recorded is None:
         return Preprocessing.medft(None, intensity or "zscore")
     return Preprocessing.from_dict(recorded, where)
@@ -213,4 +213,4 @@ def case_spacing(record: dict, reorient: bool = True) -> list[float]:
 def median_spacing(records: list[dict], reorient: bool = True) -> list[float]:
     """nnU-Net's target spacing: the median of the cases' spacings, per axis (rounded to 0.01 mm)."""
     spacings = [case_spacing(record, reorient) for record in records]
-    return [round(statistics.median(axis), 2) for axis in zip(*spacings)]
+    return [round(statistics.median(axis), 2) for axis in zip(*spacings, strict=True)]

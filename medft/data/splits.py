@@ -11,7 +11,7 @@ if TYPE_CHECKING:
 SPLITS = ("train", "val", "test")
 
 
-def assign_splits(cases: list["Case"], val_fraction: float = 0.2, test_fraction: float = 0.0, seed: int = 0) -> list["Case"]:
+def assign_splits(cases: list[Case], val_fraction: float = 0.2, test_fraction: float = 0.0, seed: int = 0) -> list[Case]:
     """Give a split to every case that has none; cases that have one keep it.
 
     Unlabelled cases go to test, and so do the other cases of their patient (a patient never lands in

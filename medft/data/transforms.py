@@ -6,8 +6,8 @@ from collections.abc import Sequence
 import numpy as np
 from monai.transforms import (
     MapLabelValue,
-    RandAdjustContrastd,
     Rand3DElasticd,
+    RandAdjustContrastd,
     RandAffined,
     RandCropByPosNegLabeld,
     RandFlipd,
@@ -19,7 +19,6 @@ from monai.transforms import (
     RandSpatialCropd,
     SpatialPadd,
 )
-
 
 KEYS = ("image", "label")
 

@@ -198,21 +198,16 @@ def _brief(stats: dict | None) -> dict:
 
 def _side(folder: EvaluationFolder, label: str) -> dict:
     evaluation = folder.evaluation
-    return {"label": label, "path": str(folder.path), "model": evaluation.get("model"),
-            "manifest": evaluation.get("manifest"), "split": evaluation.get("split"),
-            "inference": {k: evaluation[k] for k in INFERENCE_OPTIONS if k in evaluation},
-            "created": evaluation.get("created"), "n_scored_cases": len({r["case_id"] for r in folder.rows})}
+    return {"label": label, "path": str(folder.path), "model": evaluation.model.model_dump(),
+            "manifest": evaluation.manifest, "split": evaluation.split,
+            "inference": {k: getattr(evaluation, k) for k in INFERENCE_OPTIONS},
+            "created": evaluation.created, "n_scored_cases": len({r["case_id"] for r in folder.rows})}
 
 
 def _inference_text(options: dict) -> str:
-    """An evaluation's inference options (``--tta``, ``--largest-component``), as far as recorded."""
-    parts = []
-    if "tta" in options:
-        parts.append(f"test-time augmentation: {describe_tta(options)}")
-    if "largest_component" in options:
-        parts.append("largest connected component per class" if options["largest_component"]
-                     else "no post-processing")
-    return "; ".join(parts) or "not recorded"
+    """An evaluation's inference options (``--tta``, ``--largest-component``)."""
+    return (f"test-time augmentation: {describe_tta(options['tta'], options['tta_flip_axes'])}; "
+            + ("largest connected component per class" if options["largest_component"] else "no post-processing"))
 
 
 def _case_pairs(a: EvaluationFolder, b: EvaluationFolder, names: list[str], common: list[str]) -> list[dict]:

@@ -25,6 +25,9 @@ from medft.config import read_run_config
 from medft.data.loading import to_native
 from medft.data.preprocessing import Preprocessing, checkpoint_preprocessing
 from medft.errors import DataError, MedftError
+from medft.formats.checkpoint import BEST, LAST, find_checkpoint, read_checkpoint
+from medft.formats.evaluation import ModelInfo
+from medft.train.network import to_channels_last
 
 log = logging.getLogger("medft.evaluate")
 DEFAULT_ROI = [96, 96, 96]
@@ -41,7 +44,7 @@ class TrainedModel:
     label_map: dict[int, int] = field(default_factory=dict)
     overlap: float = 0.25
     sw_batch_size: int = 4
-    info: dict = field(default_factory=dict)  # path, kind, name, version: for reports
+    info: ModelInfo | None = None  # what evaluation.json records of the model
     flip_axes: tuple[int, ...] = (0,)  # the axes its training mirrored: test-time augmentation's
     blend_mode: str = "gaussian"  # how overlapping windows are averaged: a bundle's inferer may say constant
 
@@ -104,28 +107,30 @@ def load_model(path: str | Path, device: torch.device | None = None, checkpoint:
 
 def _from_run(run_dir: Path, checkpoint: str = "best") -> TrainedModel:
     config = read_run_config(run_dir)
-    names = ("best.pt", "last.pt") if checkpoint == "best" else ("last.pt",)
-    checkpoint_path = next((p for p in (run_dir / "checkpoints" / n for n in names) if p.is_file()), None)
+    checkpoint_path = find_checkpoint(run_dir, checkpoint)
     if checkpoint_path is None:
+        names = (BEST, LAST) if checkpoint == "best" else (LAST,)
         raise MedftError(
             f"{run_dir}: no checkpoint yet (checkpoints/{' or '.join(names)}): the run has not finished an epoch. "
             f"Fix: train it (`medft train {run_dir / 'config.yaml'} --out {run_dir} --resume`), or give another run folder"
         )
-    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+    checkpoint = read_checkpoint(checkpoint_path)
     if config.model.bundle:  # rebuild through the bundle: its network_def may refer to its config or scripts/
         bundle = load_bundle(config.model.bundle, version=config.model.bundle_version)
-        channels = {k: checkpoint["network_def"][k] for k in (*CLASS_COUNT_KEYS, "in_channels") if k in checkpoint["network_def"]}
+        channels = {k: checkpoint.network_def[k] for k in (*CLASS_COUNT_KEYS, "in_channels") if k in checkpoint.network_def}
         network = bundle.build_network({**config.model.network_overrides, **channels})
     else:
         from medft.bundle.reader import build_network
 
-        network = build_network(checkpoint["network_def"], source=str(checkpoint_path))
-    network.load_state_dict(checkpoint["model"])
-    preprocessing = checkpoint_preprocessing(checkpoint, config.data.intensity, str(checkpoint_path))
+        network = build_network(checkpoint.network_def, source=str(checkpoint_path))
+    network.load_state_dict(checkpoint.model)
+    if config.train.channels_last:
+        to_channels_last(network, len(config.data.spatial_size))
+    preprocessing = checkpoint_preprocessing(checkpoint.preprocessing, config.data.intensity, str(checkpoint_path))
     return TrainedModel(
-        network, list(checkpoint["class_names"]), list(config.data.spatial_size), preprocessing,
+        network, list(checkpoint.class_names), list(config.data.spatial_size), preprocessing,
         dict(config.data.label_map), config.validation.overlap, config.validation.sw_batch_size,
-        {"path": str(run_dir), "kind": "run", "name": _run_name(run_dir), "version": None, "checkpoint": checkpoint_path.name},
+        ModelInfo(path=str(run_dir), kind="run", name=_run_name(run_dir), checkpoint=checkpoint_path.name),
         tuple(config.data.mirrored_axes),
     )
 
@@ -159,7 +164,7 @@ def _from_bundle(root: Path) -> TrainedModel:
     return TrainedModel(
         network, names, list(roi), preprocessing, label_map,
         float(0.25 if overlap is None else overlap), int(sw_batch_size or 4),
-        {"path": str(root), "kind": "bundle", "name": bundle.name, "version": bundle.version},
+        ModelInfo(path=str(root), kind="bundle", name=bundle.name, version=bundle.version),
         tuple(prep.get("flip_axes", (0,))), _blend_mode(bundle),
     )
 

@@ -85,7 +85,7 @@ def distributions(values: dict[str, dict[str, list[tuple[float, str]]]], classes
         fig = _figure(3.1 * ncols, 2.7 * nrows)
         axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
         marker_of = {site: SITE_MARKERS[i % len(SITE_MARKERS)] for i, site in enumerate(sites)}
-        for ax, metric in zip(axes, metrics):
+        for ax, metric in zip(axes, metrics, strict=False):  # more panels than metrics: the last ones stay empty
             ticks = []
             for position, (index, name) in enumerate(classes, start=1):
                 pairs = [(v, s) for v, s in values[metric][name] if v is not None and np.isfinite(v)]
@@ -99,7 +99,7 @@ def distributions(values: dict[str, dict[str, list[tuple[float, str]]]], classes
                 for patch in box["boxes"]:
                     patch.set(facecolor=class_hex(index), alpha=0.45, edgecolor=GREY)
                 jitter = rng.uniform(-0.17, 0.17, len(pairs))
-                for (value, site), dx in zip(pairs, jitter):
+                for (value, site), dx in zip(pairs, jitter, strict=True):
                     ax.plot(position + dx, value, marker=marker_of.get(site, "o"), color="black", alpha=0.75,
                             markersize=4, linestyle="none", markeredgewidth=0)
             ax.set_xticks(range(1, len(classes) + 1), ticks)
@@ -194,7 +194,7 @@ NO_CI_LABEL = "hollow: no CI (n < 2)"
 def _mark_without_ci(ax, points: list[tuple[float, float]], marker: str, colour: str) -> bool:
     """Hollow markers over the points that have no interval: a bare point would read as a precise mean."""
     if points:
-        xs, ys = zip(*points)
+        xs, ys = zip(*points, strict=True)
         ax.plot(xs, ys, marker=marker, markersize=6, linestyle="none", markerfacecolor="white", markeredgecolor=colour,
                 zorder=3)
     return bool(points)
@@ -276,7 +276,7 @@ def compare_means(groups: list[str], a: list[dict], b: list[dict], diff: list[di
         handles = left.get_legend_handles_labels()[0] + ([_no_ci_handle()] if without_ci else [])
         left.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.08), ncols=len(handles))  # above the axes
         ys = np.arange(len(groups))[::-1]
-        for y, d in zip(ys, diff):
+        for y, d in zip(ys, diff, strict=True):
             if d.get("mean") is None:
                 continue
             lo, hi = d["ci95"]
@@ -299,7 +299,7 @@ def paired_cases(groups: list[str], pairs: list[list[tuple[str, float, float]]],
     with rc_context(_STYLE):
         fig = _figure(2.6 * ncols + 0.4, 3.2 * nrows + 0.3)
         axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False).ravel())
-        for ax, group, cases in zip(axes, groups, pairs):
+        for ax, group, cases in zip(axes[:len(groups)], groups, pairs, strict=True):
             better = worse = 0
             for _, va, vb in cases:
                 colour = _B_COLOUR if vb > va else (_A_COLOUR if vb < va else GREY)

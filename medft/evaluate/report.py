@@ -23,6 +23,7 @@ import numpy as np
 
 from medft.errors import MedftError
 from medft.evaluate.summary import MEAN_FOREGROUND, UNKNOWN_SITE, read_per_case
+from medft.formats.evaluation import EVALUATE_AGAIN, CaseRecord, CaseStatus, Evaluation, read_evaluation_file
 
 METRICS = ["dice", "sensitivity", "specificity", "hd95", "nsd"]
 METRIC_NAMES = {"dice": "Dice", "sensitivity": "Sensitivity", "specificity": "Specificity", "hd95": "HD95 (mm)",
@@ -43,76 +44,51 @@ class EvaluationFolder:
     """What an evaluation folder holds, read once. ``summary`` is None when the file is absent."""
 
     path: Path
-    evaluation: dict
+    evaluation: Evaluation
     summary: dict | None
     rows: list[dict] = field(default_factory=list)
 
     @property
     def class_names(self) -> list[str]:
         """All class names, background first."""
-        names = self.evaluation.get("class_names")
-        if names:
-            return list(names)
-        if self.summary and self.summary.get("classes"):
-            return ["background", *self.summary["classes"]]
-        by_index = {int(r["class_index"]): r["class_name"] for r in self.rows}
-        return [by_index[i] for i in sorted(by_index)]
+        return list(self.evaluation.class_names)
 
     @property
     def foreground(self) -> list[tuple[int, str]]:
-        return list(enumerate(self.class_names))[1:]
+        return self.evaluation.foreground
 
     @property
-    def cases(self) -> list[dict]:
-        return list(self.evaluation.get("cases") or [])
+    def cases(self) -> list[CaseRecord]:
+        return self.evaluation.cases
 
     def hide_paths(self, text: str) -> str:
         """``text`` without the paths that evaluation.json records, nor any other absolute path (``hide_paths``)."""
-        known = [self.evaluation.get("manifest"), (self.evaluation.get("model") or {}).get("path")]
+        known = [self.evaluation.manifest, self.evaluation.model.path]
         for case in self.cases:
-            known += [*(case.get("image") or []), case.get("label")]
+            known += [*case.image, case.label]
         return hide_paths(text, known)
 
     @property
     def label_map(self) -> dict[int, int]:
-        return label_map_of(self.evaluation)
+        return self.evaluation.label_map
 
     @property
     def model_name(self) -> str:
-        model = self.evaluation.get("model") or {}
-        name = model.get("name") or Path(str(model.get("path") or self.path)).name
-        return f"{name} {model['version']}" if model.get("version") else name
-
-
-def label_map_of(evaluation: dict) -> dict[int, int]:
-    """The run's ``data.label_map`` (label file value -> class) from evaluation.json; {} for none or an
-    older evaluation."""
-    return {int(k): int(v) for k, v in (evaluation.get("label_map") or {}).items()}
+        return self.evaluation.model.display_name
 
 
 def read_evaluation(eval_dir: str | Path) -> EvaluationFolder:
-    """Read an evaluation folder; MedftError when ``evaluation.json`` is missing or unreadable."""
+    """Read an evaluation folder; a MedftError when ``evaluation.json`` is missing or unreadable."""
     eval_dir = Path(eval_dir)
-    evaluation = _read_json(eval_dir / "evaluation.json", required=True)
-    summary = _read_json(eval_dir / "summary.json", required=False)
+    evaluation = read_evaluation_file(eval_dir)
+    summary_path = eval_dir / "summary.json"
+    try:
+        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise MedftError(f"{summary_path}: not valid JSON ({exc}). Fix: {EVALUATE_AGAIN}") from None
     per_case = eval_dir / "per_case.csv"
     rows = read_per_case(per_case) if per_case.is_file() else []
     return EvaluationFolder(eval_dir, evaluation, summary, rows)
-
-
-def _read_json(path: Path, required: bool) -> dict | None:
-    if not path.is_file():
-        if required:
-            raise MedftError(
-                f"{path}: not found, so {path.parent} is not an evaluation folder. "
-                "Fix: give the folder that `medft evaluate ... --out EVAL_DIR` wrote"
-            )
-        return None
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise MedftError(f"{path}: not valid JSON ({exc}). Fix: evaluate the model again into a new folder "
-                         "(`medft evaluate MODEL --manifest MANIFEST --out NEW_EVAL_DIR`) and use that one") from None
 
 
 def hide_paths(text: str, known: Iterable[str | Path | None] = ()) -> str:
@@ -255,34 +231,31 @@ def _absent(text: str) -> str:
 
 
 # ---- overview ---------------------------------------------------------------------------------
-def _status_counts(folder: EvaluationFolder) -> dict[str, int]:
-    counts = {"ok": 0, "prediction_only": 0, "failed": 0}
-    for case in folder.cases:
-        counts[case.get("status", "ok")] = counts.get(case.get("status", "ok"), 0) + 1
-    return counts
+def _status_counts(folder: EvaluationFolder) -> dict[CaseStatus, int]:
+    return {status: sum(case.status is status for case in folder.cases) for status in CaseStatus}
 
 
 def _overview(folder: EvaluationFolder) -> str:
     evaluation = folder.evaluation
-    model = evaluation.get("model") or {}
+    model = evaluation.model
     counts = _status_counts(folder)
-    kind = {"run": "fine-tuned run (medft)", "bundle": "MONAI bundle"}.get(model.get("kind"), model.get("kind") or "n/a")
+    kind = {"run": "fine-tuned run (medft)", "bundle": "MONAI bundle"}[model.kind]
     facts = [
-        ("Model", f"{model.get('name') or 'unnamed'}" + (f", version {model['version']}" if model.get("version") else "")),
+        ("Model", model.name + (f", version {model.version}" if model.version else "")),
         ("Model kind", kind),
-        ("Data manifest", Path(evaluation["manifest"]).name if evaluation.get("manifest") else "n/a"),
-        ("Split", evaluation.get("split") or "all cases of the manifest"),
+        ("Data manifest", Path(evaluation.manifest).name),
+        ("Split", evaluation.split or "all cases of the manifest"),
         ("Classes", ", ".join(f"{i} {n}" for i, n in enumerate(folder.class_names))),
-        ("Test-time augmentation", describe_tta(evaluation)),
-        ("Post-processing", "largest connected component per class" if evaluation.get("largest_component") else "none"),
-        ("Evaluated on", _date(evaluation.get("created"))),
-        ("medft version", evaluation.get("medft_version") or "n/a"),
-        ("Cases", f"{len(folder.cases)} in total: {counts['ok']} evaluated against ground truth, "
-                  f"{counts['prediction_only']} prediction-only (no ground truth), {counts['failed']} failed"),
+        ("Test-time augmentation", describe_tta(evaluation.tta, evaluation.tta_flip_axes)),
+        ("Post-processing", "largest connected component per class" if evaluation.largest_component else "none"),
+        ("Evaluated on", _date(evaluation.created)),
+        ("medft version", evaluation.medft_version),
+        ("Cases", f"{len(folder.cases)} in total: {counts[CaseStatus.OK]} evaluated against ground truth, "
+                  f"{counts[CaseStatus.PREDICTION_ONLY]} prediction-only (no ground truth), {counts[CaseStatus.FAILED]} failed"),
     ]
     rows = "\n".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in facts)
     parts = [_headline(folder), _nav(folder), f'<table class="facts">{rows}</table>']
-    warnings = evaluation.get("warnings") or []
+    warnings = evaluation.warnings
     if warnings:
         items = "".join(f"<li>{_e(folder.hide_paths(w))}</li>" for w in warnings)
         parts.append(f'<div class="box warn"><strong>Warnings ({len(warnings)})</strong><ul>{items}</ul></div>')
@@ -320,13 +293,10 @@ def _nav(folder: EvaluationFolder) -> str:
 AXIS_NAMES = ("left-right", "front-back", "up-down")  # RAS
 
 
-def describe_tta(evaluation: dict) -> str:
+def describe_tta(tta: bool, axes: list[int]) -> str:
     """Whether and how an evaluation averaged mirrored predictions (test-time augmentation)."""
-    if not evaluation.get("tta"):
+    if not tta:
         return "no"
-    axes = evaluation.get("tta_flip_axes")
-    if axes is None:  # evaluations written before the axes were recorded: left-right
-        return "yes (mirrored left-right)"
     if not axes:
         return "yes, but the model was trained without flips: nothing mirrored"
     return f"yes: {2 ** len(axes)} mirrorings averaged ({', '.join(AXIS_NAMES[a] for a in axes)})"
@@ -439,7 +409,7 @@ def _confusion_section(folder: EvaluationFolder) -> str:
     from medft.evaluate import plots
 
     parts = ['<section id="confusion"><h2>Confusion matrix of voxel classes</h2>']
-    matrix = folder.evaluation.get("confusion_matrix")
+    matrix = folder.evaluation.confusion_matrix
     names = folder.class_names
     if not matrix or np.asarray(matrix).sum() == 0 or np.asarray(matrix).shape != (len(names), len(names)):
         parts.append(_absent("No confusion matrix: evaluation.json holds none (no case with ground truth)."))
@@ -456,7 +426,7 @@ def _roc_section(folder: EvaluationFolder) -> str:
     from medft.evaluate import plots
 
     parts = ['<section id="roc"><h2>ROC curves</h2>']
-    curves = {k: v for k, v in (folder.evaluation.get("roc") or {}).items() if v and v.get("fpr") and v.get("tpr")}
+    curves = {k: v for k, v in folder.evaluation.roc.items() if v and v.get("fpr") and v.get("tpr")}
     if not curves:
         parts.append(_absent("No ROC curves: evaluation.json holds none (the voxel probabilities were not kept, "
                              "or no case had ground truth)."))
@@ -530,18 +500,20 @@ def _worst_section(folder: EvaluationFolder) -> str:
                  "foreground classes, worst first. Each picture shows the axial slice with the most voxels labelled "
                  "in the ground truth or the prediction, in radiological convention (patient's right on the left, "
                  "anterior at the top); the last panel marks where the prediction disagrees with the ground truth.</p>")
-    by_id = {c["case_id"]: c for c in folder.cases}
+    by_id = {c.case_id: c for c in folder.cases}
     dice_by_case: dict[str, dict[str, float]] = {}
     for row in folder.rows:
         if int(row.get("class_index", 0)) > 0:
             dice_by_case.setdefault(row["case_id"], {})[row["class_name"]] = row["dice"]
     for rank, (case_id, mean) in enumerate(worst, start=1):
         per_class = ", ".join(f"{n} {format_metric('dice', d)}" for n, d in dice_by_case.get(case_id, {}).items())
-        case = by_id.get(case_id, {"case_id": case_id})
-        site = f", site {_e(case['site'])}" if case.get("site") else ""
+        case = by_id.get(case_id)
+        site = f", site {_e(case.site)}" if case and case.site else ""
         caption = (f"<strong>{rank}. {_e(case_id)}</strong> — Dice {format_metric('dice', mean)} "
                    f"(mean of foreground classes; {_e(per_class)}){site}")
         try:
+            if case is None:
+                raise MedftError("evaluation.json does not list this case")
             uri, where = _case_picture(folder, case, f"{case_id}: Dice {format_metric('dice', mean)}")
         except Exception as exc:  # a missing or unreadable file must not stop the report
             parts.append(f'<figure><div class="box bad">Picture not drawn: {_e(folder.hide_paths(_reason(exc)))}</div>'
@@ -560,14 +532,13 @@ def _resolve(folder: EvaluationFolder, text: str) -> Path:
     path = Path(text)
     if path.is_absolute():
         return path
-    manifest = folder.evaluation.get("manifest")
-    for base in (folder.path, Path(manifest).parent if manifest else None, Path.cwd()):
-        if base is not None and (base / path).exists():
+    for base in (folder.path, Path(folder.evaluation.manifest).parent, Path.cwd()):
+        if (base / path).exists():
             return base / path
     return folder.path / path
 
 
-def _case_picture(folder: EvaluationFolder, case: dict, title: str) -> tuple[str, str]:
+def _case_picture(folder: EvaluationFolder, case: CaseRecord, title: str) -> tuple[str, str]:
     """The case's picture and where its slice lies; raises when a file is missing or grids differ.
 
     Slice choice, orientation, windowing and overlay colours come from ``medft.slices``, which
@@ -577,11 +548,11 @@ def _case_picture(folder: EvaluationFolder, case: dict, title: str) -> tuple[str
     from medft.data.loading import geometry_mismatch, load_image, load_label
     from medft.data.transforms import map_label_values
 
-    if case.get("status") != "ok" or not case.get("label") or not case.get("prediction") or not case.get("image"):
+    if case.status is not CaseStatus.OK or not case.label or not case.prediction or not case.image:
         raise MedftError("evaluation.json gives no image, ground truth and prediction for this case")
-    image = load_image([_resolve(folder, p) for p in case["image"]], case.get("series_uid"))
-    truth = load_label(_resolve(folder, case["label"]))
-    prediction = load_label(_resolve(folder, case["prediction"]))
+    image = load_image([_resolve(folder, p) for p in case.image], case.series_uid)
+    truth = load_label(_resolve(folder, case.label))
+    prediction = load_label(_resolve(folder, case.prediction))
     for name, other in (("ground truth", truth), ("prediction", prediction)):
         mismatch = geometry_mismatch(image, other)
         if mismatch:
@@ -634,7 +605,7 @@ def _slice_figure(panels: list[tuple[str, np.ndarray]], letters: dict[str, str],
     with rc_context({"font.size": 9, "axes.titlesize": 10, "savefig.facecolor": "white"}):
         fig = Figure(figsize=(len(panels) * panel_width, panel_height + 0.9), layout="constrained")
         axes = fig.subplots(1, len(panels))
-        for ax, (name, rgb) in zip(axes, panels):
+        for ax, (name, rgb) in zip(axes, panels, strict=True):
             ax.imshow(rgb, interpolation="nearest")
             ax.set_title(name)
             ax.set_xticks([])
@@ -653,20 +624,20 @@ def _slice_figure(panels: list[tuple[str, np.ndarray]], letters: dict[str, str],
 # ---- failed and prediction-only cases ---------------------------------------------------------
 def _other_cases_section(folder: EvaluationFolder) -> str:
     parts = ['<section id="other"><h2>Cases without scores</h2>']
-    failed = [c for c in folder.cases if c.get("status") == "failed"]
-    only = [c for c in folder.cases if c.get("status") == "prediction_only"]
+    failed = [c for c in folder.cases if c.status is CaseStatus.FAILED]
+    only = [c for c in folder.cases if c.status is CaseStatus.PREDICTION_ONLY]
     if not failed and not only:
         parts.append(_absent("Every case was predicted and scored against its ground truth."))
     if failed:
-        lines = "".join(f"<tr><td>{_e(c['case_id'])}</td><td>{_e(c.get('site') or '')}</td>"
-                        f"<td>{_e(folder.hide_paths(c.get('message') or 'no message'))}</td></tr>" for c in failed)
+        lines = "".join(f"<tr><td>{_e(c.case_id)}</td><td>{_e(c.site or '')}</td>"
+                        f"<td>{_e(folder.hide_paths(c.message or 'no message'))}</td></tr>" for c in failed)
         parts.append(f'<h3>Failed ({len(failed)})</h3><div class="box bad">These cases were not predicted; fix the '
                      f"problem and evaluate again.</div><table><tr><th>Case</th><th>Site</th><th>Problem</th></tr>"
                      f"{lines}</table>")
     if only:
-        note = lambda c: folder.hide_paths(c.get("message") or "no ground truth in the manifest")  # noqa: E731
-        lines = "".join(f"<tr><td>{_e(c['case_id'])}</td><td>{_e(c.get('site') or '')}</td>"
-                        f"<td>{'written' if c.get('prediction') else 'none'}</td><td>{_e(note(c))}</td></tr>" for c in only)
+        lines = "".join(f"<tr><td>{_e(c.case_id)}</td><td>{_e(c.site or '')}</td>"
+                        f"<td>{'written' if c.prediction else 'none'}</td>"
+                        f"<td>{_e(folder.hide_paths(c.message or 'no ground truth in the manifest'))}</td></tr>" for c in only)
         parts.append(f"<h3>Prediction only ({len(only)})</h3><p>Predicted but not scored: there is no ground truth. "
                      f"Review them in the review app.</p><table><tr><th>Case</th><th>Site</th><th>Prediction</th>"
                      f"<th>Note</th></tr>{lines}</table>")

@@ -18,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from medft import __version__
+from medft.atomic_files import new_file, new_folder
 from medft.data.checks import label_value_problems
 from medft.data.manifest import Case, Manifest, case_id_problem, load_manifest
 from medft.errors import DataError, MedftError, find_user_error
@@ -32,8 +33,8 @@ from medft.evaluate.inference import (
 )
 from medft.evaluate.report import write_report
 from medft.evaluate.summary import summarize, write_per_case
+from medft.formats.evaluation import CaseRecord, CaseStatus, Evaluation, write_evaluation
 from medft.metrics import confusion_counts, dice, sensitivity, specificity, surface_metrics
-from medft.atomic_files import new_file, new_folder
 
 log = logging.getLogger("medft.evaluate")
 ROC_BINS = 1000  # probability histogram resolution of the ROC curves
@@ -82,7 +83,7 @@ def _write_evaluation(out: Path, model: TrainedModel, manifest: Manifest, cases:
     for case in tqdm(cases, desc="evaluating", unit="case", disable=None):
         record = {"case_id": case.case_id, "site": case.site, "image": [str(p) for p in case.image],
                   "series_uid": case.series_uid, "label": str(case.label) if case.label else None,
-                  "prediction": None, "status": "ok", "message": None}
+                  "prediction": None, "status": CaseStatus.OK, "message": None}
         records.append(record)
         item = case.record()
         if case.label is not None and not case.label.exists():
@@ -101,14 +102,14 @@ def _write_evaluation(out: Path, model: TrainedModel, manifest: Manifest, cases:
                 stored, shown = problem.details.without_case(public=True), problem.details.without_case()
             else:
                 stored, shown = problem.public, str(problem)
-            record.update(status="failed", message=stored)
+            record.update(status=CaseStatus.FAILED, message=stored)
             warnings.append((f"case {case.case_id}: not evaluated: {stored}", f"case {case.case_id}: not evaluated: {shown}"))
             continue
         probs = model.preprocessing.to_input_grid(predict(model, data["image"], tta=tta), data["image"])
         labels = _label_map(probs, largest_component)
         record["prediction"] = str(save_prediction(labels, probs, out / "predictions" / f"{case.case_id}.nii.gz").relative_to(out))
         if "label" not in data:
-            record["status"] = "prediction_only"
+            record["status"] = CaseStatus.PREDICTION_ONLY
             if not record["message"]:
                 warnings.append((f"case {case.case_id}: no label, evaluated as prediction-only",) * 2)
             continue
@@ -120,16 +121,15 @@ def _write_evaluation(out: Path, model: TrainedModel, manifest: Manifest, cases:
     write_per_case(out / "per_case.csv", rows)
     summary = summarize(rows, model.class_names)
     (out / "summary.json").write_text(json.dumps(summary, indent=1, allow_nan=False) + "\n")
-    evaluation = {
-        "evaluation_id": uuid.uuid4().hex,  # scopes this evaluation's rows in a shared review store
-        "model": model.info, "manifest": str(manifest.path), "split": split, "class_names": model.class_names,
-        "label_map": {str(k): v for k, v in sorted(model.label_map.items())},  # the label files' values -> classes
-        "preprocessing": model.preprocessing.to_dict(public=True),
-        "tta": tta, "tta_flip_axes": list(model.flip_axes) if tta else [], "largest_component": largest_component, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "medft_version": __version__,
-        "cases": records, "confusion_matrix": confusion.tolist(), "roc": _roc_curves(histograms, model.class_names),
-        "warnings": [stored for stored, _ in warnings],
-    }
-    (out / "evaluation.json").write_text(json.dumps(evaluation, indent=1) + "\n")
+    write_evaluation(out, Evaluation(
+        evaluation_id=uuid.uuid4().hex, model=model.info, manifest=str(manifest.path), split=split,
+        class_names=model.class_names, label_map=dict(sorted(model.label_map.items())),
+        preprocessing=model.preprocessing.to_dict(public=True), tta=tta,
+        tta_flip_axes=list(model.flip_axes) if tta else [], largest_component=largest_component,
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"), medft_version=__version__,
+        cases=[CaseRecord(**record) for record in records], confusion_matrix=confusion.tolist(),
+        roc=_roc_curves(histograms, model.class_names), warnings=[stored for stored, _ in warnings],
+    ))
     write_report(out)
     for _, shown in warnings:
         log.warning(shown)
@@ -175,7 +175,7 @@ def predict_files(model_path: str | Path, inputs: list[Path], out: Path, tta: bo
     model = load_model(model_path)
     prep = model.preprocess()
     written, failed = [], []
-    for path, case_id in tqdm(list(zip(inputs, case_ids)), desc="predicting", unit="case", disable=None):
+    for path, case_id in tqdm(list(zip(inputs, case_ids, strict=True)), desc="predicting", unit="case", disable=None):
         try:
             data = prep(Case(case_id, (Path(path).resolve(),)).record())
             check_channels(model, data["image"], path)

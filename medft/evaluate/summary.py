@@ -262,7 +262,7 @@ def _resampled_means(v: np.ndarray, n_resamples: int, rng: np.random.Generator) 
     return means
 
 
-def _group_summary(table: "_Table", case_ids: list[str], metrics: Sequence[str], n_resamples: int, seed: int) -> dict:
+def _group_summary(table: _Table, case_ids: list[str], metrics: Sequence[str], n_resamples: int, seed: int) -> dict:
     group = {
         name: {m: describe(table.values(case_ids, c, m), n_resamples, seed) for m in metrics}
         for c, name in table.foreground
@@ -388,7 +388,7 @@ def read_per_case(path: str | Path) -> list[dict]:
                     f"line {line} has {len(record)} fields, not {len(PER_CASE_COLUMNS)}",
                     "write the file with medft, one field per column", file=path,
                 )
-            raw = dict(zip(PER_CASE_COLUMNS, record))
+            raw = dict(zip(PER_CASE_COLUMNS, record, strict=True))
             try:
                 row = {"case_id": raw["case_id"], "site": raw["site"], "class_index": int(raw["class_index"]),
                        "class_name": raw["class_name"]}

@@ -27,9 +27,10 @@ import secrets
 import threading
 import time
 import unicodedata
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from medft.atomic_files import atomic_write_text
 from medft.errors import MedftError

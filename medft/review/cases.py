@@ -11,7 +11,6 @@ stay inside the evaluation folder.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Iterable, Sequence
@@ -19,16 +18,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medft.errors import DataError, MedftError
-from medft.evaluate.report import label_map_of
 from medft.evaluate.summary import read_per_case
+from medft.formats import evaluation as evaluation_file
+from medft.formats.evaluation import CaseRecord, CaseStatus, read_evaluation_file
 from medft.review.store import evaluate_again
 
 PER_CASE = "per_case.csv"
-EVALUATION = "evaluation.json"
+EVALUATION = evaluation_file.FILE
 SORTS = ("worst", "best", "case_id")
 SORT_LABELS = {"worst": "worst first", "best": "best first", "case_id": "by case id"}
 REVIEW_FILTERS = ("all", "not reviewed", "reviewed")
-VIEWABLE = ("ok", "prediction_only")  # statuses with a prediction to look at
 
 
 class UnknownCaseError(MedftError):
@@ -41,7 +40,7 @@ class CaseEntry:
 
     case_id: str
     site: str
-    status: str  # ok | prediction_only | failed
+    status: CaseStatus
     message: str | None = None
     dice: dict[str, float] = field(default_factory=dict)  # per foreground class name
     sensitivity: dict[str, float] = field(default_factory=dict)
@@ -51,7 +50,7 @@ class CaseEntry:
     @property
     def viewable(self) -> bool:
         """True when there is a prediction to review."""
-        return self.status in VIEWABLE
+        return self.status.has_prediction
 
     @property
     def scored(self) -> bool:
@@ -111,22 +110,15 @@ class CaseTable:
 
     # ---------------------------------------------------------------------------------------
     @classmethod
-    def from_eval_dir(cls, eval_dir: str | Path) -> "CaseTable":
+    def from_eval_dir(cls, eval_dir: str | Path) -> CaseTable:
         """Read ``per_case.csv`` and ``evaluation.json`` of an evaluation folder."""
         given = Path(eval_dir)
         eval_dir = given.resolve()
         check_eval_dir(eval_dir)
         folder = os.stat(given)  # before the files: a folder put in its place later is told apart
-        try:
-            evaluation = json.loads((eval_dir / EVALUATION).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise DataError(f"cannot be read as JSON ({exc})", evaluate_again(eval_dir),
-                            file=eval_dir / EVALUATION) from None
-        records = evaluation.get("cases")
-        if not isinstance(records, list):
-            raise DataError("has no 'cases' list", evaluate_again(eval_dir), file=eval_dir / EVALUATION)
+        evaluation = read_evaluation_file(eval_dir, fix=evaluate_again(eval_dir))
         rows = read_per_case(eval_dir / PER_CASE)
-        class_names = [str(n) for n in evaluation.get("class_names") or []] or _names_from_rows(rows)
+        class_names = evaluation.class_names
         foreground = class_names[1:]
 
         cells: dict[str, dict[int, dict]] = {}
@@ -134,11 +126,8 @@ class CaseTable:
             cells.setdefault(str(row["case_id"]), {})[int(row["class_index"])] = row
 
         entries, files = [], {}
-        for record in records:
-            case_id = str(record.get("case_id") or "")
-            if not case_id or case_id in files:
-                raise DataError(f"case id {case_id!r} is empty or listed twice", evaluate_again(eval_dir),
-                                file=eval_dir / EVALUATION)
+        for record in evaluation.cases:
+            case_id = record.case_id
             case_rows = cells.get(case_id, {})
             dice, sens, spec = {}, {}, {}
             for index, name in enumerate(foreground, start=1):
@@ -149,16 +138,15 @@ class CaseTable:
             values = [v for v in dice.values() if not math.isnan(v)]
             entries.append(CaseEntry(
                 case_id=case_id,
-                site=str(record.get("site") or ""),
-                status=str(record.get("status") or "ok"),
-                message=record.get("message"),
+                site=record.site or "",
+                status=record.status,
+                message=record.message,
                 dice=dice, sensitivity=sens, specificity=spec,
                 mean_dice=sum(values) / len(values) if values else math.nan,
             ))
             files[case_id] = _case_files(eval_dir, record)
-        model = evaluation.get("model") or {}
-        return cls(eval_dir, class_names, entries, files, model_name=model.get("name") if isinstance(model, dict) else None,
-                   identity=_identity(folder, evaluation), label_map=label_map_of(evaluation))
+        return cls(eval_dir, class_names, entries, files, model_name=evaluation.model.name,
+                   identity=_identity(folder, evaluation.evaluation_id), label_map=evaluation.label_map)
 
     def replaced(self, eval_dir: str | Path) -> bool:
         """Whether ``eval_dir`` (the folder as given to ``from_eval_dir``) no longer holds the
@@ -277,14 +265,13 @@ def evaluation_identity(eval_dir: str | Path) -> tuple | None:
     evaluation_id of its evaluation.json. None when they cannot be read."""
     try:
         folder = os.stat(eval_dir)
-        evaluation = json.loads((Path(eval_dir) / EVALUATION).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        evaluation = read_evaluation_file(eval_dir)
+    except (OSError, MedftError):
         return None
-    return _identity(folder, evaluation)
+    return _identity(folder, evaluation.evaluation_id)
 
 
-def _identity(folder: os.stat_result, evaluation: object) -> tuple:
-    evaluation_id = evaluation.get("evaluation_id") if isinstance(evaluation, dict) else None
+def _identity(folder: os.stat_result, evaluation_id: str) -> tuple:
     return (folder.st_dev, folder.st_ino, evaluation_id)
 
 
@@ -294,27 +281,24 @@ def format_score(value: float, digits: int = 3) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-def _case_files(eval_dir: Path, record: dict) -> CaseFiles:
-    def resolve(value) -> Path:
-        path = Path(str(value))
+def _case_files(eval_dir: Path, record: CaseRecord) -> CaseFiles:
+    def resolve(value: str) -> Path:
+        path = Path(value)
         return path if path.is_absolute() else (eval_dir / path).resolve()
 
-    images = record.get("image") or []
-    if isinstance(images, str):
-        images = [images]
     prediction = None
-    if record.get("prediction"):
-        prediction = (eval_dir / str(record["prediction"])).resolve()
+    if record.prediction:
+        prediction = (eval_dir / record.prediction).resolve()
         if not prediction.is_relative_to(eval_dir):
             raise DataError(
-                f"case {record.get('case_id')}: the prediction {record['prediction']!r} lies outside the evaluation folder",
+                f"case {record.case_id}: the prediction {record.prediction!r} lies outside the evaluation folder",
                 f"medft writes predictions/<case_id>.nii.gz inside it; {evaluate_again(eval_dir)}",
                 file=eval_dir / EVALUATION,
             )
     return CaseFiles(
-        image=tuple(resolve(p) for p in images),
-        series_uid=record.get("series_uid") or None,
-        label=resolve(record["label"]) if record.get("label") else None,
+        image=tuple(resolve(p) for p in record.image),
+        series_uid=record.series_uid or None,
+        label=resolve(record.label) if record.label else None,
         prediction=prediction,
     )
 

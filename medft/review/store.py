@@ -28,13 +28,13 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
-import json
 import os
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from sqlalchemy import (
     Column,
@@ -58,6 +58,8 @@ from sqlalchemy.types import TypeDecorator
 
 from medft.atomic_files import atomic_write_text
 from medft.errors import MedftError
+from medft.formats import evaluation as evaluation_file
+from medft.formats.evaluation import read_evaluation_file
 
 GRADES: dict[int, str] = {
     1: "accept as is",
@@ -74,7 +76,7 @@ MAX_CASE_ID_CHARS = 256
 MAX_EVALUATION_ID_CHARS = 64  # medft writes a uuid4 hex: 32 characters
 MAX_REVIEWER_CHARS = 128
 SQLITE_BUSY_TIMEOUT_MS = 30_000
-EVALUATION_FILE = "evaluation.json"
+EVALUATION_FILE = evaluation_file.FILE
 # evaluation_id last: case_id stays the first column (the key that joins per_case.csv) and the
 # other columns keep their places.
 CSV_COLUMNS = ("case_id", "reviewer", "grade", "grade_label", "comment", "reviewed_at",
@@ -158,7 +160,7 @@ def _safe_url(url: str) -> str:
     """The URL without its password, fit for an error message."""
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - a URL too broken to parse is shown as given
+    except Exception:
         return str(url)
 
 
@@ -256,7 +258,7 @@ class ReviewStore:
         self._opened_file = self._file_identity()
 
     @classmethod
-    def for_eval_dir(cls, eval_dir: Path | str, url: str | None = None) -> "ReviewStore":
+    def for_eval_dir(cls, eval_dir: Path | str, url: str | None = None) -> ReviewStore:
         """The store of an evaluation directory: in ``url``, or ``<eval_dir>/reviews.sqlite``,
         for the evaluation id of ``<eval_dir>/evaluation.json`` (see ``evaluation_id_of``)."""
         eval_dir = Path(eval_dir)
@@ -276,7 +278,7 @@ class ReviewStore:
         """Close every connection. Everything submitted is already committed."""
         self._engine.dispose()
 
-    def __enter__(self) -> "ReviewStore":
+    def __enter__(self) -> ReviewStore:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -517,7 +519,7 @@ def evaluation_id_of(eval_dir: Path | str) -> str:
     """The ``evaluation_id`` that ``medft evaluate`` wrote into ``<eval_dir>/evaluation.json``.
 
     MedftError naming the folder or file, and the fix, when the folder, the file or the id is
-    missing or unreadable (evaluations from before medft wrote an id have none).
+    missing or unreadable.
     """
     eval_dir = Path(eval_dir)
     rerun = evaluate_again(eval_dir)
@@ -531,18 +533,8 @@ def evaluation_id_of(eval_dir: Path | str) -> str:
     if not path.is_file():
         raise MedftError(f"{path}: no such file, so the reviews cannot be tied to an evaluation. "
                          f"Fix: {rerun}")
-    try:
-        evaluation = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise MedftError(f"{path}: cannot be read as JSON ({exc}). Fix: {rerun}") from None
-    evaluation_id = evaluation.get("evaluation_id") if isinstance(evaluation, dict) else None
-    if evaluation_id is None:
-        raise MedftError(
-            f"{path}: has no evaluation_id (it was written by a medft from before reviews were "
-            "kept per evaluation), so its reviews could mix with other evaluations' in a shared "
-            f"database. Fix: {rerun}"
-        )
-    if (not isinstance(evaluation_id, str) or not evaluation_id.strip()
+    evaluation_id = read_evaluation_file(eval_dir, fix=rerun).evaluation_id
+    if (not evaluation_id.strip()
             or len(evaluation_id) > MAX_EVALUATION_ID_CHARS
             or any(ord(ch) < 32 or ord(ch) == 127 for ch in evaluation_id)):
         raise MedftError(

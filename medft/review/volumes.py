@@ -119,7 +119,7 @@ def display_scale(shape, spacing, pixels: int = DISPLAY_PIXELS) -> float:
     Large volumes (CT, 512 pixels) are never shrunk; small crops are magnified (at most 8x).
     """
     finest = min(float(s) for s in spacing)
-    extent = max(int(n) * float(s) / finest for n, s in zip(shape, spacing))
+    extent = max(int(n) * float(s) / finest for n, s in zip(shape, spacing, strict=True))
     return float(min(MAX_SCALE, max(1.0, math.floor(pixels / extent * 4) / 4)))
 
 

@@ -156,7 +156,7 @@ class _Caught(Transform):
     def __call__(self, data: dict):
         try:
             return self.transform(data)
-        except Exception as exc:  # noqa: BLE001 - raised by _cached once every case is done
+        except Exception as exc:
             self.errors[data.get("case_id")] = exc  # one key per case: safe across the pool's threads
             return None
 
@@ -173,7 +173,7 @@ def _cached(cases: list[dict], transform: Compose) -> CacheDataset:
     if failures:
         user_errors = [find_user_error(error) for error in failures]
         if any(error is None for error in user_errors):
-            raise next(error for error, user in zip(failures, user_errors) if user is None)
+            raise next(error for error, user in zip(failures, user_errors, strict=True) if user is None)
         shown, more = user_errors[:MAX_SHOWN], len(user_errors) - MAX_SHOWN
         end = [f"... and {more} more case(s); medft check-data lists them all"] if more > 0 else []
         raise MedftError("\n".join([str(error) for error in shown] + end),

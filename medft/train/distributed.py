@@ -188,7 +188,7 @@ def unused_parameters(network: nn.Module, example: torch.Tensor) -> set[str]:
         with torch.no_grad():
             for name, buffer in network.named_buffers():
                 buffer.copy_(buffers[name])
-    return {name for (name, _), grad in zip(named, grads) if grad is None}
+    return {name for (name, _), grad in zip(named, grads, strict=True) if grad is None}
 
 
 def wrap(network: nn.Module, device: torch.device, unused: Sequence[str] = ()) -> nn.Module:

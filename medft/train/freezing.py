@@ -49,14 +49,12 @@ from __future__ import annotations
 import bisect
 import re
 from collections.abc import Collection, Iterable, Sequence
-from dataclasses import dataclass
 
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 
+from medft.config import FREEZE_PRESETS, FreezeStage, freeze_epochs_problem, freeze_pattern_problem
 from medft.errors import MedftError
-
-PRESETS = ("none", "all_but_head", "encoder")
 
 # re.match patterns over parameter names: see the table in the module docstring.
 ENCODER_RULES: dict[str, tuple[str, ...]] = {
@@ -122,36 +120,6 @@ def set_train_mode(model: nn.Module, frozen: Collection[str]) -> None:
             module.eval()
 
 
-@dataclass
-class FreezeStage:
-    """From ``epoch`` (0-based) on, freeze ``preset`` plus the parameters matching ``patterns``."""
-
-    epoch: int
-    preset: str | None = None
-    patterns: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        if self.epoch < 0:
-            raise MedftError(f"freeze stage epoch must be 0 or more, got {self.epoch}. Fix: count epochs from 0")
-        _check_preset(self.preset)
-        self.patterns = _as_patterns(self.patterns)
-        for pattern in self.patterns:
-            _compile(pattern)
-
-    def frozen(self, model: nn.Module, head: Collection[str]) -> set[str]:
-        """The stage's frozen parameter names; a MedftError when it would leave nothing to train
-        (the first step would otherwise fail in backward, "does not require grad")."""
-        frozen = frozen_parameter_names(model, head, self.preset, self.patterns)
-        total = sum(1 for _ in model.named_parameters())
-        if total and len(frozen) == total:
-            raise MedftError(
-                f"freeze stage at epoch {self.epoch} (preset {self.preset or 'none'}, patterns {list(self.patterns)}) "
-                f"freezes all {total} parameter tensors of {type(model).__name__}: nothing would train. "
-                "Fix: narrow the patterns so that they leave the head (at least) trainable"
-            )
-        return frozen
-
-
 class FreezeSchedule:
     """Freeze stages by epoch; without a stage at epoch 0, training starts with nothing frozen."""
 
@@ -160,11 +128,9 @@ class FreezeSchedule:
         if not stages or stages[0].epoch != 0:
             stages.insert(0, FreezeStage(0, "none"))
         epochs = [stage.epoch for stage in stages]
-        if any(later <= earlier for earlier, later in zip(epochs, epochs[1:])):
-            raise MedftError(
-                f"freeze stages must have strictly increasing epochs, got {epochs}. "
-                "Fix: order the stages by epoch and give each a different one"
-            )
+        problem = freeze_epochs_problem(epochs)
+        if problem:
+            raise MedftError(problem)
         self.stages = tuple(stages)
         self._epochs = epochs
 
@@ -175,7 +141,7 @@ class FreezeSchedule:
         return self.stages[bisect.bisect_right(self._epochs, epoch) - 1]
 
     def frozen_at(self, model: nn.Module, head: Collection[str], epoch: int) -> set[str]:
-        return self.stage_at(epoch).frozen(model, head)
+        return _stage_frozen(self.stage_at(epoch), model, head)
 
     def changes_at(self, epoch: int) -> bool:
         """True when a stage starts at ``epoch`` (0 included)."""
@@ -184,7 +150,21 @@ class FreezeSchedule:
     def validate(self, model: nn.Module, head: Collection[str]) -> None:
         """Raise the MedftError of the first stage that does not fit ``model``, before training."""
         for stage in self.stages:
-            stage.frozen(model, head)
+            _stage_frozen(stage, model, head)
+
+
+def _stage_frozen(stage: FreezeStage, model: nn.Module, head: Collection[str]) -> set[str]:
+    """The stage's frozen parameter names; a MedftError when it would leave nothing to train
+    (the first step would otherwise fail in backward, "does not require grad")."""
+    frozen = frozen_parameter_names(model, head, stage.preset, stage.patterns)
+    total = sum(1 for _ in model.named_parameters())
+    if total and len(frozen) == total:
+        raise MedftError(
+            f"freeze stage at epoch {stage.epoch} (preset {stage.preset or 'none'}, patterns {list(stage.patterns)}) "
+            f"freezes all {total} parameter tensors of {type(model).__name__}: nothing would train. "
+            "Fix: narrow the patterns so that they leave the head (at least) trainable"
+        )
+    return frozen
 
 
 def parameter_groups(model: nn.Module, head: Collection[str], lr: float, head_lr: float, weight_decay: float) -> list[dict]:
@@ -277,8 +257,8 @@ def _check_known(model: nn.Module, frozen: Collection[str]) -> None:
 
 
 def _check_preset(preset: str | None) -> None:
-    if preset is not None and preset not in PRESETS:
-        raise MedftError(f"freeze preset must be one of {', '.join(PRESETS)}, got {preset!r}. Fix: use one of them")
+    if preset is not None and preset not in FREEZE_PRESETS:
+        raise MedftError(f"freeze preset must be one of {', '.join(FREEZE_PRESETS)}, got {preset!r}. Fix: use one of them")
 
 
 def _as_patterns(patterns: Sequence[str] | str) -> tuple[str, ...]:
@@ -287,10 +267,7 @@ def _as_patterns(patterns: Sequence[str] | str) -> tuple[str, ...]:
 
 
 def _compile(pattern: str) -> re.Pattern:
-    try:
-        return re.compile(pattern)
-    except re.error as exc:
-        raise MedftError(
-            f"freeze pattern {pattern!r} is not a valid regular expression ({exc}). "
-            r"Fix: escape special characters, e.g. 'encoder\.' for a literal dot"
-        ) from None
+    problem = freeze_pattern_problem(pattern)
+    if problem:
+        raise MedftError(problem)
+    return re.compile(pattern)

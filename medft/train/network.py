@@ -46,3 +46,13 @@ def prepare_network(config: ModelConfig, num_classes: int) -> PreparedNetwork:
 def _int(network_def: dict, key: str, default: int) -> int:
     value = network_def.get(key, default)
     return value if isinstance(value, int) else default
+
+
+def to_channels_last(network: torch.nn.Module, spatial_dims: int) -> torch.nn.Module:
+    """``network`` with its convolution kernels (the tensors of rank ``spatial_dims`` + 2) stored channels-last;
+    convolutions then give channels-last activations. Other tensors stay as they are."""
+    layout = torch.channels_last_3d if spatial_dims == 3 else torch.channels_last
+    for tensor in network.parameters():
+        if tensor.dim() == spatial_dims + 2:
+            tensor.data = tensor.data.contiguous(memory_format=layout)
+    return network

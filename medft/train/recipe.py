@@ -35,14 +35,16 @@ from medft.config import SGD_MOMENTUM, RunConfig, TrainConfig, describe_differen
 from medft.data.manifest import load_manifest
 from medft.data.preprocessing import PREPROCESSING_FILE
 from medft.errors import MedftError, find_user_error
+from medft.formats import checkpoint as checkpoint_file
+from medft.formats.checkpoint import Checkpoint, read_checkpoint, write_checkpoint
 from medft.metrics import confusion_counts, dice, foreground_mean
 from medft.train import distributed
-from medft.train.checkpoint import atomic_save, load_checkpoint, restore_rng_states, rng_states
+from medft.train.checkpoint import restore_rng_states, rng_states
 from medft.train.data import build_loaders, run_class_names
 from medft.train.early_stopping import EarlyStopping
-from medft.train.freezing import FreezeSchedule, FreezeStage, apply_freezing, parameter_groups, set_train_mode
+from medft.train.freezing import FreezeSchedule, apply_freezing, parameter_groups, set_train_mode
 from medft.train.metrics_log import read_metrics
-from medft.train.network import prepare_network
+from medft.train.network import prepare_network, to_channels_last
 from medft.train.preprocessing import resolve_spacing, run_preprocessing
 
 log = logging.getLogger("medft.train")
@@ -61,7 +63,7 @@ class FineTuneRecipe:
         of them (as it will when it decides from its arguments), or the launch ends in an error."""
         self.config, self.run_dir, self.resume = config, Path(run_dir), resume
         self.on_validation = on_validation
-        self.checkpoints = self.run_dir / "checkpoints"
+        self.checkpoints = self.run_dir / checkpoint_file.FOLDER
         self.start_epoch = self.start_step = 0
         self._epoch_loss = self._resumed_loss = (0.0, 0)  # (sum, steps) of the epoch's training loss
         self._stop_requested = False
@@ -105,6 +107,8 @@ class FineTuneRecipe:
         manifest = load_manifest(config.data.manifest)
         self.class_names = run_class_names(config, manifest.class_names)
         prepared = prepare_network(config.model, len(self.class_names))
+        if config.train.channels_last:
+            to_channels_last(prepared.network, prepared.spatial_dims)
         self.prepared, self.network, self.head = prepared, prepared.network.to(self.device), prepared.head
         if prepared.report is not None and self.main:
             (self.run_dir / "head_adaptation.txt").write_text(prepared.report.table() + "\n")
@@ -123,7 +127,7 @@ class FineTuneRecipe:
             if self._unused:
                 log.info("%d parameter tensors get no gradient from the loss (DDP looks for them every step)", len(self._unused))
 
-        self.schedule = FreezeSchedule([FreezeStage(s.epoch, s.preset, tuple(s.patterns)) for s in config.freeze])
+        self.schedule = FreezeSchedule(config.freeze)
         self.schedule.validate(self.network, self.head)  # a stage that does not fit fails now, not at epoch 20
         optim = config.optim
         groups = parameter_groups(self.network, self.head, optim.lr, optim.head_lr or 10 * optim.lr, optim.weight_decay)
@@ -149,7 +153,7 @@ class FineTuneRecipe:
         self.early = EarlyStopping(config.early_stopping.patience, config.early_stopping.min_delta)
         self.tensorboard = _tensorboard(self.run_dir / "tensorboard") if self.main else _NoTensorboard()
         if self.resume:
-            last = self.checkpoints / "last.pt"
+            last = self.checkpoints / checkpoint_file.LAST
             seen = distributed.all_gather_object(last.is_file())  # each process reads last.pt itself
             if seen[0] and not all(seen):
                 raise MedftError(
@@ -189,13 +193,13 @@ class FineTuneRecipe:
                     per_class = self._validate()
                     mean = float(per_class.nanmean()) if not per_class.isnan().all() else math.nan
                     improved = self.early.update(mean, epoch)
-                    record.update(val_dice=mean, val_dice_per_class=dict(zip(self.class_names[1:], per_class.tolist())))
+                    record.update(val_dice=mean, val_dice_per_class=dict(zip(self.class_names[1:], per_class.tolist(), strict=True)))
                 record["seconds"] = round(time.perf_counter() - started, 3)
                 record["best"] = improved
                 self._log_epoch(record)
                 if improved:  # before last.pt: a kill in between redoes this epoch, saving best again
-                    self.save_checkpoint("best.pt", epoch + 1, 0)
-                self.save_checkpoint("last.pt", epoch + 1, 0)
+                    self.save_checkpoint(checkpoint_file.BEST, epoch + 1, 0)
+                self.save_checkpoint(checkpoint_file.LAST, epoch + 1, 0)
                 if self.on_validation is not None and "val_dice" in record:
                     self.on_validation(epoch, record["val_dice"])
                 if config.early_stopping.enabled and self.early.should_stop:
@@ -232,10 +236,10 @@ class FineTuneRecipe:
             bar.set_postfix(loss=f"{loss:.4f}")
             if distributed.any_process(self._stop_requested):  # every process stops after the same step
                 bar.close()
-                self.save_checkpoint("last.pt", epoch, step + 1)
+                self.save_checkpoint(checkpoint_file.LAST, epoch, step + 1)
                 distributed.barrier()  # no process ends (and gets the others killed) before the save
                 raise TrainingInterrupted(
-                    f"stopped at epoch {epoch}, step {step + 1}; state saved to {self.checkpoints / 'last.pt'}. "
+                    f"stopped at epoch {epoch}, step {step + 1}; state saved to {self.checkpoints / checkpoint_file.LAST}. "
                     f"Continue with: medft train {self.run_dir / 'config.yaml'} --out {self.run_dir} --resume"
                 )
         bar.close()
@@ -308,36 +312,28 @@ class FineTuneRecipe:
         """Save the state after ``epoch`` full epochs and ``step`` steps of the next one (rank 0 only)."""
         if not self.main:
             return
-        atomic_save({
-            "epoch": epoch,
-            "step": step,
-            "model": self.network.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "early_stopping": self.early.state_dict(),
-            "epoch_loss": self._epoch_loss if step else (0.0, 0),  # so a mid-epoch resume logs the whole epoch's loss
-            "rng": rng_states(),
-            "class_names": self.class_names,
-            "network_def": self.prepared.network_def,
-            "preprocessing": self.preprocessing.to_dict(),
-            "medft_version": __version__,
-        }, self.checkpoints / name)
+        write_checkpoint(Checkpoint(
+            epoch=epoch, step=step, model=self.network.state_dict(), class_names=self.class_names,
+            network_def=self.prepared.network_def, optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(), early_stopping=self.early.state_dict(),
+            rng=rng_states(), preprocessing=self.preprocessing.to_dict(),
+            epoch_loss=self._epoch_loss if step else (0.0, 0),  # so a mid-epoch resume logs the whole epoch's loss
+        ), self.checkpoints / name)
 
     def _load_last(self) -> None:
-        state = load_checkpoint(self.checkpoints / "last.pt")
+        state = read_checkpoint(self.checkpoints / checkpoint_file.LAST)
         self._check_same_network(state)
-        self.network.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.early.load_state_dict(state["early_stopping"])
-        restore_rng_states(state["rng"])
-        self.start_epoch, self.start_step = state["epoch"], state["step"]
-        self._resumed_loss = tuple(state.get("epoch_loss", (0.0, 0)))
+        self.network.load_state_dict(state.model)
+        self.optimizer.load_state_dict(state.optimizer)
+        self.scheduler.load_state_dict(state.scheduler)
+        self.scaler.load_state_dict(state.scaler)
+        self.early.load_state_dict(state.early_stopping)
+        restore_rng_states(state.rng)
+        self.start_epoch, self.start_step = state.epoch, state.step
+        self._resumed_loss = tuple(state.epoch_loss)
         if self.main:
             _truncate_metrics(self.run_dir / "metrics.jsonl", self.start_epoch)
-        log.info("resumed from %s at epoch %d, step %d", self.checkpoints / "last.pt", self.start_epoch, self.start_step)
+        log.info("resumed from %s at epoch %d, step %d", self.checkpoints / checkpoint_file.LAST, self.start_epoch, self.start_step)
 
     # --- cleanup -------------------------------------------------------------------------------
 
@@ -368,16 +364,15 @@ class FineTuneRecipe:
 
     # --- helpers -------------------------------------------------------------------------------
 
-    def _check_same_network(self, state: dict) -> None:
+    def _check_same_network(self, state: Checkpoint) -> None:
         """The config is the one the run started with, but the bundle it names may have changed since."""
-        saved = state.get("network_def")  # None in no checkpoint medft writes; tolerated, the layers decide
-        same_def = saved is None or saved == self.prepared.network_def
+        same_def = state.network_def == self.prepared.network_def
         shapes = {name: tuple(t.shape) for name, t in self.network.state_dict().items()}
-        if same_def and shapes == {name: tuple(t.shape) for name, t in state["model"].items()}:
+        if same_def and shapes == {name: tuple(t.shape) for name, t in state.model.items()}:
             return
         source = f"the bundle {self.config.model.bundle}" if self.config.model.bundle else "model.network_def"
         raise MedftError(
-            f"{self.checkpoints / 'last.pt'}: the run started with another network than {source} builds now "
+            f"{self.checkpoints / checkpoint_file.LAST}: the run started with another network than {source} builds now "
             f"({'its network_def changed' if not same_def else 'its layers differ'}), so it cannot resume. "
             "Fix: restore the bundle as it was when the run started, or start a new run with another --out"
         )
@@ -393,7 +388,7 @@ class FineTuneRecipe:
                     f"{saved}: the config differs from the one this run started with, in {differences}. Fix: resume with "
                     f"`medft train {saved} --out {self.run_dir} --resume`, or start a new run with another --out"
                 )
-        elif (self.checkpoints / "last.pt").exists():
+        elif (self.checkpoints / checkpoint_file.LAST).exists():
             raise MedftError(
                 f"{self.run_dir} already holds a run. Fix: add --resume to continue it, or give another --out"
             )
@@ -482,7 +477,7 @@ def _supervised_loss(loss_fn, output, label: torch.Tensor) -> torch.Tensor:
     if output.ndim == label.ndim + 1:
         heads = output.unbind(1)
         weights = [0.5**i for i in range(len(heads))]
-        return sum(w * loss_fn(h, label) for w, h in zip(weights, heads)) / sum(weights)
+        return sum(w * loss_fn(h, label) for w, h in zip(weights, heads, strict=True)) / sum(weights)
     return loss_fn(output, label)
 
 

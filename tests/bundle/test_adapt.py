@@ -72,7 +72,7 @@ def test_weights_in_checkpoint_dicts_and_from_ddp_load_fully(tmp_path, key, pref
     root = make_bundle(tmp_path / "b", UNET3D, key=key, prefix=prefix)
     network, report = adapt_network(load_bundle(root))
     assert report.loaded_fraction == 1.0 and not report.new and not report.dropped
-    expected = {k.removeprefix(prefix): v for k, v in ((pretrained(root)[key] if key else pretrained(root))).items()}
+    expected = {k.removeprefix(prefix): v for k, v in (pretrained(root)[key] if key else pretrained(root)).items()}
     assert all(torch.equal(network.state_dict()[k], v) for k, v in expected.items())
 
 
@@ -100,7 +100,7 @@ def test_setting_channels_the_network_def_lacks_is_refused_unless_an_override_ad
     with pytest.raises(MedftError, match=r"has no out_channels argument to set to 3\. Fix: when BasicUNet takes "
                                          r"out_channels with a default value, .*model.network_overrides: \{out_channels: 3\}"):
         adapt_network(load_bundle(root), out_channels=3)
-    network, report = adapt_network(load_bundle(root), out_channels=3, overrides={"out_channels": 2})  # its default
+    _network, report = adapt_network(load_bundle(root), out_channels=3, overrides={"out_channels": 2})  # its default
     assert set(report.head) == set(report.new) == {"final_conv.weight", "final_conv.bias"}
 
 

@@ -120,7 +120,7 @@ def test_an_unreadable_manifest_leaves_a_data_source_without_counts(exported, tm
 
 def test_the_input_channels_are_described_one_by_one():
     config = SimpleNamespace(data=SimpleNamespace(spatial_size=[16, 16, 16]))
-    checkpoint = {"class_names": ["background", "tumour"], "network_def": {"in_channels": 2}}
+    checkpoint = SimpleNamespace(class_names=["background", "tumour"], network_def={"in_channels": 2})
     inputs = _network_data_format(config, checkpoint, {})["inputs"]["image"]
     assert inputs["num_channels"] == 2 and inputs["channel_def"] == {"0": "image channel 0", "1": "image channel 1"}
 

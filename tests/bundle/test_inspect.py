@@ -9,8 +9,8 @@ import torch
 from medft.bundle.inspect import format_inspection, inspect_bundle
 from medft.cli import main
 from medft.errors import MedftError
-from tests.bundle.test_adapt import FAMILIES
 from tests.bundle.helpers import UNET2D, UNET3D, ZSCORE, make_bundle
+from tests.bundle.test_adapt import FAMILIES
 
 CONTRACT = {"loaded": int, "new": int, "dropped": int, "total_pretrained": int, "forward_ok": bool}
 

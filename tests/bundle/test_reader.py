@@ -12,6 +12,7 @@ from medft.bundle.adapt import adapt_network
 from medft.bundle.reader import build_network, load_bundle
 from medft.errors import MedftError
 from tests.bundle.helpers import UNET2D, UNET3D, make_bundle, pretrained, tiny_net, tiny_net_source
+
 SWIN_OLD = {"_target_": "SwinUNETR", "img_size": [32, 32, 32], "in_channels": 1, "out_channels": 2,
             "feature_size": 12, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 1, 1], "norm_name": "batch"}
 
@@ -72,7 +73,7 @@ def test_macros_take_their_files_from_the_bundle_folder(tmp_path, monkeypatch):
     bundle = load_bundle(root)
     assert bundle.config_file.name == "inference.json" and bundle.config["base"] == UNET3D
     assert bundle.network_def == {**UNET3D, "num_res_units": "@base::num_res_units"}
-    network, report = adapt_network(bundle, out_channels=3)
+    _network, report = adapt_network(bundle, out_channels=3)
     assert len(report.loaded) == report.total_pretrained - 4
 
 
@@ -151,7 +152,7 @@ def test_an_argument_newer_monai_removed_names_the_override(tmp_path):
 def test_dropping_the_removed_argument_builds_and_adapts(tmp_path):
     current = {k: v for k, v in SWIN_OLD.items() if k != "img_size"}
     root = make_bundle(tmp_path / "b", SWIN_OLD, network=build_network(current))
-    network, report = adapt_network(load_bundle(root), out_channels=3, overrides={"img_size": None})
+    _network, report = adapt_network(load_bundle(root), out_channels=3, overrides={"img_size": None})
     assert sorted(report.new) == ["out.conv.conv.bias", "out.conv.conv.weight"]
     assert len(report.loaded) == report.total_pretrained - 2
 

@@ -130,7 +130,7 @@ def test_slices_sorted_by_position_not_instance_number_or_name(tmp_path, shown):
     rng.shuffle(numbers)
     shuffled = tmp_path / "shuffled"
     shuffled.mkdir()
-    for src, number in zip(files, numbers):
+    for src, number in zip(files, numbers, strict=True):
         dst = shuffled / f"{rng.getrandbits(40):010x}.dcm"
         shutil.copy(src, dst)
         edit_header(dst, InstanceNumber=number)

@@ -5,8 +5,15 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.transforms import (Compose, LoadImaged, NormalizeIntensityd, Orientationd, ScaleIntensityRanged,
-                              ScaleIntensityRangePercentilesd, Spacingd)
+from monai.transforms import (
+    Compose,
+    LoadImaged,
+    NormalizeIntensityd,
+    Orientationd,
+    ScaleIntensityRanged,
+    ScaleIntensityRangePercentilesd,
+    Spacingd,
+)
 
 from medft.data.preprocessing import Preprocessing, case_spacing, median_spacing
 from tests.conftest import sample_case

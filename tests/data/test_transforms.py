@@ -70,7 +70,8 @@ def test_flip_axes_mirror_each_axis_on_its_own():
 
 def test_elastic_bends_shapes_by_a_voxel_or_two_and_keeps_labels():
     image, label = sample_case("hippocampus_334")
-    case = Compose(Preprocessing.medft().training() + sampling("whole", SIZE))({"case_id": "hippocampus_334", "image": [image], "label": label})
+    steps = Compose(Preprocessing.medft().training() + sampling("whole", SIZE))
+    case = steps({"case_id": "hippocampus_334", "image": [image], "label": label})
     grid = torch.stack(torch.meshgrid(*[torch.arange(n, dtype=torch.float32) for n in SIZE], indexing="ij"))
     original = case["label"].as_tensor()
     assert augmentation("light", flip_axes=[], elastic=0.0) == []

@@ -163,7 +163,7 @@ def make_evaluation(folder: Path, *, cases=REPORT_CASES, lps_cases: tuple[str, .
 
     n = len(CLASS_NAMES)
     matrix = np.zeros((n, n), dtype=np.int64)
-    for t, p in zip(truth_arrays, pred_arrays):
+    for t, p in zip(truth_arrays, pred_arrays, strict=True):
         matrix += np.bincount((t.astype(np.int64) * n + p).ravel(), minlength=n * n).reshape(n, n)
     write_per_case(folder / "per_case.csv", rows)
     summary = summarize(rows, CLASS_NAMES, n_resamples=300)

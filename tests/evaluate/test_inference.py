@@ -47,10 +47,9 @@ def test_tta_averages_the_mirrorings_of_the_trained_axes(flip_axes):
 def test_the_report_names_the_mirrorings_or_their_absence():
     from medft.evaluate.report import describe_tta
 
-    assert describe_tta({"tta": False}) == "no"
-    assert describe_tta({"tta": True}) == "yes (mirrored left-right)"  # written before the axes were recorded
-    assert describe_tta({"tta": True, "tta_flip_axes": []}) == "yes, but the model was trained without flips: nothing mirrored"
-    assert describe_tta({"tta": True, "tta_flip_axes": [0, 1, 2]}) == "yes: 8 mirrorings averaged (left-right, front-back, up-down)"
+    assert describe_tta(False, []) == "no"
+    assert describe_tta(True, []) == "yes, but the model was trained without flips: nothing mirrored"
+    assert describe_tta(True, [0, 1, 2]) == "yes: 8 mirrorings averaged (left-right, front-back, up-down)"
 
 
 def test_a_bundle_whose_inferer_refers_to_its_config_gives_the_values(tmp_path):

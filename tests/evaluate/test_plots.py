@@ -18,7 +18,7 @@ def _figure(monkeypatch, draw):
 def _hollow_points(ax) -> list[tuple[float, float]]:
     white = to_rgba("white")
     return sorted((float(x), float(y)) for line in ax.get_lines() if to_rgba(line.get_markerfacecolor()) == white
-                  for x, y in zip(line.get_xdata(), line.get_ydata()))
+                  for x, y in zip(line.get_xdata(), line.get_ydata(), strict=True))
 
 
 def _stats(mean: float, ci: list | None, n: int) -> dict:

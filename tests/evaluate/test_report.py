@@ -18,6 +18,8 @@ import pytest
 from medft.data.dicom import scan_folder
 from medft.errors import MedftError
 from medft.evaluate.report import write_report
+from medft.formats.evaluation import Evaluation
+from tests.conftest import evaluation_json
 from tests.evaluate.helpers import CLASS_NAMES, DICOM_SERIES, make_evaluation
 
 DATA_URI = re.compile(r"data:image/png;base64,([A-Za-z0-9+/=]+)")
@@ -257,7 +259,7 @@ def test_worst_cases_are_at_most_six_and_skip_cases_without_a_defined_dice(tmp_p
     rows = [{"case_id": case_id, "site": "", "class_index": c, "class_name": CLASS_NAMES[c],
              "dice": 0.99 if c == 0 else values[c - 1]}
             for case_id, values in dice.items() for c in range(3)]
-    folder = EvaluationFolder(tmp_path, {"class_names": CLASS_NAMES}, None, rows)
+    folder = EvaluationFolder(tmp_path, Evaluation(**evaluation_json(class_names=CLASS_NAMES)), None, rows)
     worst = worst_cases(folder)
     assert [c for c, _ in worst] == ["one_nan", "c7", "c6", "c5", "c4", "c3"]
     assert worst[0][1] == pytest.approx(0.05) and worst[1][1] == pytest.approx(0.15)
@@ -269,7 +271,7 @@ def test_the_headline_counts_the_cases_whose_dice_is_undefined(tmp_path):
 
     dice = {"mean": 0.5, "ci95": [0.4, 0.6], "n": 9, "n_nan": 2}
     summary = {"overall": {"mean_foreground": {"dice": dice}, "anterior": {"dice": dice}}}
-    folder = EvaluationFolder(tmp_path, {"class_names": ["background", "anterior"]}, summary)
+    folder = EvaluationFolder(tmp_path, Evaluation(**evaluation_json(class_names=["background", "anterior"])), summary)
     assert ("on 9 cases with ground truth (and 2 more whose Dice is undefined: no structure in either the ground "
             "truth or the prediction); per class: anterior 0.500") in _headline(folder)
     dice["n_nan"] = 0

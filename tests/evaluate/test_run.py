@@ -22,7 +22,7 @@ from medft.errors import MedftError
 from medft.evaluate.report import write_report
 from medft.evaluate.run import evaluate, predict_files
 from medft.train.recipe import run_training
-from tests.conftest import SAMPLE, copy_case, sample_case, write_csv
+from tests.conftest import SAMPLE, copy_case, evaluation_json, sample_case, write_csv
 from tests.train.helpers import make_config
 
 CLASSES = {"0": "background", "1": "anterior", "2": "posterior"}
@@ -373,7 +373,8 @@ def test_cases_with_nan_voxels_or_labels_outside_the_classes_fail_alone_as_check
     assert [cases[c]["status"] for c in ("a1", "nan", "three", "half")] == ["ok", "failed", "failed", "failed"]
     assert "voxel(s) of the image are NaN or infinite" in cases["nan"]["message"]
     assert "label values [3] are outside the declared classes 0..2" in cases["three"]["message"]
-    assert "Fix: declare those classes (in the \"labels\" of dataset.json, or in the .classes.json beside a CSV" in cases["three"]["message"]
+    fix = 'Fix: declare those classes (in the "labels" of dataset.json, or in the .classes.json beside a CSV'
+    assert fix in cases["three"]["message"]
     assert "label values are not whole numbers (e.g. 0.5)" in cases["half"]["message"]
     assert {r["case_id"] for r in _per_case(out)} == {"a1"}
 
@@ -436,7 +437,7 @@ def test_compare_with_a_folder_that_is_no_evaluation_stops_before_inference(trai
         evaluate(trained, manifest, tmp_path / "eval", compare=tmp_path / "empty")
     other = tmp_path / "other_classes"
     other.mkdir()
-    (other / "evaluation.json").write_text(json.dumps({"class_names": ["background", "hippocampus"]}))
+    (other / "evaluation.json").write_text(json.dumps(evaluation_json(class_names=["background", "hippocampus"])))
     with pytest.raises(MedftError, match=r"its classes \[background, hippocampus\] differ from the model's "
                                          r"\[background, anterior, posterior\]"):
         evaluate(trained, manifest, tmp_path / "eval", compare=other)
@@ -495,7 +496,8 @@ def test_a_missing_model_folder_and_a_run_without_checkpoint_say_so(trained, tmp
     shutil.copy(trained / "config.yaml", run / "config.yaml")
     for _ in range(2):  # without checkpoints/, then with it empty
         with pytest.raises(MedftError, match=r"no checkpoint yet .*the run has not finished an epoch\. Fix: train it "
-                                             rf"\(`medft train {re.escape(str(run / 'config.yaml'))} --out {re.escape(str(run))} --resume`\)"):
+                                             rf"\(`medft train {re.escape(str(run / 'config.yaml'))} --out {re.escape(str(run))} "
+                                             r"--resume`\)"):
             load_model(run)
         (run / "checkpoints").mkdir(exist_ok=True)
 
@@ -659,7 +661,8 @@ def test_label_files_stored_with_other_values_are_drawn_through_the_runs_label_m
 
     drawn = {}
     monkeypatch.setattr(report_module, "_slice_figure", lambda panels, letters, legend, title: drawn.update(legend=legend))
-    report_module._case_picture(report_module.read_evaluation(tmp_path / "eval"), evaluation["cases"][0], "a1")
+    folder = report_module.read_evaluation(tmp_path / "eval")
+    report_module._case_picture(folder, folder.cases[0], "a1")
     assert [name for _, name in drawn["legend"]] == ["anterior", "posterior", "false positive", "false negative",
                                                      "wrong class"]
     volumes = load_case(CaseTable.from_eval_dir(tmp_path / "eval"), "a1")

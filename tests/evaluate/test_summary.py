@@ -8,7 +8,13 @@ import pytest
 
 from medft.errors import DataError
 from medft.evaluate.summary import (
-    PER_CASE_COLUMNS, bootstrap_ci, describe, paired_difference, read_per_case, summarize, unpaired_difference,
+    PER_CASE_COLUMNS,
+    bootstrap_ci,
+    describe,
+    paired_difference,
+    read_per_case,
+    summarize,
+    unpaired_difference,
     write_per_case,
 )
 
@@ -301,7 +307,7 @@ def test_unpaired_interval_narrows_with_more_cases():
 # --------------------------------------------------------------------------------------------
 def _assert_same_rows(got: list[dict], expected: list[dict]) -> None:
     assert len(got) == len(expected)
-    for g, e in zip(got, expected):
+    for g, e in zip(got, expected, strict=True):
         assert list(g) == list(PER_CASE_COLUMNS)
         for key in PER_CASE_COLUMNS:
             if isinstance(e[key], float) and math.isnan(e[key]):

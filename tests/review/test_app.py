@@ -414,7 +414,7 @@ def test_launch_checks_the_folder_and_the_users_file(eval_dir, tmp_path, monkeyp
     evaluation = json.loads((old / "evaluation.json").read_text())
     del evaluation["evaluation_id"]
     (old / "evaluation.json").write_text(json.dumps(evaluation))
-    with pytest.raises(MedftError, match="has no evaluation_id.*Fix: evaluate again into a new folder"):
+    with pytest.raises(MedftError, match=r"evaluation_id: Field required\)\. Fix: evaluate again into a new folder"):
         support.launch(old, None, None, f"sqlite:///{tmp_path / 'team.sqlite'}")
 
     calls = []
@@ -434,7 +434,7 @@ def test_launch_checks_the_folder_and_the_users_file(eval_dir, tmp_path, monkeyp
     assert support.launch(eval_dir, 8765, None, url) == 0
     command = calls[0]
     assert command[:5] == [sys.executable, "-m", "streamlit", "run", str(support.APP_PATH)]
-    options = dict(zip(command[5:command.index("--")][::2], command[5:command.index("--")][1::2]))
+    options = dict(zip(command[5:command.index("--")][::2], command[5:command.index("--")][1::2], strict=True))
     assert options["--server.headless"] == "true" and options["--server.port"] == "8765"
     assert options["--client.showErrorDetails"] == "none" and options["--browser.gatherUsageStats"] == "false"
     args = command[command.index("--") + 1:]

@@ -21,6 +21,7 @@ import pytest
 from medft.errors import MedftError
 from medft.review import store as store_module
 from medft.review.store import CSV_COLUMNS, GRADES, MAX_COMMENT_CHARS, Review, ReviewStore
+from tests.conftest import evaluation_json
 
 REPO = Path(__file__).resolve().parents[2]
 EVAL_ID = "0123456789abcdef0123456789abcdef"  # as medft evaluate writes it: a uuid4 hex
@@ -28,9 +29,7 @@ EVAL_ID = "0123456789abcdef0123456789abcdef"  # as medft evaluate writes it: a u
 
 def _write_evaluation(folder: Path, evaluation_id: str | None = EVAL_ID) -> Path:
     """A minimal evaluation.json in ``folder``, with ``evaluation_id`` unless None."""
-    evaluation = {"class_names": ["background", "organ"], "cases": []}
-    if evaluation_id is not None:
-        evaluation["evaluation_id"] = evaluation_id
+    evaluation = evaluation_json(evaluation_id=evaluation_id)
     (folder / "evaluation.json").write_text(json.dumps(evaluation), encoding="utf-8")
     return folder
 
@@ -521,16 +520,16 @@ def test_for_eval_dir_refuses_an_evaluation_without_an_id(tmp_path):
         ReviewStore.for_eval_dir(tmp_path)
     _write_evaluation(tmp_path, evaluation_id=None)
     for url in (None, other):  # with --db too: the id scopes the rows of a shared database
-        with pytest.raises(MedftError, match=r"evaluation\.json: has no evaluation_id.*"
-                                             r"Fix: evaluate again into a new folder") as caught:
+        with pytest.raises(MedftError, match=r"evaluation\.json: not an evaluation.json that medft evaluate writes "
+                                             r"\(evaluation_id: Field required\)\. Fix: evaluate again into a new folder") as caught:
             ReviewStore.for_eval_dir(tmp_path, url)
         assert str(tmp_path / "evaluation.json") in str(caught.value)
     for bad in ("", "   ", 42, "x" * 65, "a\nb"):
         _write_evaluation(tmp_path, evaluation_id=bad)
-        with pytest.raises(MedftError, match="not a usable id.*Fix: evaluate again into a new folder"):
+        with pytest.raises(MedftError, match="evaluation_id.*Fix: evaluate again into a new folder"):
             ReviewStore.for_eval_dir(tmp_path)
     (tmp_path / "evaluation.json").write_text("{not json", encoding="utf-8")
-    with pytest.raises(MedftError, match="cannot be read as JSON.*Fix: evaluate again into a new folder"):
+    with pytest.raises(MedftError, match="not valid JSON.*Fix: evaluate again into a new folder"):
         ReviewStore.for_eval_dir(tmp_path)
     assert not (tmp_path / "reviews.sqlite").exists()  # nothing was created for a refused folder
 
@@ -538,7 +537,7 @@ def test_for_eval_dir_refuses_an_evaluation_without_an_id(tmp_path):
 def test_a_store_needs_an_evaluation_id(tmp_path):
     url = f"sqlite:///{tmp_path / 'reviews.sqlite'}"
     with pytest.raises(TypeError):
-        ReviewStore(url)  # noqa - the id is required
+        ReviewStore(url)
     for bad in ("", "  ", None, "x" * 65, "a\tb"):
         with pytest.raises(MedftError, match="evaluation_id.*Fix"):
             ReviewStore(url, bad)

@@ -21,7 +21,8 @@ from tests.train.helpers import TRAIN_IDS, make_config, two_series_image
 def test_the_train_transform_applies_the_configured_augmentation(tmp_path):
     def steps(**changes):
         config = load_config(make_config(tmp_path, **changes))
-        transform = build_loaders(config, load_manifest(config.data.manifest), run_preprocessing(config), torch.Generator().manual_seed(0), 1)[2]
+        transform = build_loaders(config, load_manifest(config.data.manifest), run_preprocessing(config),
+                                  torch.Generator().manual_seed(0), 1)[2]
         flips = [t.flipper.spatial_axis for t in transform.transforms if isinstance(t, RandFlipd)]
         return flips, [t.prob for t in transform.transforms if isinstance(t, Rand3DElasticd)]
 
@@ -44,7 +45,7 @@ def test_label_values_beyond_the_runs_classes_name_each_case_and_the_fix(tmp_pat
     assert [line.split(":")[0] for line in lines] == [f"ERROR case {c}" for c in TRAIN_IDS]
     assert "label values [2] are outside the run's classes 0..1 (background, hippocampus)" in lines[0]
     assert "Fix: give every class a name in data.class_names" in lines[0] and "data.label_map" in lines[0]
-    train, val, _ = _loaders(tmp_path, **{"data.class_names": ["background", "hippocampus"], "data.label_map": {2: 1}})
+    _train, val, _ = _loaders(tmp_path, **{"data.class_names": ["background", "hippocampus"], "data.label_map": {2: 1}})
     assert set(val.dataset[0]["label"].unique().tolist()) <= {0, 1}
 
 
@@ -67,7 +68,8 @@ def test_a_case_error_names_the_dicom_series_on_the_console_but_not_in_its_publi
     config = load_config(make_config(tmp_path, **changes))
     folder, uids = two_series_image(tmp_path)
     with pytest.raises(MedftError) as err:
-        train, _, _ = build_loaders(config, load_manifest(config.data.manifest), run_preprocessing(config), torch.Generator().manual_seed(0), 1)
+        train, _, _ = build_loaders(config, load_manifest(config.data.manifest), run_preprocessing(config),
+                                    torch.Generator().manual_seed(0), 1)
         list(train)
     error = find_user_error(err.value)
     assert all(uid in str(error) for uid in uids)
@@ -87,7 +89,8 @@ def test_a_case_that_fails_while_caching_ends_the_run_with_exit_1_not_an_abort(t
     rewrite_nifti(image, data)
     (tmp_path / "manifest.csv").write_text(manifest.replace(str(sample_case(TRAIN_IDS[1])[0]), str(image)))
     script = ("import sys, torch\nfrom medft.config import load_config\nfrom medft.data.manifest import load_manifest\n"
-              "from medft.errors import MedftError\nfrom medft.train.data import build_loaders\nfrom medft.train.preprocessing import run_preprocessing\n"
+              "from medft.errors import MedftError\nfrom medft.train.data import build_loaders\nfrom medft.train.preprocessing import "
+              "run_preprocessing\n"
               f"config = load_config({str(config)!r})\n"
               "try:\n    build_loaders(config, load_manifest(config.data.manifest), run_preprocessing(config), torch.Generator(), 1)\n"
               "except MedftError as exc:\n    print(exc)\n    sys.exit(1)\n")

@@ -8,6 +8,7 @@ bit: summing gradients in another order rounds differently.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -80,10 +81,8 @@ def _kill(process: subprocess.Popen) -> str:
     workers = _children(process.pid)
     process.kill()
     for pid in workers:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     return process.communicate(timeout=WAIT)[0]
 
 
@@ -127,7 +126,7 @@ def test_two_processes_reach_the_weights_of_one_process_with_the_same_global_bat
             (name, (got[name] - expected[name]).abs().max())
     records_two, records_one = _metrics(two), _metrics(one)
     assert [r["epoch"] for r in records_two] == [r["epoch"] for r in records_one] == [0, 1, 2]  # stopped early
-    for a, b in zip(records_two, records_one):  # the global loss, and the Dice over the cases of both processes
+    for a, b in zip(records_two, records_one, strict=True):  # the global loss, and the Dice over the cases of both processes
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
         assert a["val_dice"] == pytest.approx(b["val_dice"], abs=1e-6)
         assert a["best"] == b["best"] and a["frozen_tensors"] == b["frozen_tensors"]

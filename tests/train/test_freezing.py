@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from monai.networks.nets import BasicUNet, DynUNet, FlexibleUNet, SegResNet, SwinUNETR, UNet
+from pydantic import ValidationError
 from torch import nn
 
 from medft.errors import MedftError
@@ -111,7 +112,7 @@ def test_patterns_add_to_the_preset_and_may_freeze_the_head():
     top_up_layer = {n for n in _names(model) if n.startswith("model.2.")}
     assert frozen_parameter_names(model, head, "none", [r"^model\.2\."]) == top_up_layer > head
     assert frozen_parameter_names(model, head, patterns=r"^model\.2\.") == top_up_layer  # one string, one pattern
-    assert FreezeStage(0, patterns=r"^model\.2\.").patterns == (r"^model\.2\.",)
+    assert FreezeStage(0, patterns=r"^model\.2\.").patterns == [r"^model\.2\."]
     encoder = frozen_parameter_names(model, head, "encoder")
     with_bias = frozen_parameter_names(model, head, "encoder", ["submodule\\.2\\..*bias$"])
     assert with_bias - encoder == {n for n in _names(model) if n.startswith("model.1.submodule.2.") and n.endswith("bias")}
@@ -209,11 +210,8 @@ def test_validate_reports_a_stage_that_does_not_fit_before_training():
 @pytest.mark.parametrize(
     "call, message",
     [
-        (lambda m, h: FreezeStage(0, "encodr"), "'encodr'"),
         (lambda m, h: frozen_parameter_names(m, h, "encodr"), "'encodr'"),
         (lambda m, h: frozen_parameter_names(m, h, "none", ["nothing_here"]), "'nothing_here'.*model.0.conv"),
-        (lambda m, h: FreezeStage(0, patterns=["down_("]), "'down_\\('"),
-        (lambda m, h: FreezeStage(-1), "-1"),
         (
             lambda m, h: frozen_parameter_names(nn.Sequential(nn.Conv2d(1, 2, 1)), {"0.bias"}, "encoder"),
             "Sequential.*UNet.*patterns",
@@ -225,6 +223,18 @@ def test_validate_reports_a_stage_that_does_not_fit_before_training():
 def test_errors_name_the_value(call, message):
     with pytest.raises(MedftError, match=message):
         call(_unet(2), _head(_unet))
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: FreezeStage(0, "encodr"), "preset.*'encodr'"),
+    (lambda: FreezeStage(0, patterns=["down_("]), "freeze pattern 'down_\\(' is not a valid regular expression.*Fix: escape"),
+    (lambda: FreezeStage(0, patterns=[""]), "empty freeze pattern.*Fix"),
+    (lambda: FreezeStage(-1), "epoch.*greater than or equal to 0"),
+])
+def test_a_stage_is_checked_when_made_as_in_a_config(make, message):
+    """One FreezeStage, the config's: made in code, it checks what a config file's stage is checked for."""
+    with pytest.raises(ValidationError, match=re.compile(message, re.S)):
+        make()
 
 
 def test_parameter_groups_hold_every_parameter_once():

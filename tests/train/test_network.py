@@ -20,9 +20,8 @@ def test_a_run_of_such_a_network_is_rebuilt_with_its_own_class_count(tmp_path):
     """The run trains 3 classes; the bundle's network_def still says 2."""
     import shutil
 
-    import torch
-
     from medft.evaluate.inference import load_model
+    from medft.formats.checkpoint import Checkpoint, write_checkpoint
     from tests.train.helpers import make_config
 
     make_bundle(tmp_path / "bundle", config={"network_def": FAMILIES["dints"][0]})
@@ -30,7 +29,8 @@ def test_a_run_of_such_a_network_is_rebuilt_with_its_own_class_count(tmp_path):
     (run / "checkpoints").mkdir(parents=True)
     shutil.copy(make_config(tmp_path), run / "config.yaml")
     prepared = prepare_network(ModelConfig(bundle=str(tmp_path / "bundle")), 3)
-    torch.save({"network_def": prepared.network_def, "model": prepared.network.state_dict(),
-                "class_names": ["background", "anterior", "posterior"]}, run / "checkpoints" / "last.pt")
+    write_checkpoint(Checkpoint(epoch=1, step=0, model=prepared.network.state_dict(), network_def=prepared.network_def,
+                                class_names=["background", "anterior", "posterior"], optimizer={}, scheduler={}, scaler={},
+                                early_stopping={}, rng={}), run / "checkpoints" / "last.pt")
     model = load_model(run, checkpoint="last")
     assert model.network.stem_finals[1].weight.shape[0] == 3

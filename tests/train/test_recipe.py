@@ -24,6 +24,7 @@ from tests.bundle.helpers import UNET3D, make_bundle, pretrained
 from tests.conftest import REPO, sample_case, write_csv
 from tests.train.helpers import TRAIN_IDS, VAL_IDS, make_config, two_series_image
 
+
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     torch.set_num_threads(1)
@@ -571,3 +572,50 @@ def test_bfloat16_on_a_cpu_without_it_is_warned_of_with_the_fix(tmp_path, monkey
         run_training(config, tmp_path / "run")
     warned = "this CPU has no bfloat16 support" in caplog.text and "Fix: --set train.amp=false" in caplog.text
     assert warned != native_bf16
+
+
+def test_channels_last_trains_the_same_network_in_the_other_layout(tmp_path):
+    """train.channels_last stores the kernels, hence the activations, channels-last; the losses and the
+    weights are those of the default layout up to float rounding, and evaluation of the run uses the layout."""
+    from medft.evaluate.inference import load_model
+    from medft.train.recipe import FineTuneRecipe
+
+    runs, layouts = {}, []
+    for channels_last in (False, True):
+        out = tmp_path / f"channels_last_{channels_last}"
+        config = load_config(make_config(tmp_path, **{"train.epochs": 1, "train.channels_last": channels_last}))
+        recipe = FineTuneRecipe(config, out)
+        try:
+            recipe.setup()
+            # a one-channel input gives no layout to follow: the first convolution's output stays as it is
+            conv = next(m for m in recipe.network.modules() if isinstance(m, torch.nn.Conv3d) and m.in_channels > 1)
+            conv.register_forward_hook(lambda module, args, output, c=channels_last: layouts.append(
+                (c, output.is_contiguous(memory_format=torch.channels_last_3d))))
+            recipe.train()
+        finally:
+            recipe.cleanup()
+        runs[channels_last] = out
+    assert {c for c, _ in layouts} == {False, True} and all(c == is_last for c, is_last in layouts)
+    default, last = (_metrics(runs[c])[0] for c in (False, True))
+    assert last["train_loss"] == pytest.approx(default["train_loss"], rel=1e-4)
+    # one forward and backward pass: the same outputs and gradients (Adam's steps amplify rounding, so the
+    # weights after an epoch are no comparison)
+    from medft.train.network import to_channels_last
+
+    state = torch.load(runs[False] / "checkpoints" / "last.pt", weights_only=False)
+    from medft.bundle.reader import build_network
+
+    nets = [build_network(state["network_def"], source="test") for _ in range(2)]
+    for net in nets:
+        net.load_state_dict(state["model"])
+    to_channels_last(nets[1], 3)
+    image = torch.randn(2, 1, 32, 48, 32, generator=torch.Generator().manual_seed(0))
+    outputs = [net(image) for net in nets]
+    for output in outputs:
+        output.square().mean().backward()
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-4, atol=1e-5)
+    for a, b in zip(nets[0].parameters(), nets[1].parameters(), strict=True):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-3, atol=1e-6)
+    model = load_model(runs[True], checkpoint="last")
+    kernel = next(t for t in model.network.parameters() if t.dim() == 5 and t.shape[1] > 1)
+    assert kernel.is_contiguous(memory_format=torch.channels_last_3d) and not kernel.is_contiguous()
