@@ -100,9 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
         "medft train configs/demo.yaml --set train.epochs=5 --out runs/demo5",
     )
     train.add_argument("config", type=Path, help="YAML run config (see configs/)")
-    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config value, e.g. --set optim.lr=3e-4 (repeatable; a relative "
-                            "data.manifest or model.bundle starts at the working directory)")
+    _add_overrides(train, "optim.lr=3e-4", "; a relative data.manifest or model.bundle starts at the working directory")
     train.add_argument("--out", type=Path, default=None, help="run folder (default: runs/<config name>)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from checkpoints/last.pt")
     train.set_defaults(run=_train)
@@ -119,8 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     validate.add_argument("config", type=Path, nargs="?", help="YAML run config")
     validate.add_argument("--keys", action="store_true", help="list every config key with its type, default and meaning")
-    validate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                          help="override a config value (repeatable)")
+    _add_overrides(validate, "train.epochs=3")
     validate.set_defaults(run=_validate)
 
     tune = _command(
@@ -146,8 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="database URL of the study (default: sqlite:///OUT/study.db)")
     tune.add_argument("--study", default=None, metavar="NAME",
                       help="study name (default: search.study_name, else the config file's name)")
-    tune.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                      help="override a config value, e.g. --set train.epochs=10 (repeatable)")
+    _add_overrides(tune, "train.epochs=10")
     tune.set_defaults(run=_tune)
 
     evaluate = _command(
@@ -164,11 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--manifest", type=Path, required=True, help="CSV manifest, MSD dataset.json or nnU-Net raw folder")
     evaluate.add_argument("--out", type=Path, required=True, help="evaluation folder to write")
     evaluate.add_argument("--split", default=None, help="evaluate one split (train, val, test); default: all cases")
-    evaluate.add_argument("--tta", action="store_true",
-                          help="average with the mirrored predictions along the axes the model was trained to mirror (data.flip_axes: "
-                               "left-right by default)")
-    evaluate.add_argument("--largest-component", action="store_true",
-                          help="keep only each class's largest connected component (structures that are one piece)")
+    _add_inference_options(evaluate)
     evaluate.add_argument("--checkpoint", choices=("best", "last"), default="best",
                           help="a run's best checkpoint (picked on its validation split; default) or its last one "
                                "(the final model: an unbiased score on that validation split); run folders only: "
@@ -190,11 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("model", type=Path, help="run folder (medft train) or bundle folder")
     predict.add_argument("inputs", type=Path, nargs="+", help="NIfTI files or DICOM series folders")
     predict.add_argument("--out", type=Path, required=True, help="folder for the predictions")
-    predict.add_argument("--tta", action="store_true",
-                         help="average with the mirrored predictions along the axes the model was trained to mirror (data.flip_axes: "
-                              "left-right by default)")
-    predict.add_argument("--largest-component", action="store_true",
-                         help="keep only each class's largest connected component (structures that are one piece)")
+    _add_inference_options(predict)
     predict.add_argument("--overwrite", action="store_true",
                          help="replace prediction files already in --out (default: refuse before predicting)")
     predict.set_defaults(run=_predict)
@@ -292,6 +280,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--epochs", type=_count, default=None, help="train fewer epochs than configs/demo.yaml, for a quick look")
     demo.set_defaults(run=_demo)
     return parser
+
+
+def _add_overrides(parser: argparse.ArgumentParser, example: str, note: str = "") -> None:
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help=f"override a config value, e.g. --set {example} (repeatable{note})")
+
+
+def _add_inference_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tta", action="store_true",
+                        help="average with the mirrored predictions along the axes the model was trained to mirror "
+                             "(data.flip_axes: left-right by default)")
+    parser.add_argument("--largest-component", action="store_true",
+                        help="keep only each class's largest connected component (structures that are one piece)")
 
 
 def _whole_number(rule: str, low: int, high: int | None = None):

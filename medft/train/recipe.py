@@ -33,7 +33,7 @@ from medft import __version__
 from medft.atomic_files import atomic_write_text
 from medft.config import SGD_MOMENTUM, RunConfig, TrainConfig, describe_differences, dump_config, read_yaml
 from medft.data.manifest import load_manifest
-from medft.data.preprocessing import PREPROCESSING_FILE
+from medft.data.preprocessing import PREPROCESSING_FILE, Preprocessing
 from medft.errors import MedftError, find_user_error
 from medft.formats import checkpoint as checkpoint_file
 from medft.formats.checkpoint import Checkpoint, read_checkpoint, write_checkpoint
@@ -44,7 +44,7 @@ from medft.train.data import build_loaders, run_class_names
 from medft.train.early_stopping import EarlyStopping
 from medft.train.freezing import FreezeSchedule, apply_freezing, parameter_groups, set_train_mode
 from medft.train.metrics_log import read_metrics
-from medft.train.network import prepare_network, to_channels_last
+from medft.train.network import PreparedNetwork, prepare_network, to_channels_last
 from medft.train.preprocessing import resolve_spacing, run_preprocessing
 
 log = logging.getLogger("medft.train")
@@ -73,21 +73,35 @@ class FineTuneRecipe:
         self._wrapped = None  # the DistributedDataParallel wrapper and the frozen set it was built for
         self._wrapped_frozen: set[str] | None = None
         self._log_file: logging.Handler | None = None  # train.log, on rank 0 once the run folder is ready
+        self._quiet_logger: int | None = None  # the log level to restore on ranks other than 0
+        self.generator = torch.Generator()  # the loaders' shuffling and augmentation, reseeded every epoch
+        # Made by setup(), in this order:
+        self.device: torch.device | None = None
+        self.preprocessing: Preprocessing | None = None
+        self.amp = False
+        self.class_names: list[str] = []
+        self.prepared: PreparedNetwork | None = None
+        self.network: torch.nn.Module | None = None
+        self.head: set[str] = set()
+        self.train_loader = self.val_loader = self.train_transform = None
+        self._unused: set[str] = set()  # parameters without a gradient, for DDP
+        self.schedule: FreezeSchedule | None = None
+        self.steps_per_epoch = 0
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler: WarmupCosineSchedule | None = None
+        self.scaler: torch.amp.GradScaler | None = None
+        self.loss_fn = None
+        self.inferer: SlidingWindowInferer | None = None
+        self.early: EarlyStopping | None = None
+        self.tensorboard = None  # TensorBoard's SummaryWriter on rank 0, _NoTensorboard on the others
 
     # --- setup ---------------------------------------------------------------------------------
 
     def setup(self) -> None:
+        """Everything a run needs, in the order that finds problems before any long work."""
         config = self.config
         resolve_spacing(config)  # before the run folder: config.yaml holds the spacing data.spacing auto resolves to
-        if distributed.is_distributed():
-            # Join the other processes first, so that a problem rank 0 finds in the run folder ends them all.
-            self.device = distributed.init(_device(config.train.device))
-            self._quiet_logger = _quiet_other_ranks()
-            _on_main_then_share(self._prepare_run_dir)
-            log.info("%d processes (this is rank 0), %s, global batch %d", distributed.world_size(), self.device,
-                     config.train.batch_size * distributed.world_size())
-        else:
-            self._prepare_run_dir()
+        self.device = self._setup_device()
         log.info("medft %s, resolved config:\n%s", __version__, dump_config(config))
         self.preprocessing = run_preprocessing(config)
         if self.main:
@@ -96,54 +110,18 @@ class FineTuneRecipe:
         torch.manual_seed(config.seed)
         if config.train.deterministic:
             use_deterministic_algorithms()
-        if not distributed.is_distributed():
-            self.device = _device(config.train.device)
-        self.amp = config.train.amp if config.train.amp is not None else self.device.type == "cuda"
-        if self.amp and self.device.type == "cpu" and not _cpu_has_bf16():
-            log.warning("train.amp is on, but this CPU has no bfloat16 support (no AVX-512 BF16 or AMX): bfloat16 "
-                        "autocast runs emulated, measured about 30 times slower than float32 on such a CPU "
-                        "(benchmarks/RESULTS.md, item 7). Fix: --set train.amp=false")
-
+        self.amp = self._setup_precision()
         manifest = load_manifest(config.data.manifest)
         self.class_names = run_class_names(config, manifest.class_names)
-        prepared = prepare_network(config.model, len(self.class_names))
-        if config.train.channels_last:
-            to_channels_last(prepared.network, prepared.spatial_dims)
-        self.prepared, self.network, self.head = prepared, prepared.network.to(self.device), prepared.head
-        if prepared.report is not None and self.main:
-            (self.run_dir / "head_adaptation.txt").write_text(prepared.report.table() + "\n")
-            log.info("head adaptation:\n%s", prepared.report.table())
-
-        self.generator = torch.Generator()
-        self.train_loader, self.val_loader, self.train_transform = build_loaders(
-            config, manifest, self.preprocessing, self.generator, prepared.in_channels, distributed.rank(),
-            distributed.world_size())
-        log.info("%d training and %d validation cases", len(manifest.split("train")), len(manifest.split("val")))
+        self.prepared = self._setup_model()
+        self.network, self.head = self.prepared.network, self.prepared.head
+        self.train_loader, self.val_loader, self.train_transform = self._setup_data(manifest)
         self._check_forward()
-        self._unused = set()
-        if distributed.is_distributed():
-            example = torch.zeros(1, self.prepared.in_channels, *config.data.spatial_size, device=self.device)
-            self._unused = distributed.unused_parameters(self.network, example)
-            if self._unused:
-                log.info("%d parameter tensors get no gradient from the loss (DDP looks for them every step)", len(self._unused))
-
+        self._unused = self._unused_parameters()
         self.schedule = FreezeSchedule(config.freeze)
         self.schedule.validate(self.network, self.head)  # a stage that does not fit fails now, not at epoch 20
-        optim = config.optim
-        groups = parameter_groups(self.network, self.head, optim.lr, optim.head_lr or 10 * optim.lr, optim.weight_decay)
-        if optim.name == "sgd":
-            momentum = SGD_MOMENTUM if optim.momentum is None else optim.momentum
-            self.optimizer = torch.optim.SGD(groups, momentum=momentum, nesterov=True)
-        else:
-            self.optimizer = torch.optim.AdamW(groups)
         self.steps_per_epoch = min(len(self.train_loader), config.train.max_steps_per_epoch or math.inf)
-        total = config.train.epochs * self.steps_per_epoch
-        warmup = round(optim.warmup_epochs * self.steps_per_epoch)
-        if warmup >= total > 0:
-            log.warning("optim.warmup_epochs (%g) is not below train.epochs (%d): the learning rate rises for the whole run "
-                        "and never reaches optim.lr. Fix: lower optim.warmup_epochs (e.g. --set optim.warmup_epochs=0)",
-                        optim.warmup_epochs, config.train.epochs)
-        self.scheduler = WarmupCosineSchedule(self.optimizer, warmup_steps=warmup, t_total=total)
+        self.optimizer, self.scheduler = self._setup_optimizer()
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp and self.device.type == "cuda")
         self.loss_fn = _loss(config.train)
         self.inferer = SlidingWindowInferer(
@@ -153,19 +131,85 @@ class FineTuneRecipe:
         self.early = EarlyStopping(config.early_stopping.patience, config.early_stopping.min_delta)
         self.tensorboard = _tensorboard(self.run_dir / "tensorboard") if self.main else _NoTensorboard()
         if self.resume:
-            last = self.checkpoints / checkpoint_file.LAST
-            seen = distributed.all_gather_object(last.is_file())  # each process reads last.pt itself
-            if seen[0] and not all(seen):
-                raise MedftError(
-                    f"{last}: rank 0 has it but rank(s) {[r for r, s in enumerate(seen) if not s]} cannot read it. "
-                    "Fix: keep the run folder on a filesystem that every machine mounts at the same path"
-                )
-            if seen[0]:
-                self._load_last()
-            else:  # stopped before its first checkpoint: nothing was saved, so start again
-                if self.main:
-                    _truncate_metrics(self.run_dir / "metrics.jsonl", 0)
-                log.warning("%s has no checkpoint yet: starting from epoch 0", self.run_dir)
+            self._setup_resume()
+
+    def _setup_device(self) -> torch.device:
+        """The device, with the run folder prepared (by rank 0 once every process has joined)."""
+        if not distributed.is_distributed():
+            self._prepare_run_dir()
+            return _device(self.config.train.device)
+        # Join the other processes first, so that a problem rank 0 finds in the run folder ends them all.
+        device = distributed.init(_device(self.config.train.device))
+        self._quiet_logger = _quiet_other_ranks()
+        _on_main_then_share(self._prepare_run_dir)
+        log.info("%d processes (this is rank 0), %s, global batch %d", distributed.world_size(), device,
+                 self.config.train.batch_size * distributed.world_size())
+        return device
+
+    def _setup_precision(self) -> bool:
+        amp = self.config.train.amp if self.config.train.amp is not None else self.device.type == "cuda"
+        if amp and self.device.type == "cpu" and not _cpu_has_bf16():
+            log.warning("train.amp is on, but this CPU has no bfloat16 support (no AVX-512 BF16 or AMX): bfloat16 "
+                        "autocast runs emulated, measured about 30 times slower than float32 on such a CPU "
+                        "(benchmarks/RESULTS.md, item 7). Fix: --set train.amp=false")
+        return amp
+
+    def _setup_model(self) -> PreparedNetwork:
+        prepared = prepare_network(self.config.model, len(self.class_names))
+        if self.config.train.channels_last:
+            to_channels_last(prepared.network, prepared.spatial_dims)
+        prepared.network.to(self.device)
+        if prepared.report is not None and self.main:
+            (self.run_dir / "head_adaptation.txt").write_text(prepared.report.table() + "\n")
+            log.info("head adaptation:\n%s", prepared.report.table())
+        return prepared
+
+    def _setup_data(self, manifest) -> tuple:
+        loaders = build_loaders(self.config, manifest, self.preprocessing, self.generator, self.prepared.in_channels,
+                                distributed.rank(), distributed.world_size())
+        log.info("%d training and %d validation cases", len(manifest.split("train")), len(manifest.split("val")))
+        return loaders
+
+    def _unused_parameters(self) -> set[str]:
+        """Under torchrun, the parameters the loss gives no gradient (DDP must look for them every step)."""
+        if not distributed.is_distributed():
+            return set()
+        example = torch.zeros(1, self.prepared.in_channels, *self.config.data.spatial_size, device=self.device)
+        unused = distributed.unused_parameters(self.network, example)
+        if unused:
+            log.info("%d parameter tensors get no gradient from the loss (DDP looks for them every step)", len(unused))
+        return unused
+
+    def _setup_optimizer(self) -> tuple[torch.optim.Optimizer, WarmupCosineSchedule]:
+        optim, epochs = self.config.optim, self.config.train.epochs
+        groups = parameter_groups(self.network, self.head, optim.lr, optim.head_lr or 10 * optim.lr, optim.weight_decay)
+        if optim.name == "sgd":
+            momentum = SGD_MOMENTUM if optim.momentum is None else optim.momentum
+            optimizer = torch.optim.SGD(groups, momentum=momentum, nesterov=True)
+        else:
+            optimizer = torch.optim.AdamW(groups)
+        total = epochs * self.steps_per_epoch
+        warmup = round(optim.warmup_epochs * self.steps_per_epoch)
+        if warmup >= total > 0:
+            log.warning("optim.warmup_epochs (%g) is not below train.epochs (%d): the learning rate rises for the whole run "
+                        "and never reaches optim.lr. Fix: lower optim.warmup_epochs (e.g. --set optim.warmup_epochs=0)",
+                        optim.warmup_epochs, epochs)
+        return optimizer, WarmupCosineSchedule(optimizer, warmup_steps=warmup, t_total=total)
+
+    def _setup_resume(self) -> None:
+        last = self.checkpoints / checkpoint_file.LAST
+        seen = distributed.all_gather_object(last.is_file())  # each process reads last.pt itself
+        if seen[0] and not all(seen):
+            raise MedftError(
+                f"{last}: rank 0 has it but rank(s) {[r for r, s in enumerate(seen) if not s]} cannot read it. "
+                "Fix: keep the run folder on a filesystem that every machine mounts at the same path"
+            )
+        if seen[0]:
+            self._load_last()
+        else:  # stopped before its first checkpoint: nothing was saved, so start again
+            if self.main:
+                _truncate_metrics(self.run_dir / "metrics.jsonl", 0)
+            log.warning("%s has no checkpoint yet: starting from epoch 0", self.run_dir)
 
     # --- train ---------------------------------------------------------------------------------
 
@@ -338,7 +382,7 @@ class FineTuneRecipe:
     # --- cleanup -------------------------------------------------------------------------------
 
     def cleanup(self) -> None:
-        if hasattr(self, "tensorboard"):
+        if self.tensorboard is not None:
             self.tensorboard.close()
         if self._log_file is not None:  # what the process logs next (an evaluation, say) is not this run's
             logging.getLogger("medft").removeHandler(self._log_file)
@@ -348,7 +392,7 @@ class FineTuneRecipe:
             distributed.unwrap(self._wrapped)
             self._wrapped = None
             distributed.cleanup()
-            if hasattr(self, "_quiet_logger"):
+            if self._quiet_logger is not None:
                 logging.getLogger("medft").setLevel(self._quiet_logger)
 
     def log_stop(self, exc: Exception) -> None:
