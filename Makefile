@@ -10,7 +10,7 @@ STAMP := $(VENV)/.medft-installed
 TORCH ?= torch==2.13.0
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test lint docs clean
 
 setup: $(STAMP)
 
@@ -33,6 +33,9 @@ test: setup lint
 
 lint: setup
 	$(BIN)/ruff check medft apps tests benchmarks
+
+docs: setup
+	$(BIN)/python -m medft.reference > docs/reference.md
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
