@@ -16,7 +16,7 @@ from datetime import timezone
 import streamlit as st
 
 from medft.errors import MedftError
-from medft.evaluate.report import hide_paths
+from medft.evaluate.hidden_paths import hide_paths
 from medft.formats.evaluation import CaseStatus
 from medft.review import app_support as support
 from medft.review.cases import REVIEW_FILTERS, SORT_LABELS, SORTS, CaseEntry, CaseTable, format_score

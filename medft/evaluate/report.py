@@ -13,8 +13,6 @@ from __future__ import annotations
 import html
 import json
 import math
-import re
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -22,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from medft.errors import MedftError
+from medft.evaluate.hidden_paths import hide_paths
 from medft.evaluate.summary import MEAN_FOREGROUND, UNKNOWN_SITE, read_per_case
 from medft.formats.evaluation import EVALUATE_AGAIN, CaseRecord, CaseStatus, Evaluation, read_evaluation_file
 
@@ -31,9 +30,6 @@ METRIC_NAMES = {"dice": "Dice", "sensitivity": "Sensitivity", "specificity": "Sp
 MEAN_LABEL = "mean of classes"
 MAX_WORST_CASES = 6
 _DECIMALS = {"dice": 3, "sensitivity": 3, "specificity": 4, "hd95": 2, "nsd": 3}
-HIDDEN_PATH = "[path]"
-_PATH_REST = r"""[^\s"'()<>:]*"""  # a path goes on up to a space, quote, bracket or colon
-_ABSOLUTE_PATH = re.compile(r"""(?<![\w.])(?:[A-Za-z]:)?[\\/][^\s"'()<>:]+""")  # /a/b, C:\a\b; not 1/2, and/or
 
 
 # --------------------------------------------------------------------------------------------
@@ -89,18 +85,6 @@ def read_evaluation(eval_dir: str | Path) -> EvaluationFolder:
     per_case = eval_dir / "per_case.csv"
     rows = read_per_case(per_case) if per_case.is_file() else []
     return EvaluationFolder(eval_dir, evaluation, summary, rows)
-
-
-def hide_paths(text: str, known: Iterable[str | Path | None] = ()) -> str:
-    """``text`` with each file path replaced by "[path]": a folder or file name may be a patient's name or ID.
-
-    First the ``known`` absolute paths and their folders (which may hold spaces), each with whatever
-    continues it (a file in that folder), then anything else that looks like an absolute path."""
-    absolute = [Path(p) for p in known if p and Path(p).is_absolute()]
-    paths = {str(q) for p in absolute for q in (p, p.parent) if len(q.parts) > 1}  # not the root alone
-    for path in sorted(paths, key=len, reverse=True):
-        text = re.sub(re.escape(path) + _PATH_REST, HIDDEN_PATH, text)
-    return _ABSOLUTE_PATH.sub(HIDDEN_PATH, text)
 
 
 def format_metric(metric: str, value: float | None) -> str:

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from medft.errors import DataError, MedftError
-from medft.evaluate.report import hide_paths
+from medft.evaluate.hidden_paths import hide_paths
 from medft.review.cases import check_eval_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
