@@ -64,6 +64,7 @@ SIZES = (5, 10, 20)
 RECIPE_STEPS = 240  # about 20 minutes on 2 cores at 5 s a step
 RECIPE_STEPS_PER_EPOCH = 20
 INITS = ("pretrained", "random")
+LEARNED = 0.05  # a final validation Dice below this: the random run never segmented (it predicts background)
 
 
 def random_copy(out: Path) -> Path:
@@ -192,11 +193,13 @@ def _differences(out: Path, suffixes: list[str], folder: str = "eval") -> dict:
 
 
 def _catch_up(runs: list[dict], n: int) -> dict:
-    """The random run's final validation Dice, and the training seconds the pretrained run took to reach it."""
+    """The random run's final validation Dice, and the training seconds the pretrained run took to reach it
+    (None when the random run never segmented anything: every network "reaches" a Dice of 0)."""
     by_init = {run["init"]: run for run in runs if run["n_train"] == n}
     target = by_init["random"]["curve"][-1]["val_dice"]
-    reached = next((point for point in by_init["pretrained"]["curve"] if point["val_dice"] >= target), None)
-    return {"target": target, "random_seconds": by_init["random"]["train_seconds"],
+    learned = target >= LEARNED
+    reached = next((point for point in by_init["pretrained"]["curve"] if point["val_dice"] >= target), None) if learned else None
+    return {"target": target, "random_learned": learned, "random_seconds": by_init["random"]["train_seconds"],
             "random_steps": by_init["random"]["steps"], "pretrained_epoch": reached["epoch"] if reached else None,
             "pretrained_steps": reached["steps"] if reached else None,
             "pretrained_seconds": reached["train_seconds"] if reached else None}
@@ -221,7 +224,8 @@ def _sizes_markdown(part: dict) -> str:
     runs = part["runs"]
     table = markdown_table(["train cases", "weights", *DICE_HEADERS], _dice_rows(runs, ["n_train", "init"]))
     catch_rows = [[n, fmt(c["target"], 3), f"{c['random_steps']} ({c['random_seconds']:.0f} s)",
-                   "not reached" if c["pretrained_steps"] is None
+                   "the random run never segmented" if not c["random_learned"]
+                   else "not reached" if c["pretrained_steps"] is None
                    else f"{c['pretrained_steps']} ({c['pretrained_seconds']:.0f} s, epoch {c['pretrained_epoch']})"]
                   for n, c in part["catch_up"].items()]
     catch_table = markdown_table(["train cases", "random: final val Dice", "random: steps (train s)",
