@@ -249,8 +249,8 @@ class TrainConfig(_Section):
     dice_background: bool = Field(True, description="Count the background in the Dice term (MONAI's default); "
                                   "nnU-Net leaves it out, so the Dice term weighs only the structures.")
     channels_last: bool = Field(False, description="Store the network's weights, and so its activations, channels-last "
-                                "(NDHWC). On CPU this takes oneDNN's path for dilated convolutions (MeshNet trains 1.6x faster); "
-                                "no gain for a UNet. Evaluation of the run uses it too.")
+                                "(NDHWC). On CPU this takes oneDNN's path for dilated convolutions (MeshNet's steps 1.6-1.8x faster, "
+                                "benchmarks/RESULTS.md item 7e); no gain for a UNet. Evaluation of the run uses it too.")
 
     @field_validator("dice_weight", "ce_weight")
     @classmethod
