@@ -303,15 +303,6 @@ def _case_files(eval_dir: Path, record: CaseRecord) -> CaseFiles:
     )
 
 
-def _names_from_rows(rows: list[dict]) -> list[str]:
-    names: dict[int, str] = {}
-    for row in rows:
-        names.setdefault(int(row["class_index"]), str(row["class_name"]))
-    if not names:
-        return ["background"]
-    return [names.get(i, f"class {i}") for i in range(max(names) + 1)]
-
-
 def _float(value) -> float:
     if value is None or value == "":
         return math.nan
