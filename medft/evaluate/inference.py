@@ -25,7 +25,7 @@ from medft.config import read_run_config
 from medft.data.loading import to_native
 from medft.data.preprocessing import Preprocessing, checkpoint_preprocessing
 from medft.errors import DataError, MedftError
-from medft.formats.checkpoint import BEST, LAST, find_checkpoint, read_checkpoint
+from medft.formats.checkpoint import candidates, find_checkpoint, read_checkpoint
 from medft.formats.evaluation import ModelInfo
 from medft.train.network import to_channels_last
 
@@ -109,7 +109,7 @@ def _from_run(run_dir: Path, checkpoint: str = "best") -> TrainedModel:
     config = read_run_config(run_dir)
     checkpoint_path = find_checkpoint(run_dir, checkpoint)
     if checkpoint_path is None:
-        names = (BEST, LAST) if checkpoint == "best" else (LAST,)
+        names = candidates(checkpoint)
         raise MedftError(
             f"{run_dir}: no checkpoint yet (checkpoints/{' or '.join(names)}): the run has not finished an epoch. "
             f"Fix: train it (`medft train {run_dir / 'config.yaml'} --out {run_dir} --resume`), or give another run folder"

@@ -68,8 +68,12 @@ def read_checkpoint(path: Path) -> Checkpoint:
     return Checkpoint(**{k: v for k, v in state.items() if k in known})
 
 
+def candidates(which: str = "best") -> tuple[str, ...]:
+    """The files ``find_checkpoint`` looks for, in order: ``best.pt`` falls back to ``last.pt``."""
+    return (BEST, LAST) if which == "best" else (LAST,)
+
+
 def find_checkpoint(run_dir: Path, which: str = "best") -> Path | None:
-    """``best.pt`` (falling back to ``last.pt``) or ``last.pt`` of a run folder; None when it has neither."""
-    names = (BEST, LAST) if which == "best" else (LAST,)
-    return next((p for p in (run_dir / FOLDER / name for name in names) if p.is_file()), None)
+    """The first of ``candidates(which)`` in the run folder's checkpoints/; None when it has none."""
+    return next((p for p in (run_dir / FOLDER / name for name in candidates(which)) if p.is_file()), None)
 

@@ -15,7 +15,7 @@ import numpy as np
 from scipy import ndimage
 
 from medft.evaluate.summary import summarize, write_per_case
-from tests.conftest import SAMPLE, sample_case
+from tests.conftest import SAMPLE, evaluation_json, sample_case
 
 CLASS_NAMES = ["background", "anterior", "posterior"]
 DICOM_SERIES = SAMPLE / "dicom" / "study1" / "13_HCropVolume"
@@ -168,15 +168,13 @@ def make_evaluation(folder: Path, *, cases=REPORT_CASES, lps_cases: tuple[str, .
     write_per_case(folder / "per_case.csv", rows)
     summary = summarize(rows, CLASS_NAMES, n_resamples=300)
     (folder / "summary.json").write_text(json.dumps(summary, indent=1, allow_nan=False))
-    evaluation = {
-        "evaluation_id": evaluation_id or uuid.uuid4().hex,
-        "model": {"path": "/runs/hippo_ft", "kind": "run", "name": "hippo_ft", "version": "0.2.0"},
-        "manifest": "/data/hospital_test.csv", "split": "test", "class_names": CLASS_NAMES, "tta": False,
-        "created": "2025-03-04T10:15:00+00:00", "medft_version": "0.1.0", "cases": records,
-        "confusion_matrix": matrix.tolist(),
-        "roc": made_up_roc(truth_arrays, pred_arrays) if roc and truth_arrays else {},
-        "warnings": warnings,
-    }
+    evaluation = evaluation_json(
+        evaluation_id=evaluation_id or uuid.uuid4().hex,
+        model={"path": "/runs/hippo_ft", "kind": "run", "name": "hippo_ft", "version": "0.2.0"},
+        manifest="/data/hospital_test.csv", split="test", class_names=CLASS_NAMES, cases=records,
+        confusion_matrix=matrix.tolist(), roc=made_up_roc(truth_arrays, pred_arrays) if roc and truth_arrays else {},
+        warnings=warnings,
+    )
     (folder / "evaluation.json").write_text(json.dumps(evaluation, indent=1))
     return folder
 
