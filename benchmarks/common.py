@@ -428,12 +428,11 @@ def timed_recipe_class():
             self.timing["val_seconds"][-1] = time.perf_counter() - started
             return result
 
-        def save_checkpoint(self, name, epoch, step):
+        def _save_epoch(self, epochs_done, improved):  # the last thing of an epoch
             started = time.perf_counter()
-            super().save_checkpoint(name, epoch, step)
+            super()._save_epoch(epochs_done, improved)
             self.timing["checkpoint_seconds"] += time.perf_counter() - started
-            if name == "last.pt":  # the last thing of an epoch
-                self.timing["epoch_end_wall"].append(time.perf_counter() - self._train_started)
+            self.timing["epoch_end_wall"].append(time.perf_counter() - self._train_started)
 
         def _sync(self):
             import torch
@@ -494,16 +493,14 @@ def train_and_evaluate(spec: dict, recipe_class=None) -> dict:
 
         t0 = time.perf_counter()
         checkpoint = spec.get("eval_checkpoint", "best")
-        out = evaluate(run_dir, spec["eval_manifest"], fresh_folder(spec["eval_dir"]), split=spec.get("eval_split"),
-                       checkpoint=checkpoint)
+        result["eval"] = evaluate(run_dir, spec["eval_manifest"], fresh_folder(spec["eval_dir"]),
+                                  split=spec.get("eval_split"), checkpoint=checkpoint).summary
         result["eval_seconds"] = time.perf_counter() - t0
-        result["eval"] = json.loads((out / "summary.json").read_text())
         if spec.get("eval_tta_dir"):  # the same model again, with test-time flips (medft evaluate --tta)
             t0 = time.perf_counter()
-            out = evaluate(run_dir, spec["eval_manifest"], fresh_folder(spec["eval_tta_dir"]),
-                           split=spec.get("eval_split"), tta=True, checkpoint=checkpoint)
+            result["eval_tta"] = evaluate(run_dir, spec["eval_manifest"], fresh_folder(spec["eval_tta_dir"]),
+                                          split=spec.get("eval_split"), tta=True, checkpoint=checkpoint).summary
             result["eval_tta_seconds"] = time.perf_counter() - t0
-            result["eval_tta"] = json.loads((out / "summary.json").read_text())
     result["worker_seconds"] = time.perf_counter() - started
     return result
 
@@ -513,9 +510,8 @@ def evaluate_model(spec: dict) -> dict:
     from medft.evaluate.run import evaluate
 
     t0 = time.perf_counter()
-    out = evaluate(spec["model"], spec["manifest"], fresh_folder(spec["eval_dir"]), split=spec.get("split"))
-    return {"name": spec.get("name"), "eval_seconds": time.perf_counter() - t0,
-            "eval": json.loads((out / "summary.json").read_text())}
+    summary = evaluate(spec["model"], spec["manifest"], fresh_folder(spec["eval_dir"]), split=spec.get("split")).summary
+    return {"name": spec.get("name"), "eval_seconds": time.perf_counter() - t0, "eval": summary}
 
 
 WORKER_TASKS = {"train_and_evaluate": train_and_evaluate, "evaluate_model": evaluate_model}

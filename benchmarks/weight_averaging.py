@@ -14,7 +14,6 @@ Run: ``.venv/bin/python benchmarks/weight_averaging.py [--folds 1 3] [--ema 0.99
 """
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 from pathlib import Path
@@ -67,12 +66,11 @@ def averaging_recipe_class(ema_decays: list[float], swa_from: list[int]):
                 average.update_parameters(self.network)
             return loss
 
-        def save_checkpoint(self, name, epoch, step):
-            super().save_checkpoint(name, epoch, step)
-            if name == "last.pt" and step == 0:  # the end of an epoch: ``epoch`` epochs are done
-                for start, average in self.swa.values():
-                    if epoch > start:
-                        average.update_parameters(self.network)
+        def _save_epoch(self, epochs_done, improved):  # the end of an epoch
+            super()._save_epoch(epochs_done, improved)
+            for start, average in self.swa.values():
+                if epochs_done > start:
+                    average.update_parameters(self.network)
 
         def train(self):
             summary = super().train()
@@ -105,10 +103,10 @@ def train_with_averages(spec: dict) -> dict:
         (folder / "checkpoints").mkdir(parents=True)
         shutil.copy(run_dir / "config.yaml", folder / "config.yaml")
         torch.save({**last, "model": average["weights"]}, folder / "checkpoints" / "last.pt")
-        out = evaluate(folder, spec["eval_manifest"], fresh_folder(Path(spec["eval_tta_dir"]).parent / f"{path.stem}_{spec['name']}"),
-                       split="val", tta=True, checkpoint="last")
-        result["averages"][path.stem] = {"n_averaged": average["n_averaged"], "eval_dir": str(out),
-                                         "eval_tta": json.loads((out / "summary.json").read_text())}
+        evaluated = evaluate(folder, spec["eval_manifest"], fresh_folder(Path(spec["eval_tta_dir"]).parent / f"{path.stem}_{spec['name']}"),
+                             split="val", tta=True, checkpoint="last")
+        result["averages"][path.stem] = {"n_averaged": average["n_averaged"], "eval_dir": str(evaluated.folder),
+                                         "eval_tta": evaluated.summary}
     return result
 
 

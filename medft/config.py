@@ -666,17 +666,6 @@ def _shown(value: Any) -> str:
     return "absent" if value is _ABSENT else json.dumps(value)
 
 
-def read_run_config(run_dir: Path) -> RunConfig:
-    """The config.yaml of a run folder. A run written before data.preprocessing existed used medft's own
-    preprocessing (its data.intensity, no resampling), also with a bundle: read as such."""
-    path = Path(run_dir) / "config.yaml"
-    raw = read_yaml(path)
-    data = raw.get("data")
-    if isinstance(data, dict) and "preprocessing" not in data:
-        data["preprocessing"] = "medft"
-    return validate_config(raw, source=str(path))
-
-
 def dump_config(config: RunConfig) -> str:
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
 

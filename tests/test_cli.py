@@ -42,7 +42,7 @@ def test_a_reader_that_leaves_early_is_no_internal_error():
     # A command whose output outlasts the pipe's buffer, so that it is still writing when the reader leaves.
     flood = ("import sys\nfrom medft import cli\n"
              "def flood(args):\n    for _ in range(100_000):\n        print('x' * 80)\n    return 0\n"
-             "cli._validate = flood\nsys.exit(cli.main(['validate', '--keys']))")
+             "cli.validate.run = flood\nsys.exit(cli.main(['validate', '--keys']))")
     reader = subprocess.Popen([sys.executable, "-c", flood], cwd=REPO,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     reader.stdout.readline()
@@ -110,7 +110,7 @@ def test_a_process_of_a_distributed_run_that_loses_its_peer_points_to_the_peers_
     def peer_failed(args):
         raise RuntimeError("Connection closed by peer [127.0.0.1]:57984")
 
-    monkeypatch.setattr(cli, "_train", peer_failed)
+    monkeypatch.setattr(cli.train, "run", peer_failed)
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
     monkeypatch.delenv("MEDFT_DEBUG", raising=False)
@@ -223,15 +223,15 @@ def test_a_windows_line_end_is_no_part_of_the_password_and_a_reviewer_can_be_rem
     assert again.returncode == 1 and "there is no user 'alice' to remove. Fix: pick one of bob" in again.stderr
 
 
-def test_the_printed_dice_says_when_no_case_had_a_label(tmp_path, capsys):
+def test_the_printed_dice_says_when_no_case_had_a_label(capsys):
+    from medft.cli.evaluate import print_dice
     from medft.evaluate.summary import summarize
 
     row = {"case_id": "a", "site": "", "class_index": 1, "class_name": "anterior", "dice": 0.8, "sensitivity": 0.9,
            "specificity": 0.99, "hd95": 1.0, "nsd": 0.9, "tp": 8, "fp": 2, "fn": 2, "tn": 88}
     for rows, expected in (([], "no case with a label: predictions only, no Dice"),
                            ([row], "anterior         Dice 0.800 over 1 cases")):
-        (tmp_path / "summary.json").write_text(json.dumps(summarize(rows, ["background", "anterior"])))
-        cli._print_dice(tmp_path / "summary.json")
+        print_dice(summarize(rows, ["background", "anterior"]))
         assert expected in capsys.readouterr().out
 
 

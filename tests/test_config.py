@@ -275,13 +275,3 @@ def test_medft_preprocessing_values_are_checked(settings, message):
     with pytest.raises(MedftError, match=re.escape(message)):
         load_config(REPO / "configs" / "hippocampus.yaml", settings)
 
-
-def test_a_run_folder_from_before_data_preprocessing_reads_as_medft_preprocessing(tmp_path):
-    from medft.config import dump_config, read_run_config
-
-    config = load_config(REPO / "configs" / "demo.yaml", ["data.preprocessing=medft"])
-    raw = yaml.safe_load(dump_config(config))
-    del raw["data"]["preprocessing"], raw["data"]["spacing"], raw["data"]["intensity_range"]
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(raw))  # as medft wrote it before: intensity zscore, a bundle
-    old = read_run_config(tmp_path)
-    assert (old.data.preprocessing, old.data.intensity, old.model.bundle) == ("medft", "zscore", config.model.bundle)

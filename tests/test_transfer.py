@@ -46,7 +46,7 @@ def test_evaluate_predicts_what_monai_predicts_at_any_spacing_orientation_and_fr
              for c, (image, label) in zip(VAL[:2], other, strict=True)]
     rows.append({"case_id": "dicom_crop", "image": DICOM, "label": "", "split": "test"})
     manifest = write_csv(tmp_path / "manifest.csv", rows, classes=CLASSES)
-    out = evaluate(foreign, manifest, tmp_path / "eval")
+    out = evaluate(foreign, manifest, tmp_path / "eval").folder
 
     per_case = list(csv.DictReader((out / "per_case.csv").open()))
     inputs = {row["case_id"]: row for row in rows}

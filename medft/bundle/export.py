@@ -25,12 +25,12 @@ from medft import __version__
 from medft.atomic_files import new_folder
 from medft.bundle.reader import load_bundle
 from medft.components import IMPORTS
-from medft.config import RunConfig, read_run_config
+from medft.config import RunConfig
 from medft.data.manifest import read_manifest
-from medft.data.preprocessing import Preprocessing, checkpoint_preprocessing
+from medft.data.preprocessing import Preprocessing
 from medft.errors import MedftError
+from medft.formats import run as run_folder
 from medft.formats.checkpoint import Checkpoint, find_checkpoint, read_checkpoint
-from medft.train.metrics_log import read_metrics
 
 EXPORT_VERSION = "0.1.0"
 FILL_IN = "FILL IN"  # marks what only the user can state (data terms, authors, intended use)
@@ -44,10 +44,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path) -> Path:
     """Write the best checkpoint of ``run_dir`` (else its last) as a bundle in ``out_dir``, a new or
     empty folder: written under a partial name, renamed to ``out_dir`` once complete (``new_folder``)."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise MedftError(f"{run_dir}: {'not a run folder (no config.yaml)' if run_dir.is_dir() else 'no such folder'}. "
-                         "Fix: give the folder that `medft train --out` wrote")
-    config = read_run_config(run_dir)
+    config = run_folder.read_config(run_dir)
     checkpoint_path = find_checkpoint(run_dir)
     if checkpoint_path is None:
         raise MedftError(f"{run_dir}: no checkpoints/best.pt or last.pt. Fix: export a run folder that `medft train` wrote")
@@ -55,7 +52,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path) -> Path:
         raise MedftError(f"{out_dir} exists and is not an empty folder. Fix: give a new folder to --out")
     checkpoint = read_checkpoint(checkpoint_path)
     parent = load_bundle(config.model.bundle, version=config.model.bundle_version) if config.model.bundle else None
-    preprocessing = checkpoint_preprocessing(checkpoint.preprocessing, config.data.intensity, str(checkpoint_path))
+    preprocessing = Preprocessing.from_dict(checkpoint.preprocessing, str(checkpoint_path))
     metadata = _metadata(config, checkpoint, run_dir, parent, preprocessing)
 
     with new_folder(out_dir) as bundle:  # a kill leaves no folder that MONAI would load with parts missing
@@ -245,9 +242,9 @@ def _paragraphs(*texts: str) -> str:
 def _best_per_class(run_dir: Path, epoch: int) -> dict:
     """Each class's validation Dice at ``epoch``; None (JSON null) for a class with no Dice (NaN: in no
     validation label map and never predicted), which metadata.json, strict JSON, cannot hold as NaN."""
-    record = next((r for r in read_metrics(run_dir / "metrics.jsonl") if r["epoch"] == epoch), {})
-    return {name: value if isinstance(value, (int, float)) and math.isfinite(value) else None
-            for name, value in record.get("val_dice_per_class", {}).items()}
+    record = next((r for r in run_folder.read_epochs(run_dir) if r.epoch == epoch), None)
+    per_class = record.val_dice_per_class or {} if record is not None else {}
+    return {name: value if math.isfinite(value) else None for name, value in per_class.items()}
 
 
 def _readme(metadata: dict) -> str:

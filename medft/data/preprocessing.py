@@ -35,7 +35,6 @@ from medft.data.loading import LoadCased, load_image
 from medft.data.transforms import label_pairs
 from medft.errors import MedftError, one_line
 
-PREPROCESSING_FILE = "preprocessing.json"  # in a run folder: the steps its network was trained on
 SOURCES = ("bundle", "medft")
 INTENSITIES = ("zscore", "nonzero_zscore", "ct_window", "percentiles", "none")
 DEFAULT_PERCENTILES = (0.5, 99.5)
@@ -139,15 +138,6 @@ class Preprocessing:
 def _shortened(value, limit: int = 60) -> str:
     text = str(value)
     return text if len(text) <= limit else text[:limit - 5] + " ...}" if isinstance(value, dict) else text[:limit - 4] + " ..."
-
-
-def checkpoint_preprocessing(recorded: dict | None, intensity: str | None, where: str) -> Preprocessing:
-    """The preprocessing a checkpoint's network was trained on (``recorded``, its ``to_dict``). Checkpoints
-    written before medft recorded it were trained on medft's own, without resampling: ``intensity`` is their
-    config's data.intensity."""
-    if recorded is None:
-        return Preprocessing.medft(None, intensity or "zscore")
-    return Preprocessing.from_dict(recorded, where)
 
 
 def _intensity_steps(intensity: str, intensity_range: Sequence[float] | None) -> list[dict]:

@@ -75,6 +75,11 @@ def compare_evaluations(eval_a: Path, eval_b: Path, out: Path | None = None, lab
     return html_path
 
 
+def read_comparison(page: Path) -> dict:
+    """The comparison.json beside the page ``compare_evaluations`` wrote."""
+    return json.loads(Path(page).with_suffix(".json").read_text())
+
+
 # --------------------------------------------------------------------------------------------
 # Checks
 # --------------------------------------------------------------------------------------------

@@ -21,10 +21,10 @@ from monai.transforms import Compose
 
 from medft.bundle.preprocessing import bundle_preprocessing
 from medft.bundle.reader import CLASS_COUNT_KEYS, load_bundle
-from medft.config import read_run_config
 from medft.data.loading import to_native
-from medft.data.preprocessing import Preprocessing, checkpoint_preprocessing
+from medft.data.preprocessing import Preprocessing
 from medft.errors import DataError, MedftError
+from medft.formats import run as run_folder
 from medft.formats.checkpoint import candidates, find_checkpoint, read_checkpoint
 from medft.formats.evaluation import ModelInfo
 from medft.train.network import to_channels_last
@@ -86,7 +86,7 @@ def load_model(path: str | Path, device: torch.device | None = None, checkpoint:
             f"{path}: {'not a folder' if path.exists() else 'no such folder'}. Fix: give the run folder that "
             "`medft train` wrote, the bundle folder that `medft export` wrote, or a Model Zoo bundle folder"
         )
-    if (path / "config.yaml").is_file():
+    if run_folder.is_run_folder(path):
         model = _from_run(path, checkpoint)
     elif (path / "configs").is_dir():
         if checkpoint == "last":
@@ -106,13 +106,13 @@ def load_model(path: str | Path, device: torch.device | None = None, checkpoint:
 
 
 def _from_run(run_dir: Path, checkpoint: str = "best") -> TrainedModel:
-    config = read_run_config(run_dir)
+    config = run_folder.read_config(run_dir)
     checkpoint_path = find_checkpoint(run_dir, checkpoint)
     if checkpoint_path is None:
         names = candidates(checkpoint)
         raise MedftError(
             f"{run_dir}: no checkpoint yet (checkpoints/{' or '.join(names)}): the run has not finished an epoch. "
-            f"Fix: train it (`medft train {run_dir / 'config.yaml'} --out {run_dir} --resume`), or give another run folder"
+            f"Fix: train it (`medft train {run_dir / run_folder.CONFIG} --out {run_dir} --resume`), or give another run folder"
         )
     checkpoint = read_checkpoint(checkpoint_path)
     if config.model.bundle:  # rebuild through the bundle: its network_def may refer to its config or scripts/
@@ -126,7 +126,7 @@ def _from_run(run_dir: Path, checkpoint: str = "best") -> TrainedModel:
     network.load_state_dict(checkpoint.model)
     if config.train.channels_last:
         to_channels_last(network, len(config.data.spatial_size))
-    preprocessing = checkpoint_preprocessing(checkpoint.preprocessing, config.data.intensity, str(checkpoint_path))
+    preprocessing = Preprocessing.from_dict(checkpoint.preprocessing, str(checkpoint_path))
     return TrainedModel(
         network, list(checkpoint.class_names), list(config.data.spatial_size), preprocessing,
         dict(config.data.label_map), config.validation.overlap, config.validation.sw_batch_size,

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from medft.atomic_files import new_file, new_folder
 from medft.data.checks import label_value_problems
 from medft.data.manifest import Case, Manifest, case_id_problem, load_manifest
 from medft.errors import DataError, MedftError, find_user_error
-from medft.evaluate.compare import check_comparable, compare_evaluations
+from medft.evaluate.compare import check_comparable, compare_evaluations, read_comparison
 from medft.evaluate.inference import (
     TrainedModel,
     check_channels,
@@ -40,9 +41,24 @@ log = logging.getLogger("medft.evaluate")
 ROC_BINS = 1000  # probability histogram resolution of the ROC curves
 
 
+@dataclass
+class EvaluationResult:
+    """What ``evaluate`` wrote: the folder, its evaluation.json and summary.json, and the comparison."""
+
+    folder: Path
+    evaluation: Evaluation
+    summary: dict  # summary.json: per class and metric, overall and per site (``summarize``)
+    comparison_page: Path | None = None  # comparison.html, with ``compare``
+    comparison: dict | None = None  # comparison.json
+
+    @property
+    def failed_cases(self) -> list[CaseRecord]:
+        return [case for case in self.evaluation.cases if case.status is CaseStatus.FAILED]
+
+
 def evaluate(model_path: str | Path, manifest_path: str | Path, out: str | Path, split: str | None = None,
              tta: bool = False, largest_component: bool = False, checkpoint: str = "best",
-             compare: str | Path | None = None) -> Path:
+             compare: str | Path | None = None) -> EvaluationResult:
     """Evaluate a run or bundle on the cases of a manifest (one split, or all) into ``out``, a new
     or empty folder.
 
@@ -64,14 +80,16 @@ def evaluate(model_path: str | Path, manifest_path: str | Path, out: str | Path,
     if not cases:
         raise MedftError(f"{manifest.path}: no cases in split {split!r}. Fix: give another --split, or none for all cases")
     with new_folder(out) as partial:  # a kill leaves no folder that looks like an evaluation
-        _write_evaluation(partial, model, manifest, cases, split, tta, largest_component)
+        evaluation, summary = _write_evaluation(partial, model, manifest, cases, split, tta, largest_component)
+    result = EvaluationResult(out, evaluation, summary)
     if compare is not None:
-        compare_evaluations(compare, out)  # once out is in place: the page names the folders it compares
-    return out
+        result.comparison_page = compare_evaluations(compare, out)  # once out is in place: the page names the folders
+        result.comparison = read_comparison(result.comparison_page)
+    return result
 
 
 def _write_evaluation(out: Path, model: TrainedModel, manifest: Manifest, cases: list[Case], split: str | None,
-                      tta: bool, largest_component: bool) -> None:
+                      tta: bool, largest_component: bool) -> tuple[Evaluation, dict]:
     """Predict and score ``cases`` into ``out``: predictions/, per_case.csv, summary.json, evaluation.json, report.html."""
     n = len(model.class_names)
     rows: list[dict] = []
@@ -121,7 +139,7 @@ def _write_evaluation(out: Path, model: TrainedModel, manifest: Manifest, cases:
     write_per_case(out / "per_case.csv", rows)
     summary = summarize(rows, model.class_names)
     (out / "summary.json").write_text(json.dumps(summary, indent=1, allow_nan=False) + "\n")
-    write_evaluation(out, Evaluation(
+    evaluation = Evaluation(
         evaluation_id=uuid.uuid4().hex, model=model.info, manifest=str(manifest.path), split=split,
         class_names=model.class_names, label_map=dict(sorted(model.label_map.items())),
         preprocessing=model.preprocessing.to_dict(public=True), tta=tta,
@@ -129,10 +147,12 @@ def _write_evaluation(out: Path, model: TrainedModel, manifest: Manifest, cases:
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"), medft_version=__version__,
         cases=[CaseRecord(**record) for record in records], confusion_matrix=confusion.tolist(),
         roc=_roc_curves(histograms, model.class_names), warnings=[stored for stored, _ in warnings],
-    ))
+    )
+    write_evaluation(out, evaluation)
     write_report(out)
     for _, shown in warnings:
         log.warning(shown)
+    return evaluation, summary
 
 
 def _require_class_labels(data: dict, case: Case, class_names: list[str]) -> None:

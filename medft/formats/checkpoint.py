@@ -30,7 +30,7 @@ class Checkpoint:
     scaler: dict
     early_stopping: dict
     rng: dict  # random states of python, numpy, torch (and CUDA)
-    preprocessing: dict | None = None  # Preprocessing.to_dict() of what the network was trained on
+    preprocessing: dict  # Preprocessing.to_dict() of what the network was trained on
     epoch_loss: tuple[float, int] = (0.0, 0)  # loss sum and steps of the epoch so far, for a mid-epoch resume
     medft_version: str = __version__
     format_version: int = FORMAT_VERSION

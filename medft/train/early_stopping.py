@@ -40,6 +40,5 @@ class EarlyStopping:
         return asdict(self)
 
     def load_state_dict(self, state: dict) -> None:
-        state = {"baseline": state["best"], **state}  # checkpoints written before baseline was kept
         for key, value in state.items():
             setattr(self, key, value)

@@ -1,4 +1,4 @@
-"""The fine-tuning recipe: setup -> train -> save_checkpoint -> cleanup, readable top to bottom.
+"""The fine-tuning recipe: setup -> train (epochs, each saved by the CheckpointSaver) -> cleanup, readable top to bottom.
 
 Reproducibility: the randomness of epoch e (data order, augmentation) is seeded from (seed, e)
 and that of each step (dropout) from (seed, e, step). A run resumed from any checkpoint, at the
@@ -12,7 +12,6 @@ shares of the validation cases, so every process takes the same early-stopping d
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -30,20 +29,20 @@ from monai.optimizers import WarmupCosineSchedule
 from tqdm.auto import tqdm
 
 from medft import __version__
-from medft.atomic_files import atomic_write_text
 from medft.config import SGD_MOMENTUM, RunConfig, TrainConfig, describe_differences, dump_config, read_yaml
 from medft.data.manifest import load_manifest
-from medft.data.preprocessing import PREPROCESSING_FILE, Preprocessing
-from medft.errors import MedftError, find_user_error
-from medft.formats import checkpoint as checkpoint_file
-from medft.formats.checkpoint import Checkpoint, read_checkpoint, write_checkpoint
+from medft.data.preprocessing import Preprocessing
+from medft.errors import MedftError
+from medft.formats import run as run_folder
+from medft.formats.checkpoint import Checkpoint
+from medft.formats.run import EpochRecord, TrainingSummary
 from medft.metrics import confusion_counts, dice, foreground_mean
 from medft.train import distributed
-from medft.train.checkpoint import restore_rng_states, rng_states
+from medft.train.checkpoint import CheckpointSaver, restore_rng_states, rng_states
 from medft.train.data import build_loaders, run_class_names
 from medft.train.early_stopping import EarlyStopping
 from medft.train.freezing import FreezeSchedule, apply_freezing, parameter_groups, set_train_mode
-from medft.train.metrics_log import read_metrics
+from medft.train.metric_logger import MetricLogger
 from medft.train.network import PreparedNetwork, prepare_network, to_channels_last
 from medft.train.preprocessing import resolve_spacing, run_preprocessing
 
@@ -63,17 +62,16 @@ class FineTuneRecipe:
         of them (as it will when it decides from its arguments), or the launch ends in an error."""
         self.config, self.run_dir, self.resume = config, Path(run_dir), resume
         self.on_validation = on_validation
-        self.checkpoints = self.run_dir / checkpoint_file.FOLDER
         self.start_epoch = self.start_step = 0
         self._epoch_loss = self._resumed_loss = (0.0, 0)  # (sum, steps) of the epoch's training loss
         self._stop_requested = False
         self.main = distributed.is_main()
+        self.saver = CheckpointSaver(self.run_dir, self.main)
+        self.logger = MetricLogger(self.run_dir, self.main)
         # Seeds of augmentation and dropout get the rank in a distributed run (processes draw differently).
         self._rank_salt: tuple[int, ...] = (distributed.rank(),) if distributed.is_distributed() else ()
         self._wrapped = None  # the DistributedDataParallel wrapper and the frozen set it was built for
         self._wrapped_frozen: set[str] | None = None
-        self._log_file: logging.Handler | None = None  # train.log, on rank 0 once the run folder is ready
-        self._quiet_logger: int | None = None  # the log level to restore on ranks other than 0
         self.generator = torch.Generator()  # the loaders' shuffling and augmentation, reseeded every epoch
         # Made by setup(), in this order:
         self.device: torch.device | None = None
@@ -93,7 +91,6 @@ class FineTuneRecipe:
         self.loss_fn = None
         self.inferer: SlidingWindowInferer | None = None
         self.early: EarlyStopping | None = None
-        self.tensorboard = None  # TensorBoard's SummaryWriter on rank 0, _NoTensorboard on the others
 
     # --- setup ---------------------------------------------------------------------------------
 
@@ -129,7 +126,6 @@ class FineTuneRecipe:
             overlap=config.validation.overlap, mode="gaussian",
         )
         self.early = EarlyStopping(config.early_stopping.patience, config.early_stopping.min_delta)
-        self.tensorboard = _tensorboard(self.run_dir / "tensorboard") if self.main else _NoTensorboard()
         if self.resume:
             self._setup_resume()
 
@@ -140,7 +136,7 @@ class FineTuneRecipe:
             return _device(self.config.train.device)
         # Join the other processes first, so that a problem rank 0 finds in the run folder ends them all.
         device = distributed.init(_device(self.config.train.device))
-        self._quiet_logger = _quiet_other_ranks()
+        self.logger.quiet_other_ranks()
         _on_main_then_share(self._prepare_run_dir)
         log.info("%d processes (this is rank 0), %s, global batch %d", distributed.world_size(), device,
                  self.config.train.batch_size * distributed.world_size())
@@ -160,7 +156,7 @@ class FineTuneRecipe:
             to_channels_last(prepared.network, prepared.spatial_dims)
         prepared.network.to(self.device)
         if prepared.report is not None and self.main:
-            (self.run_dir / "head_adaptation.txt").write_text(prepared.report.table() + "\n")
+            (self.run_dir / run_folder.HEAD_ADAPTATION).write_text(prepared.report.table() + "\n")
             log.info("head adaptation:\n%s", prepared.report.table())
         return prepared
 
@@ -197,66 +193,79 @@ class FineTuneRecipe:
         return optimizer, WarmupCosineSchedule(optimizer, warmup_steps=warmup, t_total=total)
 
     def _setup_resume(self) -> None:
-        last = self.checkpoints / checkpoint_file.LAST
-        seen = distributed.all_gather_object(last.is_file())  # each process reads last.pt itself
-        if seen[0] and not all(seen):
-            raise MedftError(
-                f"{last}: rank 0 has it but rank(s) {[r for r, s in enumerate(seen) if not s]} cannot read it. "
-                "Fix: keep the run folder on a filesystem that every machine mounts at the same path"
-            )
-        if seen[0]:
-            self._load_last()
-        else:  # stopped before its first checkpoint: nothing was saved, so start again
-            if self.main:
-                _truncate_metrics(self.run_dir / "metrics.jsonl", 0)
+        state = self.saver.load_last()
+        if state is None:  # stopped before its first checkpoint: nothing was saved, so start again
+            self.logger.keep_epochs(0)
             log.warning("%s has no checkpoint yet: starting from epoch 0", self.run_dir)
+            return
+        self.saver.check_same_network(state, self.prepared.network_def, self.network,
+                                      f"the bundle {self.config.model.bundle}" if self.config.model.bundle
+                                      else "model.network_def")
+        self.network.load_state_dict(state.model)
+        self.optimizer.load_state_dict(state.optimizer)
+        self.scheduler.load_state_dict(state.scheduler)
+        self.scaler.load_state_dict(state.scaler)
+        self.early.load_state_dict(state.early_stopping)
+        restore_rng_states(state.rng)
+        self.start_epoch, self.start_step = state.epoch, state.step
+        self._resumed_loss = tuple(state.epoch_loss)
+        self.logger.keep_epochs(self.start_epoch)
+        log.info("resumed from %s at epoch %d, step %d", self.saver.last, self.start_epoch, self.start_step)
 
     # --- train ---------------------------------------------------------------------------------
 
-    def train(self) -> dict:
-        config = self.config
+    def train(self) -> TrainingSummary:
         in_main_thread = threading.current_thread() is threading.main_thread()  # signals work there only
         previous = signal.signal(signal.SIGINT, self._request_stop) if in_main_thread else None
-        stopped = config.early_stopping.enabled and self.early.should_stop  # a resumed run that had stopped
+        stopping = self.config.early_stopping.enabled
         try:
-            for epoch in range(self.start_epoch, 0 if stopped else config.train.epochs):
-                frozen = self.schedule.frozen_at(self.network, self.head, epoch)
-                apply_freezing(self.network, frozen)
-                self._wrap(frozen)
-                if self.schedule.changes_at(epoch) or epoch == self.start_epoch:
-                    stage = self.schedule.stage_at(epoch)
-                    log.info("epoch %d: freezing stage %s%s, %d of %d parameter tensors frozen", epoch, stage.preset or "none",
-                             f" + patterns {list(stage.patterns)}" if stage.patterns else "", len(frozen),
-                             len(list(self.network.parameters())))
-                started = time.perf_counter()
-                train_loss = distributed.all_reduce_mean(self._train_epoch(epoch, frozen))  # the global mean
-                record = {"epoch": epoch, "train_loss": train_loss, "lr": self.scheduler.get_last_lr(),
-                          "frozen_tensors": len(frozen), "seconds": None}
-                improved = False
-                if (epoch + 1) % config.train.val_every == 0 or epoch + 1 == config.train.epochs:
-                    per_class = self._validate()
-                    mean = float(per_class.nanmean()) if not per_class.isnan().all() else math.nan
-                    improved = self.early.update(mean, epoch)
-                    record.update(val_dice=mean, val_dice_per_class=dict(zip(self.class_names[1:], per_class.tolist(), strict=True)))
-                record["seconds"] = round(time.perf_counter() - started, 3)
-                record["best"] = improved
-                self._log_epoch(record)
-                if improved:  # before last.pt: a kill in between redoes this epoch, saving best again
-                    self.save_checkpoint(checkpoint_file.BEST, epoch + 1, 0)
-                self.save_checkpoint(checkpoint_file.LAST, epoch + 1, 0)
-                if self.on_validation is not None and "val_dice" in record:
-                    self.on_validation(epoch, record["val_dice"])
-                if config.early_stopping.enabled and self.early.should_stop:
+            for epoch in range(self.start_epoch, 0 if stopping and self.early.should_stop else self.config.train.epochs):
+                record = self._run_epoch(epoch)
+                self.logger.log_epoch(record)
+                self._save_epoch(epoch + 1, record.best)
+                if self.on_validation is not None and record.validated:
+                    self.on_validation(epoch, record.val_dice)
+                if stopping and self.early.should_stop:
                     log.info("early stopping: no rise above %.4g in %d validations", self.early.min_delta, self.early.bad_validations)
                     break
         finally:
             if in_main_thread:
                 signal.signal(signal.SIGINT, previous)
-        summary = {"best_val_dice": self.early.best, "best_epoch": self.early.best_epoch, "run_dir": str(self.run_dir)}
+        improved = self.early.best_epoch >= 0
+        summary = TrainingSummary(best_val_dice=self.early.best if improved else None,
+                                  best_epoch=self.early.best_epoch if improved else None, run_dir=str(self.run_dir))
         if self.main:
-            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+            run_folder.write_summary(self.run_dir, summary)
         distributed.barrier()  # the processes end together, after rank 0's last write
         return summary
+
+    def _run_epoch(self, epoch: int) -> EpochRecord:
+        """Train one epoch at its freezing stage, and validate when it is due."""
+        frozen = self._freeze_for(epoch)
+        started = time.perf_counter()
+        train_loss = distributed.all_reduce_mean(self._train_epoch(epoch, frozen))  # the global mean
+        lr = self.scheduler.get_last_lr()
+        val_dice = per_class = None
+        if (epoch + 1) % self.config.train.val_every == 0 or epoch + 1 == self.config.train.epochs:
+            dices = self._validate()
+            val_dice = float(dices.nanmean()) if not dices.isnan().all() else math.nan
+            per_class = dict(zip(self.class_names[1:], dices.tolist(), strict=True))
+        improved = val_dice is not None and self.early.update(val_dice, epoch)
+        return EpochRecord(epoch=epoch, train_loss=train_loss, lr=lr, frozen_tensors=len(frozen),
+                           seconds=round(time.perf_counter() - started, 3), best=improved, val_dice=val_dice,
+                           val_dice_per_class=per_class)
+
+    def _freeze_for(self, epoch: int) -> set[str]:
+        """Freeze what the schedule freezes at ``epoch`` (logged when the stage changes); the frozen names."""
+        frozen = self.schedule.frozen_at(self.network, self.head, epoch)
+        apply_freezing(self.network, frozen)
+        self._wrap(frozen)
+        if self.schedule.changes_at(epoch) or epoch == self.start_epoch:
+            stage = self.schedule.stage_at(epoch)
+            log.info("epoch %d: freezing stage %s%s, %d of %d parameter tensors frozen", epoch, stage.preset or "none",
+                     f" + patterns {list(stage.patterns)}" if stage.patterns else "", len(frozen),
+                     len(list(self.network.parameters())))
+        return frozen
 
     def _train_epoch(self, epoch: int, frozen: set[str]) -> float:
         seed, salt = self.config.seed, self._rank_salt
@@ -280,19 +289,18 @@ class FineTuneRecipe:
             bar.set_postfix(loss=f"{loss:.4f}")
             if distributed.any_process(self._stop_requested):  # every process stops after the same step
                 bar.close()
-                self.save_checkpoint(checkpoint_file.LAST, epoch, step + 1)
+                self.saver.save_last(lambda: self._checkpoint(epoch, step + 1))  # noqa: B023 (called at once)
                 distributed.barrier()  # no process ends (and gets the others killed) before the save
                 raise TrainingInterrupted(
-                    f"stopped at epoch {epoch}, step {step + 1}; state saved to {self.checkpoints / checkpoint_file.LAST}. "
-                    f"Continue with: medft train {self.run_dir / 'config.yaml'} --out {self.run_dir} --resume"
+                    f"stopped at epoch {epoch}, step {step + 1}; state saved to {self.saver.last}. "
+                    f"Continue with: medft train {self.run_dir / run_folder.CONFIG} --out {self.run_dir} --resume"
                 )
         bar.close()
         return total / max(count, 1)
 
     def _seed_step(self, seed: int) -> None:
-        """Seed the generators a step draws from (dropout). Not ``torch.manual_seed``: on a
-        machine without CUDA it also queues a lazy CUDA seeding and formats the call stack for
-        it, about 3-7 ms a call, which made every training step of a small network 2-4% slower."""
+        """Seed the generators a step draws from (dropout). Not ``torch.manual_seed``: without CUDA it also
+        queues a lazy CUDA seeding, whose cost shows in every step of a small network (benchmarks/RESULTS.md)."""
         torch.default_generator.manual_seed(seed)
         if self.device.type == "cuda":
             torch.cuda.manual_seed(seed)
@@ -335,124 +343,68 @@ class FineTuneRecipe:
         per_class = torch.where(sums[1] > 0, sums[0] / sums[1].clamp(min=1), torch.full_like(sums[0], math.nan))
         return distributed.broadcast_tensor(per_class)
 
-    def _log_epoch(self, record: dict) -> None:
-        if not self.main:
-            return
-        with (self.run_dir / "metrics.jsonl").open("a") as file:
-            file.write(json.dumps(record) + "\n")
-        self.tensorboard.add_scalar("train/loss", record["train_loss"], record["epoch"])
-        if "val_dice" in record:
-            self.tensorboard.add_scalar("val/dice", record["val_dice"], record["epoch"])
-            for name, value in record["val_dice_per_class"].items():
-                self.tensorboard.add_scalar(f"val/dice_{name}", value, record["epoch"])
-        self.tensorboard.flush()
-        val = f", val Dice {record['val_dice']:.4f}" if "val_dice" in record else ""
-        log.info("epoch %d: loss %.4f%s%s (%.1f s)", record["epoch"], record["train_loss"], val,
-                 " (best)" if record["best"] else "", record["seconds"])
-
     # --- checkpoints ---------------------------------------------------------------------------
 
-    def save_checkpoint(self, name: str, epoch: int, step: int) -> None:
-        """Save the state after ``epoch`` full epochs and ``step`` steps of the next one (rank 0 only)."""
-        if not self.main:
-            return
-        write_checkpoint(Checkpoint(
+    def _save_epoch(self, epochs_done: int, improved: bool) -> None:
+        self.saver.save_epoch(lambda: self._checkpoint(epochs_done, 0), improved)
+
+    def _checkpoint(self, epoch: int, step: int) -> Checkpoint:
+        """The state after ``epoch`` full epochs and ``step`` steps of the next one."""
+        return Checkpoint(
             epoch=epoch, step=step, model=self.network.state_dict(), class_names=self.class_names,
             network_def=self.prepared.network_def, optimizer=self.optimizer.state_dict(),
             scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(), early_stopping=self.early.state_dict(),
             rng=rng_states(), preprocessing=self.preprocessing.to_dict(),
             epoch_loss=self._epoch_loss if step else (0.0, 0),  # so a mid-epoch resume logs the whole epoch's loss
-        ), self.checkpoints / name)
-
-    def _load_last(self) -> None:
-        state = read_checkpoint(self.checkpoints / checkpoint_file.LAST)
-        self._check_same_network(state)
-        self.network.load_state_dict(state.model)
-        self.optimizer.load_state_dict(state.optimizer)
-        self.scheduler.load_state_dict(state.scheduler)
-        self.scaler.load_state_dict(state.scaler)
-        self.early.load_state_dict(state.early_stopping)
-        restore_rng_states(state.rng)
-        self.start_epoch, self.start_step = state.epoch, state.step
-        self._resumed_loss = tuple(state.epoch_loss)
-        if self.main:
-            _truncate_metrics(self.run_dir / "metrics.jsonl", self.start_epoch)
-        log.info("resumed from %s at epoch %d, step %d", self.checkpoints / checkpoint_file.LAST, self.start_epoch, self.start_step)
+        )
 
     # --- cleanup -------------------------------------------------------------------------------
 
     def cleanup(self) -> None:
-        if self.tensorboard is not None:
-            self.tensorboard.close()
-        if self._log_file is not None:  # what the process logs next (an evaluation, say) is not this run's
-            logging.getLogger("medft").removeHandler(self._log_file)
-            self._log_file.close()
-            self._log_file = None
+        self.logger.close()
         if distributed.is_distributed():
             distributed.unwrap(self._wrapped)
             self._wrapped = None
             distributed.cleanup()
-            if self._quiet_logger is not None:
-                logging.getLogger("medft").setLevel(self._quiet_logger)
 
     def log_stop(self, exc: Exception) -> None:
-        """Write the error that stops the run into train.log: a user error (a data error while
-        loading, say) as ``public``, another as its type and message. Not through the logger, whose
-        console handler would print it a second time."""
-        if self._log_file is None or isinstance(exc, TrainingInterrupted):  # Ctrl-C logs its own line
-            return
-        error = find_user_error(exc)
-        text = error.public if error is not None else f"internal error ({type(exc).__name__}: {exc})"
-        self._log_file.handle(logging.makeLogRecord(
-            {"name": log.name, "levelno": logging.ERROR, "levelname": "ERROR", "msg": f"stopped: {text}"}))
+        """The error that stops the run, into train.log (Ctrl-C logs its own line)."""
+        if not isinstance(exc, TrainingInterrupted):
+            self.logger.log_stop(exc)
 
     # --- helpers -------------------------------------------------------------------------------
 
-    def _check_same_network(self, state: Checkpoint) -> None:
-        """The config is the one the run started with, but the bundle it names may have changed since."""
-        same_def = state.network_def == self.prepared.network_def
-        shapes = {name: tuple(t.shape) for name, t in self.network.state_dict().items()}
-        if same_def and shapes == {name: tuple(t.shape) for name, t in state.model.items()}:
-            return
-        source = f"the bundle {self.config.model.bundle}" if self.config.model.bundle else "model.network_def"
-        raise MedftError(
-            f"{self.checkpoints / checkpoint_file.LAST}: the run started with another network than {source} builds now "
-            f"({'its network_def changed' if not same_def else 'its layers differ'}), so it cannot resume. "
-            "Fix: restore the bundle as it was when the run started, or start a new run with another --out"
-        )
-
     def _prepare_run_dir(self) -> None:
-        saved = self.run_dir / "config.yaml"
+        saved = self.run_dir / run_folder.CONFIG
         if self.resume:
             if not saved.is_file():
-                raise MedftError(f"{self.run_dir}: nothing to resume (no config.yaml). Fix: train without --resume")
+                raise MedftError(f"{self.run_dir}: nothing to resume (no {run_folder.CONFIG}). Fix: train without --resume")
             differences = describe_differences(read_yaml(saved), self.config.model_dump(mode="json"))
             if differences:
                 raise MedftError(
                     f"{saved}: the config differs from the one this run started with, in {differences}. Fix: resume with "
                     f"`medft train {saved} --out {self.run_dir} --resume`, or start a new run with another --out"
                 )
-        elif (self.checkpoints / checkpoint_file.LAST).exists():
+        elif self.saver.holds_run():
             raise MedftError(
                 f"{self.run_dir} already holds a run. Fix: add --resume to continue it, or give another --out"
             )
         else:  # a run stopped before its first checkpoint starts again: its epoch lines go
-            _truncate_metrics(self.run_dir / "metrics.jsonl", 0)
+            self.logger.keep_epochs(0)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        if not saved.is_file() or saved.read_text() != dump_config(self.config):
-            atomic_write_text(dump_config(self.config), saved)
-        self._log_file = _log_to_file(self.run_dir / "train.log")
+        run_folder.write_config(self.run_dir, self.config)
+        self.logger.open_log()
 
     def _record_preprocessing(self) -> None:
         """preprocessing.json: what the network is fed; on --resume it must not have changed (a bundle edited under the run)."""
-        recorded, current = self.run_dir / PREPROCESSING_FILE, json.dumps(self.preprocessing.to_dict(), indent=1) + "\n"
-        if self.resume and recorded.is_file() and recorded.read_text() != current:
+        recorded = run_folder.read_preprocessing(self.run_dir) if self.resume else None
+        if recorded is not None and recorded.to_dict() != self.preprocessing.to_dict():
             raise MedftError(
-                f"{recorded}: the run started with other preprocessing than {self.config.model.bundle or 'the config'} "
-                "gives now, so it cannot resume. Fix: restore the bundle as it was when the run started, or start a new "
-                "run with another --out"
+                f"{self.run_dir / run_folder.PREPROCESSING}: the run started with other preprocessing than "
+                f"{self.config.model.bundle or 'the config'} gives now, so it cannot resume. Fix: restore the bundle as "
+                "it was when the run started, or start a new run with another --out"
             )
-        atomic_write_text(current, recorded)
+        run_folder.write_preprocessing(self.run_dir, self.preprocessing)
 
     def _wrap(self, frozen: set[str]) -> None:
         """Distributed: a new DDP wrapper when the trainable parameters change (see distributed.wrap)."""
@@ -487,7 +439,7 @@ class FineTuneRecipe:
 
 
 def run_training(config: RunConfig, run_dir: Path, resume: bool = False,
-                 on_validation: Callable[[int, float], None] | None = None) -> dict:
+                 on_validation: Callable[[int, float], None] | None = None) -> TrainingSummary:
     recipe = FineTuneRecipe(config, run_dir, resume, on_validation)
     try:
         recipe.setup()
@@ -556,25 +508,6 @@ def _device(name: str) -> torch.device:
     return torch.device("cuda" if name in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
 
 
-def _tensorboard(folder: Path):
-    from torch.utils.tensorboard import SummaryWriter
-
-    return SummaryWriter(log_dir=str(folder))
-
-
-class _NoTensorboard:
-    """The TensorBoard writer of ranks other than 0: writes nothing."""
-
-    def add_scalar(self, *args, **kwargs) -> None:
-        pass
-
-    def flush(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
 def _on_main_then_share(action: Callable[[], None]) -> None:
     """Run ``action`` on rank 0 only; when it fails, every process fails with its message (none waits)."""
     if distributed.is_main():
@@ -588,33 +521,3 @@ def _on_main_then_share(action: Callable[[], None]) -> None:
         error = distributed.broadcast_object(None)
         if error is not None:
             raise MedftError(f"rank 0 stopped: {error}")
-
-
-def _quiet_other_ranks() -> int:
-    """Ranks other than 0 log warnings only (rank 0 tells the story); returns the previous level."""
-    logger = logging.getLogger("medft")
-    level = logger.level
-    if not distributed.is_main():
-        logger.setLevel(logging.WARNING)
-    return level
-
-
-def _truncate_metrics(path: Path, epochs_done: int) -> None:
-    """Drop metric lines of epochs after the checkpoint (written before a kill), and a last line cut
-    short (``read_metrics``); rewritten atomically, so a kill meanwhile loses no line."""
-    if path.exists():
-        kept = [record for record in read_metrics(path) if record["epoch"] < epochs_done]
-        atomic_write_text("".join(json.dumps(record) + "\n" for record in kept), path)
-
-
-def _log_to_file(path: Path) -> logging.Handler:
-    logger = logging.getLogger("medft")
-    for handler in list(logger.handlers):
-        if isinstance(handler, logging.FileHandler):
-            logger.removeHandler(handler)
-            handler.close()
-    handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    return handler

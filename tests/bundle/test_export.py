@@ -190,8 +190,8 @@ def test_a_run_never_validated_exports_valid_json_that_says_so(exported, tmp_pat
 def test_a_damaged_metrics_line_before_the_last_is_named_with_the_fix(exported, tmp_path):
     root, _ = exported
     run = _run_copy(root, tmp_path, lambda lines: ["{not json\n", *lines])
-    with pytest.raises(MedftError, match=r"metrics\.jsonl, line 1: not an epoch's record \(a JSON object with an \"epoch\" "
-                                         r"number\): '\{not json'\. Fix: repair or delete that line"):
+    with pytest.raises(MedftError, match=r"metrics\.jsonl, line 1: not an epoch's record as `medft train` writes it: "
+                                         r"'\{not json'\. Fix: repair or delete that line"):
         export_run(run, tmp_path / "bundle")
     assert not (tmp_path / "bundle").exists()
 

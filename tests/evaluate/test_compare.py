@@ -252,11 +252,11 @@ def test_two_runs_of_the_same_name_are_numbered_not_named_by_their_parents(tmp_p
 
 
 def test_the_console_table_gives_each_class_with_the_difference_and_its_interval(shifted_pair, capsys):
-    from medft.cli import _print_comparison
+    from medft.cli.evaluate import print_comparison
+    from medft.evaluate.compare import read_comparison
 
     eval_a, eval_b, _ = shifted_pair
-    compare_evaluations(eval_a, eval_b)
-    _print_comparison(eval_b / "comparison.json")
+    print_comparison(read_comparison(compare_evaluations(eval_a, eval_b)))
     lines = capsys.readouterr().out.splitlines()
     assert lines[:3] == ["  A: pretrained", "  B: finetuned", " " * 24 + "A      B  B - A (paired, 95% interval)"]
     result = json.loads((eval_b / "comparison.json").read_text())

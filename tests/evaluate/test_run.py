@@ -67,7 +67,7 @@ def evaluated(trained, tmp_path_factory) -> tuple[Path, Path]:
         {"case_id": "dicom", "image": DICOM_CROP, "label": "", "site": "B"},
     ]
     manifest = write_csv(root / "held_out.csv", [{**r, "split": "test"} for r in rows], classes=CLASSES)
-    return evaluate(trained, manifest, root / "out", split="test"), root
+    return evaluate(trained, manifest, root / "out", split="test").folder, root
 
 
 def _per_case(out: Path) -> list[dict]:
@@ -259,7 +259,7 @@ def _one_case_manifest(folder: Path, case_id: str = "hippocampus_340") -> Path:
 
 def test_evaluate_refuses_a_folder_that_holds_an_evaluation_and_leaves_it_as_it_was(trained, tmp_path, capsys):
     manifest = _one_case_manifest(tmp_path)
-    out = evaluate(trained, manifest, tmp_path / "eval")
+    out = evaluate(trained, manifest, tmp_path / "eval").folder
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     assert main(["evaluate", str(trained), "--manifest", str(manifest), "--out", str(out)]) == 1
     error = capsys.readouterr().err
@@ -283,7 +283,7 @@ def test_evaluate_checks_the_out_folder_before_loading_the_model(tmp_path):
 
 def test_evaluate_writes_into_an_empty_existing_folder(trained, tmp_path):
     (tmp_path / "eval").mkdir()
-    out = evaluate(trained, _one_case_manifest(tmp_path), tmp_path / "eval")
+    out = evaluate(trained, _one_case_manifest(tmp_path), tmp_path / "eval").folder
     assert (out / "predictions" / "a1.nii.gz").is_file()
 
 
@@ -302,7 +302,7 @@ def test_a_case_with_the_wrong_channel_count_fails_alone_with_the_reason(trained
     two, label = _two_channel_copy("hippocampus_341", tmp_path / "nii")
     rows = [{"case_id": "a1", "image": sample_case("hippocampus_340")[0], "label": sample_case("hippocampus_340")[1]},
             {"case_id": "two", "image": two, "label": label}]
-    out = evaluate(trained, write_csv(tmp_path / "m.csv", rows, classes=CLASSES), tmp_path / "eval")
+    out = evaluate(trained, write_csv(tmp_path / "m.csv", rows, classes=CLASSES), tmp_path / "eval").folder
     evaluation = json.loads((out / "evaluation.json").read_text())
     cases = {c["case_id"]: c for c in evaluation["cases"]}
     assert cases["a1"]["status"] == "ok" and cases["two"]["status"] == "failed"
@@ -321,7 +321,7 @@ def test_a_folder_of_two_dicom_series_fails_with_the_series_named_on_the_console
     rows = [{"case_id": "a1", "image": sample_case("hippocampus_340")[0], "label": sample_case("hippocampus_340")[1]},
             {"case_id": "two", "image": folder, "label": ""}]
     with caplog.at_level("WARNING", logger="medft"):
-        out = evaluate(trained, write_csv(tmp_path / "m.csv", rows, classes=CLASSES), tmp_path / "eval")
+        out = evaluate(trained, write_csv(tmp_path / "m.csv", rows, classes=CLASSES), tmp_path / "eval").folder
     console = "\n".join(r.getMessage() for r in caplog.records)
     assert "case two: not evaluated" in console and all(s.uid in console for s in series)
     evaluation = json.loads((out / "evaluation.json").read_text())
@@ -368,7 +368,7 @@ def test_cases_with_nan_voxels_or_labels_outside_the_classes_fail_alone_as_check
             {"case_id": "nan", "image": _edited_copy("hippocampus_341", tmp_path, "nan", with_nan), "label": label},
             {"case_id": "three", "image": image, "label": _edited_copy("hippocampus_341", tmp_path, "three", with_value(3))},
             {"case_id": "half", "image": image, "label": _edited_copy("hippocampus_341", tmp_path, "half", with_value(0.5))}]
-    out = evaluate(trained, write_csv(tmp_path / "m.csv", rows, classes=CLASSES), tmp_path / "eval")
+    out = evaluate(trained, write_csv(tmp_path / "m.csv", rows, classes=CLASSES), tmp_path / "eval").folder
     cases = {c["case_id"]: c for c in json.loads((out / "evaluation.json").read_text())["cases"]}
     assert [cases[c]["status"] for c in ("a1", "nan", "three", "half")] == ["ok", "failed", "failed", "failed"]
     assert "voxel(s) of the image are NaN or infinite" in cases["nan"]["message"]
@@ -446,8 +446,8 @@ def test_compare_with_a_folder_that_is_no_evaluation_stops_before_inference(trai
 
 def test_compare_writes_the_comparison_with_each_sides_inference_options(trained, tmp_path):
     manifest = _one_case_manifest(tmp_path)
-    plain = evaluate(trained, manifest, tmp_path / "plain")
-    out = evaluate(trained, manifest, tmp_path / "tta", tta=True, largest_component=True, compare=plain)
+    plain = evaluate(trained, manifest, tmp_path / "plain").folder
+    out = evaluate(trained, manifest, tmp_path / "tta", tta=True, largest_component=True, compare=plain).folder
     result = json.loads((out / "comparison.json").read_text())
     assert result["a"]["inference"] == {"tta": False, "tta_flip_axes": [], "largest_component": False}
     assert result["b"]["inference"] == {"tta": True, "tta_flip_axes": [0], "largest_component": True}
@@ -458,7 +458,7 @@ def test_compare_writes_the_comparison_with_each_sides_inference_options(trained
 
 
 def test_the_evaluate_console_names_a_failure_once_counts_it_and_prints_the_comparison(trained, tmp_path, capsys):
-    plain = evaluate(trained, _one_case_manifest(tmp_path), tmp_path / "plain")
+    plain = evaluate(trained, _one_case_manifest(tmp_path), tmp_path / "plain").folder
     broken = copy_case("hippocampus_349", tmp_path / "nii", "broken")
     broken[0].write_bytes(broken[0].read_bytes()[:2000])
     rows = [{"case_id": "a1", "image": sample_case("hippocampus_340")[0], "label": sample_case("hippocampus_340")[1]},
@@ -506,7 +506,7 @@ def test_a_run_is_named_by_its_own_folder_not_its_parent_in_the_report(trained, 
     patient = tmp_path / "jane_doe_1962"  # a parent folder named after a patient
     patient.mkdir()
     (patient / "train").symlink_to(trained, target_is_directory=True)
-    out = evaluate(patient / "train", _one_case_manifest(tmp_path), tmp_path / "eval")
+    out = evaluate(patient / "train", _one_case_manifest(tmp_path), tmp_path / "eval").folder
     assert json.loads((out / "evaluation.json").read_text())["model"]["name"] == "train"
     report = (out / "report.html").read_text()
     assert "<title>Evaluation of train</title>" in report and "jane_doe_1962" not in report
@@ -531,7 +531,7 @@ def test_an_interrupted_evaluation_leaves_no_folder_and_the_next_one_writes_it(t
     assert seen == [False], "the evaluation folder appeared before it was complete"
     assert _listing(tmp_path) == before, "no evaluation folder, and no partial one, is left"
     monkeypatch.undo()
-    assert _listing(evaluate(trained, manifest, out)) == ["evaluation.json", "per_case.csv", "predictions", "report.html",
+    assert _listing(evaluate(trained, manifest, out).folder) == ["evaluation.json", "per_case.csv", "predictions", "report.html",
                                                           "summary.json"]
 
 
@@ -598,7 +598,7 @@ def test_an_interrupted_prediction_leaves_no_file_that_looks_like_one(trained, t
 
 def test_an_interrupted_comparison_leaves_the_evaluation_whole_and_no_comparison_file(trained, tmp_path, monkeypatch):
     manifest = _one_case_manifest(tmp_path)
-    plain = evaluate(trained, manifest, tmp_path / "plain")
+    plain = evaluate(trained, manifest, tmp_path / "plain").folder
 
     def interrupt(*args):
         raise KeyboardInterrupt

@@ -8,7 +8,8 @@ from medft.formats.checkpoint import FORMAT_VERSION, Checkpoint, find_checkpoint
 
 def _checkpoint(epoch: int = 0) -> Checkpoint:
     return Checkpoint(epoch=epoch, step=0, model={"w": torch.arange(1000.0)}, class_names=["background", "a"],
-                      network_def={"_target_": "UNet"}, optimizer={}, scheduler={}, scaler={}, early_stopping={}, rng={})
+                      network_def={"_target_": "UNet"}, optimizer={}, scheduler={}, scaler={}, early_stopping={}, rng={},
+                      preprocessing={"source": "medft", "steps": []})
 
 
 def test_what_is_written_is_read_back(tmp_path):
@@ -16,7 +17,7 @@ def test_what_is_written_is_read_back(tmp_path):
     write_checkpoint(_checkpoint(epoch=3), path)
     read = read_checkpoint(path)
     assert read.epoch == 3 and read.class_names == ["background", "a"] and read.format_version == FORMAT_VERSION
-    assert torch.equal(read.model["w"], torch.arange(1000.0)) and read.preprocessing is None
+    assert torch.equal(read.model["w"], torch.arange(1000.0)) and read.preprocessing["steps"] == []
     assert find_checkpoint(tmp_path) == path and find_checkpoint(tmp_path, "last") == path
     write_checkpoint(_checkpoint(), tmp_path / "checkpoints" / "best.pt")
     assert find_checkpoint(tmp_path).name == "best.pt" and find_checkpoint(tmp_path, "last") == path

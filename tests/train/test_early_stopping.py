@@ -34,11 +34,3 @@ def test_the_state_survives_a_resume():
     resumed.load_state_dict(stopper.state_dict())
     assert resumed == stopper
     assert resumed.update(0.516, 2) and resumed.bad_validations == 0  # 0.016 over the last counted rise, 0.5
-
-
-def test_a_checkpoint_without_baseline_continues_from_its_best():
-    resumed = EarlyStopping(patience=3, min_delta=0.01)
-    resumed.load_state_dict({"patience": 3, "min_delta": 0.01, "best": 0.6, "best_epoch": 4, "bad_validations": 1})
-    assert resumed.baseline == 0.6
-    resumed.update(0.605, 5)
-    assert resumed.bad_validations == 2

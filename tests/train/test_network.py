@@ -20,6 +20,7 @@ def test_a_run_of_such_a_network_is_rebuilt_with_its_own_class_count(tmp_path):
     """The run trains 3 classes; the bundle's network_def still says 2."""
     import shutil
 
+    from medft.data.preprocessing import Preprocessing
     from medft.evaluate.inference import load_model
     from medft.formats.checkpoint import Checkpoint, write_checkpoint
     from tests.train.helpers import make_config
@@ -31,6 +32,7 @@ def test_a_run_of_such_a_network_is_rebuilt_with_its_own_class_count(tmp_path):
     prepared = prepare_network(ModelConfig(bundle=str(tmp_path / "bundle")), 3)
     write_checkpoint(Checkpoint(epoch=1, step=0, model=prepared.network.state_dict(), network_def=prepared.network_def,
                                 class_names=["background", "anterior", "posterior"], optimizer={}, scheduler={}, scaler={},
-                                early_stopping={}, rng={}), run / "checkpoints" / "last.pt")
+                                early_stopping={}, rng={}, preprocessing=Preprocessing.medft().to_dict()),
+                     run / "checkpoints" / "last.pt")
     model = load_model(run, checkpoint="last")
     assert model.network.stem_finals[1].weight.shape[0] == 3

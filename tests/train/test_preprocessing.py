@@ -39,7 +39,7 @@ def test_spacing_auto_is_the_training_median_and_predictions_return_to_each_inpu
     assert steps[1]["_target_"] == "ScaleIntensityRangePercentilesd" and (steps[1]["lower"], steps[1]["upper"]) == (0.5, 99.5)
     assert json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])["val_dice"] >= 0
 
-    out = evaluate(tmp_path / "run", manifest, tmp_path / "eval")
+    out = evaluate(tmp_path / "run", manifest, tmp_path / "eval").folder
     for row in rows:
         prediction, image = nib.load(out / "predictions" / f"{row['case_id']}.nii.gz"), nib.load(row["image"])
         assert prediction.shape == image.shape and np.allclose(prediction.affine, image.affine)

@@ -123,7 +123,7 @@ def test_early_stopping_stops_after_patience(tmp_path):
     config = make_config(tmp_path, **{"train.epochs": 10, "early_stopping.patience": 2, "early_stopping.min_delta": 1.0})
     summary = run_training(load_config(config), tmp_path / "out")
     assert [r["epoch"] for r in _metrics(tmp_path / "out")] == [0, 1, 2]  # a first result, then 2 without a rise of 1.0
-    assert summary["best_epoch"] >= 0
+    assert summary.best_epoch >= 0
     assert "early stopping" in (tmp_path / "out" / "train.log").read_text()
 
 
@@ -183,16 +183,6 @@ def test_ctrl_c_saves_and_the_run_resumes_exactly(tmp_path):
     assert all(torch.equal(expected[name], got[name]) for name in expected)
     losses = lambda run: [r["train_loss"] for r in _metrics(tmp_path / run)]  # noqa: E731
     assert losses("stopped") == pytest.approx(losses("reference"), rel=1e-9)  # the interrupted epoch's loss too
-
-
-def test_metric_lines_after_the_checkpoint_and_a_line_cut_short_are_dropped_in_place(tmp_path):
-    from medft.train.recipe import _truncate_metrics
-
-    path = tmp_path / "metrics.jsonl"
-    path.write_text('{"epoch": 0}\n{"epoch": 1}\n{"epoch": 2}\n{"epoch": 3, "train_lo')  # a full disk cut the last
-    _truncate_metrics(path, 2)
-    assert path.read_text() == '{"epoch": 0}\n{"epoch": 1}\n'
-    assert [p.name for p in tmp_path.iterdir()] == ["metrics.jsonl"]  # no temporary file left
 
 
 def test_a_run_stopped_before_its_first_checkpoint_starts_again_without_its_old_epoch_lines(tmp_path):
@@ -266,7 +256,7 @@ def test_patch_sampling_and_networks_from_random_weights(tmp_path, changes):
     config = make_config(tmp_path, **{"train.epochs": 1, **changes})
     summary = run_training(load_config(config), tmp_path / "out")
     record = _metrics(tmp_path / "out")[0]
-    assert torch.isfinite(torch.tensor(record["train_loss"])) and 0 <= summary["best_val_dice"] <= 1
+    assert torch.isfinite(torch.tensor(record["train_loss"])) and 0 <= summary.best_val_dice <= 1
 
 
 def test_deep_supervision_loss_weighs_head_i_by_half_to_the_i():
@@ -451,7 +441,7 @@ def test_bfloat16_mixed_precision_on_cpu(tmp_path):
     state = torch.load(tmp_path / "out" / "checkpoints" / "last.pt", weights_only=False)["model"]
     assert {t.dtype for t in state.values() if t.is_floating_point()} == {torch.float32}
     record = _metrics(tmp_path / "out")[0]
-    assert torch.isfinite(torch.tensor(record["train_loss"])) and 0 <= summary["best_val_dice"] <= 1
+    assert torch.isfinite(torch.tensor(record["train_loss"])) and 0 <= summary.best_val_dice <= 1
 
 
 def test_the_network_sees_plain_tensors_in_training_and_validation(tmp_path):
@@ -507,7 +497,7 @@ def test_sgd_trains_with_nesterov_momentum_and_checkpoints_it(tmp_path):
     assert isinstance(optimizer, torch.optim.SGD)
     assert {(g["momentum"], g["nesterov"]) for g in optimizer.param_groups} == {(0.9, True)}
     changed = [k for k, v in recipe.network.state_dict().items() if k in before and not torch.equal(v, before[k])]
-    assert changed and 0 <= summary["best_val_dice"] <= 1
+    assert changed and 0 <= summary.best_val_dice <= 1
     saved = torch.load(tmp_path / "out" / "checkpoints" / "last.pt", weights_only=False)["optimizer"]
     assert saved["state"] and all("momentum_buffer" in s for s in saved["state"].values())
 
