@@ -19,7 +19,7 @@ from pathlib import Path
 
 from common import fmt_difference, markdown_table
 
-from medft.evaluate.report import read_evaluation
+from medft.evaluate.folder import read_evaluation
 from medft.evaluate.summary import MEAN_FOREGROUND, paired_difference
 
 

@@ -102,8 +102,22 @@ def surface_metrics(
     Computed on the CPU (MONAI's KD-tree path, exact Euclidean distances, which MONAI rounds to
     float32); returned as float64 on the device of ``pred``.
     """
-    from monai.metrics import compute_hausdorff_distance, compute_surface_dice
+    pred, target, spatial_dims = _label_maps(pred, target)
+    spacing_mm = _spacing(spacing, spatial_dims)
+    tolerances = _tolerances(nsd_tolerance_mm, num_classes)
+    device = pred.device
+    pred, target = _class_indices(pred, "pred", num_classes), _class_indices(target, "target", num_classes)
+    cases = pred.shape[0]
+    hd95 = torch.full((cases, num_classes), float("nan"), dtype=torch.float64)
+    nsd = torch.full((cases, num_classes), float("nan"), dtype=torch.float64)
+    for c in range(1, num_classes):
+        hd95[:, c], nsd[:, c] = _class_surface_metrics(pred == c, target == c, spacing_mm, tolerances[c])
+    return hd95.to(device), nsd.to(device)
 
+
+def _label_maps(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """``pred`` and ``target`` without their channel axis of size 1 (when both have one), and their number
+    of spatial axes; ValueError when their shapes differ or they have other than 2 or 3 spatial axes."""
     if pred.ndim == target.ndim and pred.ndim >= 2 and pred.shape[1:2] == (1,) and target.shape[1:2] == (1,):
         pred, target = pred[:, 0], target[:, 0]
     if pred.shape != target.shape:
@@ -117,44 +131,48 @@ def surface_metrics(
             f"surface_metrics: label maps must be shaped (cases, *spatial) with 2 or 3 spatial axes, "
             f"got shape {tuple(pred.shape)}. Fix: add the case axis (unsqueeze(0)) for a single case."
         )
-    spacing_mm = _spacing(spacing, spatial_dims)
-    tolerances = _tolerances(nsd_tolerance_mm, num_classes)
-    device = pred.device
-    # plain tensors (not MONAI MetaTensors: their metadata bookkeeping is not needed here), on the CPU
-    pred = pred.detach().as_subclass(torch.Tensor).cpu().long()
-    target = target.detach().as_subclass(torch.Tensor).cpu().long()
-    for name, labels in (("pred", pred), ("target", target)):
-        if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
-            raise ValueError(
-                f"surface_metrics: {name} holds labels outside 0..{num_classes - 1} "
-                f"(min {int(labels.min())}, max {int(labels.max())}). Fix: pass the right num_classes."
-            )
+    return pred, target, spatial_dims
 
-    cases = pred.shape[0]
-    hd95 = torch.full((cases, num_classes), float("nan"), dtype=torch.float64)
-    nsd = torch.full((cases, num_classes), float("nan"), dtype=torch.float64)
-    for c in range(1, num_classes):
-        pred_c, target_c = pred == c, target == c
-        in_pred, in_target = pred_c.flatten(1).any(1), target_c.flatten(1).any(1)
-        nsd[in_pred ^ in_target, c] = 0.0  # one side empty: no boundary within tolerance
-        both = in_pred & in_target
-        if not both.any():
-            continue
-        # one channel at a time (the one-hot channel c): memory stays at one mask per case
-        y_pred = pred_c[both].unsqueeze(1).float()
-        y = target_c[both].unsqueeze(1).float()
-        with warnings.catch_warnings():
-            # MONAI warns about its own internal use of a deprecated argument of get_mask_edges,
-            # and about empty masks (which are filtered out above, so it is a safety net only)
-            warnings.filterwarnings("ignore", message=".*always_return_as_numpy.*")
-            warnings.filterwarnings("ignore", message=r".*(ground truth|prediction) of class .* is all 0.*")
-            hd95[both, c] = compute_hausdorff_distance(
-                y_pred, y, include_background=True, percentile=95, spacing=spacing_mm
-            ).double()[:, 0]
-            nsd[both, c] = compute_surface_dice(
-                y_pred, y, class_thresholds=[tolerances[c]], include_background=True, spacing=spacing_mm
-            ).double()[:, 0]
-    return hd95.to(device), nsd.to(device)
+
+def _class_indices(labels: torch.Tensor, name: str, num_classes: int) -> torch.Tensor:
+    """A label map as a plain CPU long tensor (not a MONAI MetaTensor: its metadata bookkeeping is not
+    needed here); ValueError for labels outside 0 .. num_classes - 1."""
+    labels = labels.detach().as_subclass(torch.Tensor).cpu().long()
+    if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(
+            f"surface_metrics: {name} holds labels outside 0..{num_classes - 1} "
+            f"(min {int(labels.min())}, max {int(labels.max())}). Fix: pass the right num_classes."
+        )
+    return labels
+
+
+def _class_surface_metrics(pred_c: torch.Tensor, target_c: torch.Tensor, spacing_mm: list[float],
+                           tolerance: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(hd95, nsd) of one class, each (cases,) float64, from its masks in prediction and target (cases, *spatial)."""
+    from monai.metrics import compute_hausdorff_distance, compute_surface_dice
+
+    hd95 = torch.full((pred_c.shape[0],), float("nan"), dtype=torch.float64)
+    nsd = torch.full((pred_c.shape[0],), float("nan"), dtype=torch.float64)
+    in_pred, in_target = pred_c.flatten(1).any(1), target_c.flatten(1).any(1)
+    nsd[in_pred ^ in_target] = 0.0  # one side empty: no boundary within tolerance
+    both = in_pred & in_target
+    if not both.any():
+        return hd95, nsd
+    # one channel at a time (the one-hot channel c): memory stays at one mask per case
+    y_pred = pred_c[both].unsqueeze(1).float()
+    y = target_c[both].unsqueeze(1).float()
+    with warnings.catch_warnings():
+        # MONAI warns about its own internal use of a deprecated argument of get_mask_edges,
+        # and about empty masks (which are filtered out above, so it is a safety net only)
+        warnings.filterwarnings("ignore", message=".*always_return_as_numpy.*")
+        warnings.filterwarnings("ignore", message=r".*(ground truth|prediction) of class .* is all 0.*")
+        hd95[both] = compute_hausdorff_distance(
+            y_pred, y, include_background=True, percentile=95, spacing=spacing_mm
+        ).double()[:, 0]
+        nsd[both] = compute_surface_dice(
+            y_pred, y, class_thresholds=[tolerance], include_background=True, spacing=spacing_mm
+        ).double()[:, 0]
+    return hd95, nsd
 
 
 def _spacing(spacing: Sequence[float], spatial_dims: int) -> list[float]:

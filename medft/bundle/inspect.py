@@ -71,31 +71,13 @@ def _inspect(
     except MedftError as error:
         errors.append(str(error))
     preprocessing = _preprocessing(bundle, errors)
-    changed = dict(overrides or {})
-    changed.update({k: v for k, v in (("out_channels", out_channels), ("in_channels", in_channels)) if v is not None})
-    spatial_dims = _int(changed.get("spatial_dims")) or bundle.spatial_dims or _first_conv(network, "dims")
-    n_in = _int(changed.get("in_channels")) or bundle.in_channels or _first_conv(network, "in_channels")
-    n_out = _int(changed.get("out_channels")) or bundle.out_channels
-
+    spatial_dims, n_in, n_out = _network_shape(bundle, network, overrides, out_channels, in_channels)
     sizes = [input_size] if input_size is not None else _default_sizes(bundle, spatial_dims)
-    output_shape, forward_error, size = None, None, sizes[0]
     if refused:
-        forward_error = None
-    elif spatial_dims is None or n_in is None:
-        forward_error = "cannot tell the network's spatial dims or input channels from network_def: give --in-channels"
+        output_shape, size = None, sizes[0]
     else:
-        for size in sizes:
-            try:
-                output_shape, forward_error = dummy_forward_backward(network, n_in, spatial_dims, size), None
-                break
-            except MedftError as error:
-                forward_error = str(error)
-    if forward_error:
-        errors.append(forward_error)
-    elif output_shape is not None and (problem := segmentation_output_problem(output_shape, spatial_dims)):
-        errors.append(problem)
-    elif n_out is not None and output_shape is not None and output_shape[1] != n_out:
-        errors.append(f"the network's output has {output_shape[1]} channels, not the {n_out} asked for")
+        output_shape, size, problem = _try_training_passes(network, spatial_dims, n_in, n_out, sizes)
+        errors += [problem] if problem else []
     size = [size] * (spatial_dims or 0) if isinstance(size, int) else list(size)
     return {
         "bundle": bundle.name,
@@ -120,6 +102,39 @@ def _inspect(
         "would_train": not errors,
         "errors": errors,
     }
+
+
+def _network_shape(bundle: Bundle, network: nn.Module, overrides: dict | None, out_channels: int | None,
+                   in_channels: int | None) -> tuple[int | None, int | None, int | None]:
+    """(spatial dims, input channels, output channels) of the adapted network: as asked for (the channels, then
+    the overrides), else as the bundle's metadata says, else as its first convolution has them (None: unknown)."""
+    changed = dict(overrides or {})
+    changed.update({k: v for k, v in (("out_channels", out_channels), ("in_channels", in_channels)) if v is not None})
+    spatial_dims = _int(changed.get("spatial_dims")) or bundle.spatial_dims or _first_conv(network, "dims")
+    n_in = _int(changed.get("in_channels")) or bundle.in_channels or _first_conv(network, "in_channels")
+    n_out = _int(changed.get("out_channels")) or bundle.out_channels
+    return spatial_dims, n_in, n_out
+
+
+def _try_training_passes(network: nn.Module, spatial_dims: int | None, n_in: int | None, n_out: int | None,
+                         sizes: list) -> tuple[tuple | None, int | Sequence[int], str | None]:
+    """One training step's passes on a dummy batch, at each input size in turn until one works: (the output
+    shape, None when every size failed; the size tried last; what stops training, or None)."""
+    if spatial_dims is None or n_in is None:
+        return None, sizes[0], ("cannot tell the network's spatial dims or input channels from network_def: give "
+                                "--in-channels")
+    error = None
+    for size in sizes:
+        try:
+            output_shape = dummy_forward_backward(network, n_in, spatial_dims, size)
+        except MedftError as exc:
+            error = str(exc)
+            continue
+        problem = segmentation_output_problem(output_shape, spatial_dims)
+        if not problem and n_out is not None and output_shape[1] != n_out:
+            problem = f"the network's output has {output_shape[1]} channels, not the {n_out} asked for"
+        return output_shape, size, problem
+    return None, size, error
 
 
 def format_inspection(result: dict) -> str:

@@ -74,7 +74,7 @@ def print_dice(summary: dict) -> None:
 
 def print_comparison(comparison: dict) -> None:
     """Each class's mean Dice under A and B and the difference B - A with its 95% interval (comparison.json)."""
-    from medft.evaluate.report import MEAN_LABEL
+    from medft.evaluate.html import MEAN_LABEL
     from medft.evaluate.summary import MEAN_FOREGROUND
 
     design = comparison["design"]

@@ -23,23 +23,14 @@ Each side (``"a"``, ``"b"``) states its inference options as its evaluation.json
 """
 from __future__ import annotations
 
-import html
 import json
 import math
 from pathlib import Path
 
 from medft.atomic_files import atomic_write_text
 from medft.errors import MedftError
-from medft.evaluate.report import (
-    MEAN_LABEL,
-    METRIC_NAMES,
-    EvaluationFolder,
-    case_mean_dice,
-    describe_tta,
-    format_metric,
-    page,
-    read_evaluation,
-)
+from medft.evaluate.folder import EvaluationFolder, case_mean_dice, read_evaluation
+from medft.evaluate.html import MEAN_LABEL, METRIC_NAMES, describe_tta, escape, figure, format_metric, number_cell, page
 from medft.evaluate.summary import MEAN_FOREGROUND, METRICS, paired_difference, summarize, unpaired_difference
 
 N_RESAMPLES = 2000
@@ -243,10 +234,6 @@ def _safe(value: float | None) -> float | None:
 # --------------------------------------------------------------------------------------------
 # The page
 # --------------------------------------------------------------------------------------------
-def _e(value: object) -> str:
-    return html.escape(str(value), quote=True)
-
-
 def _signed(value: float | None, metric: str = "dice") -> str:
     if value is None:
         return "n/a"
@@ -276,88 +263,106 @@ def _verdict(diff: dict, labels: tuple[str, str], metric: str = "dice") -> str:
 
 
 def _page(result: dict, a: EvaluationFolder, b: EvaluationFolder) -> str:
-    from medft.evaluate import plots
-
     labels = (result["a"]["label"], result["b"]["label"])
     names = result["class_names"][1:]
     keys = [*names, MEAN_FOREGROUND]
     shown = {**{n: n for n in names}, MEAN_FOREGROUND: MEAN_LABEL}
-    design = result["design"]
-    paired_design = design == "paired"
-    fg = result["dice"][MEAN_FOREGROUND][design]
+    parts = [*_opening(result, labels), *_dice_per_class(result, labels, keys, shown),
+             *_case_by_case(result, labels, keys, shown)]
+    others = [m for m in result[f"{result['design']}_differences"] if m != "dice"]
+    if others:
+        parts.append(_other_metrics(result, others, names, shown, labels))
+    title = f"Comparison: {labels[0]} vs {labels[1]}"
+    return page(title, "\n".join(parts))
+
+
+def _opening(result: dict, labels: tuple[str, str]) -> list[str]:
+    """The headline difference, the two evaluations, and which design compares them."""
+    paired_design = result["design"] == "paired"
+    fg = result["dice"][MEAN_FOREGROUND][result["design"]]
     if paired_design:
         how = f'paired over {fg["n_common"]} cases scored in both'
     else:
-        how = (f'unpaired: the mean over {_e(labels[1])}\'s {fg["n_b"]} cases against that over {_e(labels[0])}\'s '
-               f'{fg["n_a"]} cases, no case being scored in both')
+        how = (f'unpaired: the mean over {escape(labels[1])}\'s {fg["n_b"]} cases against that over '
+               f'{escape(labels[0])}\'s {fg["n_a"]} cases, no case being scored in both')
     parts = [
         f'<p class="lead">Dice, mean over the foreground classes: <strong>{_signed(fg["mean_diff"])}</strong> with '
-        f'{_e(labels[1])} compared with {_e(labels[0])} (95% CI {_interval(fg["ci95"], signed=True)}), {how}: '
-        f'{_e(_verdict(fg, labels))}.</p>',
+        f'{escape(labels[1])} compared with {escape(labels[0])} (95% CI {_interval(fg["ci95"], signed=True)}), {how}: '
+        f'{escape(_verdict(fg, labels))}.</p>',
         _sides_table(result),
     ]
     if paired_design:
-        parts.append(f'<p><strong>Paired comparison.</strong> {_e(result["design_reason"])}</p>')
+        parts.append(f'<p><strong>Paired comparison.</strong> {escape(result["design_reason"])}</p>')
     else:
-        parts.append(f'<div class="box warn"><strong>Unpaired comparison.</strong> {_e(result["design_reason"])}</div>')
+        parts.append(f'<div class="box warn"><strong>Unpaired comparison.</strong> {escape(result["design_reason"])}</div>')
     if paired_design and (result["only_in_a"] or result["only_in_b"]):
         parts.append(f'<div class="box warn">Only the {len(result["common_cases"])} cases scored in both enter the '
-                     f'paired differences. Scored only in {_e(labels[0])}: {_e(", ".join(result["only_in_a"]) or "none")}. '
-                     f'Scored only in {_e(labels[1])}: {_e(", ".join(result["only_in_b"]) or "none")}.</div>')
+                     f'paired differences. Scored only in {escape(labels[0])}: '
+                     f'{escape(", ".join(result["only_in_a"]) or "none")}. '
+                     f'Scored only in {escape(labels[1])}: {escape(", ".join(result["only_in_b"]) or "none")}.</div>')
+    return parts
 
-    boot = result["bootstrap"]
-    if paired_design:
-        how = (f'mean of the per-case differences {_e(labels[1])} − {_e(labels[0])} on the cases scored in both, with '
-               f'a paired bootstrap 95% CI ({_e(boot.get("resamples"))} resamples of the cases, seed '
-               f'{_e(boot.get("seed"))}); a case whose Dice is NaN in either is left out of that class.')
-    else:
-        how = (f'mean Dice of {_e(labels[1])} minus mean Dice of {_e(labels[0])}, each over its own scored cases '
-               f'(unpaired), with a 95% bootstrap CI of the difference of means ({_e(boot.get("resamples"))} '
-               f'resamples, each evaluation\'s cases resampled independently, seed {_e(boot.get("seed"))}); a case '
-               f'whose Dice is NaN is left out of that class on its side.')
-    parts.append(f'<h2>Dice per class</h2><p>{_e(labels[0])} and {_e(labels[1])}: mean Dice over each one\'s scored '
-                 f'cases with its 95% bootstrap CI (from its summary.json). Difference: {how}</p>')
-    rows = []
-    for key in keys:
-        entry = result["dice"][key]
-        diff = entry[design]
-        cls = ' class="mean"' if key == MEAN_FOREGROUND else ""
-        rows.append(
-            f"<tr{cls}><th>{_e(shown[key])}</th>{_mean_cell(entry['a'])}{_mean_cell(entry['b'])}"
-            f'<td class="num"><span class="cell-main">{_signed(diff["mean_diff"])}</span>'
-            f'<span class="cell-sub">95% CI {_interval(diff["ci95"], signed=True)}</span>'
-            f'<span class="cell-sub">{_count(diff)}</span></td>'
-            f"<td>{_e(_verdict(diff, labels))}</td></tr>")
-    parts.append(f"<table><tr><th>Class</th><th>{_e(labels[0])}</th><th>{_e(labels[1])}</th>"
-                 f"<th>{_e(labels[1])} − {_e(labels[0])}</th><th>Reading</th></tr>{''.join(rows)}</table>")
+
+def _dice_per_class(result: dict, labels: tuple[str, str], keys: list[str], shown: dict) -> list[str]:
+    """Each side's mean Dice per class and their difference: how it is computed, a table, a plot."""
+    from medft.evaluate import plots
+
+    design = result["design"]
+    rows = "".join(_dice_row(key, result["dice"][key], design, shown, labels) for key in keys)
     uri = plots.compare_means([shown[k] for k in keys], [result["dice"][k]["a"] for k in keys],
                               [result["dice"][k]["b"] for k in keys],
                               [{"mean": result["dice"][k][design]["mean_diff"],
                                 "ci95": result["dice"][k][design]["ci95"]}
                                if result["dice"][k][design]["ci95"][0] is not None else {} for k in keys], labels,
                               diff_title=f"{design.capitalize()} difference, 95% CI")
-    parts.append(_figure(uri, f"Left: mean Dice with 95% CI of each evaluation. Right: the {design} difference with "
-                              "its 95% CI; an interval that does not cross 0 is a difference the data support.",
-                         "Mean Dice of A and B per class, and their difference"))
+    return [
+        f'<h2>Dice per class</h2><p>{escape(labels[0])} and {escape(labels[1])}: mean Dice over each one\'s scored '
+        f'cases with its 95% bootstrap CI (from its summary.json). Difference: {_difference_method(result, labels)}</p>',
+        f"<table><tr><th>Class</th><th>{escape(labels[0])}</th><th>{escape(labels[1])}</th>"
+        f"<th>{escape(labels[1])} − {escape(labels[0])}</th><th>Reading</th></tr>{rows}</table>",
+        figure(uri, f"Left: mean Dice with 95% CI of each evaluation. Right: the {design} difference with its 95% CI; "
+                    "an interval that does not cross 0 is a difference the data support.",
+               "Mean Dice of A and B per class, and their difference"),
+    ]
 
-    parts.append("<h2>Case by case</h2>")
-    if paired_design:
-        pairs = [[(c["case_id"], c["dice_a"][k], c["dice_b"][k]) for c in result["cases"]
-                  if c["dice_a"][k] is not None and c["dice_b"][k] is not None] for k in keys]
-        uri = plots.paired_cases([shown[k] for k in keys], pairs, labels)
-        parts.append(_figure(uri, f"Each line is one case: its Dice with {_e(labels[0])} on the left, with "
-                                  f"{_e(labels[1])} on the right.", "Paired Dice per case"))
-        parts.append(_case_table(result, labels))
-    else:
-        parts.append(f'<p>No per-case plot: the two evaluations share no case, so no case has a Dice under both '
-                     f'{_e(labels[0])} and {_e(labels[1])} to compare. Each evaluation\'s own report.html shows its '
-                     f'cases.</p>')
-    others = [m for m in result[f"{design}_differences"] if m != "dice"]
-    if others:
-        parts.append(_other_metrics(result, others, names, shown, labels))
-    title = f"Comparison: {labels[0]} vs {labels[1]}"
-    body = "\n".join(parts)
-    return page(title, body)
+
+def _difference_method(result: dict, labels: tuple[str, str]) -> str:
+    """How the difference of the design was computed, in words."""
+    boot = result["bootstrap"]
+    if result["design"] == "paired":
+        return (f'mean of the per-case differences {escape(labels[1])} − {escape(labels[0])} on the cases scored in '
+                f'both, with a paired bootstrap 95% CI ({escape(boot.get("resamples"))} resamples of the cases, seed '
+                f'{escape(boot.get("seed"))}); a case whose Dice is NaN in either is left out of that class.')
+    return (f'mean Dice of {escape(labels[1])} minus mean Dice of {escape(labels[0])}, each over its own scored cases '
+            f'(unpaired), with a 95% bootstrap CI of the difference of means ({escape(boot.get("resamples"))} '
+            f'resamples, each evaluation\'s cases resampled independently, seed {escape(boot.get("seed"))}); a case '
+            f'whose Dice is NaN is left out of that class on its side.')
+
+
+def _dice_row(key: str, entry: dict, design: str, shown: dict, labels: tuple[str, str]) -> str:
+    diff = entry[design]
+    cls = ' class="mean"' if key == MEAN_FOREGROUND else ""
+    return (f"<tr{cls}><th>{escape(shown[key])}</th>{_mean_cell(entry['a'])}{_mean_cell(entry['b'])}"
+            + number_cell(_signed(diff["mean_diff"]), f'95% CI {_interval(diff["ci95"], signed=True)}', _count(diff))
+            + f"<td>{escape(_verdict(diff, labels))}</td></tr>")
+
+
+def _case_by_case(result: dict, labels: tuple[str, str], keys: list[str], shown: dict) -> list[str]:
+    """Paired: each case's Dice under A and under B, as a plot and a table; unpaired: why there is none."""
+    from medft.evaluate import plots
+
+    if result["design"] != "paired":
+        return ["<h2>Case by case</h2>",
+                f'<p>No per-case plot: the two evaluations share no case, so no case has a Dice under both '
+                f'{escape(labels[0])} and {escape(labels[1])} to compare. Each evaluation\'s own report.html shows its '
+                f'cases.</p>']
+    pairs = [[(c["case_id"], c["dice_a"][k], c["dice_b"][k]) for c in result["cases"]
+              if c["dice_a"][k] is not None and c["dice_b"][k] is not None] for k in keys]
+    uri = plots.paired_cases([shown[k] for k in keys], pairs, labels)
+    return ["<h2>Case by case</h2>",
+            figure(uri, f"Each line is one case: its Dice with {escape(labels[0])} on the left, with "
+                        f"{escape(labels[1])} on the right.", "Paired Dice per case"),
+            _case_table(result, labels)]
 
 
 def _count(diff: dict) -> str:
@@ -367,16 +372,10 @@ def _count(diff: dict) -> str:
     return f'n = {diff["n_a"]} (A), {diff["n_b"]} (B)'
 
 
-def _figure(uri: str, caption: str, alt: str) -> str:
-    return f'<figure><img src="{uri}" alt="{_e(alt)}"><figcaption>{caption}</figcaption></figure>'
-
-
 def _mean_cell(stats: dict) -> str:
     if stats.get("mean") is None:
         return '<td class="num">n/a</td>'
-    return (f'<td class="num"><span class="cell-main">{format_metric("dice", stats["mean"])}</span>'
-            f'<span class="cell-sub">95% CI {_interval(stats["ci95"])}</span>'
-            f'<span class="cell-sub">n = {stats["n"]}</span></td>')
+    return number_cell(format_metric("dice", stats["mean"]), f'95% CI {_interval(stats["ci95"])}', f'n = {stats["n"]}')
 
 
 def _sides_table(result: dict) -> str:
@@ -387,10 +386,10 @@ def _sides_table(result: dict) -> str:
         what = " ".join(str(v) for v in (model.get("name"), model.get("version")) if v) or "n/a"
         kind = {"run": "fine-tuned run", "bundle": "MONAI bundle"}.get(model.get("kind"), model.get("kind") or "")
         manifest = Path(side["manifest"]).name if side.get("manifest") else "n/a"  # names only: no paths on the page
-        rows.append(f"<tr><th>{letter.upper()}: {_e(side['label'])}</th><td>{_e(what)}</td><td>{_e(kind)}</td>"
-                    f"<td>{_e(manifest)}</td><td>{_e(side.get('split') or 'all')}</td>"
-                    f"<td>{_e(_inference_text(side['inference']))}</td>"
-                    f'<td class="num">{side["n_scored_cases"]}</td><td>{_e(Path(side["path"]).name)}</td></tr>')
+        rows.append(f"<tr><th>{letter.upper()}: {escape(side['label'])}</th><td>{escape(what)}</td><td>{escape(kind)}</td>"
+                    f"<td>{escape(manifest)}</td><td>{escape(side.get('split') or 'all')}</td>"
+                    f"<td>{escape(_inference_text(side['inference']))}</td>"
+                    f'<td class="num">{side["n_scored_cases"]}</td><td>{escape(Path(side["path"]).name)}</td></tr>')
     table = ("<table><tr><th>Evaluation</th><th>Model</th><th>Kind</th><th>Manifest</th><th>Split</th><th>Inference</th>"
              f"<th>Scored cases</th><th>Evaluation folder</th></tr>{''.join(rows)}</table>")
     a, b = result["a"]["inference"], result["b"]["inference"]
@@ -407,30 +406,27 @@ def _case_table(result: dict, labels: tuple[str, str]) -> str:
 
     order = sorted(result["cases"], key=lambda c: (diff(c) is None, diff(c) or 0.0, c["case_id"]))
     lines = "".join(
-        f"<tr><td>{_e(c['case_id'])}</td><td>{_e(c['site'])}</td>"
+        f"<tr><td>{escape(c['case_id'])}</td><td>{escape(c['site'])}</td>"
         f'<td class="num">{format_metric("dice", c["dice_a"][MEAN_FOREGROUND])}</td>'
         f'<td class="num">{format_metric("dice", c["dice_b"][MEAN_FOREGROUND])}</td>'
         f'<td class="num"><strong>{_signed(diff(c))}</strong></td></tr>' for c in order)
     return (f"<h3>Dice per case, mean over the foreground classes (largest drop first)</h3><table><tr><th>Case</th>"
-            f"<th>Site</th><th>{_e(labels[0])}</th><th>{_e(labels[1])}</th><th>{_e(labels[1])} − {_e(labels[0])}</th>"
-            f"</tr>{lines}</table>")
+            f"<th>Site</th><th>{escape(labels[0])}</th><th>{escape(labels[1])}</th>"
+            f"<th>{escape(labels[1])} − {escape(labels[0])}</th></tr>{lines}</table>")
 
 
 def _other_metrics(result: dict, metrics: list[str], names: list[str], shown: dict, labels: tuple[str, str]) -> str:
     design = result["design"]
-    head = "".join(f"<th>{_e(METRIC_NAMES.get(m, m))}</th>" for m in metrics)
+    head = "".join(f"<th>{escape(METRIC_NAMES.get(m, m))}</th>" for m in metrics)
     rows = []
     for key in [*names, MEAN_FOREGROUND]:
         cells = []
         for m in metrics:
             d = result[f"{design}_differences"][m][key]
             n = f'n = {d["n_common"]}' if design == "paired" else _count(d)
-            cells.append(f'<td class="num"><span class="cell-main">{_signed(d["mean_diff"], m)}</span>'
-                         f'<span class="cell-sub">95% CI {_interval(d["ci95"], m, signed=True)}</span>'
-                         f'<span class="cell-sub">{n}</span></td>')
+            cells.append(number_cell(_signed(d["mean_diff"], m), f'95% CI {_interval(d["ci95"], m, signed=True)}', n))
         cls = ' class="mean"' if key == MEAN_FOREGROUND else ""
-        rows.append(f"<tr{cls}><th>{_e(shown[key])}</th>{''.join(cells)}</tr>")
-    return (f"<h2>Other metrics</h2><p>{design.capitalize()} differences {_e(labels[1])} − {_e(labels[0])}, as for "
-            f"Dice. For HD95 "
-            f"(mm) a negative difference is an improvement.</p><table><tr><th>Class</th>{head}</tr>"
+        rows.append(f"<tr{cls}><th>{escape(shown[key])}</th>{''.join(cells)}</tr>")
+    return (f"<h2>Other metrics</h2><p>{design.capitalize()} differences {escape(labels[1])} − {escape(labels[0])}, as "
+            f"for Dice. For HD95 (mm) a negative difference is an improvement.</p><table><tr><th>Class</th>{head}</tr>"
             f"{''.join(rows)}</table>")

@@ -19,19 +19,13 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
+from medft.evaluate.html import METRIC_NAMES
 from medft.slices import class_hex
 
 GREY = "#555555"
 SITE_MARKERS = ["o", "s", "^", "D", "v", "P", "X", "<", ">"]
 DPI = 110
 
-METRIC_TITLES = {
-    "dice": "Dice",
-    "sensitivity": "Sensitivity",
-    "specificity": "Specificity",
-    "hd95": "HD95 (mm)",
-    "nsd": "NSD",
-}
 # Which way is better, shown on the axes so that nobody has to remember it.
 HIGHER_IS_BETTER = {"dice": True, "sensitivity": True, "specificity": True, "hd95": False, "nsd": True}
 
@@ -106,7 +100,7 @@ def distributions(values: dict[str, dict[str, list[tuple[float, str]]]], classes
             ax.set_xlim(0.4, len(classes) + 0.6)
             ax.grid(axis="x", visible=False)
             better = "higher is better" if HIGHER_IS_BETTER.get(metric, True) else "lower is better"
-            ax.set_title(f"{METRIC_TITLES.get(metric, metric)}  ({better})")
+            ax.set_title(f"{METRIC_NAMES.get(metric, metric)}  ({better})")
             shown = _finite([v for pairs in values[metric].values() for v, _ in pairs])
             if metric == "specificity" and shown.size and shown.min() > 0.9:
                 # Close to 1 for any small structure: zoom in, and say so on the axis.

@@ -24,6 +24,7 @@ from medft.data.checks import label_value_problems
 from medft.data.manifest import Case, Manifest, case_id_problem, load_manifest
 from medft.errors import DataError, MedftError, find_user_error
 from medft.evaluate.compare import check_comparable, compare_evaluations, read_comparison
+from medft.evaluate.folder import PER_CASE, SUMMARY
 from medft.evaluate.inference import (
     TrainedModel,
     check_channels,
@@ -91,68 +92,90 @@ def evaluate(model_path: str | Path, manifest_path: str | Path, out: str | Path,
 def _write_evaluation(out: Path, model: TrainedModel, manifest: Manifest, cases: list[Case], split: str | None,
                       tta: bool, largest_component: bool) -> tuple[Evaluation, dict]:
     """Predict and score ``cases`` into ``out``: predictions/, per_case.csv, summary.json, evaluation.json, report.html."""
-    n = len(model.class_names)
-    rows: list[dict] = []
+    scores = _Scores(model.class_names)
     records: list[dict] = []
     warnings: list[tuple[str, str]] = []  # (as evaluation.json keeps it, as the console shows it)
-    confusion = torch.zeros(n, n, dtype=torch.int64)
-    histograms = np.zeros((2, n, ROC_BINS), dtype=np.int64)  # [negatives, positives] per class
     prep = model.preprocess()
     for case in tqdm(cases, desc="evaluating", unit="case", disable=None):
-        record = {"case_id": case.case_id, "site": case.site, "image": [str(p) for p in case.image],
-                  "series_uid": case.series_uid, "label": str(case.label) if case.label else None,
-                  "prediction": None, "status": CaseStatus.OK, "message": None}
-        records.append(record)
-        item = case.record()
-        if case.label is not None and not case.label.exists():
-            item.pop("label")
-            record.update(label=None, message=f"label file {case.label} not found: evaluated as prediction-only")
-            warnings.append((f"case {case.case_id}: {record['message']}",) * 2)
-        try:
-            data = prep(item)
-            check_channels(model, data["image"], ", ".join(str(p) for p in case.image))
-            _require_class_labels(data, case, model.class_names)
-        except Exception as exc:
-            problem = find_user_error(exc)
-            if problem is None:
-                raise
-            if isinstance(problem, DataError):  # the line is about the case already
-                stored, shown = problem.details.without_case(public=True), problem.details.without_case()
-            else:
-                stored, shown = problem.public, str(problem)
-            record.update(status=CaseStatus.FAILED, message=stored)
-            warnings.append((f"case {case.case_id}: not evaluated: {stored}", f"case {case.case_id}: not evaluated: {shown}"))
-            continue
-        probs = model.preprocessing.to_input_grid(predict(model, data["image"], tta=tta), data["image"])
-        labels = _label_map(probs, largest_component)
-        record["prediction"] = str(save_prediction(labels, probs, out / "predictions" / f"{case.case_id}.nii.gz").relative_to(out))
-        if "label" not in data:
-            record["status"] = CaseStatus.PREDICTION_ONLY
-            if not record["message"]:
-                warnings.append((f"case {case.case_id}: no label, evaluated as prediction-only",) * 2)
-            continue
-        target = data["label"][0].long()
-        rows += _case_rows(case, model.class_names, labels, target, _spacing(data["label"]))
-        confusion += torch.bincount((target * n + labels).flatten(), minlength=n * n).reshape(n, n)
-        _add_histograms(histograms, probs.as_tensor(), target)
-
-    write_per_case(out / "per_case.csv", rows)
-    summary = summarize(rows, model.class_names)
-    (out / "summary.json").write_text(json.dumps(summary, indent=1, allow_nan=False) + "\n")
+        records.append(_evaluate_case(case, model, prep, out, tta, largest_component, scores, warnings))
+    write_per_case(out / PER_CASE, scores.rows)
+    summary = summarize(scores.rows, model.class_names)
+    (out / SUMMARY).write_text(json.dumps(summary, indent=1, allow_nan=False) + "\n")
     evaluation = Evaluation(
         evaluation_id=uuid.uuid4().hex, model=model.info, manifest=str(manifest.path), split=split,
         class_names=model.class_names, label_map=dict(sorted(model.label_map.items())),
         preprocessing=model.preprocessing.to_dict(public=True), tta=tta,
         tta_flip_axes=list(model.flip_axes) if tta else [], largest_component=largest_component,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"), medft_version=__version__,
-        cases=[CaseRecord(**record) for record in records], confusion_matrix=confusion.tolist(),
-        roc=_roc_curves(histograms, model.class_names), warnings=[stored for stored, _ in warnings],
+        cases=[CaseRecord(**record) for record in records], confusion_matrix=scores.confusion.tolist(),
+        roc=_roc_curves(scores.histograms, model.class_names), warnings=[stored for stored, _ in warnings],
     )
     write_evaluation(out, evaluation)
     write_report(out)
     for _, shown in warnings:
         log.warning(shown)
     return evaluation, summary
+
+
+def _evaluate_case(case: Case, model: TrainedModel, prep, out: Path, tta: bool, largest_component: bool,
+                   scores: _Scores, warnings: list[tuple[str, str]]) -> dict:
+    """Predict one case into ``out/predictions/`` and score it when it has a label; its evaluation.json record.
+
+    A case that the user's data keeps from being predicted (``find_user_error``) is recorded as failed; what
+    is worth a warning is added to ``warnings``."""
+    record = {"case_id": case.case_id, "site": case.site, "image": [str(p) for p in case.image],
+              "series_uid": case.series_uid, "label": str(case.label) if case.label else None,
+              "prediction": None, "status": CaseStatus.OK, "message": None}
+    item = case.record()
+    if case.label is not None and not case.label.exists():
+        item.pop("label")
+        record.update(label=None, message=f"label file {case.label} not found: evaluated as prediction-only")
+        warnings.append((f"case {case.case_id}: {record['message']}",) * 2)
+    try:
+        data = prep(item)
+        check_channels(model, data["image"], ", ".join(str(p) for p in case.image))
+        _require_class_labels(data, case, model.class_names)
+    except Exception as exc:
+        problem = find_user_error(exc)
+        if problem is None:
+            raise
+        if isinstance(problem, DataError):  # the line is about the case already
+            stored, shown = problem.details.without_case(public=True), problem.details.without_case()
+        else:
+            stored, shown = problem.public, str(problem)
+        record.update(status=CaseStatus.FAILED, message=stored)
+        warnings.append((f"case {case.case_id}: not evaluated: {stored}", f"case {case.case_id}: not evaluated: {shown}"))
+        return record
+    probs = model.preprocessing.to_input_grid(predict(model, data["image"], tta=tta), data["image"])
+    labels = _label_map(probs, largest_component)
+    record["prediction"] = str(save_prediction(labels, probs, out / "predictions" / f"{case.case_id}.nii.gz").relative_to(out))
+    if "label" not in data:
+        record["status"] = CaseStatus.PREDICTION_ONLY
+        if not record["message"]:
+            warnings.append((f"case {case.case_id}: no label, evaluated as prediction-only",) * 2)
+        return record
+    scores.add(case, labels, data["label"], probs)
+    return record
+
+
+class _Scores:
+    """What the scored cases add up to: their per_case.csv rows, the voxel confusion matrix, and the
+    probability histograms that the ROC curves are drawn from."""
+
+    def __init__(self, class_names: list[str]):
+        n = len(class_names)
+        self.class_names = class_names
+        self.rows: list[dict] = []
+        self.confusion = torch.zeros(n, n, dtype=torch.int64)
+        self.histograms = np.zeros((2, n, ROC_BINS), dtype=np.int64)  # [negatives, positives] per class
+
+    def add(self, case: Case, labels: torch.Tensor, label, probs) -> None:
+        """A case's predicted ``labels`` against its ``label`` (as loaded, (1, *spatial)), with its ``probs``."""
+        n = len(self.class_names)
+        target = label[0].long()
+        self.rows += _case_rows(case, self.class_names, labels, target, _spacing(label))
+        self.confusion += torch.bincount((target * n + labels).flatten(), minlength=n * n).reshape(n, n)
+        _add_histograms(self.histograms, probs.as_tensor(), target)
 
 
 def _require_class_labels(data: dict, case: Case, class_names: list[str]) -> None:

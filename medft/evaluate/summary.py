@@ -139,14 +139,8 @@ def summarize(
     return _json_safe(summary)
 
 
-def paired_difference(
-    rows_a: list[dict],
-    rows_b: list[dict],
-    class_names: Sequence[str],
-    metric: str = "dice",
-    n_resamples: int = 2000,
-    seed: int = 0,
-) -> dict:
+def paired_difference(rows_a: list[dict], rows_b: list[dict], class_names: Sequence[str], metric: str = "dice",
+                      n_resamples: int = 2000, seed: int = 0) -> dict:
     """Compare two evaluations of the same cases (e.g. the pretrained bundle A and the fine-tuned run B).
 
     For the cases present in both (by ``case_id``) whose value is not NaN in either, per
@@ -157,24 +151,7 @@ def paired_difference(
     "mean_foreground": ...}}``, JSON-safe (NaN as None).
     """
     (metric,) = _check_metrics([metric])
-    table_a, table_b = _Table(rows_a, class_names), _Table(rows_b, class_names)
-    common = sorted(set(table_a.case_ids) & set(table_b.case_ids))
-    differences = {}
-    for c, name in table_a.foreground:
-        differences[name] = _paired(table_a.values(common, c, metric), table_b.values(common, c, metric), n_resamples, seed)
-    differences[MEAN_FOREGROUND] = _paired(
-        table_a.foreground_means(common, metric), table_b.foreground_means(common, metric), n_resamples, seed
-    )
-    return _json_safe({
-        "metric": metric,
-        "difference": "b - a",
-        "bootstrap": _bootstrap_info(n_resamples, seed),
-        "n_cases_a": len(table_a.case_ids),
-        "n_cases_b": len(table_b.case_ids),
-        "n_common_cases": len(common),
-        "classes": table_a.foreground_names,
-        "differences": differences,
-    })
+    return _difference(rows_a, rows_b, class_names, metric, n_resamples, seed, paired=True)
 
 
 def _paired(a: np.ndarray, b: np.ndarray, n_resamples: int, seed: int) -> dict:
@@ -192,14 +169,8 @@ def _paired(a: np.ndarray, b: np.ndarray, n_resamples: int, seed: int) -> dict:
     }
 
 
-def unpaired_difference(
-    rows_a: list[dict],
-    rows_b: list[dict],
-    class_names: Sequence[str],
-    metric: str = "dice",
-    n_resamples: int = 2000,
-    seed: int = 0,
-) -> dict:
+def unpaired_difference(rows_a: list[dict], rows_b: list[dict], class_names: Sequence[str], metric: str = "dice",
+                        n_resamples: int = 2000, seed: int = 0) -> dict:
     """Compare two evaluations of different cases (e.g. two sites' held-out sets): difference of means.
 
     Per foreground class and for the per-case foreground mean, all of A's cases against all of
@@ -215,24 +186,29 @@ def unpaired_difference(
     (metric,) = _check_metrics([metric])
     if n_resamples < 1:
         raise ValueError(f"unpaired_difference: n_resamples must be >= 1, got {n_resamples}.")
+    return _difference(rows_a, rows_b, class_names, metric, n_resamples, seed, paired=False)
+
+
+def _difference(rows_a: list[dict], rows_b: list[dict], class_names: Sequence[str], metric: str, n_resamples: int,
+                seed: int, paired: bool) -> dict:
+    """What paired_difference (``paired``: the cases in both, ``_paired``) and unpaired_difference (each side's
+    cases, ``_unpaired``) return: B against A per foreground class and for the per-case foreground mean."""
     table_a, table_b = _Table(rows_a, class_names), _Table(rows_b, class_names)
-    ids_a, ids_b = table_a.case_ids, table_b.case_ids
-    differences = {}
-    for c, name in table_a.foreground:
-        differences[name] = _unpaired(table_a.values(ids_a, c, metric), table_b.values(ids_b, c, metric),
-                                      n_resamples, seed)
-    differences[MEAN_FOREGROUND] = _unpaired(
-        table_a.foreground_means(ids_a, metric), table_b.foreground_means(ids_b, metric), n_resamples, seed
-    )
-    return _json_safe({
-        "metric": metric,
-        "difference": "b - a",
-        "bootstrap": _bootstrap_info(n_resamples, seed, UNPAIRED_BOOTSTRAP_METHOD),
-        "n_cases_a": len(ids_a),
-        "n_cases_b": len(ids_b),
-        "classes": table_a.foreground_names,
-        "differences": differences,
-    })
+    if paired:
+        ids_a = ids_b = sorted(set(table_a.case_ids) & set(table_b.case_ids))
+        compare, method = _paired, BOOTSTRAP_METHOD
+    else:
+        ids_a, ids_b = table_a.case_ids, table_b.case_ids
+        compare, method = _unpaired, UNPAIRED_BOOTSTRAP_METHOD
+    differences = {name: compare(table_a.values(ids_a, c, metric), table_b.values(ids_b, c, metric), n_resamples, seed)
+                   for c, name in table_a.foreground}
+    differences[MEAN_FOREGROUND] = compare(table_a.foreground_means(ids_a, metric),
+                                           table_b.foreground_means(ids_b, metric), n_resamples, seed)
+    counts = {"n_cases_a": len(table_a.case_ids), "n_cases_b": len(table_b.case_ids)}
+    if paired:
+        counts["n_common_cases"] = len(ids_a)
+    return _json_safe({"metric": metric, "difference": "b - a", "bootstrap": _bootstrap_info(n_resamples, seed, method),
+                       **counts, "classes": table_a.foreground_names, "differences": differences})
 
 
 def _unpaired(a: np.ndarray, b: np.ndarray, n_resamples: int, seed: int, level: float = 0.95) -> dict:

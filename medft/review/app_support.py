@@ -286,20 +286,16 @@ def _font(size: int):
 
 def legend_html(class_names: Sequence[str], difference: bool = True) -> str:
     """Colour swatches of the foreground classes (and of the difference view), class names escaped."""
-    from medft.slices import DIFFERENCE_HEX, FALSE_NEGATIVE, FALSE_POSITIVE, WRONG_CLASS, class_hex
+    from medft.case_pictures import class_legend, difference_legend
 
-    def swatch(colour: str, name: str) -> str:
-        return (f'<span style="display:inline-flex;align-items:center;margin-right:14px;white-space:nowrap">'
-                f'<span style="display:inline-block;width:12px;height:12px;border-radius:2px;margin-right:5px;'
-                f'background:{colour}"></span>{html.escape(str(name))}</span>')
+    def swatches(legend: list[tuple[str, str]]) -> str:
+        return "".join(f'<span style="display:inline-flex;align-items:center;margin-right:14px;white-space:nowrap">'
+                       f'<span style="display:inline-block;width:12px;height:12px;border-radius:2px;margin-right:5px;'
+                       f'background:{colour}"></span>{html.escape(str(name))}</span>' for colour, name in legend)
 
-    parts = [swatch(class_hex(i), name) for i, name in enumerate(class_names) if i > 0]
-    text = '<div style="font-size:0.85rem;line-height:1.8">' + "".join(parts)
+    text = '<div style="font-size:0.85rem;line-height:1.8">' + swatches(class_legend(class_names))
     if difference:
-        text += ('<span style="color:#888;margin:0 10px 0 4px">|</span>difference: '
-                 + swatch(DIFFERENCE_HEX[FALSE_POSITIVE], "false positive")
-                 + swatch(DIFFERENCE_HEX[FALSE_NEGATIVE], "false negative")
-                 + swatch(DIFFERENCE_HEX[WRONG_CLASS], "wrong class"))
+        text += '<span style="color:#888;margin:0 10px 0 4px">|</span>difference: ' + swatches(difference_legend())
     return text + "</div>"
 
 

@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medft.errors import DataError, MedftError
+from medft.evaluate.folder import PER_CASE
 from medft.evaluate.summary import read_per_case
 from medft.formats import evaluation as evaluation_file
 from medft.formats.evaluation import CaseRecord, CaseStatus, read_evaluation_file
 from medft.review.store import evaluate_again
 
-PER_CASE = "per_case.csv"
 EVALUATION = evaluation_file.FILE
 SORTS = ("worst", "best", "case_id")
 SORT_LABELS = {"worst": "worst first", "best": "best first", "case_id": "by case id"}

@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from medft.case_pictures import case_renderer, class_values, image_values
 from medft.errors import DataError, MedftError
 from medft.review.cases import CaseTable
 from medft.review.store import evaluate_again
-from medft.slices import PLANES, SliceRenderer, class_colors, percentile_window, slice_count, voxel_spacing
+from medft.slices import PLANES, SliceRenderer, percentile_window, slice_count, voxel_spacing
 
 AUTO_WINDOW = "Auto (MR: 1st-99th percentile)"
 MANUAL_WINDOW = "Manual"
@@ -100,14 +101,13 @@ def load_case(table: CaseTable, case_id: str) -> CaseVolumes:
     arrays = {name: _classes(volume, n_classes, name, case_id, changed, table.label_map if name == "ground truth" else {})
               for name, volume in maps.items()}
     affine = np.asarray(image.affine, dtype=np.float64).copy()
-    first = np.ascontiguousarray(np.asarray(image.detach().cpu()[0], dtype=np.float32))
+    first = image_values(image)
     sample = _sample(first)  # percentiles of a large volume from every n-th voxel: the same window, faster
     auto = percentile_window(sample)
     finite = sample[np.isfinite(sample)]
     looks_like_ct = bool(finite.size and np.percentile(finite, 1) < CT_AIR_HU)
-    spacing = voxel_spacing(affine)
-    renderer = SliceRenderer(first, arrays.get("ground truth"), arrays.get("prediction"), spacing=spacing,
-                             window=auto, class_colors=class_colors(n_classes), scale=display_scale(first.shape, spacing))
+    renderer = case_renderer(first, arrays.get("ground truth"), arrays.get("prediction"), affine, n_classes, auto,
+                             display_scale(first.shape, voxel_spacing(affine)))
     return CaseVolumes(case_id=case_id, image=first, truth=arrays.get("ground truth"),
                        prediction=arrays.get("prediction"), affine=affine, class_names=list(table.class_names),
                        renderer=renderer, auto_window=auto, looks_like_ct=looks_like_ct)
@@ -130,9 +130,7 @@ def _sample(volume: np.ndarray, most: int = 2_000_000) -> np.ndarray:
 
 def _classes(volume, n_classes: int, name: str, case_id: str, fix: str, label_map: dict[int, int]) -> np.ndarray:
     """The volume's classes (its file values through ``label_map``); DataError for values outside them."""
-    from medft.data.transforms import map_label_values
-
-    values = map_label_values(np.rint(np.asarray(volume.detach().cpu()[0], dtype=np.float32)), label_map)
+    values = class_values(volume, label_map)
     if values.size and (values.min() < 0 or values.max() >= n_classes):
         raise DataError(
             f"the {name} holds values {int(values.min())}..{int(values.max())}, outside the {n_classes} classes "

@@ -45,7 +45,7 @@ def test_tta_averages_the_mirrorings_of_the_trained_axes(flip_axes):
 
 
 def test_the_report_names_the_mirrorings_or_their_absence():
-    from medft.evaluate.report import describe_tta
+    from medft.evaluate.html import describe_tta
 
     assert describe_tta(False, []) == "no"
     assert describe_tta(True, []) == "yes, but the model was trained without flips: nothing mirrored"

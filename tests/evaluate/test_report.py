@@ -251,7 +251,8 @@ def _read_csv(path: Path) -> list[dict]:
 
 
 def test_worst_cases_are_at_most_six_and_skip_cases_without_a_defined_dice(tmp_path):
-    from medft.evaluate.report import EvaluationFolder, worst_cases
+    from medft.evaluate.folder import EvaluationFolder
+    from medft.evaluate.report import worst_cases
 
     dice = {f"c{k}": (0.9 - 0.1 * k, 0.8 - 0.1 * k) for k in range(8)}
     dice["one_nan"] = (0.05, math.nan)  # foreground mean over the defined class only: 0.05
@@ -267,7 +268,8 @@ def test_worst_cases_are_at_most_six_and_skip_cases_without_a_defined_dice(tmp_p
 
 def test_the_headline_counts_the_cases_whose_dice_is_undefined(tmp_path):
     """It said "on 9 cases with ground truth" where 11 had ground truth and 2 had nothing to score."""
-    from medft.evaluate.report import EvaluationFolder, _headline
+    from medft.evaluate.folder import EvaluationFolder
+    from medft.evaluate.report import _headline
 
     dice = {"mean": 0.5, "ci95": [0.4, 0.6], "n": 9, "n_nan": 2}
     summary = {"overall": {"mean_foreground": {"dice": dice}, "anterior": {"dice": dice}}}

@@ -657,10 +657,11 @@ def test_label_files_stored_with_other_values_are_drawn_through_the_runs_label_m
     assert evaluation["label_map"] == {"10": 1, "20": 2} and evaluation["cases"][0]["status"] == "ok"
     report = (tmp_path / "eval" / "report.html").read_text()
     assert "Picture not drawn" not in report
+    from medft import case_pictures
     from medft.evaluate import report as report_module
 
     drawn = {}
-    monkeypatch.setattr(report_module, "_slice_figure", lambda panels, letters, legend, title: drawn.update(legend=legend))
+    monkeypatch.setattr(case_pictures, "slice_figure", lambda panels, letters, legend, title: drawn.update(legend=legend))
     folder = report_module.read_evaluation(tmp_path / "eval")
     report_module._case_picture(folder, folder.cases[0], "a1")
     assert [name for _, name in drawn["legend"]] == ["anterior", "posterior", "false positive", "false negative",
