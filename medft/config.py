@@ -3,21 +3,20 @@
 Every field has a description (``medft validate`` and the docs show them), unknown keys are
 errors, and all errors of a file are reported at once, each naming the file and the key.
 Relative paths in a config file resolve against the file's own folder; those given with ``--set``
-(``data.manifest``, ``model.bundle``), against the working directory.
+(``data.manifest``, ``model.bundle``), against the working directory. The ``search`` section
+(``medft tune``) has its schema and checks in ``medft.tune.space``, which builds on this module.
 """
 from __future__ import annotations
 
-import copy
 import json
 import re
 from collections.abc import Hashable
 from pathlib import Path
 from types import UnionType
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
-    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -31,11 +30,13 @@ from pydantic import (
 from medft.errors import MedftError
 
 
-class _Section(BaseModel):
+class Section(BaseModel):
+    """A section of the run config (and of its search, medft.tune.space): unknown keys are errors."""
+
     model_config = ConfigDict(extra="forbid")
 
 
-class ModelConfig(_Section):
+class ModelConfig(Section):
     bundle: str | None = Field(None, description="Pretrained MONAI bundle: a local folder in Model Zoo layout, or a Model Zoo name "
                                                  "(downloaded when a network is reachable).")
     bundle_version: str | None = Field(None, description="Model Zoo version to download; the latest when empty. "
@@ -60,7 +61,7 @@ class ModelConfig(_Section):
         return self
 
 
-class DataConfig(_Section):
+class DataConfig(Section):
     manifest: str = Field(description="Manifest of the training data: a CSV file, an MSD dataset.json or an nnU-Net raw folder.")
     class_names: list[str] | None = Field(None, description="Names of the output classes, background first; by default the manifest's "
                                                             "(after label_map).")
@@ -74,19 +75,18 @@ class DataConfig(_Section):
     foreground_ratio: float = Field(0.67, ge=0, le=1, description="Share of patches centred on foreground (patch sampling).")
     preprocessing: Literal["bundle", "medft"] | None = Field(None, description="What the network is fed: bundle (the default with "
                                                                                "model.bundle) replays the bundle's own deterministic "
-                                                                               "preprocessing (its resampling, intensity scaling) from "
-                                                                               "its config, as it was trained; medft (the default without "
-                                                                               "a bundle) uses spacing and intensity below.")
-    spacing: list[float] | Literal["auto"] | None = Field(None, description="medft preprocessing: resample every case to this voxel "
-                                                                            "spacing (mm per RAS axis) with linear interpolation (labels: "
-                                                                            "nearest neighbour); auto: the median spacing of the training "
-                                                                            "cases (nnU-Net's rule), written into the run's config.yaml; "
-                                                                            "none keeps each case's spacing. Predictions are brought back "
-                                                                            "to each input's own grid.")
+                                                                               "preprocessing (its resampling, intensity scaling), as "
+                                                                               "it was trained; medft (the default without a bundle) "
+                                                                               "uses spacing and intensity below.")
+    spacing: list[float] | Literal["auto"] | None = Field(None, description="medft preprocessing: resample every case to this spacing (mm "
+                                                                            "per RAS axis; images linear, labels nearest); auto: the "
+                                                                            "training cases' median (nnU-Net's rule; written into "
+                                                                            "config.yaml); none keeps each case's. Predictions go back "
+                                                                            "to each input's grid.")
     intensity: Literal["zscore", "nonzero_zscore", "ct_window", "percentiles", "none"] | None = Field(
-        None, description="medft preprocessing, per image and channel: zscore (mean 0, sd 1; the default), nonzero_zscore "
-        "(over the non-zero voxels, as for skull-stripped MRI), ct_window (intensity_range, a window in HU, to 0..1, clipped), "
-        "percentiles (intensity_range, lower and upper percentiles, to 0..1, clipped; default 0.5 and 99.5) or none.")
+        None, description="medft preprocessing, per image and channel: zscore (mean 0, sd 1; default), nonzero_zscore (non-zero "
+        "voxels: skull-stripped MRI), ct_window or percentiles (intensity_range in HU, or percentiles defaulting to [0.5, 99.5]; "
+        "to 0..1, clipped) or none.")
     intensity_range: list[float] | None = Field(None, description="The window of ct_window (e.g. [-57, 164] HU) or the percentiles of "
                                                                   "percentiles (e.g. [1, 99]).")
     augmentation: Literal["none", "light", "standard", "strong"] = Field("standard", description="Augmentation preset: none; light (the "
@@ -96,11 +96,11 @@ class DataConfig(_Section):
                                                                                                  "(nnU-Net's ranges: larger rotations and "
                                                                                                  "scaling, noise, blur, brightness, "
                                                                                                  "gamma, low resolution).")
-    flip_axes: list[int] = Field(default_factory=lambda: [0], description="Spatial axes the augmentation mirrors, each on its own with "
-                                                                          "probability 0.5, and test-time augmentation averages over "
-                                                                          "(medft evaluate --tta; none with augmentation: none): 0 "
-                                                                          "left-right, 1 front-back, 2 up-down (RAS). nnU-Net mirrors all "
-                                                                          "three; the default, left-right only, keeps anterior in front.")
+    flip_axes: list[int] = Field(default_factory=lambda: [0], description="Spatial axes (RAS: 0 left-right, 1 front-back, 2 up-down) "
+                                                                          "the augmentation mirrors, each with probability 0.5, and "
+                                                                          "medft evaluate --tta averages over (none with augmentation: "
+                                                                          "none). nnU-Net mirrors all three; left-right only keeps "
+                                                                          "anterior in front.")
     elastic: float = Field(0.0, ge=0, le=1, description="Probability of a mild elastic deformation of a training sample (3D, with any "
                                                         "augmentation preset but none): smooth displacements of 1-2 voxels on average "
                                                         "(Gaussian-smoothed, sigma 5-7 voxels), shapes bent the way anatomy varies "
@@ -182,7 +182,7 @@ def freeze_epochs_problem(epochs: list[int]) -> str | None:
     return None
 
 
-class FreezeStage(_Section):
+class FreezeStage(Section):
     """From ``epoch`` (0-based) on, freeze ``preset`` plus the parameters matching ``patterns``
     (``FreezeStage(5, "encoder")`` or with keywords, as in a config)."""
 
@@ -212,7 +212,7 @@ class FreezeStage(_Section):
 SGD_MOMENTUM = 0.99  # nnU-Net's; optim.momentum's default for sgd
 
 
-class OptimConfig(_Section):
+class OptimConfig(Section):
     name: Literal["adamw", "sgd"] = Field("adamw", description="adamw, or sgd: SGD with Nesterov momentum (nnU-Net's optimizer).")
     lr: float = Field(1e-3, ge=0, description="Peak learning rate of the pretrained layers (0 leaves them as pretrained: a check that a "
                                               "run starts from what the bundle knows).")
@@ -228,7 +228,7 @@ class OptimConfig(_Section):
         return self
 
 
-class TrainConfig(_Section):
+class TrainConfig(Section):
     epochs: int = Field(50, ge=1, description="Maximum number of epochs.")
     batch_size: int = Field(2, ge=1, description="Volumes (or patches) per step.")
     loss: Literal["dice_ce", "dice", "ce"] = Field("dice_ce", description="Loss: Dice + cross-entropy (default), Dice or cross-entropy.")
@@ -249,8 +249,8 @@ class TrainConfig(_Section):
     dice_background: bool = Field(True, description="Count the background in the Dice term (MONAI's default); "
                                   "nnU-Net leaves it out, so the Dice term weighs only the structures.")
     channels_last: bool = Field(False, description="Store the network's weights, and so its activations, channels-last "
-                                "(NDHWC). On CPU this takes oneDNN's path for dilated convolutions (MeshNet's steps 1.6-1.8x faster, "
-                                "benchmarks/RESULTS.md item 7e); no gain for a UNet. Evaluation of the run uses it too.")
+                                "(NDHWC): on CPU, oneDNN's path for dilated convolutions (MeshNet's steps 1.6-1.8x faster, "
+                                "benchmarks/RESULTS.md item 7e); no gain for a UNet. The run's evaluation uses it too.")
 
     @field_validator("dice_weight", "ce_weight")
     @classmethod
@@ -272,12 +272,12 @@ class TrainConfig(_Section):
         return self
 
 
-class ValidationConfig(_Section):
+class ValidationConfig(Section):
     overlap: float = Field(0.25, ge=0, lt=1, description="Overlap of the sliding windows.")
     sw_batch_size: int = Field(4, ge=1, description="Windows per forward pass.")
 
 
-class EarlyStoppingConfig(_Section):
+class EarlyStoppingConfig(Section):
     enabled: bool = Field(True, description="Stop when the validation Dice stops improving.")
     patience: int = Field(10, ge=1, description="Validations without improvement before stopping.")
     min_delta: float = Field(0.001, ge=0, description="Smallest rise of the validation Dice that counts as an improvement, measured from "
@@ -285,105 +285,7 @@ class EarlyStoppingConfig(_Section):
                                                       "any rise.")
 
 
-# --- hyperparameter search (medft tune) -------------------------------------------------------
-
-
-# Searched keys that are not config keys: they build the freeze schedule (see SearchConfig).
-FREEZE_PRESET_KEY = "freeze.preset"
-UNFREEZE_EPOCH_KEY = "freeze.unfreeze_epoch"
-_NOT_SEARCHABLE = {
-    "train.epochs": "it is the budget of every trial (and of the pruner); set it in train.epochs",
-    "freeze": f"search {FREEZE_PRESET_KEY} and/or {UNFREEZE_EPOCH_KEY} instead",
-    "search": "the search cannot search itself",
-}
-
-
-def _searchable_key(key: str) -> str:
-    """A dotted key of the run config (or one of the freeze keys) that a search may set."""
-    if key in (FREEZE_PRESET_KEY, UNFREEZE_EPOCH_KEY):
-        return key
-    parts = key.split(".")
-    for prefix in (key, parts[0]):
-        if prefix in _NOT_SEARCHABLE:
-            raise ValueError(f"{key} cannot be searched: {_NOT_SEARCHABLE[prefix]}")
-    model: type[BaseModel] = RunConfig
-    for depth, part in enumerate(parts):
-        field = model.model_fields.get(part)
-        where = ".".join(parts[:depth + 1])
-        if field is None:
-            known = ", ".join(model.model_fields)
-            raise ValueError(f"{where} is not a key of the run config (known here: {known})")
-        if _is_dict(field.annotation):
-            return key  # e.g. model.network_overrides.dropout: a free-form mapping
-        section = field.annotation if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel) else None
-        if depth < len(parts) - 1 and section is None:
-            raise ValueError(f"{where} is a value, not a section, so {key} does not exist")
-        if depth == len(parts) - 1 and section is not None:
-            raise ValueError(f"{key} is a section; name one of its keys, e.g. {key}.{next(iter(section.model_fields))}")
-        model = section or model
-    return key
-
-
-def _is_dict(annotation: Any) -> bool:
-    return get_origin(annotation) is dict or any(get_origin(arg) is dict for arg in get_args(annotation))
-
-
-class SearchParam(_Section):
-    type: Literal["float", "int", "categorical"] = Field(description="float or int: a value from low to high; categorical: one of choices.")
-    low: float | None = Field(None, description="Smallest value (float and int).")
-    high: float | None = Field(None, description="Largest value, included (float and int).")
-    log: bool = Field(False, description="Sample on a log scale (float and int; low must be above 0), as for learning rates.")
-    step: float | None = Field(None, gt=0, description="Spacing of the values (float and int; int steps by 1 by default); not with log.")
-    choices: list[str | bool | int | float | None] | None = Field(None, description="The values to choose from (categorical): strings, "
-                                                                                    "numbers, true/false or null.")
-
-    @model_validator(mode="after")
-    def _consistent(self) -> SearchParam:
-        if self.type == "categorical":
-            if not self.choices or len(self.choices) < 2:
-                raise ValueError("a categorical parameter needs choices: a list of at least two values "
-                                 "(a single value belongs in the config, not in the search)")
-            extra = [name for name in ("low", "high", "step") if getattr(self, name) is not None] + (["log"] if self.log else [])
-            if extra:
-                raise ValueError(f"{', '.join(extra)} apply to float and int parameters, not to categorical ones")
-            return self
-        if self.low is None or self.high is None:
-            raise ValueError(f"a {self.type} parameter needs low and high, e.g. {{type: {self.type}, low: 1, high: 10}}")
-        if self.choices is not None:
-            raise ValueError(f"choices apply to categorical parameters; a {self.type} parameter takes low and high")
-        if not self.low < self.high:
-            raise ValueError(f"low ({self.low:g}) must be below high ({self.high:g})")
-        if self.log and self.low <= 0:
-            raise ValueError(f"log needs low above 0, got low {self.low:g}")
-        if self.log and self.step is not None:
-            raise ValueError("give log or step, not both")
-        if self.type == "int" and any(v is not None and v != int(v) for v in (self.low, self.high, self.step)):
-            raise ValueError("low, high and step of an int parameter must be whole numbers")
-        return self
-
-
-class SearchConfig(_Section):
-    params: dict[Annotated[str, AfterValidator(_searchable_key)], SearchParam] = Field(
-        min_length=1,
-        description=f"What to search, by dotted config key (as --set takes them), e.g. optim.lr: {{type: float, low: 1.0e-4, "
-                    f"high: 1.0e-2, log: true}}. Two keys build the freeze schedule: {FREEZE_PRESET_KEY} (categorical over "
-                    f"none, all_but_head, encoder) replaces the preset of the stage at epoch 0, and {UNFREEZE_EPOCH_KEY} "
-                    f"(int) replaces the later stages with one that unfreezes everything at that epoch (0: no freezing).",
-    )
-    pruner: Literal["hyperband", "successive_halving", "none"] = Field("hyperband", description="Stops unpromising trials early from "
-                                                                                                "their validation Dice after each epoch: "
-                                                                                                "hyperband, successive_halving or none.")
-    min_resource: int = Field(1, ge=1, description="Epochs a trial trains before the pruner first compares it with the others.")
-    reduction_factor: int = Field(3, ge=2, description="At each pruning rung only the best 1/reduction_factor of the trials go on (rungs "
-                                                       "at min_resource x reduction_factor^k epochs).")
-    n_startup_trials: int = Field(10, ge=0, description="Trials sampled at random before the TPE sampler models the results.")
-    sampler_seed: int | None = Field(None, description="Seed of the sampler; trial n draws from (seed, n), so parallel workers and "
-                                                       "resumed studies do not repeat draws. By default the config's seed.")
-    study_name: str | None = Field(None, min_length=1, description="Name of the study in the storage; by default the config file's name "
-                                                                   "(medft tune --study overrides it).")
-
-
-class RunConfig(_Section):
+class RunConfig(Section):
     seed: int = Field(0, description="Seed of every random choice: data order, augmentation, initialisation.")
     model: ModelConfig = Field(description="The pretrained bundle (or scratch network) and how to adapt it.")
     data: DataConfig = Field(description="Training data and sampling.")
@@ -392,8 +294,8 @@ class RunConfig(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig, description="The training loop.")
     validation: ValidationConfig = Field(default_factory=ValidationConfig, description="Sliding-window validation.")
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig, description="Early stopping on the validation Dice.")
-    search: SearchConfig | None = Field(None, description="Hyperparameter search for medft tune: the values to try and how to prune "
-                                                          "trials; medft train ignores it.")
+    search: dict[str, Any] | None = Field(None, description="Hyperparameter search for medft tune: the values to try and how to prune "
+                                                            "trials; medft train ignores it.")  # its schema: medft.tune.space
 
     @model_validator(mode="before")
     @classmethod
@@ -458,7 +360,7 @@ def read_raw_config(path: Path, overrides: list[str] = ()) -> dict:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise MedftError(f"--set {item!r}: expected dotted.key=value, e.g. --set train.epochs=5")
-        _set_dotted(raw, key.strip(), _from_working_directory(key.strip(), yaml.safe_load(value)), item)
+        set_dotted(raw, key.strip(), _from_working_directory(key.strip(), yaml.safe_load(value)), item)
     return raw
 
 
@@ -519,11 +421,17 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 
 def validate_config(raw: dict, source: str, base: Path | None = None, search_space: bool = False) -> RunConfig:
-    """Validate a config dict; one MedftError lists every problem, each with its key. With
-    ``search_space`` (medft tune and validate), the values of its search too (``search_space_problems``)."""
-    config, problems = _validated(raw)
-    if search_space:
-        problems += search_space_problems(raw)
+    """Validate a config dict; one MedftError lists every problem, each with its key. A search section is
+    validated by its schema (``medft.tune.space``); with ``search_space`` (medft tune and validate), the
+    values of its search too (``search_space_problems``)."""
+    if raw.get("search") is None:
+        config, problems = validated(raw)
+    else:  # imported here: medft.tune.space defines the search section and imports this module
+        from medft.tune.space import RunConfigWithSearch, search_space_problems
+
+        config, problems = validated(raw, RunConfigWithSearch)
+        if search_space:
+            problems += search_space_problems(raw)
     if problems:
         raise MedftError(f"{source}: {len(problems)} problem(s) in the config:\n" + "\n".join(problems))
     if base is not None:
@@ -533,109 +441,12 @@ def validate_config(raw: dict, source: str, base: Path | None = None, search_spa
     return config
 
 
-def _validated(raw: dict) -> tuple[RunConfig | None, list[str]]:
+def validated(raw: dict, schema: type[RunConfig] = RunConfig) -> tuple[RunConfig | None, list[str]]:
     """The config, or None and its problems, one line each."""
     try:
-        return RunConfig.model_validate(raw), []
+        return schema.model_validate(raw), []
     except ValidationError as exc:
         return None, [_format_error(error) for error in exc.errors()]
-
-
-def search_space_problems(raw: dict) -> list[str]:
-    """What the schema cannot see in a config's search: the config must stay valid at each end of
-    every range and with each choice, and the pruner must be able to stop a trial. The parameters
-    that the schema refuses, and a config that is invalid without its search, are left to the
-    schema's problems, which come in the same error."""
-    search = raw.get("search")
-    base = {key: value for key, value in raw.items() if key != "search"}
-    config, invalid = _validated(base)
-    if not isinstance(search, dict) or invalid:
-        return []
-    params = search["params"] if isinstance(search.get("params"), dict) else {}
-    problems = []
-    epochs, min_resource = config.train.epochs, search.get("min_resource", 1)
-    if search.get("pruner") != "none" and type(min_resource) is int and min_resource >= epochs:
-        problems.append(f"  search.min_resource: {min_resource} epoch(s) is not below train.epochs ({epochs}), so the "
-                        f"pruner could never stop a trial. Fix: lower search.min_resource or set search.pruner: none")
-    searched = {}
-    for key, spec in params.items():
-        param = _search_param(key, spec)
-        if param is None:
-            continue
-        wrong = _freeze_key_problem(key, param)
-        if wrong:
-            problems.append(f"  search.params.{key}: {wrong}")
-        else:
-            searched[key] = param
-    if UNFREEZE_EPOCH_KEY in searched and FREEZE_PRESET_KEY not in params:
-        first = next((stage for stage in config.freeze if stage.epoch == 0), None)
-        if first is None or (first.preset in (None, "none") and not first.patterns):
-            problems.append(f"  search.params.{UNFREEZE_EPOCH_KEY}: nothing is frozen at epoch 0, so there is nothing to "
-                            f"unfreeze. Fix: search {FREEZE_PRESET_KEY} too, or give a freeze stage at epoch 0 with a preset")
-    for key, param in searched.items():
-        for value in _extremes(param):
-            _, invalid = _validated(apply_params(base, {key: value}))
-            if invalid:
-                problems.append(f"  search.params.{key}: the value {value!r} makes the config invalid:\n" +
-                                "\n".join("  " + line for line in invalid))
-    return problems
-
-
-def _search_param(key: Any, spec: Any) -> SearchParam | None:
-    """A searched parameter as the schema reads it; None when the schema refuses it."""
-    if not isinstance(key, str):
-        return None
-    try:
-        _searchable_key(key)
-        return SearchParam.model_validate(spec)
-    except ValueError:  # pydantic's ValidationError too
-        return None
-
-
-def _freeze_key_problem(key: str, param: SearchParam) -> str | None:
-    """The searched freeze keys take a preset (categorical) and an epoch (int from 0)."""
-    if key == FREEZE_PRESET_KEY:
-        allowed = set(FREEZE_PRESETS)
-        if param.type != "categorical" or not set(param.choices) <= allowed:
-            return f"{FREEZE_PRESET_KEY} must be categorical with choices among {sorted(allowed)}"
-    if key == UNFREEZE_EPOCH_KEY and (param.type != "int" or param.low < 0):
-        return f"{UNFREEZE_EPOCH_KEY} must be an int parameter with low >= 0 (an epoch)"
-    return None
-
-
-def _extremes(param: SearchParam) -> list:
-    if param.type == "categorical":
-        return list(param.choices)
-    cast = int if param.type == "int" else float
-    return [cast(param.low), cast(param.high)]
-
-
-def apply_params(base: dict, params: dict[str, Any]) -> dict:
-    """A copy of the raw config ``base`` with the searched values set (the freeze keys build the schedule)."""
-    raw = copy.deepcopy(base)
-    raw.pop("search", None)
-    for key, value in params.items():
-        if key not in (FREEZE_PRESET_KEY, UNFREEZE_EPOCH_KEY):
-            _set_dotted(raw, key, value, f"search.params.{key}")
-    if FREEZE_PRESET_KEY in params or UNFREEZE_EPOCH_KEY in params:
-        raw["freeze"] = freeze_schedule(raw.get("freeze") or [], params.get(FREEZE_PRESET_KEY), params.get(UNFREEZE_EPOCH_KEY))
-    return raw
-
-
-def freeze_schedule(stages: list[dict], preset: str | None, unfreeze_epoch: int | None) -> list[dict]:
-    """The schedule from a searched preset (replaces the epoch-0 stage's) and unfreeze epoch
-    (replaces the later stages with one that trains everything from that epoch on)."""
-    first = next((dict(s) for s in stages if s.get("epoch") == 0), {"epoch": 0, "preset": "none"})
-    later = [dict(s) for s in stages if s.get("epoch", 0) > 0]
-    if preset is not None:
-        first["preset"] = preset
-    if unfreeze_epoch is not None:
-        if unfreeze_epoch == 0:
-            return []
-        later = [{"epoch": int(unfreeze_epoch), "preset": "none"}]
-    if first.get("preset") in (None, "none") and not first.get("patterns"):
-        return later if any(s.get("preset") not in (None, "none") or s.get("patterns") for s in later) else []
-    return [first, *later]
 
 
 _ABSENT = object()
@@ -672,8 +483,12 @@ def dump_config(config: RunConfig) -> str:
 
 def describe_keys(model: type[BaseModel] | None = None, prefix: str = "") -> list[tuple[str, str, str]]:
     """Every key of a run config as (dotted key, type and default, description), sections first-level in order."""
+    if model is None:  # with the search section's keys: imported here, as medft.tune.space imports this module
+        from medft.tune.space import RunConfigWithSearch
+
+        model = RunConfigWithSearch
     rows = []
-    for name, field in (model or RunConfig).model_fields.items():
+    for name, field in model.model_fields.items():
         key = f"{prefix}{name}"
         section = _section_type(field.annotation)
         if section is not None:
@@ -735,7 +550,7 @@ def _format_error(error: dict) -> str:
     return f"  {key}: {message} (got {error['input']!r})"
 
 
-def _set_dotted(raw: dict, key: str, value: Any, item: str) -> None:
+def set_dotted(raw: dict, key: str, value: Any, item: str) -> None:
     node = raw
     parts = key.split(".")
     for depth, part in enumerate(parts):

@@ -12,11 +12,12 @@ import optuna
 import pytest
 import torch
 
-from medft import tune as tune_module
 from medft.cli import main
-from medft.config import RunConfig, SearchConfig, SearchParam, freeze_schedule, load_config, validate_config
+from medft.config import RunConfig, load_config, validate_config
 from medft.errors import DataError, MedftError
 from medft.tune import TrialFailed, TrialSeededTPE, tune
+from medft.tune import study as tune_module
+from medft.tune.space import SearchConfig, SearchParam, freeze_schedule
 from tests.train.helpers import make_config
 
 # A wide learning-rate range and an aggressive pruner: successive halving from the first epoch,

@@ -1,29 +1,12 @@
-"""Hyperparameter search: ``medft tune CONFIG --trials N``.
+"""The study of ``medft tune``: its database, the worker that runs trials into it, and one trial.
 
-The ``search`` section of a run config names the values to try by dotted key (as ``--set``
-takes them). Each trial is a ``medft train`` run: the sampled values are set into the config,
-which is validated and trained into ``OUT/trial_<n>``; after each validation the Dice is
-reported to the pruner (the step is the number of epochs trained), which may stop the trial
-there. A trial's value is its best validation Dice.
-
-Optuna does the search: a TPE sampler (trial n draws its random numbers from (seed, n), so
-workers sharing a study and resumed studies never repeat a draw), a Hyperband or successive
-halving pruner, and a study in a database: SQLite in ``OUT/study.db`` by default (WAL mode:
-several workers on one machine share it), or any SQLAlchemy URL that Optuna's RDB storage
-takes (PostgreSQL for workers on several machines). A worker runs trials until the study holds
-``N`` finished trials (complete or pruned), counting those other workers are running; running
-the same command again resumes the study. A trial that fails (a problem of its config or of
-the data, out of memory, no finite Dice) is recorded as failed and the next one runs, but
-``FAILURES_TO_STOP`` failures in a row stop the worker: the next trials would fail as well.
-
-After the trials, ``OUT`` holds ``best_config.yaml`` (ready for ``medft train``),
-``trials.csv`` and plots of the study.
+Each trial is a ``medft train`` run of the config with the sampled values set (``medft.tune.space``),
+trained into ``OUT/trial_<n>`` and pruned from its validation Dice; a worker runs trials until the
+study holds the number of finished trials asked for, counting those other workers are running.
 """
 from __future__ import annotations
 
 import contextlib
-import csv
-import hashlib
 import json
 import logging
 import math
@@ -31,7 +14,6 @@ import os
 import socket
 import time
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,19 +21,13 @@ import optuna
 import torch
 
 from medft.atomic_files import process_ended
-from medft.config import (
-    RunConfig,
-    SearchConfig,
-    SearchParam,
-    apply_params,
-    describe_differences,
-    dump_config,
-    read_raw_config,
-    validate_config,
-)
+from medft.config import RunConfig, describe_differences, dump_config, read_raw_config, validate_config
 from medft.errors import MedftError
 from medft.train import distributed
 from medft.train.recipe import TrainingInterrupted, run_training
+from medft.tune import sampling
+from medft.tune.results import TuneResult, write_results
+from medft.tune.space import SearchConfig, apply_params, describe_params, suggest
 
 log = logging.getLogger("medft.tune")
 
@@ -76,47 +52,6 @@ class TuneInterrupted(MedftError):
     """The tune stopped on Ctrl-C; running the same command again resumes the study."""
 
 
-@dataclass
-class TuneResult:
-    study_name: str
-    storage: str  # the URL without its password
-    out: Path
-    trials: int  # the target
-    finished_before: int
-    ran: int
-    counts: dict[str, int] = field(default_factory=dict)  # trials of the study by state
-    best: dict | None = None  # number, value, best_epoch, params, run_dir
-    files: list[Path] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    def summary(self) -> str:
-        counts = ", ".join(f"{n} {state}" for state, n in self.counts.items()) or "none"
-        lines = [f"study {self.study_name!r} ({self.storage}): {sum(self.counts.values())} trial(s): {counts}; "
-                 f"{self.ran} run now, {self.finished_before} finished before"]
-        if self.best:
-            lines.append(f"best: trial {self.best['number']}, validation Dice {self.best['value']:.4f} at epoch "
-                         f"{self.best['best_epoch']}: {_describe(self.best['params'])}")
-            lines.append(f"  its run folder: {self.best['run_dir']}")
-        if self.files:
-            lines.append(f"written to {self.out}: " + ", ".join(path.name for path in self.files))
-        if self.best:
-            lines.append(f"train the best config: medft train {self.out / 'best_config.yaml'} --out {self.out / 'best'}")
-        lines += [f"note: {note}" for note in self.notes]
-        return "\n".join(lines)
-
-
-# --- the search space --------------------------------------------------------------------------
-
-def suggest(trial, key: str, spec: SearchParam):
-    if spec.type == "categorical":
-        return trial.suggest_categorical(key, spec.choices)
-    if spec.type == "int":
-        return trial.suggest_int(key, int(spec.low), int(spec.high), step=int(spec.step or 1), log=spec.log)
-    return trial.suggest_float(key, spec.low, spec.high, step=spec.step, log=spec.log)
-
-
-# --- the study ---------------------------------------------------------------------------------
-
 def tune(config_path: str | Path, trials: int, out: str | Path | None = None, storage: str | None = None,
          study_name: str | None = None, overrides: list[str] = ()) -> TuneResult:
     """Run the search until the study holds ``trials`` finished trials; write the results to ``out``."""
@@ -130,24 +65,39 @@ def tune(config_path: str | Path, trials: int, out: str | Path | None = None, st
         )
     config_path = Path(config_path)
     out = Path(out) if out is not None else Path("runs") / config_path.stem
+    config = _searched_config(config_path, overrides)
+    out.mkdir(parents=True, exist_ok=True)
+    url = storage or f"sqlite:///{(out / 'study.db').resolve()}"
+    name = study_name or config.search.study_name or config_path.stem
+    study = _open_study(config, out, url, name)
+    finished, running = _finished(study), _running(study)
+    result = TuneResult(name, _masked(url), out, trials, finished, 0)
+    _log_start(result, running)
+    objective = _Objective(config.model_dump(mode="json", exclude={"search"}), config.search, out, name)  # paths resolved
+    _run_trials(study, objective, result, resume_command=_command(config_path, trials, out, storage, study_name, overrides))
+    return result
+
+
+def _searched_config(config_path: Path, overrides: list[str]) -> RunConfig:
+    """The config with its search space checked; an error when it has no search."""
     raw = read_raw_config(config_path, overrides)
     config = validate_config(raw, source=str(config_path), base=config_path.parent, search_space=True)
     if config.search is None:
         raise MedftError(f"{config_path}: no search section, so there is nothing to tune. Fix: add one, e.g. "
                          "search: {params: {optim.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}}} "
                          "(see configs/tune_demo.yaml)")
-    search = config.search
-    base = config.model_dump(mode="json", exclude={"search"})  # paths resolved
+    return config
 
-    out.mkdir(parents=True, exist_ok=True)
-    url = storage or f"sqlite:///{(out / 'study.db').resolve()}"
-    name = study_name or search.study_name or config_path.stem
+
+def _open_study(config: RunConfig, out: Path, url: str, name: str) -> optuna.Study:
+    """The study, created or loaded; an error when ``out`` or the study belong to another search."""
     _claim_out(out, name, _masked(url))
+    search = config.search
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study = optuna.create_study(
-            storage=_storage(url), sampler=TrialSeededTPE(_seed(search, config), search.n_startup_trials),
-            pruner=_pruner(search, config.train.epochs), study_name=name, direction="maximize", load_if_exists=True,
+            storage=_storage(url), sampler=sampling.sampler(search, config), pruner=sampling.pruner(search, config.train.epochs),
+            study_name=name, direction="maximize", load_if_exists=True,
         )
     _check_same_search(study, config, name)
     left = sorted(path.name for path in out.glob("trial_*") if path.is_dir())  # before the trials: a worker may be starting one
@@ -155,9 +105,11 @@ def tune(config_path: str | Path, trials: int, out: str | Path | None = None, st
         raise MedftError(f"{out} holds trial folders ({', '.join(left[:3])}{'...' if len(left) > 3 else ''}) but study "
                          f"{name!r} in {_masked(url)} has no trials: they are left from a study whose database was "
                          "removed. Fix: delete those trial_* folders to start the study afresh, or give another --out")
+    return study
 
-    finished, running = _finished(study), _running(study)
-    result = TuneResult(name, _masked(url), out, trials, finished, 0)
+
+def _log_start(result: TuneResult, running: int) -> None:
+    name, finished, trials = result.study_name, result.finished_before, result.trials
     elsewhere = f", {running} running in other workers" if running else ""
     if finished + running >= trials:
         log.info("study %r in %s already holds %d finished trial(s) of %d%s: nothing to run", name, result.storage,
@@ -165,22 +117,24 @@ def tune(config_path: str | Path, trials: int, out: str | Path | None = None, st
     else:
         log.info("study %r in %s: %d of %d trial(s) finished%s%s; %d to go", name, result.storage, finished, trials,
                  " (resumed)" if finished else "", elsewhere, trials - finished - running)
-    resume_command = _command(config_path, trials, out, storage, study_name, overrides)
-    objective = _Objective(base, search, out, name)
+
+
+def _run_trials(study: optuna.Study, objective: _Objective, result: TuneResult, resume_command: str) -> None:
+    """Trials until the study holds ``result.trials`` finished ones or too many fail in a row; then the results."""
     try:
         with _quiet_known_failures():
-            while _finished(study) + _running(study) < trials and len(objective.failures) < FAILURES_TO_STOP:
+            while _finished(study) + _running(study) < result.trials and len(objective.failures) < FAILURES_TO_STOP:
                 study.optimize(objective, n_trials=1, catch=(TrialFailed,), gc_after_trial=True)
     except KeyboardInterrupt as stop:  # Ctrl-C: Optuna has marked the running trial failed
         result.ran = objective.started
-        _write_results(study, out, result)
+        write_results(study, result.out, result)
         where = f" during trial {stop.number}" if isinstance(stop, TrialInterrupted) else ""
         raise TuneInterrupted(
             f"interrupted{where}: that trial is marked failed; the study keeps its {_finished(study)} finished "
             f"trial(s). Continue with: {resume_command}"
         ) from None
     result.ran = objective.started
-    _write_results(study, out, result)
+    write_results(study, result.out, result)
     if len(objective.failures) >= FAILURES_TO_STOP:
         trials_by_error: dict[str, list[str]] = {}
         for trial, error in objective.failures:
@@ -190,7 +144,6 @@ def tune(config_path: str | Path, trials: int, out: str | Path | None = None, st
             "too):\n" + "\n".join(f"  {', '.join(names)}: {error}" for error, names in trials_by_error.items()) +
             f"\nFix: correct the config, the data or the search ranges named above; then continue with: {resume_command}"
         )
-    return result
 
 
 class _Objective:
@@ -210,7 +163,7 @@ class _Objective:
             value = self._train(trial, params)
         except MedftError as exc:  # out of memory, no finite Dice, a problem of this trial's config or of the data
             trial.set_user_attr("error", exc.public)  # trials.csv: the console shows the full message
-            self.failures.append((f"trial {trial.number} ({_describe(params)})", str(exc)))
+            self.failures.append((f"trial {trial.number} ({describe_params(params)})", str(exc)))
             raise TrialFailed(str(exc)) from None
         except optuna.TrialPruned as pruned:
             log.info("trial %d pruned: %s", trial.number, pruned)
@@ -224,7 +177,7 @@ class _Objective:
         run_dir = self.out / f"trial_{trial.number}"
         trial.set_user_attr("run_dir", str(run_dir.resolve()))
         trial.set_user_attr("config", dump_config(config))
-        log.info("trial %d of study %r: %s -> %s", trial.number, self.study_name, _describe(params), run_dir)
+        log.info("trial %d of study %r: %s -> %s", trial.number, self.study_name, describe_params(params), run_dir)
 
         def report(epoch: int, val_dice: float) -> None:
             log.info("trial %d, epoch %d: validation Dice %.4f", trial.number, epoch, val_dice)
@@ -263,57 +216,6 @@ def _running(study: optuna.Study) -> int:
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
     return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
-
-
-class TrialSeededTPE(optuna.samplers.BaseSampler):
-    """Optuna's TPE sampler, seeded for trial n from (seed, n).
-
-    TPE keeps no state between trials but its random generator: what it learns comes from the
-    study. A fresh TPE seeded from the trial number therefore samples as a long-lived one would,
-    but two workers on one study, or a study resumed with the same seed, never repeat a draw;
-    and the random start-up trials of a study are the same whichever worker runs them.
-    """
-
-    def __init__(self, seed: int, n_startup_trials: int):
-        self.seed, self.n_startup_trials = seed, n_startup_trials
-        self._number: int | None = None
-        self._tpe: optuna.samplers.TPESampler | None = None
-
-    def _for(self, trial: optuna.trial.FrozenTrial) -> optuna.samplers.TPESampler:
-        if trial.number != self._number:
-            seed = int.from_bytes(hashlib.sha256(f"{self.seed}:{trial.number}".encode()).digest()[:4], "little")
-            self._number = trial.number
-            self._tpe = optuna.samplers.TPESampler(seed=seed, n_startup_trials=self.n_startup_trials)
-        return self._tpe
-
-    def before_trial(self, study, trial):
-        self._for(trial).before_trial(study, trial)
-
-    def infer_relative_search_space(self, study, trial):
-        return self._for(trial).infer_relative_search_space(study, trial)
-
-    def sample_relative(self, study, trial, search_space):
-        return self._for(trial).sample_relative(study, trial, search_space)
-
-    def sample_independent(self, study, trial, param_name, param_distribution):
-        return self._for(trial).sample_independent(study, trial, param_name, param_distribution)
-
-    def after_trial(self, study, trial, state, values):
-        self._for(trial).after_trial(study, trial, state, values)
-
-
-def _seed(search: SearchConfig, config: RunConfig) -> int:
-    return config.seed if search.sampler_seed is None else search.sampler_seed
-
-
-def _pruner(search: SearchConfig, epochs: int) -> optuna.pruners.BasePruner:
-    if search.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=search.min_resource, max_resource=epochs,
-                                              reduction_factor=search.reduction_factor)
-    if search.pruner == "successive_halving":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=search.min_resource,
-                                                      reduction_factor=search.reduction_factor)
-    return optuna.pruners.NopPruner()
 
 
 def _storage(url: str):
@@ -403,10 +305,6 @@ def _finished(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=states))
 
 
-def _describe(params: dict) -> str:
-    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
-
-
 def _command(config_path: Path, trials: int, out: Path, storage: str | None, study_name: str | None,
              overrides: list[str]) -> str:
     parts = ["medft tune", str(config_path), "--trials", str(trials), "--out", str(out)]
@@ -441,99 +339,3 @@ class _quiet_known_failures:
             logger.removeFilter(self.filter)
 
 
-# --- results -----------------------------------------------------------------------------------
-
-def _write_results(study, out: Path, result: TuneResult) -> None:
-    """best_config.yaml, trials.csv and the plots, from every trial of the study (all workers)."""
-    trials = study.get_trials(deepcopy=False)
-    result.counts = {state.name.lower(): n for state in optuna.trial.TrialState
-                     if (n := sum(t.state == state for t in trials))}
-    result.files.append(_write_trials_csv(trials, out / "trials.csv"))
-    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
-    if complete:
-        best = study.best_trial
-        result.best = {"number": best.number, "value": best.value, "best_epoch": best.user_attrs.get("best_epoch"),
-                       "params": dict(best.params), "run_dir": best.user_attrs.get("run_dir")}
-        result.files.append(_write_best_config(best, study.study_name, out))
-    else:
-        result.notes.append("no trial completed yet, so there is no best_config.yaml")
-    result.files += _write_plots(study, complete, out, result.notes)
-
-
-def _write_trials_csv(trials, path: Path) -> Path:
-    names = list(dict.fromkeys(name for t in trials for name in t.params))
-    columns = ["number", "state", "value", "best_epoch", "epochs_trained", "pruned_at_epoch", "duration_s", "worker", "run_dir",
-               "error", *names]
-    rows = []
-    for t in trials:
-        duration = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and t.datetime_start else None
-        row = {"number": t.number, "state": t.state.name.lower(), "value": t.value,
-               "best_epoch": t.user_attrs.get("best_epoch"), "epochs_trained": t.last_step,
-               "pruned_at_epoch": t.user_attrs.get("pruned_at_epoch"),
-               "duration_s": None if duration is None else round(duration, 1),
-               "worker": t.user_attrs.get("worker"), "run_dir": t.user_attrs.get("run_dir"),
-               "error": t.user_attrs.get("error"), **t.params}
-        rows.append({key: "" if value is None else value for key, value in row.items()})
-    temporary = path.with_name(f".{path.name}.{os.getpid()}")
-    with temporary.open("w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(temporary, path)  # several workers may write it at once
-    return path
-
-
-def _write_best_config(best, study_name: str, out: Path) -> Path:
-    path = out / "best_config.yaml"
-    searched = "\n".join(f"#   {key}: {value!r}" for key, value in best.params.items())
-    header = (
-        f"# Run: medft train {path} --out {out / 'best'}\n"
-        f"# The best trial of study {study_name!r}: trial {best.number}, validation Dice {best.value:.4f}"
-        f" at epoch {best.user_attrs.get('best_epoch')}; its run folder (with the trained weights) is\n"
-        f"# {best.user_attrs.get('run_dir')}. The searched values:\n{searched}\n"
-    )
-    temporary = path.with_name(f".{path.name}.{os.getpid()}")
-    temporary.write_text(header + best.user_attrs["config"])
-    os.replace(temporary, path)
-    return path
-
-
-def _importances(study: optuna.Study):
-    """PED-ANOVA (Optuna 5's default) on every Optuna: older ones default to fANOVA, which needs scikit-learn."""
-    from optuna.visualization import matplotlib as plots
-
-    return plots.plot_param_importances(study, evaluator=optuna.importance.PedAnovaImportanceEvaluator(),
-                                        target_name="validation Dice")
-
-
-def _write_plots(study, complete: list, out: Path, notes: list[str]) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from optuna.visualization import matplotlib as plots
-
-    written = []
-    wanted = [("optimization_history.png", plots.plot_optimization_history, 1, "trial", "validation Dice (best epoch)"),
-              ("intermediate_values.png", plots.plot_intermediate_values, 1, "epochs trained", "validation Dice"),
-              ("param_importances.png", _importances, 2, None, None)]
-    for name, plot, needed, xlabel, ylabel in wanted:
-        if len(complete) < needed:
-            notes.append(f"{name} needs at least {needed} complete trial(s), the study has {len(complete)}: not drawn")
-            continue
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                axes = plot(study)
-            if xlabel:
-                axes.set_xlabel(xlabel)
-                axes.set_ylabel(ylabel)
-            temporary = out / f".{os.getpid()}.{name}"
-            axes.figure.set_size_inches(8, 5)
-            axes.figure.savefig(temporary, dpi=100, format="png", bbox_inches="tight")
-            plt.close(axes.figure)
-            os.replace(temporary, out / name)  # several workers may draw at once
-            written.append(out / name)
-        except Exception as exc:  # a plot is never worth losing the study's results for
-            notes.append(f"{name}: not drawn ({type(exc).__name__}: {exc})")
-    return written
