@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from pathlib import Path
 from types import UnionType
 from typing import Any, Literal, Union, get_args, get_origin
@@ -347,10 +347,12 @@ class RunConfig(Section):
         return data
 
 
-def load_config(path: str | Path, overrides: list[str] = (), search_space: bool = False) -> RunConfig:
-    """Read a YAML config, apply ``dotted.key=value`` overrides, validate, resolve paths."""
+def load_config(path: str | Path, overrides: list[str] = (), schema: type[RunConfig] | None = None,
+                checks: Callable[[dict], list[str]] | None = None) -> RunConfig:
+    """Read a YAML config, apply ``dotted.key=value`` overrides, validate (``validate_config``), resolve paths."""
     path = Path(path)
-    return validate_config(read_raw_config(path, overrides), source=str(path), base=path.parent, search_space=search_space)
+    return validate_config(read_raw_config(path, overrides), source=str(path), base=path.parent, schema=schema,
+                           checks=checks)
 
 
 def read_raw_config(path: Path, overrides: list[str] = ()) -> dict:
@@ -420,18 +422,14 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def validate_config(raw: dict, source: str, base: Path | None = None, search_space: bool = False) -> RunConfig:
-    """Validate a config dict; one MedftError lists every problem, each with its key. A search section is
-    validated by its schema (``medft.tune.space``); with ``search_space`` (medft tune and validate), the
-    values of its search too (``search_space_problems``)."""
-    if raw.get("search") is None:
-        config, problems = validated(raw)
-    else:  # imported here: medft.tune.space defines the search section and imports this module
-        from medft.tune.space import RunConfigWithSearch, search_space_problems
-
-        config, problems = validated(raw, RunConfigWithSearch)
-        if search_space:
-            problems += search_space_problems(raw)
+def validate_config(raw: dict, source: str, base: Path | None = None, schema: type[RunConfig] | None = None,
+                    checks: Callable[[dict], list[str]] | None = None) -> RunConfig:
+    """Validate a config dict; one MedftError lists every problem, each with its key. ``schema``: RunConfig, or
+    one that extends it (medft.tune.space's, with the search section's); ``checks``: problems the schema cannot
+    see, one line each."""
+    config, problems = validated(raw, schema or RunConfig)
+    if checks is not None:
+        problems += checks(raw)
     if problems:
         raise MedftError(f"{source}: {len(problems)} problem(s) in the config:\n" + "\n".join(problems))
     if base is not None:
@@ -481,12 +479,9 @@ def dump_config(config: RunConfig) -> str:
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
 
 
-def describe_keys(model: type[BaseModel] | None = None, prefix: str = "") -> list[tuple[str, str, str]]:
-    """Every key of a run config as (dotted key, type and default, description), sections first-level in order."""
-    if model is None:  # with the search section's keys: imported here, as medft.tune.space imports this module
-        from medft.tune.space import RunConfigWithSearch
-
-        model = RunConfigWithSearch
+def describe_keys(model: type[BaseModel] = RunConfig, prefix: str = "") -> list[tuple[str, str, str]]:
+    """Every key of a run config (or of ``model``, one that extends it) as (dotted key, type and default,
+    description), sections first-level in order."""
     rows = []
     for name, field in model.model_fields.items():
         key = f"{prefix}{name}"

@@ -11,6 +11,7 @@ WIDTH = "100"  # columns argparse wraps --help at: the file is the same on every
 def render() -> str:
     from medft.cli import build_parser
     from medft.config import describe_keys
+    from medft.tune.space import RunConfigWithSearch
 
     parts = ["# Reference", "",
              "Made by `python -m medft.reference` (`make docs`) from medft's own definitions: do not edit by hand.", "",
@@ -19,7 +20,7 @@ def render() -> str:
         parts += [f"### `{name}`", "", "```", _help(parser).rstrip(), "```", ""]
     parts += ["## Config keys", "", "What a YAML run config (`configs/`) holds; `--set KEY=VALUE` takes the same dotted keys.", "",
               "| key | type and default | meaning |", "| --- | --- | --- |"]
-    parts += [f"| `{key}` | {_cell(kind)} | {_cell(description)} |" for key, kind, description in describe_keys()]
+    parts += [f"| `{key}` | {_cell(kind)} | {_cell(description)} |" for key, kind, description in describe_keys(RunConfigWithSearch)]
     return "\n".join(parts) + "\n"
 
 

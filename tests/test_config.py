@@ -49,8 +49,9 @@ def test_the_hippocampus_step_cap_is_a_whole_epoch_of_its_own_split():
 
 def test_every_key_is_listed_with_a_description_sections_lists_and_mappings_included():
     from medft.config import describe_keys
+    from medft.tune.space import RunConfigWithSearch
 
-    rows = {key: (kind, description) for key, kind, description in describe_keys()}
+    rows = {key: (kind, description) for key, kind, description in describe_keys(RunConfigWithSearch)}
     assert all(description for _, description in rows.values()), [k for k, (_, d) in rows.items() if not d]
     assert rows["data.spatial_size"][0] == "list[int], required"
     assert rows["optim.lr"][0] == "float, default 0.001"

@@ -13,11 +13,13 @@ import pytest
 import torch
 
 from medft.cli import main
-from medft.config import RunConfig, load_config, validate_config
+from medft.config import RunConfig, load_config
 from medft.errors import DataError, MedftError
-from medft.tune import TrialFailed, TrialSeededTPE, tune
+from medft.formats.run import TrainingSummary
 from medft.tune import study as tune_module
-from medft.tune.space import SearchConfig, SearchParam, freeze_schedule
+from medft.tune.sampling import TrialSeededTPE
+from medft.tune.space import SearchConfig, SearchParam, freeze_schedule, validate_search_config
+from medft.tune.study import TrialFailed, tune
 from tests.train.helpers import make_config
 
 # A wide learning-rate range and an aggressive pruner: successive halving from the first epoch,
@@ -162,15 +164,15 @@ def test_search_keys_and_ranges_are_validated_with_the_config(tmp_path):
               "data.augmentation": {"type": "categorical", "choices": ["none"]},
               "model.network_overrides.dropout": {"type": "float", "low": 0, "high": 0.5}}
     with pytest.raises(MedftError) as err:
-        validate_config({**base, "search": {"params": params}}, "c.yaml")
+        validate_search_config({**base, "search": {"params": params}}, "c.yaml")
     message = str(err.value)
     assert "4 problem(s)" in message
     for expected in ("optim.lrr is not a key of the run config", "train.epochs cannot be searched",
                      "search.params.optim.lr: log needs low above 0", "choices: a list of at least two values"):
         assert expected in message
     with pytest.raises(MedftError, match="freeze.preset must be categorical with choices among"):
-        validate_config({**base, "search": {"params": {"freeze.preset": {"type": "categorical", "choices": ["none", "head"]}}}},
-                        "c.yaml", search_space=True)
+        validate_search_config({**base, "search": {"params": {"freeze.preset": {"type": "categorical", "choices": ["none", "head"]}}}},
+                               "c.yaml")
 
 
 def test_validate_checks_the_search_space_and_names_every_problem_at_once(tmp_path, capsys):
@@ -245,7 +247,7 @@ def _fake_training(failing: dict[str, Exception] | None = None):
         (run_dir / "checkpoints").mkdir(parents=True)
         for epoch in range(config.train.epochs):
             on_validation(epoch, 0.5)
-        return {"best_val_dice": 0.5, "best_epoch": 0}
+        return TrainingSummary(best_val_dice=0.5, best_epoch=0, run_dir=str(run_dir))
     return run_training
 
 
@@ -257,7 +259,7 @@ def test_tune_prints_a_line_per_trial_and_not_optunas_info_lines(tmp_path, monke
         dice = 0.5 - 0.1 * int(run_dir.name.removeprefix("trial_"))
         for epoch in range(config.train.epochs):
             on_validation(epoch, dice)
-        return {"best_val_dice": dice, "best_epoch": 1}
+        return TrainingSummary(best_val_dice=dice, best_epoch=1, run_dir=str(run_dir))
 
     monkeypatch.setattr(tune_module, "run_training", poorer_each_trial)
     optuna_logger = logging.getLogger("optuna")

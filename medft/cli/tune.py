@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     console.addFilter(lambda record: record.name == "medft.tune" or record.levelno >= logging.WARNING)  # runs log to their train.log
     import optuna
 
-    from medft.tune import TuneInterrupted, tune
+    from medft.tune.study import TuneInterrupted, tune
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # medft.tune logs each trial; Optuna's own lines repeat them
     try:

@@ -26,15 +26,16 @@ def add_to(commands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from medft.config import describe_keys, dump_config, load_config, missing_paths
+    from medft.config import describe_keys, dump_config, missing_paths
+    from medft.tune.space import RunConfigWithSearch, load_search_config
 
     if args.keys:
-        for key, kind, description in describe_keys():
+        for key, kind, description in describe_keys(RunConfigWithSearch):
             print(f"{key}  ({kind})\n    {description}" if description else f"{key}  ({kind})")
         return 0
     if args.config is None:
         raise MedftError("give a YAML run config to validate (or --keys to list the keys)")
-    config = load_config(args.config, args.overrides, search_space=True)
+    config = load_search_config(args.config, args.overrides)
     print(dump_config(config), end="")
     problems = missing_paths(config)
     for problem in problems:

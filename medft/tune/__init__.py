@@ -21,26 +21,6 @@ After the trials, ``OUT`` holds ``best_config.yaml`` (ready for ``medft train``)
 
 The modules, by job: ``space`` (the search section: its schema, its checks, a trial's config),
 ``sampling`` (the sampler and the pruner), ``study`` (the database, the worker, one trial) and
-``results`` (what the output folder holds, and the summary).
+``results`` (what the output folder holds, and the summary). Importing the package imports none of
+them: ``space`` is light (``medft validate`` checks a search section without loading Optuna or torch).
 """
-from __future__ import annotations
-
-import importlib
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from medft.tune.results import TuneResult
-    from medft.tune.sampling import TrialSeededTPE
-    from medft.tune.study import TrialFailed, TuneInterrupted, tune
-
-# Imported on first use: medft.config imports medft.tune.space to check a search section, which must
-# not load Optuna and torch (medft validate answers in a fraction of a second).
-_HOMES = {"tune": "study", "TuneInterrupted": "study", "TrialFailed": "study", "TuneResult": "results",
-          "TrialSeededTPE": "sampling"}
-__all__ = ["TrialFailed", "TrialSeededTPE", "TuneInterrupted", "TuneResult", "tune"]
-
-
-def __getattr__(name: str):
-    if name not in _HOMES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)

@@ -1,18 +1,19 @@
 """The search space of ``medft tune``: the ``search`` section of a run config (its schema and the checks
 the schema cannot make), the sampling of one value per searched key, and the run config of a trial.
 
-This module builds on ``medft.config`` (the searchable keys are the run config's keys); ``medft.config``
-does not import it at import time, only inside ``validate_config`` and ``describe_keys``, to check and to
-list a search section.
+This module builds on ``medft.config`` (the searchable keys are the run config's keys), which knows
+nothing of it: ``medft train`` takes the search section as a mapping and ignores it; ``medft tune`` and
+``medft validate`` read a config with ``load_search_config``, which checks the section too.
 """
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import AfterValidator, BaseModel, Field, model_validator
 
-from medft.config import FREEZE_PRESETS, RunConfig, Section, set_dotted, validated
+from medft.config import FREEZE_PRESETS, RunConfig, Section, read_raw_config, set_dotted, validate_config, validated
 
 # Searched keys that are not config keys: they build the freeze schedule (see SearchConfig.params).
 FREEZE_PRESET_KEY = "freeze.preset"
@@ -109,10 +110,20 @@ class SearchConfig(Section):
 
 
 class RunConfigWithSearch(RunConfig):
-    """The run config with the schema of its search section, as ``validate_config`` reads a config that has
-    one (``RunConfig`` leaves the section a mapping, so that ``medft.config`` needs nothing of this module)."""
+    """The run config with the schema of its search section (``RunConfig`` leaves the section a mapping)."""
 
     search: SearchConfig | None = Field(None, description=RunConfig.model_fields["search"].description)
+
+
+def validate_search_config(raw: dict, source: str, base: Path | None = None) -> RunConfigWithSearch:
+    """``validate_config`` with the search section's schema and the checks the schema cannot make."""
+    return validate_config(raw, source, base, schema=RunConfigWithSearch, checks=search_space_problems)
+
+
+def load_search_config(path: str | Path, overrides: list[str] = ()) -> RunConfigWithSearch:
+    """``load_config`` with the search section checked (``validate_search_config``)."""
+    path = Path(path)
+    return validate_search_config(read_raw_config(path, overrides), source=str(path), base=path.parent)
 
 
 def search_space_problems(raw: dict) -> list[str]:

@@ -27,7 +27,7 @@ from medft.train import distributed
 from medft.train.recipe import TrainingInterrupted, run_training
 from medft.tune import sampling
 from medft.tune.results import TuneResult, write_results
-from medft.tune.space import SearchConfig, apply_params, describe_params, suggest
+from medft.tune.space import SearchConfig, apply_params, describe_params, suggest, validate_search_config
 
 log = logging.getLogger("medft.tune")
 
@@ -81,7 +81,7 @@ def tune(config_path: str | Path, trials: int, out: str | Path | None = None, st
 def _searched_config(config_path: Path, overrides: list[str]) -> RunConfig:
     """The config with its search space checked; an error when it has no search."""
     raw = read_raw_config(config_path, overrides)
-    config = validate_config(raw, source=str(config_path), base=config_path.parent, search_space=True)
+    config = validate_search_config(raw, source=str(config_path), base=config_path.parent)
     if config.search is None:
         raise MedftError(f"{config_path}: no search section, so there is nothing to tune. Fix: add one, e.g. "
                          "search: {params: {optim.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}}} "
@@ -192,11 +192,11 @@ class _Objective:
             raise TrialInterrupted(trial.number) from None  # Optuna marks the trial failed
         except torch.cuda.OutOfMemoryError as exc:  # torch.OutOfMemoryError, on older torch too
             raise TrialFailed(f"out of memory ({exc})") from None
-        best = summary["best_val_dice"]
+        best = summary.best_val_dice
         if best is None or not math.isfinite(best):
             raise TrialFailed("no finite validation Dice (no foreground in the validation cases?)")
-        trial.set_user_attr("best_epoch", summary["best_epoch"])
-        log.info("trial %d finished: best validation Dice %.4f at epoch %d", trial.number, best, summary["best_epoch"])
+        trial.set_user_attr("best_epoch", summary.best_epoch)
+        log.info("trial %d finished: best validation Dice %.4f at epoch %d", trial.number, best, summary.best_epoch)
         return float(best)
 
 
