@@ -41,7 +41,7 @@ def test_usage_errors_exit_2():
 def test_a_reader_that_leaves_early_is_no_internal_error():
     # A command whose output outlasts the pipe's buffer, so that it is still writing when the reader leaves.
     flood = ("import sys\nfrom medft import cli\n"
-             "def flood(args):\n    for _ in range(100_000):\n        print('x' * 80)\n    return 0\n"
+             "def flood(**options):\n    for _ in range(100_000):\n        print('x' * 80)\n    return 0\n"
              "cli.validate.run = flood\nsys.exit(cli.main(['validate', '--keys']))")
     reader = subprocess.Popen([sys.executable, "-c", flood], cwd=REPO,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -84,7 +84,7 @@ def test_a_missing_manifest_is_one_line_and_exit_1():
 
 
 def test_unexpected_errors_show_no_traceback(monkeypatch, capsys):
-    def broken(args):
+    def broken(**options):
         raise ValueError("boom")
 
     parser = cli.build_parser()
@@ -107,7 +107,7 @@ def test_commands_other_than_train_refuse_to_run_once_per_torchrun_process(monke
 
 
 def test_a_process_of_a_distributed_run_that_loses_its_peer_points_to_the_peers_error(monkeypatch, capsys):
-    def peer_failed(args):
+    def peer_failed(**options):
         raise RuntimeError("Connection closed by peer [127.0.0.1]:57984")
 
     monkeypatch.setattr(cli.train, "run", peer_failed)

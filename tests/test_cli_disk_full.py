@@ -9,7 +9,7 @@ from medft import cli
 
 
 def _check_data_raising(monkeypatch, exc: BaseException) -> None:
-    def broken(args):
+    def broken(**options):
         raise exc
 
     parser = cli.build_parser()

@@ -1,5 +1,6 @@
-"""The ``medft`` command line: one module per command, each declaring its options next to the handler
-that calls the library and prints what it returns.
+"""The ``medft`` command line: one module per command. Its docstring is the command's help, ``add_to``
+declares the options, and ``run`` (a plain function, called with the options as keyword arguments) calls
+the library and prints what it returns.
 
 Heavy imports (torch, MONAI) happen inside the handlers so that ``medft --help`` answers at once.
 """
@@ -11,6 +12,7 @@ import sys
 
 from medft import __version__
 from medft.cli import bundle, check_data, demo, evaluate, export, predict, review, train, tune, validate
+from medft.cli.common import PLUMBING
 from medft.errors import DISK_FULL_ERRNOS, find_user_error
 
 COMMANDS = (check_data, train, validate, tune, evaluate, predict, export, review, bundle, demo)  # in --help's order
@@ -29,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
               "medft train trains across processes", file=sys.stderr)
         return 2
     try:
-        return args.run(args)
+        return args.run(**{key: value for key, value in vars(args).items() if key not in PLUMBING})
     except KeyboardInterrupt:
         print("medft: interrupted", file=sys.stderr)
         return 130

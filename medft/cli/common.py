@@ -5,22 +5,28 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONSOLE = "medft-console"  # the name of the medft logger's handler for stderr
+PLUMBING = ("run", "command", "distributed")  # what add_command keeps in the parsed options, besides the options
 
 
-def add_command(commands, name: str, summary: str, description: str, example: str) -> argparse.ArgumentParser:
-    """A command's parser: ``summary`` in ``medft --help``, ``description`` and ``example`` in its own --help."""
+def add_command(commands, name: str, text: str, run: Callable[..., int], distributed: bool = False) -> argparse.ArgumentParser:
+    """A command's parser from its help ``text`` (a summary line, a blank line, the description, a blank line,
+    ``example:`` and the example lines), calling ``run`` with the parsed options as keyword arguments.
+    ``distributed``: the command may run in each process of a torchrun launch."""
+    summary, _, rest = text.strip("\n").partition("\n\n")
+    description, _, example = rest.partition("\n\nexample:\n")
     command = commands.add_parser(
         name,
         help=summary,
         description=description,
-        epilog=f"example:\n  {example}",
+        epilog=f"example:\n{example.rstrip()}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    command.set_defaults(command=command.prog, distributed=False)
+    command.set_defaults(run=run, command=command.prog, distributed=distributed)
     return command
 
 

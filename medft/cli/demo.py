@@ -1,8 +1,15 @@
-"""``medft demo``: the whole loop (check, train, evaluate, export) on the embedded sample, as the
-commands themselves run it."""
+"""run the whole loop on the embedded sample data
+
+Fine-tunes the shipped demo bundle (bundles/hippocampus_demo, whole hippocampus) to the
+anterior/posterior task on the embedded sample with configs/demo.yaml, evaluates it on the
+sample's test split and exports it: DIR/train is the run folder, DIR/eval the evaluation
+and DIR/bundle the exported bundle.
+
+example:
+  medft demo --out runs/demo
+"""
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 from pathlib import Path
@@ -18,40 +25,28 @@ PARTS = ("train", "eval", "bundle")
 
 
 def add_to(commands) -> None:
-    command = add_command(
-        commands,
-        "demo",
-        "run the whole loop on the embedded sample data",
-        "Fine-tunes the shipped demo bundle (bundles/hippocampus_demo, whole hippocampus) to the\n"
-        "anterior/posterior task on the embedded sample with configs/demo.yaml, evaluates it on the\n"
-        "sample's test split and exports it: DIR/train is the run folder, DIR/eval the evaluation\n"
-        "and DIR/bundle the exported bundle.",
-        "medft demo --out runs/demo",
-    )
+    command = add_command(commands, "demo", __doc__, run)
     command.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default: runs/demo)")
     command.add_argument("--epochs", type=count, default=None, help="train fewer epochs than configs/demo.yaml, for a quick look")
-    command.set_defaults(run=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from medft.config import load_config
-
+def run(out: Path = Path("runs/demo"), epochs: int | None = None) -> int:
+    """The commands one after the other, each printed as it would be typed."""
     if not CONFIG.exists():
         raise MedftError(f"{CONFIG} is not here: the demo runs from a clone of the medft repository")
-    out, manifest = args.out, os.path.relpath(SAMPLE_MANIFEST)
+    manifest = os.path.relpath(SAMPLE_MANIFEST)
     _clear_demo_folder(out)
     print(f"== medft check-data {manifest}")
-    if check_data.check_and_print(SAMPLE_MANIFEST):
+    if check_data.run(SAMPLE_MANIFEST):
         return 1
     print(f"== medft train {os.path.relpath(CONFIG)} --out {out / 'train'}")
-    status = train.train_and_print(load_config(CONFIG, [f"train.epochs={args.epochs}"] if args.epochs else []),
-                                   out / "train")
+    status = train.run(CONFIG, [f"train.epochs={epochs}"] if epochs else [], out=out / "train")
     if status:
         return status
     print(f"== medft evaluate {out / 'train'} --manifest {manifest} --split test --out {out / 'eval'}")
-    evaluate.evaluate_and_print(out / "train", SAMPLE_MANIFEST, out / "eval", split="test")
+    evaluate.run(out / "train", SAMPLE_MANIFEST, out / "eval", split="test")
     print(f"== medft export {out / 'train'} --out {out / 'bundle'}")
-    export.export_and_print(out / "train", out / "bundle")
+    export.run(out / "train", out / "bundle")
     print(
         f"\nDone. Run folder (metrics.jsonl, checkpoints, train.log): {out / 'train'}\n"
         f"Evaluation on the test split (per_case.csv, summary.json, predictions/): {out / 'eval'}\n"

@@ -1,23 +1,22 @@
-"""``medft evaluate``: predict and score held-out labelled cases; print each class's Dice."""
+"""evaluate a run or bundle on labelled held-out data
+
+Predicts every case of the manifest (or of one split) with a sliding window, writes the
+predictions in the geometry of the input images, and computes per case and class Dice,
+sensitivity, specificity, HD95 and NSD (mm), a summary with 95% bootstrap intervals overall
+and per site, and report.html. Cases without a label are predicted only.
+
+example:
+  medft evaluate runs/demo/train --manifest data_manifests/hippocampus_sample.csv --split test --out runs/demo/eval
+"""
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from medft.cli.common import add_command, add_inference_options, add_model, console_logging
 
 
 def add_to(commands) -> None:
-    command = add_command(
-        commands,
-        "evaluate",
-        "evaluate a run or bundle on labelled held-out data",
-        "Predicts every case of the manifest (or of one split) with a sliding window, writes the\n"
-        "predictions in the geometry of the input images, and computes per case and class Dice,\n"
-        "sensitivity, specificity, HD95 and NSD (mm), a summary with 95% bootstrap intervals overall\n"
-        "and per site, and report.html. Cases without a label are predicted only.",
-        "medft evaluate runs/demo/train --manifest data_manifests/hippocampus_sample.csv --split test --out runs/demo/eval",
-    )
+    command = add_command(commands, "evaluate", __doc__, run)
     add_model(command)
     command.add_argument("--manifest", type=Path, required=True, help="CSV manifest, MSD dataset.json or nnU-Net raw folder")
     command.add_argument("--out", type=Path, required=True, help="evaluation folder to write")
@@ -30,20 +29,16 @@ def add_to(commands) -> None:
     command.add_argument("--compare", type=Path, default=None, metavar="OTHER_EVAL_DIR",
                          help="also write comparison.html: this evaluation against another one (paired on "
                               "common cases, unpaired when they share none, e.g. two sites)")
-    command.set_defaults(run=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    return evaluate_and_print(args.model, args.manifest, args.out, split=args.split, tta=args.tta,
-                              largest_component=args.largest_component, checkpoint=args.checkpoint, compare=args.compare)
-
-
-def evaluate_and_print(model: Path, manifest: Path, out: Path, **options) -> int:
-    """``medft.evaluate.run.evaluate`` with its outcome printed; the exit status."""
+def run(model: Path, manifest: Path, out: Path, split: str | None = None, tta: bool = False,
+        largest_component: bool = False, checkpoint: str = "best", compare: Path | None = None) -> int:
+    """``medft.evaluate.run.evaluate``, its outcome printed."""
     console_logging()
     from medft.evaluate.run import evaluate
 
-    result = evaluate(model, manifest, out, **options)
+    result = evaluate(model, manifest, out, split=split, tta=tta, largest_component=largest_component,
+                      checkpoint=checkpoint, compare=compare)
     print(f"evaluation written to {result.folder}: per_case.csv, summary.json, predictions/, report.html")
     print_dice(result.summary)
     failed = result.failed_cases

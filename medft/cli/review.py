@@ -1,81 +1,81 @@
-"""``medft review`` (the clinician review app) and the reviewers of its users file."""
+"""start the clinician review app on an evaluation
+
+Starts the Streamlit review app on an evaluation folder: reviewers log in, go through the
+cases (worst first), compare prediction and ground truth, grade each case and comment.
+Reviews are stored in EVAL_DIR/reviews.sqlite (or --db, any SQLAlchemy URL such as
+postgresql://host/db for a team). Add reviewers first with medft add-reviewer.
+
+example:
+  medft review runs/demo/eval --port 8501
+"""
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 from medft.cli.common import add_command, port
 from medft.errors import MedftError
 
+ADD_REVIEWER = """add a reviewer (or change a password) in a users file
+
+Adds a reviewer to the users file of the review app; the password is read from the
+terminal (or from standard input with --password-stdin) and stored as a scrypt hash.
+
+example:
+  medft add-reviewer alice --users runs/demo/eval/users.json --name 'Dr Alice'
+"""
+REMOVE_REVIEWER = """remove a reviewer from a users file
+
+Removes a reviewer from the users file: they can no longer log in. Their reviews stay in the
+review store.
+
+example:
+  medft remove-reviewer alice --users runs/demo/eval/users.json
+"""
+
 
 def add_to(commands) -> None:
-    review = add_command(
-        commands,
-        "review",
-        "start the clinician review app on an evaluation",
-        "Starts the Streamlit review app on an evaluation folder: reviewers log in, go through the\n"
-        "cases (worst first), compare prediction and ground truth, grade each case and comment.\n"
-        "Reviews are stored in EVAL_DIR/reviews.sqlite (or --db, any SQLAlchemy URL such as\n"
-        "postgresql://host/db for a team). Add reviewers first with medft add-reviewer.",
-        "medft review runs/demo/eval --port 8501",
-    )
+    review = add_command(commands, "review", __doc__, run)
     review.add_argument("eval_dir", type=Path, help="evaluation folder written by medft evaluate")
     review.add_argument("--port", type=port, default=None, help="port to serve on (default: Streamlit's, 8501)")
     review.add_argument("--users", type=Path, default=None, help="users file (default: EVAL_DIR/users.json)")
     review.add_argument("--db", default=None, help="SQLAlchemy URL of the review store (default: SQLite in EVAL_DIR)")
     review.add_argument("--address", default="127.0.0.1",
                         help="network interface to serve on (default: this machine only; 0.0.0.0 for every interface)")
-    review.set_defaults(run=run_review)
 
-    add = add_command(
-        commands,
-        "add-reviewer",
-        "add a reviewer (or change a password) in a users file",
-        "Adds a reviewer to the users file of the review app; the password is read from the\n"
-        "terminal (or from standard input with --password-stdin) and stored as a scrypt hash.",
-        "medft add-reviewer alice --users runs/demo/eval/users.json --name 'Dr Alice'",
-    )
+    add = add_command(commands, "add-reviewer", ADD_REVIEWER, add_reviewer)
     add.add_argument("username", help="login name: letters, digits, '.', '_' or '-'")
     add.add_argument("--users", type=Path, required=True, help="users file to create or update")
     add.add_argument("--name", default=None, help="name shown in the app")
     add.add_argument("--replace", action="store_true", help="change the password of an existing reviewer")
     add.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
-    add.set_defaults(run=run_add_reviewer)
 
-    remove = add_command(
-        commands,
-        "remove-reviewer",
-        "remove a reviewer from a users file",
-        "Removes a reviewer from the users file: they can no longer log in. Their reviews stay in the\n"
-        "review store.",
-        "medft remove-reviewer alice --users runs/demo/eval/users.json",
-    )
+    remove = add_command(commands, "remove-reviewer", REMOVE_REVIEWER, remove_reviewer)
     remove.add_argument("username", help="login name to remove")
     remove.add_argument("--users", type=Path, required=True, help="users file to update")
-    remove.set_defaults(run=run_remove_reviewer)
 
 
-def run_review(args: argparse.Namespace) -> int:
+def run(eval_dir: Path, port: int | None = None, users: Path | None = None, db: str | None = None,
+        address: str = "127.0.0.1") -> int:
     from medft.review.app_support import launch
 
-    return launch(args.eval_dir, args.port, args.users, args.db, args.address)
+    return launch(eval_dir, port, users, db, address)
 
 
-def run_add_reviewer(args: argparse.Namespace) -> int:
+def add_reviewer(username: str, users: Path, name: str | None = None, replace: bool = False,
+                 password_stdin: bool = False) -> int:
     from medft.review.auth import add_user
 
-    add_user(args.users, args.username, _password(args.username, args.password_stdin), name=args.name,
-             replace=args.replace)
-    print(f"reviewer {args.username} saved in {args.users}")
+    add_user(users, username, _password(username, password_stdin), name=name, replace=replace)
+    print(f"reviewer {username} saved in {users}")
     return 0
 
 
-def run_remove_reviewer(args: argparse.Namespace) -> int:
+def remove_reviewer(username: str, users: Path) -> int:
     from medft.review.auth import remove_user
 
-    remove_user(args.users, args.username)
-    print(f"reviewer {args.username} removed from {args.users}; their reviews stay in the review store")
+    remove_user(users, username)
+    print(f"reviewer {username} removed from {users}; their reviews stay in the review store")
     return 0
 
 

@@ -1,7 +1,17 @@
-"""``medft train``: fine-tune a pretrained bundle network from a YAML config (also under torchrun)."""
+"""fine-tune a pretrained bundle network from a YAML config
+
+Loads the bundle, adapts its head to the config's classes, checks the data and a dummy batch,
+then trains with the config's freezing schedule and early stopping. The run folder gets
+config.yaml, metrics.jsonl, checkpoints/last.pt and best.pt, train.log and TensorBoard logs.
+Ctrl-C saves the state; --resume continues a stopped or killed run exactly. Launched by
+torchrun (torchrun --nproc_per_node N -m medft train ...) it trains data-parallel on N
+processes (GPUs), train.batch_size volumes each; rank 0 writes the run folder.
+
+example:
+  medft train configs/demo.yaml --set train.epochs=5 --out runs/demo5
+"""
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -10,48 +20,32 @@ from medft.errors import MedftError
 
 
 def add_to(commands) -> None:
-    command = add_command(
-        commands,
-        "train",
-        "fine-tune a pretrained bundle network from a YAML config",
-        "Loads the bundle, adapts its head to the config's classes, checks the data and a dummy batch,\n"
-        "then trains with the config's freezing schedule and early stopping. The run folder gets\n"
-        "config.yaml, metrics.jsonl, checkpoints/last.pt and best.pt, train.log and TensorBoard logs.\n"
-        "Ctrl-C saves the state; --resume continues a stopped or killed run exactly. Launched by\n"
-        "torchrun (torchrun --nproc_per_node N -m medft train ...) it trains data-parallel on N\n"
-        "processes (GPUs), train.batch_size volumes each; rank 0 writes the run folder.",
-        "medft train configs/demo.yaml --set train.epochs=5 --out runs/demo5",
-    )
+    command = add_command(commands, "train", __doc__, run, distributed=True)
     command.add_argument("config", type=Path, help="YAML run config (see configs/)")
     add_overrides(command, "optim.lr=3e-4", "; a relative data.manifest or model.bundle starts at the working directory")
     command.add_argument("--out", type=Path, default=None, help="run folder (default: runs/<config name>)")
     command.add_argument("--resume", action="store_true", help="continue the run in --out from checkpoints/last.pt")
-    command.set_defaults(run=run, distributed=True)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(config: Path, overrides: list[str] = (), out: Path | None = None, resume: bool = False) -> int:
+    """Train and print the outcome (rank 0 speaks for all processes); 130 when Ctrl-C stopped it."""
     from medft.config import load_config
     from medft.formats import run as run_folder
 
-    config = load_config(args.config, args.overrides)
-    run_dir = args.out or Path("runs") / args.config.stem
-    saved = run_dir / run_folder.CONFIG
-    if not args.resume and saved.is_file() and saved.samefile(args.config):
-        raise MedftError(f"{args.config}: --out {run_dir} is the config's own folder, and the run would replace this "
-                         f"file with its resolved {run_folder.CONFIG}. Fix: give --out another folder, such as runs/NAME")
-    return train_and_print(config, run_dir, resume=args.resume)
-
-
-def train_and_print(config, run_dir: Path, resume: bool = False) -> int:
-    """Train ``config`` (a RunConfig) into ``run_dir`` and print the outcome (rank 0); the exit status."""
+    run_config = load_config(config, overrides)
     console_logging()
     from medft.train.distributed import is_main
     from medft.train.recipe import TrainingInterrupted, run_training
 
+    run_dir = out or Path("runs") / config.stem
+    saved = run_dir / run_folder.CONFIG
+    if not resume and saved.is_file() and saved.samefile(config):
+        raise MedftError(f"{config}: --out {run_dir} is the config's own folder, and the run would replace this "
+                         f"file with its resolved {run_folder.CONFIG}. Fix: give --out another folder, such as runs/NAME")
     try:
-        summary = run_training(config, run_dir, resume=resume)
+        summary = run_training(run_config, run_dir, resume=resume)
     except TrainingInterrupted as stop:
-        if is_main():  # under torchrun, rank 0 speaks for all processes
+        if is_main():
             print(f"medft: {stop}", file=sys.stderr)
         return 130
     if is_main():

@@ -12,7 +12,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -30,6 +32,7 @@ HEAD_ADAPTATION = "head_adaptation.txt"
 LOG = "train.log"
 TENSORBOARD = "tensorboard"
 FORMAT_VERSION = 1
+T = TypeVar("T")
 
 
 class EpochRecord(BaseModel):
@@ -92,13 +95,7 @@ def write_preprocessing(run_dir: Path, preprocessing: Preprocessing) -> Path:
 def read_preprocessing(run_dir: Path) -> Preprocessing | None:
     """The recorded preprocessing; None when the folder has none (a run stopped before it was written)."""
     path = Path(run_dir) / PREPROCESSING
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text())
-    except ValueError:
-        raise MedftError(f"{path}: not valid JSON. Fix: restore the file from a copy, or start a new run") from None
-    return Preprocessing.from_dict(data if isinstance(data, dict) else {}, where=str(path))
+    return _read(path, lambda text: Preprocessing.from_dict(_mapping(json.loads(text)), where=str(path)), "a preprocessing record")
 
 
 def append_epoch(run_dir: Path, record: EpochRecord) -> None:
@@ -141,14 +138,23 @@ def write_summary(run_dir: Path, summary: TrainingSummary) -> Path:
 
 def read_summary(run_dir: Path) -> TrainingSummary | None:
     """summary.json; None while the run has not ended."""
-    path = Path(run_dir) / SUMMARY
+    return _read(Path(run_dir) / SUMMARY, TrainingSummary.model_validate_json, "a summary")
+
+
+def _read(path: Path, parse: Callable[[str], T], what: str) -> T | None:
+    """``parse`` of the file's text; None when there is no such file; a MedftError that names it when it is damaged."""
     if not path.is_file():
         return None
     try:
-        return TrainingSummary.model_validate_json(path.read_text())
-    except ValidationError as exc:
-        raise MedftError(f"{path}: not a summary that medft train writes ({exc.errors()[0]['msg']}). "
-                         "Fix: restore it from a copy, or delete it and resume the run") from None
+        return parse(path.read_text())
+    except ValueError as exc:  # JSON's errors and pydantic's
+        problem = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else str(exc)
+        raise MedftError(f"{path}: not {what} as medft train writes it ({problem}). Fix: restore it from a copy, "
+                         "or start a new run with another --out") from None
+
+
+def _mapping(value: object) -> dict:
+    return value if isinstance(value, dict) else {}
 
 
 def _epoch_record(line: str) -> EpochRecord | None:

@@ -71,5 +71,8 @@ def test_a_folder_that_is_no_run_names_what_is_missing(tmp_path):
     with pytest.raises(MedftError, match="nothing: no such folder"):
         run_folder.read_config(tmp_path / "nothing")
     (tmp_path / "summary.json").write_text('{"best_epoch": "three"}')
-    with pytest.raises(MedftError, match=r"summary.json: not a summary that medft train writes"):
+    with pytest.raises(MedftError, match=r"summary.json: not a summary as medft train writes it \(.*\)\. Fix: restore it"):
         run_folder.read_summary(tmp_path)
+    (tmp_path / "preprocessing.json").write_text("{not json")
+    with pytest.raises(MedftError, match=r"preprocessing.json: not a preprocessing record as medft train writes it"):
+        run_folder.read_preprocessing(tmp_path)
