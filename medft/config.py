@@ -105,7 +105,14 @@ class DataConfig(Section):
                                                         "augmentation preset but none): smooth displacements of 1-2 voxels on average "
                                                         "(Gaussian-smoothed, sigma 5-7 voxels), shapes bent the way anatomy varies "
                                                         "between people.")
-    cache: bool = Field(True, description="Keep loaded, normalised volumes in memory between epochs.")
+    cache: bool = Field(True, description="Keep preprocessed cases between epochs: in memory up to data.cache_memory, the "
+                                          "rest on disk in data.cache_dir (false: preprocess every case at every epoch).")
+    cache_memory: float | None = Field(None, gt=0, description="GB of memory for cached cases (training and validation); "
+                                       "default: half of the memory available at the start, shared by the processes "
+                                       "on this machine.")
+    cache_dir: str | None = Field(None, description="Folder of the on-disk cache of preprocessed cases (default: "
+                                  "~/.cache/medft/preprocessed); a case is preprocessed again when its files or the "
+                                  "preprocessing change.")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes (0: load in the training process).")
 
     @field_validator("spatial_size")
@@ -368,7 +375,7 @@ def read_raw_config(path: Path, overrides: list[str] = ()) -> dict:
 
 # Keys that name files: relative in a config file, they start at its folder; on the command line
 # (--set), at the working directory, as the shell completes them.
-PATH_KEYS = ("data.manifest", "model.bundle")
+PATH_KEYS = ("data.manifest", "model.bundle", "data.cache_dir")
 
 
 def _from_working_directory(key: str, value: Any) -> Any:
@@ -434,6 +441,8 @@ def validate_config(raw: dict, source: str, base: Path | None = None, schema: ty
         raise MedftError(f"{source}: {len(problems)} problem(s) in the config:\n" + "\n".join(problems))
     if base is not None:
         config.data.manifest = _resolve(base, config.data.manifest)
+        if config.data.cache_dir:
+            config.data.cache_dir = _resolve(base, config.data.cache_dir)
         if config.model.bundle and _is_local(base, config.model.bundle):
             config.model.bundle = _resolve(base, config.model.bundle)
     return config

@@ -1,23 +1,28 @@
-"""Datasets and loaders of a run: cached preprocessing, then sampling and augmentation."""
+"""Datasets and loaders of a run: cached preprocessing (``medft.train.cache``), then sampling and augmentation."""
 from __future__ import annotations
 
+import logging
 import math
 import random
 from collections.abc import Iterator
 from functools import partial
 
 import torch
-from monai.data import CacheDataset, DataLoader, Dataset
+from monai.data import DataLoader, Dataset
 from monai.data.utils import set_rnd
-from monai.transforms import Compose, Transform
+from monai.transforms import CastToTyped, Compose, Transform
 from torch.utils.data import DistributedSampler
 
 from medft.config import RunConfig
 from medft.data.checks import label_value_problems
+from medft.data.footprint import estimate_sizes, label_dtype
 from medft.data.manifest import Manifest
 from medft.data.preprocessing import Preprocessing
 from medft.data.transforms import augmentation, sampling
 from medft.errors import DataError, MedftError, find_user_error
+from medft.train.cache import CaseStore, default_cache_dir, fingerprint, memory_budget
+
+log = logging.getLogger("medft.train")
 
 
 def build_loaders(config: RunConfig, manifest: Manifest, preprocessing: Preprocessing, generator: torch.Generator,
@@ -46,19 +51,29 @@ def build_loaders(config: RunConfig, manifest: Manifest, preprocessing: Preproce
                 f"{manifest.path}: {len(unlabelled)} {name} case(s) have no label ({', '.join(unlabelled[:5])}). "
                 "Fix: give them a label or move them to the test split"
             )
-    checks = [CheckLabelValues(run_class_names(config, manifest.class_names)), CheckImageChannels(in_channels)]
+    class_names = run_class_names(config, manifest.class_names)
+    # checked, then the label kept in the smallest integer type; training samples get it back as float32
+    checks = [CheckLabelValues(class_names), CheckImageChannels(in_channels),
+              CastToTyped(keys="label", dtype=label_dtype(len(class_names)), allow_missing_keys=True)]
     train_transform = Compose(
-        sampling(data.sampling, data.spatial_size, data.samples_per_volume, data.foreground_ratio)
+        [CastToTyped(keys="label", dtype=torch.float32)]
+        + sampling(data.sampling, data.spatial_size, data.samples_per_volume, data.foreground_ratio)
         + augmentation(data.augmentation, data.mirrored_axes, data.elastic)
     )
-    val_transform = Compose(preprocessing.inference(data.label_map) + checks)
-
-    def dataset(cases, transform):
-        return _cached(cases, transform) if data.cache else Dataset(cases, transform)
-
-    cached_train = dataset(train_cases, Compose(preprocessing.training(data.label_map) + checks))
+    train_chain = Compose(preprocessing.training(data.label_map) + checks)
+    val_chain = Compose(preprocessing.inference(data.label_map) + checks)
+    val_cases = val_cases if world_size == 1 else val_cases[rank::world_size]
+    if data.cache:
+        store = CaseStore(memory_budget(data.cache_memory), data.cache_dir or default_cache_dir(),
+                          fingerprint(preprocessing.to_dict(), data.label_map, class_names, in_channels))
+        classes = len(class_names)
+        cached_train = store.dataset(train_cases, train_chain, estimate_sizes(train_cases, preprocessing, classes, True), "train")
+        val_set = store.dataset(val_cases, val_chain, estimate_sizes(val_cases, preprocessing, classes, False), "val")
+        log.info("%s", store.describe())
+    else:
+        cached_train, val_set = Dataset(train_cases, train_chain), Dataset(val_cases, val_chain)
     train_set = UserErrorsFromWorkers(Dataset(cached_train, train_transform))
-    val_set = UserErrorsFromWorkers(dataset(val_cases if world_size == 1 else val_cases[rank::world_size], val_transform))
+    val_set = UserErrorsFromWorkers(val_set)
     batch = config.train.batch_size
     if world_size == 1:
         train_loader = DataLoader(
@@ -141,44 +156,6 @@ class CheckImageChannels(Transform):
                 file=getattr(image, "meta", {}).get("filename_or_obj", ""), case_id=str(data.get("case_id", "")),
             )
         return data
-
-
-class _Caught(Transform):
-    """The deterministic preprocessing of one case, as CacheDataset runs it in its thread pool, with
-    its error kept by case_id for ``_cached``: an error raised in the pool ends it while the other
-    threads are still loading, and the interpreter then aborts at exit (exit 134, "terminate called
-    without an active exception") instead of printing the error."""
-
-    def __init__(self, transform: Compose):
-        self.transform = transform
-        self.errors: dict[str, Exception] = {}
-
-    def __call__(self, data: dict):
-        try:
-            return self.transform(data)
-        except Exception as exc:
-            self.errors[data.get("case_id")] = exc  # one key per case: safe across the pool's threads
-            return None
-
-
-MAX_SHOWN = 10  # cases that failed to load, named in the error
-
-
-def _cached(cases: list[dict], transform: Compose) -> CacheDataset:
-    """CacheDataset of ``cases``; when cases fail to load, every case is loaded first and then one
-    MedftError names each of them (or, for an error that is no user's, the first is raised)."""
-    caught = _Caught(transform)
-    dataset = CacheDataset(cases, Compose([caught]), num_workers=None, progress=False)
-    failures = [caught.errors[case["case_id"]] for case in cases if case.get("case_id") in caught.errors]
-    if failures:
-        user_errors = [find_user_error(error) for error in failures]
-        if any(error is None for error in user_errors):
-            raise next(error for error, user in zip(failures, user_errors, strict=True) if user is None)
-        shown, more = user_errors[:MAX_SHOWN], len(user_errors) - MAX_SHOWN
-        end = [f"... and {more} more case(s); medft check-data lists them all"] if more > 0 else []
-        raise MedftError("\n".join([str(error) for error in shown] + end),
-                         public="\n".join([error.public for error in shown] + end))
-    return dataset
 
 
 class UserErrorsFromWorkers(torch.utils.data.Dataset):

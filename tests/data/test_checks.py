@@ -10,7 +10,7 @@ import pytest
 
 from medft.cli import main
 from medft.data import checks
-from tests.conftest import MANIFESTS, SAMPLE, copy_case, rewrite_nifti, sample_case, write_csv
+from tests.conftest import MANIFESTS, REPO, SAMPLE, copy_case, rewrite_nifti, sample_case, write_csv
 from tests.data.dicom_edits import edit_raw, strip_part10_header
 
 CROP_1 = SAMPLE / "dicom" / "study1" / "13_HCropVolume"
@@ -265,7 +265,7 @@ def test_an_msd_task_folder_is_checked_as_its_dataset_json(tmp_path, capsys):
                          for c in ("hippocampus_334", "hippocampus_335")]}
     (tmp_path / "dataset.json").write_text(json.dumps(spec))
     assert main(["check-data", str(tmp_path)]) == 0
-    assert capsys.readouterr().out.strip() == f"{tmp_path}: 0 error(s), 0 warning(s)"
+    assert capsys.readouterr().out.splitlines()[-1] == f"{tmp_path}: 0 error(s), 0 warning(s)"
 
 
 def _set_forms(path: Path, qform: np.ndarray, sform: np.ndarray) -> None:
@@ -303,7 +303,7 @@ def test_a_qform_that_disagrees_with_the_sform_is_a_warning_and_the_sform_is_com
     _set_forms(label, turned, sform)  # same sforms: the qforms alone are no error
     _set_forms(image, sform, sform)
     assert main(["check-data", str(manifest)]) == 0
-    lines = capsys.readouterr().out.splitlines()
+    lines = [line for line in capsys.readouterr().out.splitlines() if not line.startswith("INFO ")]
     assert len(lines) == 2 and lines[0].startswith(f"WARNING case forms: {label}: its qform and sform disagree")
 
 
@@ -324,3 +324,21 @@ def test_widely_different_spacings_are_one_warning_with_the_fix(tmp_path, capsys
     write_csv(tmp_path / "m.csv", rows, classes={"0": "background", "1": "anterior", "2": "posterior"})
     assert main(["check-data", str(manifest)]) == 0
     assert "differ widely" not in capsys.readouterr().out  # 1.0 to 1.2 mm: close enough
+
+
+def test_check_data_estimates_the_size_in_memory_and_what_the_cache_budget_keeps(capsys, monkeypatch):
+    from medft.data.footprint import estimate_sizes
+    from medft.data.manifest import load_manifest
+    from medft.data.preprocessing import Preprocessing
+    from medft.train.cache import MEMORY_SHARE
+
+    manifest = MANIFESTS / "hippocampus_sample.csv"
+    cases = load_manifest(manifest).records(None)
+    sizes = estimate_sizes(cases, Preprocessing.medft(None), classes=3)
+    monkeypatch.setattr("medft.train.cache.available_memory", lambda: round(sum(sizes[:10]) / MEMORY_SHARE))
+    assert main(["check-data", str(manifest)]) == 0
+    out = capsys.readouterr().out.splitlines()[-2]
+    assert out.startswith(f"INFO {len(cases)} case(s), about {sum(sizes) / 1024**2:.1f} MB in memory as the files are")
+    assert out.endswith(f"keeps 10 of them, the other {len(cases) - 10} on disk")
+    assert main(["check-data", str(manifest), "--config", str(REPO / "configs" / "hippocampus.yaml")]) == 0
+    assert "after the preprocessing of" in capsys.readouterr().out
