@@ -40,7 +40,7 @@ import warnings
 from collections.abc import Sequence
 
 import torch
-from torchmetrics.functional.classification import multiclass_stat_scores
+from torchmetrics.functional.classification import multiclass_confusion_matrix
 
 NSD_TOLERANCE_MM = 1.0  # the NSD tolerance of evaluations (surface_metrics' default)
 
@@ -52,12 +52,28 @@ def confusion_counts(pred: torch.Tensor, target: torch.Tensor, num_classes: int)
     """
     if pred.ndim == target.ndim and pred.shape[1:2] == (1,):
         pred, target = pred[:, 0], target[:, 0]
-    scores = multiclass_stat_scores(
-        pred.long().flatten(1), target.long().flatten(1), num_classes=num_classes,
-        average=None, multidim_average="samplewise", validate_args=False,
-    )
-    tp, fp, tn, fn = scores[..., 0], scores[..., 1], scores[..., 2], scores[..., 3]
-    return torch.stack([tp, fp, fn, tn], dim=-1)
+    counts = []
+    for case_pred, case_target in zip(pred.long().flatten(1), target.long().flatten(1), strict=True):
+        # torchmetrics' confusion matrix ([truth][prediction], one bincount) rather than its stat scores, which
+        # one-hot encode every voxel: many times slower on a CT (benchmarks/RESULTS.md)
+        matrix = multiclass_confusion_matrix(case_pred, case_target, num_classes, validate_args=False)
+        tp = matrix.diagonal()
+        fp, fn = matrix.sum(0) - tp, matrix.sum(1) - tp
+        counts.append(torch.stack([tp, fp, fn, matrix.sum() - tp - fp - fn], dim=-1))
+    return torch.stack(counts) if counts else torch.zeros(0, num_classes, 4, dtype=torch.int64)
+
+
+def argmax_classes(scores: torch.Tensor) -> torch.Tensor:
+    """Each voxel's class from (classes, *spatial) scores: the first class of the highest score, as
+    ``scores.argmax(0)`` gives it, found class by class (torch's argmax over a short first axis is many
+    times slower on CPU, benchmarks/RESULTS.md)."""
+    scores = scores.as_subclass(torch.Tensor) if isinstance(scores, torch.Tensor) else torch.as_tensor(scores)
+    best, classes = scores[0].clone(), torch.zeros(scores.shape[1:], dtype=torch.int64, device=scores.device)
+    for c in range(1, scores.shape[0]):
+        higher = scores[c] > best
+        classes[higher] = c
+        best = torch.where(higher, scores[c], best)
+    return classes
 
 
 def _ratio(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:

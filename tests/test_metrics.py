@@ -302,3 +302,24 @@ def test_foreground_mean_leaves_out_nan_and_background():
                            [0.0, 0.5, 0.25],
                            [0.0, NAN, 0.75]], dtype=torch.float64)
     torch.testing.assert_close(foreground_mean(values), torch.tensor([0.75, 0.5], dtype=torch.float64))
+
+
+def test_argmax_classes_is_torchs_argmax_ties_included():
+    from medft.metrics import argmax_classes
+
+    generator = torch.Generator().manual_seed(0)
+    scores = torch.randint(0, 4, (5, 9, 8, 7), generator=generator).float()  # many ties: the first class wins
+    assert torch.equal(argmax_classes(scores), scores.argmax(0))
+    probs = torch.softmax(torch.randn(3, 6, 6, 6, generator=generator), 0)
+    assert torch.equal(argmax_classes(probs), probs.argmax(0)) and argmax_classes(probs).dtype == torch.int64
+
+
+def test_confusion_counts_match_torchmetrics_stat_scores_case_by_case():
+    from torchmetrics.functional.classification import multiclass_stat_scores
+
+    generator = torch.Generator().manual_seed(1)
+    pred, target = (torch.randint(0, CLASSES, (3, 10, 9, 8), generator=generator) for _ in range(2))
+    scores = multiclass_stat_scores(pred.flatten(1), target.flatten(1), CLASSES, average=None,
+                                    multidim_average="samplewise")  # tp, fp, tn, fn, support
+    assert torch.equal(confusion_counts(pred, target, CLASSES), scores[..., [0, 1, 3, 2]])
+    assert confusion_counts(pred[:0], target[:0], CLASSES).shape == (0, CLASSES, 4)

@@ -36,7 +36,7 @@ from medft.evaluate.inference import (
 from medft.evaluate.report import write_report
 from medft.evaluate.summary import summarize, write_per_case
 from medft.formats.evaluation import CaseRecord, CaseStatus, Evaluation, write_evaluation
-from medft.metrics import confusion_counts, dice, sensitivity, specificity, surface_metrics
+from medft.metrics import argmax_classes, confusion_counts, dice, sensitivity, specificity, surface_metrics
 
 log = logging.getLogger("medft.evaluate")
 ROC_BINS = 1000  # probability histogram resolution of the ROC curves
@@ -172,7 +172,7 @@ class _Scores:
     def add(self, case: Case, labels: torch.Tensor, label, probs) -> None:
         """A case's predicted ``labels`` against its ``label`` (as loaded, (1, *spatial)), with its ``probs``."""
         n = len(self.class_names)
-        target = label[0].long()
+        target = label.as_subclass(torch.Tensor)[0].long()  # no MetaTensor bookkeeping on every voxel operation
         self.rows += _case_rows(case, self.class_names, labels, target, _spacing(label))
         self.confusion += torch.bincount((target * n + labels).flatten(), minlength=n * n).reshape(n, n)
         _add_histograms(self.histograms, probs.as_tensor(), target)
@@ -240,7 +240,7 @@ def predict_files(model_path: str | Path, inputs: list[Path], out: Path, tta: bo
 
 
 def _label_map(probs: torch.Tensor, largest_component: bool) -> torch.Tensor:
-    labels = torch.as_tensor(probs).argmax(0)
+    labels = argmax_classes(probs)
     return keep_largest_components(labels, probs.shape[0]) if largest_component else labels
 
 
@@ -277,11 +277,11 @@ def _spacing(image) -> list[float]:
 
 
 def _add_histograms(histograms: np.ndarray, probs: torch.Tensor, target: torch.Tensor) -> None:
-    bins = (probs.clamp(0, 1) * (ROC_BINS - 1)).round().long()
-    for c in range(probs.shape[0]):
-        positive = target == c
-        histograms[1, c] += np.bincount(bins[c][positive].numpy(), minlength=ROC_BINS)
-        histograms[0, c] += np.bincount(bins[c][~positive].numpy(), minlength=ROC_BINS)
+    """Add each foreground class's probability histograms of its negative and positive voxels (one bincount of
+    bin x 2 + positive per class; the background gets no ROC curve)."""
+    for c in range(1, probs.shape[0]):
+        key = probs[c].clamp(0, 1).mul_(ROC_BINS - 1).round_().to(torch.int32).mul_(2).add_(target == c)
+        histograms[:, c] += torch.bincount(key.flatten(), minlength=2 * ROC_BINS).reshape(ROC_BINS, 2).T.numpy()
 
 
 def _roc_curves(histograms: np.ndarray, class_names: list[str]) -> dict:

@@ -36,7 +36,7 @@ from medft.errors import MedftError
 from medft.formats import run as run_folder
 from medft.formats.checkpoint import Checkpoint
 from medft.formats.run import EpochRecord, TrainingSummary
-from medft.metrics import confusion_counts, dice, foreground_mean
+from medft.metrics import argmax_classes, confusion_counts, dice, foreground_mean
 from medft.train import distributed
 from medft.train.checkpoint import CheckpointSaver, restore_rng_states, rng_states
 from medft.train.data import build_loaders, run_class_names
@@ -332,7 +332,7 @@ class FineTuneRecipe:
             with torch.autocast(self.device.type, enabled=self.amp):
                 logits = self.inferer(_plain(image)[None].to(self.device), self.network)
             probs = torch.softmax(logits.float(), dim=1)[0].cpu()
-            pred = self.preprocessing.to_input_grid(probs, image).as_tensor().argmax(0)  # on the label's own grid
+            pred = argmax_classes(self.preprocessing.to_input_grid(probs, image))  # on the label's own grid
             counts.append(confusion_counts(pred[None], _plain(case["label"]).long(), len(self.class_names)))
         if not distributed.is_distributed():
             return foreground_mean(dice(torch.cat(counts)))
