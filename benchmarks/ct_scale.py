@@ -148,6 +148,9 @@ def main() -> int:
     p.add_argument("--epochs", type=int, default=60, help="training epochs (default 60)")
     p.add_argument("--budget", type=float, default=0.5, help="GB of the bounded cache run (default 0.5)")
     p.add_argument("--threads", type=int, default=2, help="torch threads of each job (default 2)")
+    p.add_argument("--parts", nargs="+", choices=("train", "inference"), default=["train", "inference"],
+                   help="train: the two trainings; inference: evaluate, predict and plain MONAI with the model that the "
+                        "default training wrote (default: both)")
     args = p.parse_args()
     bench = Benchmark("ct_scale", args)
     out = bench.out
@@ -156,8 +159,8 @@ def main() -> int:
     make_cases(out / "data", cases, shape)
     config = write_config(out, cases, n_val, epochs, patch)
     common = {"config": str(config), "threads": args.threads, "cache_dir": str(out / "disk_cache")}
-    trained = {}
-    for name, budget in (("default budget", None), (f"{args.budget:g} GB budget", args.budget)):
+    trained, jobs = {}, {}
+    for name, budget in (("default budget", None), (f"{args.budget:g} GB budget", args.budget)) if "train" in args.parts else ():
         run_dir = out / ("run" if budget is None else "run_bounded")
         trained[name] = bench.isolated(__file__, {**common, "task": "train", "budget": budget, "run_dir": str(run_dir)},
                                        f"train_{'default' if budget is None else 'bounded'}", timing=True)
@@ -166,19 +169,20 @@ def main() -> int:
     tasks = {"medft evaluate": ("evaluate", {"eval_dir": str(out / "eval")}),
              "medft predict": ("predict", {"pred_dir": str(out / "pred")}),
              "plain MONAI": ("plain", {"pred_dir": str(out / "plain")})}
-    jobs = {name: bench.isolated(__file__, {**model, "task": task, **folders}, task, timing=True)
-            for name, (task, folders) in tasks.items()}
-    plain = jobs["plain MONAI"]["seconds"]
+    if "inference" in args.parts:
+        jobs = {name: bench.isolated(__file__, {**model, "task": task, **folders}, task, timing=True)
+                for name, (task, folders) in tasks.items()}
     train_table = markdown_table(["training", "peak RSS MB", "training s", "validation Dice", "cache"],
                                  [[name, fmt(r["peak_rss_mb"], 0), fmt(r["seconds"], 0), fmt(r["val_dice"], 3), r["cached"]]
                                   for name, r in trained.items()])
-    eval_table = markdown_table(["job", "s per case", "x plain MONAI", "peak RSS MB"],
-                                [[name, fmt(r["seconds"] / n_val, 1), fmt(r["seconds"] / plain, 2), fmt(r["peak_rss_mb"], 0)]
-                                 for name, r in jobs.items()])
-    dice = jobs["medft evaluate"]["dice"]
     markdown = (f"{cases} cases of {' x '.join(map(str, shape))} voxels ({n_val} validation), {epochs} epochs, "
-                f"{args.threads} torch threads\n\n{train_table}\n\n{eval_table}\n\nevaluated Dice: "
-                + ", ".join(f"{name} {fmt(value, 3)}" for name, value in dice.items()))
+                f"{args.threads} torch threads" + (f"\n\n{train_table}" if trained else ""))
+    if jobs:
+        plain = jobs["plain MONAI"]["seconds"]
+        markdown += "\n\n" + markdown_table(
+            ["job", "s per case", "x plain MONAI", "peak RSS MB"],
+            [[name, fmt(r["seconds"] / n_val, 1), fmt(r["seconds"] / plain, 2), fmt(r["peak_rss_mb"], 0)] for name, r in jobs.items()])
+        markdown += "\n\nevaluated Dice: " + ", ".join(f"{name} {fmt(v, 3)}" for name, v in jobs["medft evaluate"]["dice"].items())
     bench.finish({"train": trained, "inference": jobs, "cases": cases, "val": n_val, "epochs": epochs}, markdown)
     return 0
 

@@ -1,6 +1,7 @@
 """Segmentation metrics, the one implementation that training and evaluation share.
 
-Voxel counts, per case and class, from the confusion counts (torchmetrics):
+Voxel counts, per case and class, from one confusion matrix per case (a bincount; the tests check it
+against torchmetrics, MONAI and counts by hand):
 Dice = 2TP/(2TP+FP+FN), sensitivity = TP/(TP+FN), specificity = TN/(TN+FP). A value whose
 denominator is 0 is NaN: it is left out of means (and counted as NaN in summaries).
 Background (class 0) is left out of means.
@@ -40,7 +41,6 @@ import warnings
 from collections.abc import Sequence
 
 import torch
-from torchmetrics.functional.classification import multiclass_confusion_matrix
 
 NSD_TOLERANCE_MM = 1.0  # the NSD tolerance of evaluations (surface_metrics' default)
 
@@ -54,9 +54,10 @@ def confusion_counts(pred: torch.Tensor, target: torch.Tensor, num_classes: int)
         pred, target = pred[:, 0], target[:, 0]
     counts = []
     for case_pred, case_target in zip(pred.long().flatten(1), target.long().flatten(1), strict=True):
-        # torchmetrics' confusion matrix ([truth][prediction], one bincount) rather than its stat scores, which
-        # one-hot encode every voxel: many times slower on a CT (benchmarks/RESULTS.md)
-        matrix = multiclass_confusion_matrix(case_pred, case_target, num_classes, validate_args=False)
+        # the confusion matrix [truth][prediction] by one bincount (deterministic on CPU): torchmetrics' stat
+        # scores one-hot encode every voxel, and its confusion matrix, under deterministic algorithms, compares
+        # every voxel with every cell: gigabytes for a CT (benchmarks/RESULTS.md)
+        matrix = torch.bincount(case_target * num_classes + case_pred, minlength=num_classes**2).reshape(num_classes, -1)
         tp = matrix.diagonal()
         fp, fn = matrix.sum(0) - tp, matrix.sum(1) - tp
         counts.append(torch.stack([tp, fp, fn, matrix.sum() - tp - fp - fn], dim=-1))

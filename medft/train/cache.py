@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from monai.data import CacheDataset, MetaTensor, PersistentDataset
+from monai.data import CacheDataset, Dataset, MetaTensor, PersistentDataset
 from monai.transforms import Compose, Transform
 from torch.utils.data import ConcatDataset
 from tqdm.auto import tqdm
@@ -85,7 +85,9 @@ class CaseStore:
             failures += _fill(disk, cases[fits:], f"caching {role} cases on disk")
             parts.append(disk)
         _raise_load_errors(failures)
-        return parts[0] if len(parts) == 1 else ConcatDataset(parts)
+        if len(parts) == 1:
+            return parts[0]
+        return ConcatDataset(parts) if parts else Dataset([])  # no cases: a process of torchrun with no validation case
 
     def describe(self) -> str:
         """What went where, for the log."""
