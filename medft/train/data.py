@@ -38,19 +38,7 @@ def build_loaders(config: RunConfig, manifest: Manifest, preprocessing: Preproce
     validates every ``world_size``-th validation case from its ``rank``-th on.
     """
     data = config.data
-    train_cases, val_cases = manifest.records("train"), manifest.records("val")
-    for name, cases in (("train", train_cases), ("val", val_cases)):
-        if not cases:
-            raise MedftError(
-                f"{manifest.path}: no cases in the {name} split. Fix: give some cases split={name}, "
-                "or leave split empty for medft to assign train and val"
-            )
-        unlabelled = [c["case_id"] for c in cases if "label" not in c]
-        if unlabelled:
-            raise MedftError(
-                f"{manifest.path}: {len(unlabelled)} {name} case(s) have no label ({', '.join(unlabelled[:5])}). "
-                "Fix: give them a label or move them to the test split"
-            )
+    train_cases, val_cases = _labelled_split(manifest, "train"), _labelled_split(manifest, "val")
     class_names = run_class_names(config, manifest.class_names)
     # checked, then the label kept in the smallest integer type; training samples get it back as float32
     checks = [CheckLabelValues(class_names), CheckImageChannels(in_channels),
@@ -89,6 +77,19 @@ def build_loaders(config: RunConfig, manifest: Manifest, preprocessing: Preproce
         )
     val_loader = DataLoader(val_set, batch_size=None, collate_fn=_one_case, num_workers=data.num_workers)
     return train_loader, val_loader, train_transform
+
+
+def _labelled_split(manifest: Manifest, split: str) -> list[dict]:
+    """The records of ``split``; a MedftError when it has no case or a case without a label."""
+    cases = manifest.records(split)
+    if not cases:
+        raise MedftError(f"{manifest.path}: no cases in the {split} split. Fix: give some cases split={split}, "
+                         "or leave split empty for medft to assign train and val")
+    unlabelled = [c["case_id"] for c in cases if "label" not in c]
+    if unlabelled:
+        raise MedftError(f"{manifest.path}: {len(unlabelled)} {split} case(s) have no label ({', '.join(unlabelled[:5])}). "
+                         "Fix: give them a label or move them to the test split")
+    return cases
 
 
 def _one_case(case: dict) -> dict:
