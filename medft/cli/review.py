@@ -13,7 +13,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from medft.cli.common import add_command, port
+from medft.cli.common import add_command
+from medft.cli.common import port as port_number
 from medft.errors import MedftError
 
 ADD_REVIEWER = """add a reviewer (or change a password) in a users file
@@ -37,7 +38,7 @@ example:
 def add_to(commands) -> None:
     review = add_command(commands, "review", __doc__, run)
     review.add_argument("eval_dir", type=Path, help="evaluation folder written by medft evaluate")
-    review.add_argument("--port", type=port, default=None, help="port to serve on (default: Streamlit's, 8501)")
+    review.add_argument("--port", type=port_number, default=None, help="port to serve on (default: Streamlit's, 8501)")
     review.add_argument("--users", type=Path, default=None, help="users file (default: EVAL_DIR/users.json)")
     review.add_argument("--db", default=None, help="SQLAlchemy URL of the review store (default: SQLite in EVAL_DIR)")
     review.add_argument("--address", default="127.0.0.1",
