@@ -52,16 +52,24 @@ def confusion_counts(pred: torch.Tensor, target: torch.Tensor, num_classes: int)
     """
     if pred.ndim == target.ndim and pred.shape[1:2] == (1,):
         pred, target = pred[:, 0], target[:, 0]
-    counts = []
-    for case_pred, case_target in zip(pred.long().flatten(1), target.long().flatten(1), strict=True):
-        # the confusion matrix [truth][prediction] by one bincount (deterministic on CPU): torchmetrics' stat
-        # scores one-hot encode every voxel, and its confusion matrix, under deterministic algorithms, compares
-        # every voxel with every cell: gigabytes for a CT (benchmarks/RESULTS.md)
-        matrix = torch.bincount(case_target * num_classes + case_pred, minlength=num_classes**2).reshape(num_classes, -1)
-        tp = matrix.diagonal()
-        fp, fn = matrix.sum(0) - tp, matrix.sum(1) - tp
-        counts.append(torch.stack([tp, fp, fn, matrix.sum() - tp - fp - fn], dim=-1))
+    counts = [counts_from_matrix(confusion_matrix(p, t, num_classes)) for p, t in zip(pred, target, strict=True)]
     return torch.stack(counts) if counts else torch.zeros(0, num_classes, 4, dtype=torch.int64)
+
+
+def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(classes, classes) int64 voxel counts [truth][prediction] of one case's label maps, by one bincount
+    (deterministic on CPU): torchmetrics' stat scores one-hot encode every voxel, and its confusion matrix,
+    under deterministic algorithms, compares every voxel with every cell: gigabytes for a CT
+    (benchmarks/RESULTS.md)."""
+    cells = target.long().flatten() * num_classes + pred.long().flatten()
+    return torch.bincount(cells, minlength=num_classes**2).reshape(num_classes, num_classes)
+
+
+def counts_from_matrix(matrix: torch.Tensor) -> torch.Tensor:
+    """(classes, 4) counts TP, FP, FN, TN of each class from a confusion matrix [truth][prediction]."""
+    tp = matrix.diagonal()
+    fp, fn = matrix.sum(0) - tp, matrix.sum(1) - tp
+    return torch.stack([tp, fp, fn, matrix.sum() - tp - fp - fn], dim=-1)
 
 
 def argmax_classes(scores: torch.Tensor) -> torch.Tensor:

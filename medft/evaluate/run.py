@@ -36,7 +36,15 @@ from medft.evaluate.inference import (
 from medft.evaluate.report import write_report
 from medft.evaluate.summary import summarize, write_per_case
 from medft.formats.evaluation import CaseRecord, CaseStatus, Evaluation, write_evaluation
-from medft.metrics import argmax_classes, confusion_counts, dice, sensitivity, specificity, surface_metrics
+from medft.metrics import (
+    argmax_classes,
+    confusion_matrix,
+    counts_from_matrix,
+    dice,
+    sensitivity,
+    specificity,
+    surface_metrics,
+)
 
 log = logging.getLogger("medft.evaluate")
 ROC_BINS = 1000  # probability histogram resolution of the ROC curves
@@ -173,8 +181,9 @@ class _Scores:
         """A case's predicted ``labels`` against its ``label`` (as loaded, (1, *spatial)), with its ``probs``."""
         n = len(self.class_names)
         target = label.as_subclass(torch.Tensor)[0].long()  # no MetaTensor bookkeeping on every voxel operation
-        self.rows += _case_rows(case, self.class_names, labels, target, _spacing(label))
-        self.confusion += torch.bincount((target * n + labels).flatten(), minlength=n * n).reshape(n, n)
+        matrix = confusion_matrix(labels, target, n)
+        self.rows += _case_rows(case, self.class_names, labels, target, _spacing(label), counts_from_matrix(matrix)[None])
+        self.confusion += matrix
         _add_histograms(self.histograms, probs.as_tensor(), target)
 
 
@@ -258,9 +267,10 @@ def _check_classes(model: TrainedModel, manifest_names: list[str], source: Path)
                     manifest_names, model.class_names)
 
 
-def _case_rows(case: Case, class_names: list[str], pred: torch.Tensor, target: torch.Tensor, spacing: list[float]) -> list[dict]:
+def _case_rows(case: Case, class_names: list[str], pred: torch.Tensor, target: torch.Tensor, spacing: list[float],
+               counts: torch.Tensor) -> list[dict]:
+    """The per_case.csv rows of a case, from its confusion ``counts`` (1, classes, 4) and its label maps."""
     n = len(class_names)
-    counts = confusion_counts(pred[None], target[None], n)
     values = {"dice": dice(counts)[0], "sensitivity": sensitivity(counts)[0], "specificity": specificity(counts)[0]}
     hd95, nsd = surface_metrics(pred[None], target[None], n, spacing)
     values.update(hd95=hd95[0], nsd=nsd[0])

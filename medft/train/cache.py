@@ -79,9 +79,10 @@ class CaseStore:
         failures = [caught.errors[c["case_id"]] for c in cases[:fits] if c.get("case_id") in caught.errors]
         if fits < len(cases):
             _allow_cached_types()
-            key = {**self.fingerprint, "role": role}
+            fingerprint = {**self.fingerprint, "role": role}
+            keys = {case["case_id"]: case_key(case, fingerprint) for case in cases[fits:]}  # once, not at every read
             disk = PersistentDataset(cases[fits:], transform, cache_dir=self.cache_dir, track_meta=True,
-                                     hash_func=lambda case: case_key(case, key))
+                                     hash_func=lambda case: keys[case["case_id"]])
             failures += _fill(disk, cases[fits:], f"caching {role} cases on disk")
             parts.append(disk)
         _raise_load_errors(failures)
