@@ -11,7 +11,15 @@ from monai.networks.utils import one_hot
 from scipy import ndimage
 from skimage.morphology import ball, erosion
 
-from medft.metrics import confusion_counts, dice, foreground_mean, sensitivity, specificity, surface_metrics
+from medft.metrics import (
+    confusion_counts,
+    dice,
+    foreground_mean,
+    sensitivity,
+    specificity,
+    structure_region,
+    surface_metrics,
+)
 from tests.conftest import sample_case
 
 NAN = float("nan")
@@ -323,3 +331,45 @@ def test_confusion_counts_match_torchmetrics_stat_scores_case_by_case():
                                     multidim_average="samplewise")  # tp, fp, tn, fn, support
     assert torch.equal(confusion_counts(pred, target, CLASSES), scores[..., [0, 1, 3, 2]])
     assert confusion_counts(pred[:0], target[:0], CLASSES).shape == (0, CLASSES, 4)
+
+
+def _monai_whole_volume(pred: torch.Tensor, target: torch.Tensor, classes: int, spacing, tolerance: float):
+    """MONAI's metric classes on the uncropped one-hot volumes: (hd95, nsd), (cases, classes - 1) float64."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        onehot = [one_hot(v[:, None], classes) for v in (pred, target)]
+        hd95 = HausdorffDistanceMetric(include_background=False, percentile=95, reduction="none")(*onehot, spacing=spacing)
+        nsd = SurfaceDiceMetric([tolerance] * (classes - 1), include_background=False, reduction="none")(
+            *onehot, spacing=spacing)
+    return hd95.double(), nsd.double()
+
+
+def test_surface_metrics_on_the_structures_region_equal_the_whole_volume_values():
+    # scattered predictions far from the truth, structures on the volume's faces and corners, in a volume
+    # much larger than the structures: the case that cropping to the structures' region could get wrong
+    rng = np.random.default_rng(7)
+    shape = (40, 36, 24)
+    cases = []
+    for _ in range(4):
+        target = np.zeros(shape, dtype=np.int64)
+        x, y, z = (rng.integers(0, s - 6) for s in shape)
+        target[x:x + 6, y:y + 5, z:z + 4] = 1
+        target[:4, -3:, rng.integers(0, 20):] = 2  # on three faces
+        pred = np.where(rng.random(shape) < 0.92, target, 0)  # holes
+        pred[rng.random(shape) < 0.0005] = 1  # specks anywhere, up to the far corners
+        pred[-1, -1, -1] = 2
+        cases.append((torch.from_numpy(pred), torch.from_numpy(target)))
+    pred, target = (torch.stack(side) for side in zip(*cases, strict=True))
+    spacing = (0.78, 0.78, 2.5)
+    hd95, nsd = surface_metrics(pred, target, 3, spacing, nsd_tolerance_mm=1.5)
+    whole_hd95, whole_nsd = _monai_whole_volume(pred, target, 3, spacing, 1.5)
+    assert torch.equal(hd95[:, 1:], whole_hd95) and torch.equal(nsd[:, 1:], whole_nsd)
+    assert (hd95[:, 1] > 5).all()  # the specks are far: the region is most of the volume, not the truth's box
+
+
+def test_structure_region_is_the_bounding_box_grown_by_the_margin_within_the_volume():
+    mask = torch.zeros(10, 8, 6, dtype=torch.bool)
+    mask[3, 2:5, 5] = True
+    mask[6, 4, 5] = True
+    assert structure_region(mask) == (slice(2, 8), slice(1, 6), slice(4, 6))
+    assert structure_region(mask, margin=3) == (slice(0, 10), slice(0, 8), slice(2, 6))
