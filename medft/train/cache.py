@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -75,7 +76,9 @@ class CaseStore:
         self.in_memory = [self.in_memory[0] + fits, self.in_memory[1] + sum(sizes[:fits])]
         self.on_disk = [self.on_disk[0] + len(cases) - fits, self.on_disk[1] + sum(sizes[fits:])]
         caught = _Caught(transform)
-        parts = [CacheDataset(cases[:fits], Compose([caught]), num_workers=None, progress=False)] if fits else []
+        if fits:
+            log.info("caching %d %s case(s) in memory (%s)", fits, role, size(sum(sizes[:fits])))
+        parts = [CacheDataset(cases[:fits], Compose([caught]), num_workers=None, progress=on_terminal())] if fits else []
         failures = [caught.errors[c["case_id"]] for c in cases[:fits] if c.get("case_id") in caught.errors]
         if fits < len(cases):
             _allow_cached_types()
@@ -129,6 +132,12 @@ def fingerprint(preprocessing: dict, label_map: dict, class_names: list[str], in
     """What a cached case depends on besides its files (the checks run again when the classes or channels change)."""
     return {"medft": __version__, "preprocessing": preprocessing, "label_map": {str(k): v for k, v in label_map.items()},
             "classes": list(class_names), "in_channels": in_channels}
+
+
+def on_terminal() -> bool:
+    """Whether progress bars are shown: on a terminal, not in a log file (MONAI's CacheDataset draws its bar
+    without asking; medft's tqdm bars ask with ``disable=None``)."""
+    return sys.stderr.isatty()
 
 
 def _allow_cached_types() -> None:

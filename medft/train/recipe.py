@@ -218,17 +218,23 @@ class FineTuneRecipe:
         in_main_thread = threading.current_thread() is threading.main_thread()  # signals work there only
         previous = signal.signal(signal.SIGINT, self._request_stop) if in_main_thread else None
         stopping = self.config.early_stopping.enabled
+        run_bar = tqdm(total=self.config.train.epochs, initial=self.start_epoch, desc="training", unit="epoch",
+                       disable=None if self.main else True)  # the time left of the run; each epoch's steps below it
         try:
             for epoch in range(self.start_epoch, 0 if stopping and self.early.should_stop else self.config.train.epochs):
                 record = self._run_epoch(epoch)
                 self.logger.log_epoch(record)
                 self._save_epoch(epoch + 1, record.best)
+                run_bar.update()
+                if record.validated:
+                    run_bar.set_postfix(val_dice=f"{record.val_dice:.4f}")
                 if self.on_validation is not None and record.validated:
                     self.on_validation(epoch, record.val_dice)
                 if stopping and self.early.should_stop:
                     log.info("early stopping: no rise above %.4g in %d validations", self.early.min_delta, self.early.bad_validations)
                     break
         finally:
+            run_bar.close()
             if in_main_thread:
                 signal.signal(signal.SIGINT, previous)
         improved = self.early.best_epoch >= 0

@@ -114,3 +114,4 @@ def test_a_dicom_case_is_read_back_from_the_disk_cache_without_being_preprocesse
     assert len(written) == 1 and {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*.pt")} == written
     assert torch.equal(again["image"], first["image"]) and again["image"].applied_operations  # invertible still
     assert not [w for w in recwarn if "Corrupt cache" in str(w.message)]
+
