@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -66,31 +67,59 @@ def difference_legend() -> list[tuple[str, str]]:
 # --------------------------------------------------------------------------------------------
 # The report's figure
 # --------------------------------------------------------------------------------------------
-def report_figure(image: np.ndarray, affine: np.ndarray, truth: np.ndarray, prediction: np.ndarray,
-                  class_names: Sequence[str], title: str) -> tuple[str, str]:
-    """The report's picture of a case as a PNG data URI, and where its slice lies.
+@dataclass(frozen=True)
+class ReportSlice:
+    """What the report's picture of a case is drawn from: the axial slice with the most voxels labelled in
+    the ground truth or the prediction, as (x, y, 1) arrays, where it lies, and the image's window."""
 
-    Image, ground truth, prediction and their difference, side by side, on the axial slice with the most
-    voxels labelled in the ground truth or the prediction; one legend below.
-    """
+    image: np.ndarray  # float32
+    truth: np.ndarray  # int16 classes
+    prediction: np.ndarray  # int16 classes
+    affine: np.ndarray  # of the whole volume's grid
+    index: int
+    count: int  # axial slices of the volume
+    window: tuple[float, float]  # (width, level) of the whole image
+
+    @property
+    def n_classes(self) -> int:
+        return int(max(self.truth.max(), self.prediction.max())) + 1
+
+
+def report_slice(image: np.ndarray, affine: np.ndarray, truth: np.ndarray, prediction: np.ndarray) -> ReportSlice:
+    """The report's slice of a case, from its whole arrays (x, y, z): a few hundred kilobytes to keep
+    instead of the volumes."""
     plane = REPORT_PLANE
     index = slices.best_slice(truth, prediction, plane, by="label")
-    n_classes = max(len(class_names), int(max(truth.max(), prediction.max())) + 1)
-    renderer = case_renderer(image, truth, prediction, affine, n_classes, slices.percentile_window(image),
-                             _report_scale(image, affine, plane, index))
-    panels = [(name, renderer.render(plane, index, view=view, opacity=opacity, mode=mode))
+    keep = [slice(None)] * 3
+    keep[slices.PLANE_AXIS[plane]] = slice(index, index + 1)
+    part = tuple(keep)
+    return ReportSlice(np.ascontiguousarray(image[part]), np.ascontiguousarray(truth[part]),
+                       np.ascontiguousarray(prediction[part]), np.asarray(affine, dtype=np.float64), index,
+                       slices.slice_count(image.shape, plane), slices.percentile_window(image))
+
+
+def report_figure(picture: ReportSlice, class_names: Sequence[str], title: str) -> tuple[str, str]:
+    """The report's picture of a case as a PNG data URI, and where its slice lies.
+
+    Image, ground truth, prediction and their difference, side by side, on the slice of ``report_slice``;
+    one legend below.
+    """
+    plane = REPORT_PLANE
+    n_classes = max(len(class_names), picture.n_classes)
+    renderer = case_renderer(picture.image, picture.truth, picture.prediction, picture.affine, n_classes,
+                             picture.window, _report_scale(picture.image, picture.affine, plane))
+    panels = [(name, renderer.render(plane, 0, view=view, opacity=opacity, mode=mode))
               for name, view, opacity, mode in REPORT_PANELS]
     legend = class_legend(class_names, n_classes) + difference_legend()
     uri = slice_figure(panels, slices.orientation_letters(plane), legend, title)
-    where = (f"{plane.title()} slice {index + 1} of {renderer.slice_count(plane)} "
-             f"(counted {slices.SLICE_DIRECTION[plane]})")
+    where = f"{plane.title()} slice {picture.index + 1} of {picture.count} (counted {slices.SLICE_DIRECTION[plane]})"
     return uri, where
 
 
-def _report_scale(image: np.ndarray, affine: np.ndarray, plane: str, index: int) -> int:
+def _report_scale(image: np.ndarray, affine: np.ndarray, plane: str) -> int:
     """The whole magnification that brings a small slice to about one panel's width: small images are
     magnified here, not by the figure, so that outlines stay one fine pixel wide."""
-    shape = slices.extract_slice(image, plane, index).shape
+    shape = slices.extract_slice(image, plane, 0).shape
     spacing = slices.pixel_spacing(slices.voxel_spacing(affine), plane)
     return max(1, math.ceil(REPORT_PANEL_PIXELS / max(slices.display_shape(shape, spacing))))
 

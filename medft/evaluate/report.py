@@ -356,10 +356,11 @@ def _case_picture(folder: EvaluationFolder, case: CaseRecord, title: str) -> tup
         mismatch = geometry_mismatch(image, other)
         if mismatch:
             raise MedftError(f"the {name} does not lie on the image's voxel grid: {mismatch}")
-    return case_pictures.report_figure(
+    picture = case_pictures.report_slice(
         case_pictures.image_values(image), image.affine,
         case_pictures.class_values(truth, folder.label_map).astype(np.int16),
-        case_pictures.class_values(prediction, {}).astype(np.int16), folder.class_names, title)
+        case_pictures.class_values(prediction, {}).astype(np.int16))
+    return case_pictures.report_figure(picture, folder.class_names, title)
 
 
 # ---- failed and prediction-only cases ---------------------------------------------------------
