@@ -281,7 +281,9 @@ class TrainConfig(Section):
 
 class ValidationConfig(Section):
     overlap: float = Field(0.25, ge=0, lt=1, description="Overlap of the sliding windows.")
-    sw_batch_size: int = Field(4, ge=1, description="Windows per forward pass.")
+    sw_batch_size: int | None = Field(None, ge=1, description="Sliding windows per forward pass (validation, evaluate, predict). By "
+                                      "default 4 on CPU and, on a GPU, as many as half its free memory holds, measured on the network "
+                                      "(at most 32); an exported bundle's inferer gets 4.")
 
 
 class EarlyStoppingConfig(Section):

@@ -31,6 +31,7 @@ from medft.data.preprocessing import Preprocessing
 from medft.errors import MedftError
 from medft.formats import run as run_folder
 from medft.formats.checkpoint import Checkpoint, find_checkpoint, read_checkpoint
+from medft.sliding_window import CPU_WINDOWS
 
 EXPORT_VERSION = "0.1.0"
 FILL_IN = "FILL IN"  # marks what only the user can state (data terms, authors, intended use)
@@ -96,7 +97,7 @@ def _inference_config(config: RunConfig, network_def: dict, preprocessing: Prepr
         "preprocessing": {"_target_": "Compose", "transforms": transforms},
         "inferer": {
             "_target_": "SlidingWindowInferer", "roi_size": config.data.spatial_size,
-            "sw_batch_size": config.validation.sw_batch_size, "overlap": config.validation.overlap, "mode": "gaussian",
+            "sw_batch_size": config.validation.sw_batch_size or CPU_WINDOWS, "overlap": config.validation.overlap, "mode": "gaussian",
         },
         "postprocessing": {"_target_": "Compose", "transforms": [
             {"_target_": "Activationsd", "keys": "pred", "softmax": True},

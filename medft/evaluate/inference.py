@@ -27,6 +27,7 @@ from medft.errors import DataError, MedftError
 from medft.formats import run as run_folder
 from medft.formats.checkpoint import candidates, find_checkpoint, read_checkpoint
 from medft.formats.evaluation import ModelInfo
+from medft.sliding_window import sw_batch_size
 from medft.train.network import to_channels_last
 
 log = logging.getLogger("medft.evaluate")
@@ -43,7 +44,7 @@ class TrainedModel:
     preprocessing: Preprocessing
     label_map: dict[int, int] = field(default_factory=dict)
     overlap: float = 0.25
-    sw_batch_size: int = 4
+    sw_batch_size: int | None = None  # windows per forward pass; None: automatic, which load_model resolves for its device
     info: ModelInfo | None = None  # what evaluation.json records of the model
     flip_axes: tuple[int, ...] = (0,)  # the axes its training mirrored: test-time augmentation's
     blend_mode: str = "gaussian"  # how overlapping windows are averaged: a bundle's inferer may say constant
@@ -76,7 +77,10 @@ def load_model(path: str | Path, device: torch.device | None = None, checkpoint:
 
     ``checkpoint="last"`` takes a run's last.pt: the final model of a fixed budget, rather than
     the one picked on the validation split (whose Dice on that split is optimistic); a bundle,
-    with one set of weights, refuses it."""
+    with one set of weights, refuses it.
+
+    The sliding windows per forward pass are the run's validation.sw_batch_size or the bundle inferer's; when
+    neither gives them, they are picked for ``device`` (``medft.sliding_window.sw_batch_size``)."""
     if checkpoint not in ("best", "last"):
         raise MedftError(f"checkpoint {checkpoint!r}: expected best or last")
     path = Path(path)
@@ -102,6 +106,8 @@ def load_model(path: str | Path, device: torch.device | None = None, checkpoint:
             "Fix: give the folder that `medft train` or `medft export` wrote, or a Model Zoo bundle folder"
         )
     model.network.to(device).eval()
+    window = [model.in_channels or 1, *model.roi_size]  # one channel for a network without convolutions
+    model.sw_batch_size = sw_batch_size(model.sw_batch_size, model.network, window, device, amp=device.type == "cuda")
     return model
 
 
@@ -159,11 +165,11 @@ def _from_bundle(root: Path) -> TrainedModel:
                     "not recorded)", root)
     roi = prep.get("spatial_size") or _inferer_arg(bundle, "roi_size", _is_size) or bundle.input_spatial_shape or DEFAULT_ROI
     overlap = _inferer_arg(bundle, "overlap", lambda v: _is_number(v) and 0 <= v < 1)
-    sw_batch_size = _inferer_arg(bundle, "sw_batch_size", lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0)
+    configured_windows = _inferer_arg(bundle, "sw_batch_size", lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0)
     label_map = {int(k): int(v) for k, v in (prep.get("label_map") or {}).items()}
     return TrainedModel(
         network, names, list(roi), preprocessing, label_map,
-        float(0.25 if overlap is None else overlap), int(sw_batch_size or 4),
+        float(0.25 if overlap is None else overlap), configured_windows,
         ModelInfo(path=str(root), kind="bundle", name=bundle.name, version=bundle.version),
         tuple(prep.get("flip_axes", (0,))), _blend_mode(bundle),
     )

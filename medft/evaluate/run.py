@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import uuid
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,6 +34,7 @@ from medft.evaluate.inference import (
     predict,
     save_prediction,
 )
+from medft.evaluate.prefetch import prefetched
 from medft.evaluate.report import write_report
 from medft.evaluate.summary import summarize, write_per_case
 from medft.formats.evaluation import CaseRecord, CaseStatus, Evaluation, write_evaluation
@@ -99,13 +101,16 @@ def evaluate(model_path: str | Path, manifest_path: str | Path, out: str | Path,
 
 def _write_evaluation(out: Path, model: TrainedModel, manifest: Manifest, cases: list[Case], split: str | None,
                       tta: bool, largest_component: bool) -> tuple[Evaluation, dict]:
-    """Predict and score ``cases`` into ``out``: predictions/, per_case.csv, summary.json, evaluation.json, report.html."""
+    """Predict and score ``cases`` into ``out``: predictions/, per_case.csv, summary.json, evaluation.json, report.html.
+    Each case is loaded while the one before it is predicted (``prefetched``)."""
     scores = _Scores(model.class_names)
     records: list[dict] = []
     warnings: list[tuple[str, str]] = []  # (as evaluation.json keeps it, as the console shows it)
     prep = model.preprocess()
-    for case in tqdm(cases, desc="evaluating", unit="case", disable=None):
-        records.append(_evaluate_case(case, model, prep, out, tta, largest_component, scores, warnings))
+    inputs = ((case, _loading_record(case)) for case in cases)
+    with closing(prefetched(inputs, lambda entry: _load_case(*entry, model, prep))) as loaded_cases:
+        for (case, item), loaded in tqdm(loaded_cases, total=len(cases), desc="evaluating", unit="case", disable=None):
+            records.append(_evaluate_case(case, item, loaded, model, out, tta, largest_component, scores, warnings))
     write_per_case(out / PER_CASE, scores.rows)
     summary = summarize(scores.rows, model.class_names)
     (out / SUMMARY).write_text(json.dumps(summary, indent=1, allow_nan=False) + "\n")
@@ -125,45 +130,65 @@ def _write_evaluation(out: Path, model: TrainedModel, manifest: Manifest, cases:
     return evaluation, summary
 
 
-def _evaluate_case(case: Case, model: TrainedModel, prep, out: Path, tta: bool, largest_component: bool,
-                   scores: _Scores, warnings: list[tuple[str, str]]) -> dict:
-    """Predict one case into ``out/predictions/`` and score it when it has a label; its evaluation.json record.
+def _loading_record(case: Case) -> dict:
+    """The case as ``prep`` loads it: without its label when the label file is missing."""
+    item = case.record()
+    if case.label is not None and not case.label.exists():
+        item.pop("label")
+    return item
+
+
+def _load_case(case: Case, item: dict, model: TrainedModel, prep) -> dict:
+    """The case loaded and preprocessed, checked against the model (channels, label values)."""
+    data = prep(item)
+    check_channels(model, data["image"], ", ".join(str(p) for p in case.image))
+    _require_class_labels(data, case, model.class_names)
+    return data
+
+
+def _evaluate_case(case: Case, item: dict, loaded: dict | Exception, model: TrainedModel, out: Path, tta: bool,
+                   largest_component: bool, scores: _Scores, warnings: list[tuple[str, str]]) -> dict:
+    """Predict one case, loaded from ``item`` (``_load_case``: its data, or the exception that stopped it), into
+    ``out/predictions/`` and score it when it has a label; its evaluation.json record.
 
     A case that the user's data keeps from being predicted (``find_user_error``) is recorded as failed; what
     is worth a warning is added to ``warnings``."""
     record = {"case_id": case.case_id, "site": case.site, "image": [str(p) for p in case.image],
-              "series_uid": case.series_uid, "label": str(case.label) if case.label else None,
+              "series_uid": case.series_uid, "label": item.get("label"),
               "prediction": None, "status": CaseStatus.OK, "message": None}
-    item = case.record()
-    if case.label is not None and not case.label.exists():
-        item.pop("label")
-        record.update(label=None, message=f"label file {case.label} not found: evaluated as prediction-only")
+    if case.label is not None and "label" not in item:
+        record["message"] = f"label file {case.label} not found: evaluated as prediction-only"
         warnings.append((f"case {case.case_id}: {record['message']}",) * 2)
-    try:
-        data = prep(item)
-        check_channels(model, data["image"], ", ".join(str(p) for p in case.image))
-        _require_class_labels(data, case, model.class_names)
-    except Exception as exc:
-        problem = find_user_error(exc)
-        if problem is None:
-            raise
-        if isinstance(problem, DataError):  # the line is about the case already
-            stored, shown = problem.details.without_case(public=True), problem.details.without_case()
-        else:
-            stored, shown = problem.public, str(problem)
+    if isinstance(loaded, Exception):
+        stored, shown = _failure_lines(_user_problem(loaded))
         record.update(status=CaseStatus.FAILED, message=stored)
         warnings.append((f"case {case.case_id}: not evaluated: {stored}", f"case {case.case_id}: not evaluated: {shown}"))
         return record
-    probs = model.preprocessing.to_input_grid(predict(model, data["image"], tta=tta), data["image"])
+    probs = model.preprocessing.to_input_grid(predict(model, loaded["image"], tta=tta), loaded["image"])
     labels = _label_map(probs, largest_component)
     record["prediction"] = str(save_prediction(labels, probs, out / "predictions" / f"{case.case_id}.nii.gz").relative_to(out))
-    if "label" not in data:
+    if "label" not in loaded:
         record["status"] = CaseStatus.PREDICTION_ONLY
         if not record["message"]:
             warnings.append((f"case {case.case_id}: no label, evaluated as prediction-only",) * 2)
         return record
-    scores.add(case, labels, data["label"], probs)
+    scores.add(case, labels, loaded["label"], probs)
     return record
+
+
+def _user_problem(exc: Exception) -> MedftError:
+    """The user's error behind ``exc`` (``find_user_error``); ``exc`` itself is raised when there is none."""
+    problem = find_user_error(exc)
+    if problem is None:
+        raise exc
+    return problem
+
+
+def _failure_lines(problem: MedftError) -> tuple[str, str]:
+    """A failed case's reason as evaluation.json stores it and as the console shows it."""
+    if isinstance(problem, DataError):  # the line is about the case already
+        return problem.details.without_case(public=True), problem.details.without_case()
+    return problem.public, str(problem)
 
 
 class _Scores:
@@ -217,6 +242,7 @@ def predict_files(model_path: str | Path, inputs: list[Path], out: Path, tta: bo
     A prediction file already in ``out`` is a MedftError before any inference, unless ``overwrite``.
     An input that cannot be predicted (unreadable, NaN voxels, other channels than the model's) does
     not stop the others: they are written, then one MedftError names each input that failed and why.
+    Each input is loaded while the one before it is predicted (``prefetched``).
     """
     case_ids = _distinct_case_ids(inputs, out)
     existing = [out / f"{case_id}.nii.gz" for case_id in case_ids if (out / f"{case_id}.nii.gz").exists()]
@@ -227,25 +253,33 @@ def predict_files(model_path: str | Path, inputs: list[Path], out: Path, tta: bo
     model = load_model(model_path)
     prep = model.preprocess()
     written, failed = [], []
-    for path, case_id in tqdm(list(zip(inputs, case_ids, strict=True)), desc="predicting", unit="case", disable=None):
-        try:
-            data = prep(Case(case_id, (Path(path).resolve(),)).record())
-            check_channels(model, data["image"], path)
-        except Exception as exc:
-            problem = find_user_error(exc)
-            if problem is None:
-                raise
-            failed.append(str(problem))
-            continue
-        probs = model.preprocessing.to_input_grid(predict(model, data["image"], tta=tta), data["image"])
-        labels = _label_map(probs, largest_component)
-        with new_file(out / f"{case_id}.nii.gz") as partial:  # a kill leaves no truncated file that looks like a result
-            save_prediction(labels, probs, partial)
-        written.append(out / f"{case_id}.nii.gz")
+    with closing(prefetched(zip(inputs, case_ids, strict=True), lambda entry: _load_input(*entry, model, prep))) as loaded_inputs:
+        for (_, case_id), loaded in tqdm(loaded_inputs, total=len(inputs), desc="predicting", unit="case", disable=None):
+            if isinstance(loaded, Exception):
+                failed.append(str(_user_problem(loaded)))
+            else:
+                written.append(_predict_input(loaded, model, out / f"{case_id}.nii.gz", tta, largest_component))
     if failed:
         raise MedftError(f"predicted {len(written)} of {len(inputs)} inputs into {out}; not predicted:\n  "
                          + "\n  ".join(failed))
     return written
+
+
+def _load_input(path: Path, case_id: str, model: TrainedModel, prep) -> dict:
+    """An input to predict, loaded and preprocessed, its channels checked against the model's."""
+    data = prep(Case(case_id, (Path(path).resolve(),)).record())
+    check_channels(model, data["image"], path)
+    return data
+
+
+def _predict_input(data: dict, model: TrainedModel, path: Path, tta: bool, largest_component: bool) -> Path:
+    """Predict a loaded input into ``path``, renamed into place once written (a kill leaves no truncated file that
+    looks like a result)."""
+    probs = model.preprocessing.to_input_grid(predict(model, data["image"], tta=tta), data["image"])
+    labels = _label_map(probs, largest_component)
+    with new_file(path) as partial:
+        save_prediction(labels, probs, partial)
+    return path
 
 
 def _label_map(probs: torch.Tensor, largest_component: bool) -> torch.Tensor:

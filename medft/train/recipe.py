@@ -37,6 +37,7 @@ from medft.formats import run as run_folder
 from medft.formats.checkpoint import Checkpoint
 from medft.formats.run import EpochRecord, TrainingSummary
 from medft.metrics import argmax_classes, confusion_counts, dice, foreground_mean
+from medft.sliding_window import sw_batch_size
 from medft.train import distributed
 from medft.train.checkpoint import CheckpointSaver, restore_rng_states, rng_states
 from medft.train.data import build_loaders, run_class_names
@@ -122,12 +123,19 @@ class FineTuneRecipe:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp and self.device.type == "cuda")
         self.loss_fn = _loss(config.train)
         self.inferer = SlidingWindowInferer(
-            roi_size=config.data.spatial_size, sw_batch_size=config.validation.sw_batch_size,
+            roi_size=config.data.spatial_size, sw_batch_size=self._windows_per_batch(),
             overlap=config.validation.overlap, mode="gaussian",
         )
         self.early = EarlyStopping(config.early_stopping.patience, config.early_stopping.min_delta)
         if self.resume:
             self._setup_resume()
+
+    def _windows_per_batch(self) -> int:
+        """The validation's sliding windows per forward pass: validation.sw_batch_size, else picked for the device
+        (on a GPU, measured at setup: the gradients and optimizer state, not there yet, come out of the share of the
+        free memory left to the rest)."""
+        window = [self.prepared.in_channels, *self.config.data.spatial_size]
+        return sw_batch_size(self.config.validation.sw_batch_size, self.network, window, self.device, self.amp)
 
     def _setup_device(self) -> torch.device:
         """The device, with the run folder prepared (by rank 0 once every process has joined)."""

@@ -10,9 +10,10 @@ import pytest
 import torch
 import yaml
 
-from medft.bundle.export import _network_data_format, _parent_entry, export_run
+from medft.bundle.export import _inference_config, _network_data_format, _parent_entry, export_run
 from medft.bundle.reader import load_bundle
 from medft.config import load_config
+from medft.data.preprocessing import Preprocessing
 from medft.errors import MedftError
 from medft.train.early_stopping import EarlyStopping
 from medft.train.recipe import run_training
@@ -246,3 +247,13 @@ def test_the_exported_bundle_runs_with_plain_monai_as_medft_predicts(exported):
     assert torch.equal(plain[0].long(), ours)
     metadata = _metadata(bundle)
     assert metadata["medft"]["preprocessing"]["label_map"] == {}
+
+
+def test_the_exported_inferer_gets_the_configured_windows_per_pass_else_four(tmp_path):
+    """Plain MONAI runs the inferer as written: automatic (picked by medft for the device) becomes 4."""
+    def windows(**changes) -> int:
+        config = load_config(make_config(tmp_path, **changes))
+        return _inference_config(config, {}, Preprocessing.medft(), {})["inferer"]["sw_batch_size"]
+
+    assert windows() == 4
+    assert windows(**{"validation.sw_batch_size": 2}) == 2

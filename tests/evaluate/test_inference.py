@@ -11,7 +11,7 @@ def _model(flip_axes: tuple[int, ...]) -> TrainedModel:
     torch.manual_seed(0)
     network = torch.nn.Conv3d(1, 3, kernel_size=3, padding=1)  # random weights: not mirror-symmetric
     return TrainedModel(network.eval(), ["background", "a", "b"], roi_size=[6, 8, 5], preprocessing=Preprocessing.medft(),
-                        flip_axes=flip_axes)
+                        sw_batch_size=4, flip_axes=flip_axes)
 
 
 def _by_hand(model: TrainedModel, image: torch.Tensor, mirrorings: list[tuple[int, ...]]) -> torch.Tensor:

@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from medft.cli import main
 from medft.config import load_config
 from medft.data.dicom import read_series, scan_folder, select_series
 from medft.errors import MedftError
+from medft.evaluate.prefetch import THREAD_NAME
 from medft.evaluate.report import write_report
 from medft.evaluate.run import evaluate, predict_files
 from medft.train.recipe import run_training
@@ -390,6 +392,41 @@ def test_predict_writes_the_good_inputs_and_names_each_that_failed(trained, tmp_
                                          r"of the image are NaN or infinite"):
         predict_files(trained, [nan, good], tmp_path / "p")
     assert [p.name for p in (tmp_path / "p").iterdir()] == ["hippocampus_340.nii.gz"]
+
+
+def _check_failing_on(name: str):
+    """check_channels, raising an error that is no user's (a bug) for the image whose path holds ``name``."""
+    from medft.evaluate.inference import check_channels
+
+    def check(model, image, source):
+        if name in str(source):
+            raise RuntimeError(f"a bug while loading {source}")
+        check_channels(model, image, source)
+
+    return check
+
+
+def _loading_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith(THREAD_NAME)]
+
+
+def test_an_error_that_is_no_users_while_loading_a_case_stops_the_evaluation_and_the_loading(trained, tmp_path, monkeypatch):
+    rows = [{"case_id": case_id, "image": sample_case(source)[0], "label": sample_case(source)[1]}
+            for case_id, source in (("a1", "hippocampus_340"), ("a2", "hippocampus_341"), ("a3", "hippocampus_340"))]
+    manifest = write_csv(tmp_path / "m.csv", rows, classes=CLASSES)
+    monkeypatch.setattr("medft.evaluate.run.check_channels", _check_failing_on("hippocampus_341"))
+    with pytest.raises(RuntimeError, match="a bug while loading .*hippocampus_341"):
+        evaluate(trained, manifest, tmp_path / "eval")
+    assert not (tmp_path / "eval").exists() and not _loading_threads()
+
+
+def test_an_error_that_is_no_users_while_loading_an_input_stops_the_prediction_after_the_inputs_before(trained, tmp_path,
+                                                                                                       monkeypatch):
+    monkeypatch.setattr("medft.evaluate.run.check_channels", _check_failing_on("hippocampus_341"))
+    inputs = [sample_case(case_id)[0] for case_id in ("hippocampus_340", "hippocampus_341", "hippocampus_345")]
+    with pytest.raises(RuntimeError, match="a bug while loading .*hippocampus_341"):
+        predict_files(trained, inputs, tmp_path / "p")
+    assert _listing(tmp_path / "p") == ["hippocampus_340.nii.gz"] and not _loading_threads()
 
 
 def test_predict_refuses_inputs_that_would_write_one_file_before_loading_the_model(tmp_path):

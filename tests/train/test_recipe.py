@@ -463,6 +463,19 @@ def test_the_network_sees_plain_tensors_in_training_and_validation(tmp_path):
     assert {kind for _, kind in inputs} == {torch.Tensor}
 
 
+def test_the_validation_windows_per_pass_are_the_configured_ones_else_four_on_cpu(tmp_path):
+    from medft.train.recipe import FineTuneRecipe
+
+    for windows, changes in ((4, {}), (2, {"validation.sw_batch_size": 2})):
+        config = load_config(make_config(tmp_path, **{"train.device": "cpu", **changes}))
+        recipe = FineTuneRecipe(config, tmp_path / f"out{windows}")
+        try:
+            recipe.setup()
+            assert recipe.inferer.sw_batch_size == windows
+        finally:
+            recipe.cleanup()
+
+
 def test_deterministic_algorithms_fix_the_cublas_workspace_and_keep_a_users_value(monkeypatch):
     from medft.train.recipe import use_deterministic_algorithms
 
