@@ -113,13 +113,14 @@ class Preprocessing:
 
     def training(self, label_map: dict[int, int] | None = None) -> list:
         """Load, remap label values, run the steps; the label follows the image onto its new grid."""
-        return [*self._loaded(label_map), *self.compose.transforms, LabelOnImageGrid()]
+        return [*self.loading(label_map), *self.compose.transforms, LabelOnImageGrid()]
 
     def inference(self, label_map: dict[int, int] | None = None) -> list:
         """Load, remap label values, run the steps on the image; the label stays on its file's grid."""
-        return [*self._loaded(label_map), *self.compose.transforms]
+        return [*self.loading(label_map), *self.compose.transforms]
 
-    def _loaded(self, label_map: dict[int, int] | None) -> list:
+    def loading(self, label_map: dict[int, int] | None = None) -> list:
+        """Load a case (to RAS when ``reorient``) and remap its label values: the steps before ``compose``."""
         steps: list = [LoadCased(reorient=self.reorient)]
         if label_map:
             steps.append(MapLabelValued(keys=_LABEL, **label_pairs(label_map), allow_missing_keys=True))

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medft.case_pictures import ReportSlice, class_values, image_values, report_figure, report_slice
 from medft.errors import MedftError
 from medft.evaluate.folder import EvaluationFolder, case_mean_dice, read_evaluation
 from medft.evaluate.html import (
@@ -38,8 +39,11 @@ METRICS = ["dice", "sensitivity", "specificity", "hd95", "nsd"]
 MAX_WORST_CASES = 6
 
 
-def write_report(eval_dir: str | Path) -> Path:
-    """Write ``eval_dir/report.html`` from the evaluation folder and return its path."""
+def write_report(eval_dir: str | Path, pictures: dict[str, ReportSlice] | None = None) -> Path:
+    """Write ``eval_dir/report.html`` from the evaluation folder and return its path.
+
+    ``pictures``: the report slices of cases that the evaluation kept in memory (``report_slice``); the files of
+    the other cases shown are read."""
     folder = read_evaluation(eval_dir)
     sections = [
         _overview(folder),
@@ -48,7 +52,7 @@ def write_report(eval_dir: str | Path) -> Path:
         _confusion_section(folder),
         _roc_section(folder),
         _site_section(folder),
-        _worst_section(folder),
+        _worst_section(folder, pictures or {}),
         _other_cases_section(folder),
         _per_case_section(folder),
         _notes_section(folder),
@@ -297,7 +301,7 @@ def worst_cases(folder: EvaluationFolder, limit: int = MAX_WORST_CASES) -> list[
     return ranked[:limit]
 
 
-def _worst_section(folder: EvaluationFolder) -> str:
+def _worst_section(folder: EvaluationFolder, pictures: dict[str, ReportSlice]) -> str:
     worst = worst_cases(folder)
     if not worst:
         return section("worst", "Worst cases", note("No case with ground truth and a defined Dice: no worst cases to show."))
@@ -316,18 +320,19 @@ def _worst_section(folder: EvaluationFolder) -> str:
         site = f", site {escape(case.site)}" if case and case.site else ""
         caption = (f"<strong>{rank}. {escape(case_id)}</strong> — Dice {format_metric('dice', mean)} "
                    f"(mean of foreground classes; {escape(per_class)}){site}")
-        parts.append(_worst_case_figure(folder, case_id, case, mean, caption))
+        parts.append(_worst_case_figure(folder, case_id, case, mean, caption, pictures.get(case_id)))
     return section("worst", "Worst cases", *parts)
 
 
 def _worst_case_figure(folder: EvaluationFolder, case_id: str, case: CaseRecord | None, mean: float,
-                       caption: str) -> str:
-    """The case's picture under ``caption``, or why it was not drawn: a missing or unreadable file must not
-    stop the report."""
+                       caption: str, picture: ReportSlice | None) -> str:
+    """The case's picture under ``caption`` (from ``picture``, else from its files), or why it was not drawn: a
+    missing or unreadable file must not stop the report."""
     try:
         if case is None:
             raise MedftError("evaluation.json does not list this case")
-        uri, where = _case_picture(folder, case, f"{case_id}: Dice {format_metric('dice', mean)}")
+        title = f"{case_id}: Dice {format_metric('dice', mean)}"
+        uri, where = report_figure(picture or _report_slice(folder, case), folder.class_names, title)
     except Exception as exc:
         return (f'<figure><div class="box bad">Picture not drawn: {escape(folder.hide_paths(_reason(exc)))}</div>'
                 f"<figcaption>{caption}</figcaption></figure>")
@@ -338,13 +343,9 @@ def _reason(exc: Exception) -> str:
     return (exc.public if isinstance(exc, MedftError) else str(exc)) or type(exc).__name__
 
 
-def _case_picture(folder: EvaluationFolder, case: CaseRecord, title: str) -> tuple[str, str]:
-    """The case's picture and where its slice lies; raises when a file is missing or grids differ.
-
-    Drawn by ``medft.case_pictures``, as the review app draws: a case looks the same in the report
-    and in the app.
-    """
-    from medft import case_pictures
+def _report_slice(folder: EvaluationFolder, case: CaseRecord) -> ReportSlice:
+    """The case's report slice from its files; raises when a file is missing or grids differ. Drawn by
+    ``medft.case_pictures``, as the review app draws: a case looks the same in the report and in the app."""
     from medft.data.loading import geometry_mismatch, load_image, load_label
 
     if case.status is not CaseStatus.OK or not case.label or not case.prediction or not case.image:
@@ -356,11 +357,8 @@ def _case_picture(folder: EvaluationFolder, case: CaseRecord, title: str) -> tup
         mismatch = geometry_mismatch(image, other)
         if mismatch:
             raise MedftError(f"the {name} does not lie on the image's voxel grid: {mismatch}")
-    picture = case_pictures.report_slice(
-        case_pictures.image_values(image), image.affine,
-        case_pictures.class_values(truth, folder.label_map).astype(np.int16),
-        case_pictures.class_values(prediction, {}).astype(np.int16))
-    return case_pictures.report_figure(picture, folder.class_names, title)
+    return report_slice(image_values(image), image.affine, class_values(truth, folder.label_map).astype(np.int16),
+                        class_values(prediction, {}).astype(np.int16))
 
 
 # ---- failed and prediction-only cases ---------------------------------------------------------

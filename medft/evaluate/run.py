@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import uuid
+from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -17,15 +19,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from monai.data import MetaTensor
+from monai.transforms import Compose
 from tqdm.auto import tqdm
 
 from medft import __version__
 from medft.atomic_files import new_file, new_folder
+from medft.case_pictures import ReportSlice, report_slice
 from medft.data.checks import label_value_problems
+from medft.data.loading import to_ras
 from medft.data.manifest import Case, Manifest, case_id_problem, load_manifest
 from medft.errors import DataError, MedftError, find_user_error
 from medft.evaluate.compare import check_comparable, compare_evaluations, read_comparison
-from medft.evaluate.folder import PER_CASE, SUMMARY
+from medft.evaluate.folder import PER_CASE, SUMMARY, case_mean_dice
 from medft.evaluate.inference import (
     TrainedModel,
     check_channels,
@@ -35,7 +41,7 @@ from medft.evaluate.inference import (
     save_prediction,
 )
 from medft.evaluate.prefetch import prefetched
-from medft.evaluate.report import write_report
+from medft.evaluate.report import MAX_WORST_CASES, write_report
 from medft.evaluate.summary import summarize, write_per_case
 from medft.formats.evaluation import CaseRecord, CaseStatus, Evaluation, write_evaluation
 from medft.metrics import (
@@ -50,6 +56,7 @@ from medft.metrics import (
 
 log = logging.getLogger("medft.evaluate")
 ROC_BINS = 1000  # probability histogram resolution of the ROC curves
+SHOWN_IMAGE = "medft_shown_image"  # key of a loaded case: its image as loaded (first channel, affine)
 
 
 @dataclass
@@ -106,9 +113,9 @@ def _write_evaluation(out: Path, model: TrainedModel, manifest: Manifest, cases:
     scores = _Scores(model.class_names)
     records: list[dict] = []
     warnings: list[tuple[str, str]] = []  # (as evaluation.json keeps it, as the console shows it)
-    prep = model.preprocess()
+    loading, steps = Compose(model.preprocessing.loading(model.label_map)), model.preprocessing.compose
     inputs = ((case, _loading_record(case)) for case in cases)
-    with closing(prefetched(inputs, lambda entry: _load_case(*entry, model, prep))) as loaded_cases:
+    with closing(prefetched(inputs, lambda entry: _load_case(*entry, model, loading, steps))) as loaded_cases:
         for (case, item), loaded in tqdm(loaded_cases, total=len(cases), desc="evaluating", unit="case", disable=None):
             records.append(_evaluate_case(case, item, loaded, model, out, tta, largest_component, scores, warnings))
     write_per_case(out / PER_CASE, scores.rows)
@@ -124,7 +131,7 @@ def _write_evaluation(out: Path, model: TrainedModel, manifest: Manifest, cases:
         roc=_roc_curves(scores.histograms, model.class_names), warnings=[stored for stored, _ in warnings],
     )
     write_evaluation(out, evaluation)
-    write_report(out)
+    write_report(out, scores.pictures.slices)
     for _, shown in warnings:
         log.warning(shown)
     return evaluation, summary
@@ -138,9 +145,14 @@ def _loading_record(case: Case) -> dict:
     return item
 
 
-def _load_case(case: Case, item: dict, model: TrainedModel, prep) -> dict:
-    """The case loaded and preprocessed, checked against the model (channels, label values)."""
-    data = prep(item)
+def _load_case(case: Case, item: dict, model: TrainedModel, loading: Compose, steps: Compose) -> dict:
+    """The case loaded and preprocessed, checked against the model (channels, label values), with its image
+    as loaded (``SHOWN_IMAGE``: the first channel, for the report's picture of the case)."""
+    data = loading(item)
+    image = data["image"].as_tensor()[0].detach().cpu().numpy()
+    shown = image.astype(np.float32, copy=True), np.asarray(data["image"].affine, dtype=np.float64)
+    data = steps(data)
+    data[SHOWN_IMAGE] = shown
     check_channels(model, data["image"], ", ".join(str(p) for p in case.image))
     _require_class_labels(data, case, model.class_names)
     return data
@@ -172,7 +184,7 @@ def _evaluate_case(case: Case, item: dict, loaded: dict | Exception, model: Trai
         if not record["message"]:
             warnings.append((f"case {case.case_id}: no label, evaluated as prediction-only",) * 2)
         return record
-    scores.add(case, labels, loaded["label"], probs)
+    scores.add(case, labels, loaded["label"], probs, loaded[SHOWN_IMAGE])
     return record
 
 
@@ -201,15 +213,55 @@ class _Scores:
         self.rows: list[dict] = []
         self.confusion = torch.zeros(n, n, dtype=torch.int64)
         self.histograms = np.zeros((2, n, ROC_BINS), dtype=np.int64)  # [negatives, positives] per class
+        self.pictures = _WorstPictures(MAX_WORST_CASES)
 
-    def add(self, case: Case, labels: torch.Tensor, label, probs) -> None:
-        """A case's predicted ``labels`` against its ``label`` (as loaded, (1, *spatial)), with its ``probs``."""
+    def add(self, case: Case, labels: torch.Tensor, label, probs, shown_image: tuple[np.ndarray, np.ndarray]) -> None:
+        """A case's predicted ``labels`` against its ``label`` (as loaded, (1, *spatial)), with its ``probs`` and
+        its image as loaded (first channel, affine)."""
         n = len(self.class_names)
         target = label.as_subclass(torch.Tensor)[0].long()  # no MetaTensor bookkeeping on every voxel operation
         matrix = confusion_matrix(labels, target, n)
-        self.rows += _case_rows(case, self.class_names, labels, target, _spacing(label), counts_from_matrix(matrix)[None])
+        rows = _case_rows(case, self.class_names, labels, target, _spacing(label), counts_from_matrix(matrix)[None])
+        self.rows += rows
         self.confusion += matrix
         _add_histograms(self.histograms, probs.as_tensor(), target)
+        image, affine = shown_image
+        if image.shape == tuple(target.shape):
+            self.pictures.offer(case.case_id, case_mean_dice(rows).get(case.case_id, math.nan),
+                                lambda: _report_slice_in_ras(image, affine, target, labels))
+
+
+def _report_slice_in_ras(image: np.ndarray, affine: np.ndarray, truth: torch.Tensor, prediction: torch.Tensor) -> ReportSlice:
+    """The report's slice of a case from its arrays on the grid it was loaded on (as stored when the model's
+    preprocessing does not reorient), brought to RAS as the report brings the files it reads."""
+    volumes = [to_ras(MetaTensor(torch.as_tensor(values)[None], affine=torch.as_tensor(affine)))
+               for values in (image, truth.to(torch.int16), prediction.to(torch.int16))]
+    image_ras, truth_ras, prediction_ras = (np.asarray(v.as_tensor()[0]) for v in volumes)
+    return report_slice(image_ras, np.asarray(volumes[0].affine, dtype=np.float64), truth_ras, prediction_ras)
+
+
+class _WorstPictures:
+    """The report's slices of the cases with the lowest mean Dice so far (the report shows ``limit`` of them), made
+    while a case is in memory: the report need not read their files again (it reads those of any other case)."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.kept: dict[str, tuple[tuple[float, str], ReportSlice]] = {}
+
+    @property
+    def slices(self) -> dict[str, ReportSlice]:
+        return {case_id: picture for case_id, (_, picture) in self.kept.items()}
+
+    def offer(self, case_id: str, mean_dice: float, make: Callable[[], ReportSlice]) -> None:
+        """Keep the case's slice (``make()``) when it is among the ``limit`` worst, in the report's order."""
+        if not math.isfinite(mean_dice):
+            return  # the report shows no case whose Dice is all NaN
+        rank = (mean_dice, case_id)
+        if len(self.kept) >= self.limit and rank >= max(r for r, _ in self.kept.values()):
+            return
+        self.kept[case_id] = (rank, make())
+        if len(self.kept) > self.limit:
+            del self.kept[max(self.kept, key=lambda c: self.kept[c][0])]
 
 
 def _require_class_labels(data: dict, case: Case, class_names: list[str]) -> None:

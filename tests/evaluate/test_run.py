@@ -30,6 +30,8 @@ from tests.train.helpers import make_config
 CLASSES = {"0": "background", "1": "anterior", "2": "posterior"}
 DICOM_CROP = SAMPLE / "dicom" / "study1" / "13_HCropVolume"
 
+DATA_URI = re.compile(r"data:image/png;base64,[A-Za-z0-9+/=]+")
+
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
@@ -252,6 +254,43 @@ def test_checkpoint_last_of_a_bundle_is_refused_before_inference(trained, tmp_pa
     assert (f"{bundle}: --checkpoint last applies to a run folder, and this is a bundle: it holds one set of weights "
             "(models/model.pt). Fix: leave out --checkpoint") in capsys.readouterr().err
     assert not (tmp_path / "e").exists()
+
+
+def test_the_reports_pictures_are_made_in_memory_as_its_files_draw_them(evaluated, trained, tmp_path, monkeypatch):
+    out, _ = evaluated  # a1, a2 and b1 (stored LPS) scored
+    in_memory = (out / "report.html").read_text()
+    try:
+        from_files = write_report(out).read_text()  # drawn again from the files: image, label, saved prediction
+    finally:
+        (out / "report.html").write_text(in_memory)
+    assert from_files == in_memory and len(DATA_URI.findall(_worst_section(in_memory))) == 3
+
+    def no_files(*args):
+        raise AssertionError("a case's files were read again")
+
+    monkeypatch.setattr("medft.evaluate.report._report_slice", no_files)
+    text = evaluate(trained, _one_case_manifest(tmp_path), tmp_path / "eval").folder.joinpath("report.html").read_text()
+    assert "Picture not drawn" not in text and len(DATA_URI.findall(_worst_section(text))) == 1
+
+
+def test_the_pictures_kept_in_memory_are_those_of_the_cases_the_report_shows():
+    from medft.evaluate.report import MAX_WORST_CASES, worst_cases
+    from medft.evaluate.run import _WorstPictures
+
+    means = {"c0": 0.9, "c1": 0.2, "c2": float("nan"), "c3": 0.5, "c4": 0.2, "c6": 0.1, "c7": 0.7, "c8": 0.3,
+             "c9": 0.6, "c5": 0.95}
+    kept, made = _WorstPictures(MAX_WORST_CASES), []
+    for case_id, mean in means.items():
+        kept.offer(case_id, mean, lambda c=case_id: made.append(c) or c)
+    rows = [{"case_id": c, "class_index": 1, "dice": d} for c, d in means.items()]
+    shown = [case_id for case_id, _ in worst_cases(type("Folder", (), {"rows": rows})())]
+    assert sorted(kept.slices) == sorted(shown) and len(shown) == MAX_WORST_CASES
+    assert "c2" not in made and "c5" not in made  # no picture made for a NaN Dice, nor for one above the six kept
+
+
+def _worst_section(text: str) -> str:
+    start = text.index('<section id="worst">')
+    return text[start:text.index("</section>", start)]
 
 
 def _one_case_manifest(folder: Path, case_id: str = "hippocampus_340") -> Path:
@@ -558,7 +597,7 @@ def test_an_interrupted_evaluation_leaves_no_folder_and_the_next_one_writes_it(t
     out, before = tmp_path / "eval", _listing(tmp_path)
     seen = []
 
-    def report_then_interrupt(folder):  # the report is the last file an evaluation writes
+    def report_then_interrupt(folder, pictures):  # the report is the last file an evaluation writes
         seen.append(out.exists())
         raise KeyboardInterrupt
 
@@ -607,9 +646,9 @@ def test_an_evaluation_keeps_what_appeared_in_its_empty_folder_meanwhile(trained
     out = tmp_path / "eval"
     out.mkdir()
 
-    def review_meanwhile(folder):  # the review app opened on the empty folder while evaluate ran
+    def review_meanwhile(folder, pictures):  # the review app opened on the empty folder while evaluate ran
         (out / "reviews.sqlite").write_bytes(b"reviews")
-        return write_report(folder)
+        return write_report(folder, pictures)
 
     monkeypatch.setattr("medft.evaluate.run.write_report", review_meanwhile)
     with pytest.raises(MedftError, match=r"eval: the finished output cannot take this name \(.*: something was put there "
@@ -694,13 +733,14 @@ def test_label_files_stored_with_other_values_are_drawn_through_the_runs_label_m
     assert evaluation["label_map"] == {"10": 1, "20": 2} and evaluation["cases"][0]["status"] == "ok"
     report = (tmp_path / "eval" / "report.html").read_text()
     assert "Picture not drawn" not in report
+    assert write_report(tmp_path / "eval").read_text() == report  # the picture made in memory, as from the files
     from medft import case_pictures
     from medft.evaluate import report as report_module
 
     drawn = {}
     monkeypatch.setattr(case_pictures, "slice_figure", lambda panels, letters, legend, title: drawn.update(legend=legend))
     folder = report_module.read_evaluation(tmp_path / "eval")
-    report_module._case_picture(folder, folder.cases[0], "a1")
+    case_pictures.report_figure(report_module._report_slice(folder, folder.cases[0]), folder.class_names, "a1")
     assert [name for _, name in drawn["legend"]] == ["anterior", "posterior", "false positive", "false negative",
                                                      "wrong class"]
     volumes = load_case(CaseTable.from_eval_dir(tmp_path / "eval"), "a1")
