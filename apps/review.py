@@ -20,7 +20,7 @@ from medft.evaluate.hidden_paths import hide_paths
 from medft.formats.evaluation import CaseStatus
 from medft.review import app_support as support
 from medft.review.cases import REVIEW_FILTERS, SORT_LABELS, SORTS, CaseEntry, CaseTable, format_score
-from medft.slices import PLANES, SLICE_DIRECTION, orientation_letters, to_png
+from medft.slices import PLANES, SLICE_DIRECTION
 
 MEAN_OF_CLASSES = "mean"
 ALL_SITES = "all sites"
@@ -258,14 +258,12 @@ def viewer(eval_dir: str, case_id: str) -> None:
 
 
 def draw_viewer(eval_dir: str, case_id: str) -> None:
-    from medft.review.volumes import AUTO_WINDOW
-
     case = case_volumes(eval_dir, case_id)
     state = st.session_state
     if state.get("viewer_case") != case_id:  # a new case: the automatic window follows it
         state["viewer_case"] = case_id
         if "window_choice" not in state:
-            state["window_choice"] = "CT soft tissue" if case.looks_like_ct else AUTO_WINDOW
+            state["window_choice"] = support.first_window_choice(case.looks_like_ct)
         width, level = support.window_for(state["window_choice"], case.auto_window, state.get("manual_window"))
         state["window_width"], state["window_level"] = float(width), float(level)
 
@@ -286,13 +284,9 @@ def draw_viewer(eval_dir: str, case_id: str) -> None:
     window = (float(state["window_width"]), float(state["window_level"]))
     opacity = float(state.get("opacity", 0.4))
     mode = state.get("overlay_mode") or "filled"
-    views = [v for v in ("truth", "prediction", "difference") if v in case.views] or ["image"]
-    if "truth" not in case.views:
-        views = ["image", *views]
-    letters = orientation_letters(plane)
+    views = support.viewer_views(case.views)
     for column, view in zip(st.columns(len(views), gap="small"), views, strict=True):
-        rgb = case.render(plane, index, view, window, opacity=opacity, mode=mode)
-        png = to_png(support.frame_with_letters(rgb, letters))
+        png = support.panel_png(case, plane, index, view, window, opacity=opacity, mode=mode)
         column.markdown(f"**{VIEW_TITLES[view]}**")
         column.image(png, output_format="PNG", width="stretch")
     st.html(support.legend_html(case.class_names, difference=has_both))

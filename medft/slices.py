@@ -19,9 +19,10 @@ do). A slice index is always an index along the volume's own axis, never a scree
 
 Rendering pipeline of one slice: intensities -> grey levels by a window (width, level) ->
 resampled to square pixels (image: linear, labels: nearest; see ``display_shape``) -> a
-colour overlay by one table lookup (filled, outlined, or both). ``SliceRenderer`` keeps a whole
-volume prepared (grey levels windowed once, label maps as small integers) so that changing the
-slice costs a few milliseconds; see ``benchmarks/review_slice_latency.py``.
+colour overlay by one table lookup (filled, outlined, or both). ``SliceRenderer`` holds a case
+ready (the volume as given, with no copy; label maps as small integers; best slices counted once),
+windows only the slice it draws, so that making it and changing the slice or the window cost
+milliseconds; see ``benchmarks/review_slice_latency.py`` and ``benchmarks/review_app_latency.py``.
 
 Colours are the Okabe-Ito palette, distinct under the common colour-vision deficiencies.
 """
@@ -495,13 +496,15 @@ def _volume(array: object, what: str) -> np.ndarray:
 
 
 class SliceRenderer:
-    """One case held ready for slice after slice: grey levels of the whole volume under the
-    current window (uint8), ground truth and prediction as small integer maps.
+    """One case held ready for slice after slice: the image as given (any data type and memory
+    order, not copied), ground truth and prediction as small integer maps.
 
-    Per slice there is only a strided copy of uint8 planes, an optional resample to square
-    pixels and one table lookup. Changing the window re-windows the volume once
-    (``set_window``); the colour tables are cached per opacity. The window is state: give each
-    viewer (each app session) its own renderer, or share one only among viewers of one window.
+    Per slice there is a strided copy of the slice, its windowing (``apply_window``: a slice
+    windowed alone has the grey levels it has in the windowed volume), an optional resample to
+    square pixels and one table lookup. Changing the window (``set_window``) costs nothing until
+    the next slice is drawn; the colour tables are cached per opacity and the best slices per
+    plane. The window is state: give each viewer (each app session) its own renderer, or share
+    one only among viewers of one window.
     ``class_colors`` (rows per class) overrides the palette; ``n_classes`` asks for at least that
     many palette colours. Label values without a colour raise ValueError.
 
@@ -537,17 +540,15 @@ class SliceRenderer:
         self._view_colours = {"truth": colours, "prediction": colours, "difference": difference_colors()}
         self._tables: dict[tuple[str, float], np.ndarray] = {}
         self._resamplers: dict[str, _Resampler] = {}
-        self.window: tuple[float, float] | None = None
-        self.grey: np.ndarray | None = None
-        self.set_window(*(window if window is not None else percentile_window(self._source)))
+        self._best: dict[tuple[str, str], int] = {}
+        self._last_grey: tuple[tuple, np.ndarray] | None = None
+        self.window: tuple[float, float] = _check_window(*(window if window is not None
+                                                           else percentile_window(self._source)))
 
     # ---- state -------------------------------------------------------------------------------
     def set_window(self, width: float, level: float) -> None:
-        """Re-window the whole volume, only when the window changed."""
-        window = _check_window(width, level)
-        if window != self.window:
-            self.grey = apply_window(self._source, *window)
-            self.window = window
+        """The window of the slices drawn from now on (each is windowed as it is drawn)."""
+        self.window = _check_window(width, level)
 
     @property
     def views(self) -> tuple[str, ...]:
@@ -561,11 +562,15 @@ class SliceRenderer:
         return slice_count(self.shape, plane)
 
     def best_slice(self, plane: str, by: str = "error") -> int:
+        """``best_slice`` of the case's labels (counted over the whole volume once per plane and ``by``)."""
         if by == "error" and len(self.labels) < 2:
             by = "label"
         if not self.labels:
             return self.slice_count(plane) // 2
-        return best_slice(self.labels.get("truth"), self.labels.get("prediction"), plane, by)
+        key = (plane, by)
+        if key not in self._best:
+            self._best[key] = best_slice(self.labels.get("truth"), self.labels.get("prediction"), plane, by)
+        return self._best[key]
 
     def display_shape(self, plane: str) -> tuple[int, int]:
         return self._resampler(plane).out
@@ -601,8 +606,7 @@ class SliceRenderer:
             raise ValueError(f"view {view!r} needs {'both labels' if view == 'difference' else 'the ' + view}, "
                              f"which this case lacks; its views are {', '.join(self.views)}")
         resampler = self._resampler(plane)
-        grey = np.ascontiguousarray(extract_slice(self.grey, plane, index))
-        grey = resampler.linear(grey) if self.smooth else resampler.nearest(grey)
+        grey = self._grey(plane, index, resampler)
         if view == "image":
             return _compose(grey, None, None, None, mode)
         if view == "difference":
@@ -612,6 +616,19 @@ class SliceRenderer:
             labels = np.ascontiguousarray(extract_slice(self.labels[view], plane, index))
         labels = resampler.nearest(labels)
         return _compose(grey, labels, self._table(view, opacity), self._table(view, 1.0), mode)
+
+    def _grey(self, plane: str, index: int, resampler: _Resampler) -> np.ndarray:
+        """The slice's grey levels on the screen's pixels (read-only); the last one is kept, as the views of
+        one slice (ground truth, prediction, difference) are drawn one after the other."""
+        key = (plane, index, self.window)
+        last = self._last_grey
+        if last is not None and last[0] == key:
+            return last[1]
+        grey = apply_window(extract_slice(self._source, plane, index), *self.window)
+        grey = resampler.linear(grey) if self.smooth else resampler.nearest(grey)
+        grey.flags.writeable = False
+        self._last_grey = (key, grey)
+        return grey
 
     def png(self, plane: str, index: int, view: str = "truth", opacity: float = 0.4, mode: str = "filled") -> bytes:
         return to_png(self.render(plane, index, view, opacity, mode))

@@ -179,20 +179,28 @@ def test_percentile_window_on_a_known_distribution():
     assert percentile_window(np.full((4, 4, 4), 7.0)) == (1.0, 7.0)  # constant: still a valid window
 
 
-def test_the_renderer_windows_the_whole_volume_once_like_each_slice_alone():
+def test_the_renderer_windows_each_slice_to_the_grey_levels_of_the_whole_volume_windowed():
+    """Slices are windowed as they are drawn: the same pictures as from the whole volume windowed at once
+    (as the renderer did before), whatever the volume's data type and memory order."""
     rng = np.random.default_rng(1)
-    image = rng.normal(100, 300, SHAPE).astype(np.float32)
-    renderer = SliceRenderer(image, window=(400, 40))
-    grey = renderer.grey
-    renderer.set_window(400, 40)
-    assert renderer.grey is grey  # unchanged window: nothing recomputed
-    for window in ((400, 40), WINDOW_PRESETS["CT lung"]):
-        renderer.set_window(*window)
-        for plane in PLANES:
-            np.testing.assert_array_equal(renderer.render(plane, 4, "image"),
-                                          render(extract_slice(image, plane, 4), window=window))
-    default = SliceRenderer(image)
-    assert default.window == pytest.approx(percentile_window(image))
+    values = rng.normal(100, 300, SHAPE)
+    volumes = {"float32": values.astype(np.float32), "int16, x fastest": np.asfortranarray(values.astype(np.int16)),
+               "float64, a flipped view": values[::-1, :, ::-1]}
+    for name, image in volumes.items():
+        renderer = SliceRenderer(image, window=(400, 40))
+        for window in ((400, 40), WINDOW_PRESETS["CT lung"], (400, 40)):
+            renderer.set_window(*window)
+            grey = apply_window(image, *window)
+            for plane in PLANES:
+                for index in (0, 4, slice_count(SHAPE, plane) - 1):
+                    drawn = renderer.render(plane, index, "image")
+                    np.testing.assert_array_equal(drawn, render(extract_slice(grey, plane, index)), err_msg=name)
+                    np.testing.assert_array_equal(drawn, render(extract_slice(image, plane, index), window=window))
+        assert renderer.window == (400.0, 40.0)
+    default = SliceRenderer(values)
+    assert default.window == pytest.approx(percentile_window(values))
+    with pytest.raises(ValueError, match="window width must be a positive number"):
+        default.set_window(0, 40)
 
 
 # --------------------------------------------------------------------------------------------

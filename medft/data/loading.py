@@ -7,6 +7,7 @@ be written back in the geometry of the input.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import gzip
 import itertools
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 from monai.data import ImageReader, MetaTensor, NibabelReader
 from monai.transforms import LoadImage, MapTransform, Orientation
+from monai.utils import MetaKeys
 from pydicom.misc import is_dicom
 
 from medft.data.dicom import DicomSeriesReader, describe_exception
@@ -33,7 +35,9 @@ AFFINE_TOLERANCE_MM = 1e-3
 QFORM_SFORM_TOLERANCE_MM = 0.01
 
 # Axis letters of the RAS+ world frame that NIfTI, nibabel and MONAI's readers use.
-_TO_RAS = Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))
+_RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
+_TO_RAS = Orientation(axcodes="RAS", labels=_RAS_LABELS)
+_RAS_ORNT = nib.orientations.axcodes2ornt("RAS", labels=_RAS_LABELS)
 _READ_FIX = "the file looks damaged or is not a NIfTI image: copy it again from its source or re-export it"
 _DICOM_READ_FIX = (
     "run medft check-data on it for details; export the series again, or convert it to NIfTI "
@@ -79,30 +83,82 @@ def load_image(paths: list[str] | tuple[Path, ...], series_uid: str | None = Non
     return to_ras(image) if reorient else image
 
 
+def read_volume(path: str | Path, label: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """One NIfTI file as an (x, y, z) array in RAS and its 4 x 4 RAS affine, for drawing slices of it: the
+    voxels of ``load_image([path])[0]`` (``label=False``) or of ``load_label(path)[0]`` (``label=True``).
+
+    The values are the same; the array keeps the file's data type and memory order (NIfTI stores x fastest),
+    and the reorientation to RAS is made of numpy views (flips and axis swaps), where the loaders make a
+    float32 tensor in C order (for a 512 x 512 x 300 CT, seconds of transposing copies). The same checks and
+    errors as the loaders: a DICOM file, a damaged or short file, other than 3D, an affine that places no
+    axes; an image with NaN or infinite voxels, a label map with several channels. An image in several files
+    or a DICOM series folder is for ``load_image``.
+    """
+    path = Path(path)
+    if label:
+        _require_label_file(path)
+    elif _is_dicom_file(path):
+        raise DataError("is one DICOM file (a single slice), not a 3D image", _SLICE_FIX, file=path)
+    reader = NibabelReader(mmap=False)  # the voxels in memory: a file rewritten in place cannot pull them away
+    with _read_errors(path, _READ_FIX):
+        _require_complete_nifti(path)
+        data, meta = reader.get_data(reader.read(str(path)))
+    data = np.asarray(data)
+    # As LoadImage(ensure_channel_first=True): axes beyond the header's spatial ones are channels, last.
+    channels_last = data.ndim != len(meta[MetaKeys.SPATIAL_SHAPE])
+    dimensions = data.ndim if channels_last else data.ndim + 1
+    if dimensions != 4:
+        raise DataError(*_not_3d(dimensions), file=path)
+    affine = np.asarray(meta[MetaKeys.AFFINE], dtype=np.float64)
+    _require_placeable_affine(affine, path)
+    if label and channels_last and data.shape[-1] != 1:
+        raise DataError(*_label_channels(data.shape[-1]), file=path)
+    if not label and data.dtype.kind in "fc":
+        bad = int(data.size - np.count_nonzero(np.isfinite(data)))
+        if bad:
+            raise DataError(*_not_finite(bad), file=path)
+    volume = data[..., 0] if channels_last else data
+    ornt = nib.orientations.ornt_transform(nib.orientations.io_orientation(affine), _RAS_ORNT)
+    ras = nib.orientations.apply_orientation(volume, ornt)  # np.flip and transpose: views
+    return ras, affine @ nib.orientations.inv_ornt_aff(ornt, volume.shape)
+
+
 def _require_finite(image: MetaTensor, path: Path) -> None:
     """NaN or infinite voxels would turn the normalisation, the loss and the prediction to NaN."""
     bad = int((~torch.isfinite(image)).sum())
     if bad:
-        raise DataError(f"{bad} voxel(s) of the image are NaN or infinite",
-                        "re-export the image, or replace the non-finite voxels", file=path)
+        raise DataError(*_not_finite(bad), file=path)
+
+
+def _not_finite(bad: int) -> tuple[str, str]:
+    return f"{bad} voxel(s) of the image are NaN or infinite", "re-export the image, or replace the non-finite voxels"
+
+
+def _not_3d(dimensions: int) -> tuple[str, str]:
+    return (f"has {dimensions - 1} spatial dimensions after adding the channel",
+            "give 3D volumes (x, y, z), or 4D with channels last")
+
+
+def _label_channels(channels: int) -> tuple[str, str]:
+    return f"the label map has {channels} channels", "give one 3D label map with one integer class value per voxel"
 
 
 def load_label(path: str | Path, reorient: bool = True) -> MetaTensor:
     """A label map as a (1, x, y, z) MetaTensor in RAS (as stored without ``reorient``), values as stored (float32)."""
     path = Path(path)
-    if path.is_dir() or _is_dicom_file(path):
-        what = "a folder" if path.is_dir() else "a DICOM file"
-        raise DataError(f"is {what}, but a label must be a NIfTI label map (.nii or .nii.gz)", _LABEL_FIX, file=path)
+    _require_label_file(path)
     label = _read(path)
     _require_3d(label, path)
     _require_placeable(label, path)
     if label.shape[0] != 1:
-        raise DataError(
-            f"the label map has {label.shape[0]} channels",
-            "give one 3D label map with one integer class value per voxel",
-            file=path,
-        )
+        raise DataError(*_label_channels(label.shape[0]), file=path)
     return to_ras(label) if reorient else label
+
+
+def _require_label_file(path: Path) -> None:
+    if path.is_dir() or _is_dicom_file(path):
+        what = "a folder" if path.is_dir() else "a DICOM file"
+        raise DataError(f"is {what}, but a label must be a NIfTI label map (.nii or .nii.gz)", _LABEL_FIX, file=path)
 
 
 def _is_dicom_file(path: Path) -> bool:
@@ -128,13 +184,21 @@ def to_native(tensor: MetaTensor) -> np.ndarray:
 
 def geometry_mismatch(image: MetaTensor, other: MetaTensor, name: str = "label") -> str | None:
     """Why `other` (a label, or another channel) is not on the image's voxel grid, or None when it is."""
-    if tuple(image.shape[1:]) != tuple(other.shape[1:]):
-        return f"{name} shape {tuple(other.shape[1:])} differs from image shape {tuple(image.shape[1:])}"
-    diff = float(np.abs(np.asarray(image.affine, dtype=np.float64) - np.asarray(other.affine, dtype=np.float64)).max())
+    return grid_mismatch((image.shape[1:], image.affine), (other.shape[1:], other.affine), name)
+
+
+def grid_mismatch(image: tuple, other: tuple, name: str = "label") -> str | None:
+    """``geometry_mismatch`` of two voxel grids given as (spatial shape, affine), as ``read_volume`` gives them."""
+    (image_shape, image_affine), (other_shape, other_affine) = image, other
+    if tuple(image_shape) != tuple(other_shape):
+        return f"{name} shape {tuple(other_shape)} differs from image shape {tuple(image_shape)}"
+    image_affine, other_affine = (np.asarray(a, dtype=np.float64) for a in (image_affine, other_affine))
+    diff = float(np.abs(image_affine - other_affine).max())
     if diff > AFFINE_TOLERANCE_MM:
         return (
             f"{name} and image affines differ by up to {diff:.4g} mm (tolerance {AFFINE_TOLERANCE_MM} mm): "
-            f"{name} spacing {_spacing(other)} origin {_origin(other)}, image spacing {_spacing(image)} origin {_origin(image)}"
+            f"{name} spacing {_spacing(other_affine)} origin {_origin(other_affine)}, image spacing "
+            f"{_spacing(image_affine)} origin {_origin(image_affine)}"
         )
     return None
 
@@ -203,18 +267,25 @@ class LoadCased(MapTransform):
 
 def _read(path: Path, reader: ImageReader | None = None) -> MetaTensor:
     """Read through MONAI's LoadImage with one reader: NIfTI by default, else the one given."""
-    if not path.exists():
-        raise DataError("file not found", "correct the path in the manifest (relative paths start at the manifest's folder)", file=path)
-    try:
+    with _read_errors(path, _READ_FIX if reader is None else _DICOM_READ_FIX):
         if reader is None:
             _require_complete_nifti(path)
         return _loader()(str(path), reader=reader or NibabelReader())
+
+
+@contextlib.contextmanager
+def _read_errors(path: Path, fix: str):
+    """What reading ``path`` raises, as a DataError naming the file and ``fix``; a missing file is refused first."""
+    if not path.exists():
+        raise DataError("file not found", "correct the path in the manifest (relative paths start at the manifest's folder)", file=path)
+    try:
+        yield
     except DataError:
         raise
     except Exception as exc:  # nibabel, gzip and zlib raise many types for damaged files
         short = _SHORT_READ.search(str(exc))
         problem = _truncated(int(short[1]), int(short[2])) if short else f"cannot be read ({describe_exception(exc)})"
-        raise DataError(problem, _READ_FIX if reader is None else _DICOM_READ_FIX, file=path) from None
+        raise DataError(problem, fix, file=path) from None
 
 
 def _require_complete_nifti(path: Path) -> None:
@@ -295,16 +366,16 @@ def _loader() -> LoadImage:
 
 def _require_3d(tensor: MetaTensor, path: Path) -> None:
     if tensor.ndim != 4:
-        raise DataError(
-            f"has {tensor.ndim - 1} spatial dimensions after adding the channel",
-            "give 3D volumes (x, y, z), or 4D with channels last",
-            file=path,
-        )
+        raise DataError(*_not_3d(tensor.ndim), file=path)
 
 
 def _require_placeable(tensor: MetaTensor, path: Path) -> None:
+    _require_placeable_affine(tensor.affine, path)
+
+
+def _require_placeable_affine(affine, path: Path) -> None:
     """Refuse an affine that cannot place the voxel axes in space (reorienting to RAS fails on it)."""
-    axes = np.asarray(tensor.affine, dtype=np.float64)[:3, :3]
+    axes = np.asarray(affine, dtype=np.float64)[:3, :3]
     lengths = np.linalg.norm(axes, axis=0)
     if not np.isfinite(axes).all():
         what = "holds NaN or infinite values"
@@ -317,9 +388,9 @@ def _require_placeable(tensor: MetaTensor, path: Path) -> None:
     raise DataError(f"the affine {what}: the voxel axes cannot be placed in space", _AFFINE_FIX, file=path)
 
 
-def _spacing(tensor: MetaTensor) -> tuple[float, ...]:
-    return tuple(round(float(s), 4) for s in np.linalg.norm(np.asarray(tensor.affine)[:3, :3], axis=0))
+def _spacing(affine) -> tuple[float, ...]:
+    return tuple(round(float(s), 4) for s in np.linalg.norm(np.asarray(affine)[:3, :3], axis=0))
 
 
-def _origin(tensor: MetaTensor) -> tuple[float, ...]:
-    return tuple(round(float(v), 3) for v in np.asarray(tensor.affine)[:3, 3])
+def _origin(affine) -> tuple[float, ...]:
+    return tuple(round(float(v), 3) for v in np.asarray(affine)[:3, 3])

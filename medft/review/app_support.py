@@ -249,9 +249,37 @@ def window_for(choice: str, auto: tuple[float, float], manual: tuple[float, floa
     return auto
 
 
+def first_window_choice(looks_like_ct: bool) -> str:
+    """The window a case opens with when the reviewer has chosen none yet: soft tissue for CT, else the
+    case's percentile window."""
+    from medft.review.volumes import AUTO_WINDOW
+
+    return "CT soft tissue" if looks_like_ct else AUTO_WINDOW
+
+
 # --------------------------------------------------------------------------------------------
 # Pictures
 # --------------------------------------------------------------------------------------------
+def viewer_views(case_views: Sequence[str]) -> list[str]:
+    """The panels of the viewer, left to right, of a case that can show ``case_views``
+    (``CaseVolumes.views``): ground truth, prediction and difference; the bare image first when the
+    case has no ground truth."""
+    views = [v for v in ("truth", "prediction", "difference") if v in case_views] or ["image"]
+    if "truth" not in case_views:
+        views = ["image", *views]
+    return views
+
+
+def panel_png(case, plane: str, index: int, view: str, window: tuple[float, float], opacity: float = 0.4,
+              mode: str = "filled") -> bytes:
+    """One panel of the viewer as PNG bytes: the slice of ``case`` (``CaseVolumes``) in its frame of
+    orientation letters."""
+    from medft.slices import orientation_letters, to_png
+
+    rgb = case.render(plane, index, view, window, opacity=opacity, mode=mode)
+    return to_png(frame_with_letters(rgb, orientation_letters(plane)))
+
+
 def frame_with_letters(rgb: np.ndarray, letters: Mapping[str, str], margin: int = 22) -> np.ndarray:
     """The slice on a black frame with the patient direction at the middle of each edge (R, L, A, P, S, I)."""
     from PIL import Image, ImageDraw

@@ -230,3 +230,81 @@ def test_a_dicom_series_with_zero_pixel_spacing_is_a_clear_error_in_a_pipeline(t
         Compose([LoadCased()])({"case_id": "c2", "image": [str(folder)]})
     error = find_user_error(err.value)
     assert isinstance(error, DataError) and "case c2" in str(error) and "PixelSpacing is 0" in str(error)
+
+
+# --------------------------------------------------------------------------------------------
+# read_volume: the loaders' voxels without their copies (the review app)
+# --------------------------------------------------------------------------------------------
+def _stored_copies(tmp_path) -> dict:
+    """The sample case stored in ways that load differently: axes flipped and swapped, scaled, channels, NIfTI-2."""
+    image_path, label_path = sample_case()
+    stored = nib.load(image_path)
+    data = np.asanyarray(stored.dataobj)
+    labels = np.asanyarray(nib.load(label_path).dataobj)
+    nx, ny, _ = data.shape
+    # voxel axes towards L, S and P: reading them to RAS takes flips and a swap of axes
+    turned = np.array([[-1, 0, 0, nx - 1], [0, 0, 1, 0], [0, -1, 0, ny - 1], [0, 0, 0, 1]], dtype=float)
+    files = {}
+
+    def save(name, image):
+        nib.save(image, tmp_path / name)
+        files[name] = tmp_path / name
+
+    save("ras.nii.gz", nib.Nifti1Image(data, stored.affine))
+    turned_data = np.ascontiguousarray(data[::-1].transpose(0, 2, 1)[:, :, ::-1])
+    save("turned.nii", nib.Nifti1Image(turned_data, stored.affine @ np.linalg.inv(turned)))
+    scaled = nib.Nifti1Image(data.astype(np.int16), stored.affine)
+    scaled.header.set_slope_inter(0.5, -3.0)
+    save("scaled.nii.gz", scaled)
+    save("channels.nii.gz", nib.Nifti1Image(np.stack([data, data[::-1]], axis=-1).astype(np.float32), stored.affine))
+    save("nifti2.nii", nib.Nifti2Image(data.astype(np.float64) / 7, stored.affine))
+    save("label.nii.gz", nib.Nifti1Image(labels.astype(np.uint8), stored.affine))
+    save("label_turned.nii.gz", nib.Nifti1Image(np.ascontiguousarray(labels[::-1].transpose(0, 2, 1)[:, :, ::-1]),
+                                                stored.affine @ np.linalg.inv(turned)))
+    save("label_channel.nii.gz", nib.Nifti1Image(labels[..., None].astype(np.float32), stored.affine))
+    return files
+
+
+def test_read_volume_gives_the_voxels_and_affine_of_the_loaders(tmp_path):
+    files = _stored_copies(tmp_path)
+    assert nib.aff2axcodes(nib.load(files["turned.nii"]).affine) == ("L", "S", "P")
+    for name, path in files.items():
+        label = name.startswith("label")
+        loaded = load_label(path) if label else load_image([path])
+        volume, affine = loading.read_volume(path, label=label)
+        assert volume.shape == tuple(loaded.shape[1:]), name
+        np.testing.assert_array_equal(volume.astype(np.float32), loaded[0].numpy(), err_msg=name)
+        np.testing.assert_array_equal(affine, np.asarray(loaded.affine, dtype=np.float64), err_msg=name)
+        assert loading.grid_mismatch((volume.shape, affine), (loaded.shape[1:], loaded.affine)) is None
+    # no float32 copy, no transposition: the file's type, and a view of the voxels as stored
+    volume, _ = loading.read_volume(files["turned.nii"])
+    assert volume.dtype == nib.load(files["turned.nii"]).get_data_dtype()
+    assert not volume.flags.c_contiguous and volume.base is not None
+    assert loading.read_volume(files["label.nii.gz"], label=True)[0].dtype == np.uint8
+    assert loading.read_volume(files["scaled.nii.gz"])[0].dtype.kind == "f"  # scaled as nibabel scales
+
+
+def test_read_volume_refuses_what_the_loaders_refuse(tmp_path):
+    files = _stored_copies(tmp_path)
+    image_path, _ = sample_case()
+    affine = nib.load(image_path).affine
+    cases = {
+        "flat.nii.gz": (nib.Nifti1Image(np.zeros((4, 5), dtype=np.int16), affine), False),
+        "nan.nii.gz": (nib.Nifti1Image(np.full((4, 5, 6), np.nan, dtype=np.float32), affine), False),
+        "two_labels.nii.gz": (nib.Nifti1Image(np.zeros((4, 5, 6, 2), dtype=np.uint8), affine), True),
+    }
+    for name, (image, _) in cases.items():
+        nib.save(image, tmp_path / name)
+    singular, _ = _singular_copy(tmp_path / "singular")
+    short = tmp_path / "short.nii.gz"
+    data = files["ras.nii.gz"].read_bytes()
+    short.write_bytes(data[: len(data) // 2])
+    checks = [(tmp_path / name, label) for name, (_, label) in cases.items()]
+    checks += [(singular, False), (short, False), (tmp_path / "missing.nii.gz", False), (tmp_path, True),
+               (next(DICOM_CROP.iterdir()), False), (next(DICOM_CROP.iterdir()), True)]
+    for path, label in checks:
+        with pytest.raises(DataError) as expected:
+            load_label(path) if label else load_image([path])
+        with pytest.raises(DataError) as got:
+            loading.read_volume(path, label=label)
+        assert str(got.value) == str(expected.value), path

@@ -178,7 +178,8 @@ def test_nifti_case_loads_in_ras_whatever_the_file_orientation(table):
     assert nib.aff2axcodes(case.affine) == ("R", "A", "S")
     assert case.spacing == pytest.approx((1.0, 1.0, 1.0))
     assert case.class_names == CLASS_NAMES
-    assert case.image.dtype == np.float32 and case.truth.dtype == case.prediction.dtype
+    assert case.image.dtype == nib.load(table.files("hippocampus_334").image[0]).get_data_dtype()  # as stored
+    assert case.truth.dtype == case.prediction.dtype == np.uint8
 
 
 def test_dicom_case_loads_in_ras_with_no_header_data(table):
@@ -211,3 +212,70 @@ def test_a_file_changed_after_the_evaluation_is_named_with_a_fix_that_works(tmp_
     assert f"case hippocampus_333: {prediction}: prediction shape (4, 4, 4) differs from image shape" in message
     assert ("the image or the prediction changed after the evaluation. Fix: put back the files that were "
             "evaluated, or evaluate again into a new folder (`medft evaluate MODEL") in message
+
+
+def _pictures_as_before(table: CaseTable, case_id: str):
+    """The case's renderer, window and best slices made as the review app made them before its volumes were
+    read as stored: float32 and C order from the loaders, label maps as int16, the window from the float32 volume."""
+    from medft.case_pictures import case_renderer, class_values, image_values
+    from medft.data.loading import load_image, load_label
+    from medft.review.volumes import _sample, display_scale
+    from medft.slices import percentile_window, voxel_spacing
+
+    files = table.files(case_id)
+    image = load_image(list(files.image), files.series_uid)
+    truth = class_values(load_label(files.label), table.label_map).astype(np.int16) if files.label else None
+    prediction = class_values(load_label(files.prediction), {}).astype(np.int16)
+    first, affine = image_values(image), np.asarray(image.affine, dtype=np.float64)
+    auto = percentile_window(_sample(first))
+    n_classes = max(len(table.class_names), 2)
+    return case_renderer(first, truth, prediction, affine, n_classes, auto,
+                         display_scale(first.shape, voxel_spacing(affine))), auto
+
+
+@pytest.mark.parametrize("case_id", ["hippocampus_334", "dicom_13", "hippocampus_336"])
+def test_the_pictures_of_a_case_are_those_drawn_before_pixel_for_pixel(table, case_id):
+    """load_case reads NIfTI files as stored and windows slice by slice: the same window, slices and pictures."""
+    from medft.review.volumes import load_case
+    from medft.slices import PLANES, WINDOW_PRESETS
+
+    case = load_case(table, case_id)
+    before, auto = _pictures_as_before(table, case_id)
+    assert case.auto_window == auto and case.views == before.views
+    for plane in PLANES:
+        for by in ("error", "label"):
+            assert case.best_slice(plane, by) == before.best_slice(plane, by), (plane, by)
+        count = case.slice_count(plane)
+        for index in sorted({0, case.best_slice(plane), count // 3, count - 1}):
+            for window in (auto, WINDOW_PRESETS["CT soft tissue"]):
+                before.set_window(*window)
+                for view in case.views:
+                    for mode in ("filled", "contour"):
+                        np.testing.assert_array_equal(case.render(plane, index, view, window, 0.4, mode),
+                                                      before.render(plane, index, view, 0.4, mode),
+                                                      err_msg=f"{plane} {index} {view} {mode}")
+
+
+def test_label_maps_are_mapped_to_classes_as_before(tmp_path):
+    """The ground truth's file values through the evaluation's label_map, as class_values maps them, in
+    any integer type and as floats; values outside the classes refused alike."""
+    import torch
+
+    from medft.case_pictures import class_values
+    from medft.errors import DataError
+    from medft.review.volumes import _classes
+
+    rng = np.random.default_rng(0)
+    stored = np.asfortranarray(rng.choice([0, 3, 7], size=(6, 7, 8)))
+    label_map = {3: 1, 7: 2, 9: 5}
+    for volume in (stored.astype(np.uint8), stored.astype(np.int16), stored.astype(np.float32) + 0.2,
+                   stored.astype(np.uint8)[::-1, :, ::-1]):
+        expected = class_values(torch.from_numpy(np.ascontiguousarray(volume))[None], label_map)
+        got = _classes(volume, 3, "ground truth", "c1", "fix it", label_map)
+        np.testing.assert_array_equal(got, expected)
+        assert got.dtype.kind in "iu"
+    mask = stored > 0  # a label map stored as booleans
+    np.testing.assert_array_equal(_classes(mask, 3, "ground truth", "c1", "fix it", {1: 2}), 2 * mask)
+    shifted = stored.astype(np.int16) - 1  # -1, 2 and 6: 6 is outside the 3 classes
+    with pytest.raises(DataError, match=re.escape("the ground truth holds values -1..6, outside the 3 classes")):
+        _classes(shifted, 3, "ground truth", "c1", "fix it", {2: 1})
