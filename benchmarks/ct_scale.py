@@ -22,7 +22,8 @@ a case of its own (the disk cache keys a case by its path), while the disk holds
 
 ``--parts steps``: training steps per second of medft (``augmentation: none``) against a plain MONAI loop
 on the same cases, patches and network (``CacheDataset``, ``RandCropByPosNegLabeld``, ``DiceCELoss``,
-AdamW), over the epochs after the first.
+AdamW), over the epochs after the first; the loop as MONAI's tutorials write it (the batch's MetaTensors
+into the network) and with plain tensors.
 
 Run: ``.venv/bin/python benchmarks/ct_scale.py [--cases 8] [--val 4] [--epochs 60] [--budget 0.5]
 [--parts train inference scale steps] [--quick]``
@@ -84,7 +85,8 @@ def config_for(data: Path, rows: list[tuple], epochs: int, patch: int, path: Pat
         "model": {"network_def": {"_target_": "UNet", "spatial_dims": 3, "in_channels": 1, "out_channels": 3,
                                   "channels": [8, 16, 32], "strides": [2, 2], "num_res_units": 1}},
         "data": {"manifest": str(data / "manifest.csv"), "spatial_size": [patch] * 3, "intensity": "ct_window",
-                 "intensity_range": [-300, 400], "samples_per_volume": 2, "foreground_ratio": 0.9},
+                 "intensity_range": [-300, 400], "sampling": "patch", "samples_per_volume": 2,
+                 "foreground_ratio": 0.9},
         "train": {"epochs": epochs, "batch_size": 2, "amp": False, "val_every": epochs, **train},
         "optim": {"lr": 0.01, "warmup_epochs": 0},
         "validation": {"sw_batch_size": 4},
@@ -174,8 +176,11 @@ def plain_training(spec: dict) -> dict:
     for _ in range(spec["epochs"]):
         started = time.perf_counter()
         for batch in loader:
+            image, label = batch["image"], batch["label"]
+            if spec["plain_tensors"]:  # without MONAI's metadata: every operation on a MetaTensor also tracks it
+                image, label = image.as_tensor(), label.as_tensor()
             optimizer.zero_grad(set_to_none=True)
-            loss_fn(network(batch["image"]), batch["label"]).backward()
+            loss_fn(network(image), label).backward()
             optimizer.step()
         epoch_seconds.append(time.perf_counter() - started)
     return {"epoch_seconds": epoch_seconds, "steps_per_epoch": len(loader)}
@@ -238,11 +243,13 @@ def steps_part(bench, common: dict, out: Path, n_train: int, patch: int, epochs:
     rows.append((f"ct_{n_train}", str(data / f"ct_{n_train}.nii.gz"), str(data / f"ct_{n_train}_seg.nii.gz"), "val"))
     (data / "steps").mkdir(exist_ok=True)
     config = config_for(data / "steps", rows, min(epochs, STEPS_EPOCHS), patch, data / "steps" / "config.json")
+    plain = {"task": "plain_training", "cases": cases, "patch": patch, "epochs": min(epochs, STEPS_EPOCHS)}
     specs = {"medft train": {"task": "train_steps", "config": str(config), "run_dir": str(out / "run_steps")},
-             "plain MONAI": {"task": "plain_training", "cases": cases, "patch": patch, "epochs": min(epochs, STEPS_EPOCHS)}}
+             "plain MONAI": {**plain, "plain_tensors": False},
+             "plain MONAI, plain tensors into the network": {**plain, "plain_tensors": True}}
     results = {}
     for name, spec in specs.items():
-        result = bench.isolated(__file__, {**common, **spec}, spec["task"], timing=True)
+        result = bench.isolated(__file__, {**common, **spec}, name.replace(" ", "_").replace(",", ""), timing=True)
         timed = result["epoch_seconds"][1:] or result["epoch_seconds"]
         result["steps_per_second"] = result["steps_per_epoch"] * len(timed) / sum(timed)
         results[name] = result

@@ -146,6 +146,16 @@ class DataConfig(Section):
         return self
 
     @model_validator(mode="after")
+    def _patch_options_need_patches(self) -> DataConfig:
+        given = [f"data.{key}" for key in ("samples_per_volume", "foreground_ratio") if key in self.model_fields_set]
+        if self.sampling == "whole" and given:
+            default = "" if "sampling" in self.model_fields_set else " (the default)"
+            raise ValueError(f"{' and '.join(given)} apply to data.sampling: patch, and sampling is whole{default}: "
+                             "each volume gives one crop of spatial_size, anywhere in it, foreground or not. "
+                             f"Fix: set data.sampling: patch (for volumes larger than spatial_size), or remove {' and '.join(given)}")
+        return self
+
+    @model_validator(mode="after")
     def _spatial_augmentation_fits(self) -> DataConfig:
         dims = len(self.spatial_size)
         if isinstance(self.spacing, list) and len(self.spacing) != dims:

@@ -124,6 +124,20 @@ def test_flip_axes_are_spatial_axes_each_once():
             load_config(demo, [f"data.flip_axes={bad}"])
 
 
+def test_patch_options_with_whole_volume_sampling_are_refused_not_ignored():
+    """A CT config with samples_per_volume and foreground_ratio but no sampling: patch trained on one random
+    crop of each volume, mostly background, without a word (benchmarks/ct_scale.py did)."""
+    demo = REPO / "configs" / "demo.yaml"
+    assert load_config(demo).data.sampling == "whole"
+    with pytest.raises(MedftError, match=r"data.samples_per_volume and data.foreground_ratio apply to data.sampling: "
+                                         r"patch, and sampling is whole: .*Fix: set data.sampling: patch"):
+        load_config(demo, ["data.samples_per_volume=2", "data.foreground_ratio=0.9"])
+    with pytest.raises(MedftError, match=r"data.foreground_ratio apply to data.sampling: patch"):
+        load_config(demo, ["data.foreground_ratio=0.67"])  # the default value, given: still ignored by whole sampling
+    patch = load_config(demo, ["data.sampling=patch", "data.samples_per_volume=2", "data.foreground_ratio=0.9"]).data
+    assert (patch.samples_per_volume, patch.foreground_ratio) == (2, 0.9)
+
+
 def test_elastic_is_a_probability_for_3d_volumes():
     demo = REPO / "configs" / "demo.yaml"
     assert load_config(demo).data.elastic == 0
