@@ -46,32 +46,50 @@ def window_costs(peak_one: int, peak_two: int) -> tuple[int, int]:
     return growth, max(peak_one - growth, 0)
 
 
-def measured_windows(network: torch.nn.Module, window: Sequence[int], device: torch.device, amp: bool) -> int:
+class CudaMemory:
+    """The CUDA allocator's counters of one device, which ``measured_windows`` reads (a test gives a stand-in)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def allocated(self) -> int:
+        return torch.cuda.memory_allocated(self.device)
+
+    def reset_peak(self) -> None:
+        torch.cuda.reset_peak_memory_stats(self.device)
+
+    def peak(self) -> int:
+        return torch.cuda.max_memory_allocated(self.device)
+
+    def free(self) -> int:
+        """Memory free for tensors: what the driver has free and what PyTorch's allocator holds unused."""
+        free, _ = torch.cuda.mem_get_info(self.device)
+        return free + torch.cuda.memory_reserved(self.device) - self.allocated()
+
+
+def measured_windows(network: torch.nn.Module, window: Sequence[int], device: torch.device, amp: bool,
+                     memory: CudaMemory | None = None) -> int:
     """The windows per forward pass that fit in ``MEMORY_SHARE`` of the free memory of ``device`` (CUDA), from the
     peak memory of passes of one and two zero windows in eval mode, under no_grad and, with ``amp``, autocast."""
+    memory = memory or CudaMemory(device)
     was_training = network.training
     network.eval()
     try:
-        _forward_peak(network, window, device, amp, 1)  # the first pass allocates what libraries keep (workspaces)
-        per_window, fixed = window_costs(*(_forward_peak(network, window, device, amp, n) for n in (1, 2)))
+        _forward_peak(network, window, device, amp, 1, memory)  # the first pass allocates what libraries keep
+        per_window, fixed = window_costs(*(_forward_peak(network, window, device, amp, n, memory) for n in (1, 2)))
     finally:
         network.train(was_training)
-    free = _free_bytes(device)
+    free = memory.free()
     windows = windows_per_batch(free, per_window, fixed)
     log.info("sliding window: %d windows per batch (from %.1f GB free on %s)", windows, free / 1e9, device)
     return windows
 
 
-def _forward_peak(network: torch.nn.Module, window: Sequence[int], device: torch.device, amp: bool, windows: int) -> int:
-    """Bytes allocated on ``device`` at the peak of a forward pass of ``windows`` zero windows, above those before it."""
-    before = torch.cuda.memory_allocated(device)
-    torch.cuda.reset_peak_memory_stats(device)
+def _forward_peak(network: torch.nn.Module, window: Sequence[int], device: torch.device, amp: bool, windows: int,
+                  memory: CudaMemory) -> int:
+    """Bytes allocated at the peak of a forward pass of ``windows`` zero windows, above those before it."""
+    before = memory.allocated()
+    memory.reset_peak()
     with torch.no_grad(), torch.autocast(device.type, enabled=amp):
         network(torch.zeros(windows, *window, device=device))
-    return torch.cuda.max_memory_allocated(device) - before
-
-
-def _free_bytes(device: torch.device) -> int:
-    """Memory free for tensors on ``device``: what the driver has free and what PyTorch's allocator holds unused."""
-    free, _ = torch.cuda.mem_get_info(device)
-    return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return memory.peak() - before

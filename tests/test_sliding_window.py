@@ -1,7 +1,9 @@
 """Sliding windows per forward pass: the configured number, else 4 on CPU, else what the free GPU memory holds."""
+import logging
+
 import torch
 
-from medft.sliding_window import CPU_WINDOWS, sw_batch_size, window_costs, windows_per_batch
+from medft.sliding_window import CPU_WINDOWS, measured_windows, sw_batch_size, window_costs, windows_per_batch
 
 GB = 10**9
 
@@ -31,3 +33,39 @@ def test_a_configured_value_is_kept_and_the_default_on_cpu_measures_nothing():
     assert sw_batch_size(None, Untouchable(), [1, 32, 32, 32], cpu, amp=False) == CPU_WINDOWS == 4
     assert sw_batch_size(7, Untouchable(), [1, 32, 32, 32], cpu, amp=False) == 7
     assert sw_batch_size(7, Untouchable(), [1, 32, 32, 32], torch.device("cuda"), amp=True) == 7, "kept on CUDA too"
+
+
+class _ModelledMemory:
+    """A GPU's counters as a model: a forward pass peaks at 1 GB + 2 GB per window above 3 GB held, 40 GB free."""
+
+    def __init__(self):
+        self.held, self.peak_bytes, self.passes = 3 * GB, 3 * GB, []
+
+    def allocated(self):
+        return self.held
+
+    def reset_peak(self):
+        self.peak_bytes = self.held
+
+    def peak(self):
+        return self.peak_bytes
+
+    def free(self):
+        return 40 * GB
+
+    def forward(self, module, inputs):  # a forward pre-hook: the pass of len(inputs[0]) windows
+        assert not module.training and not torch.is_grad_enabled()
+        self.passes.append(len(inputs[0]))
+        self.peak_bytes = self.held + 1 * GB + 2 * GB * len(inputs[0])
+
+
+def test_the_windows_measured_on_the_network_fit_half_the_free_memory(caplog):
+    network = torch.nn.Conv3d(1, 2, 3).train()
+    memory = _ModelledMemory()
+    network.register_forward_pre_hook(memory.forward)
+    with caplog.at_level(logging.INFO, logger="medft"):
+        windows = measured_windows(network, [1, 8, 8, 8], torch.device("cpu"), amp=False, memory=memory)
+    assert memory.passes == [1, 1, 2]  # a warm-up pass, then one and two windows
+    assert windows == 9  # (40 / 2 - 1) GB / 2 GB a window
+    assert network.training, "the network's mode is given back"
+    assert "sliding window: 9 windows per batch (from 40.0 GB free on cpu)" in caplog.text
