@@ -147,10 +147,13 @@ class DataConfig(Section):
 
     @model_validator(mode="after")
     def _patch_options_need_patches(self) -> DataConfig:
-        given = [f"data.{key}" for key in ("samples_per_volume", "foreground_ratio") if key in self.model_fields_set]
+        # values, not the keys given: a run's config.yaml holds every key, the defaults included
+        given = [f"data.{key}" for key in ("samples_per_volume", "foreground_ratio")
+                 if getattr(self, key) != type(self).model_fields[key].default]
         if self.sampling == "whole" and given:
             default = "" if "sampling" in self.model_fields_set else " (the default)"
-            raise ValueError(f"{' and '.join(given)} apply to data.sampling: patch, and sampling is whole{default}: "
+            verb = "apply" if len(given) > 1 else "applies"
+            raise ValueError(f"{' and '.join(given)} {verb} to data.sampling: patch, and sampling is whole{default}: "
                              "each volume gives one crop of spatial_size, anywhere in it, foreground or not. "
                              f"Fix: set data.sampling: patch (for volumes larger than spatial_size), or remove {' and '.join(given)}")
         return self

@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 from medft.cli import main
-from medft.config import load_config
+from medft.config import load_config, validate_config
 from medft.errors import MedftError
 from tests.conftest import REPO
 
@@ -131,9 +131,11 @@ def test_patch_options_with_whole_volume_sampling_are_refused_not_ignored():
     assert load_config(demo).data.sampling == "whole"
     with pytest.raises(MedftError, match=r"data.samples_per_volume and data.foreground_ratio apply to data.sampling: "
                                          r"patch, and sampling is whole: .*Fix: set data.sampling: patch"):
-        load_config(demo, ["data.samples_per_volume=2", "data.foreground_ratio=0.9"])
-    with pytest.raises(MedftError, match=r"data.foreground_ratio apply to data.sampling: patch"):
-        load_config(demo, ["data.foreground_ratio=0.67"])  # the default value, given: still ignored by whole sampling
+        load_config(demo, ["data.samples_per_volume=3", "data.foreground_ratio=0.9"])
+    with pytest.raises(MedftError, match=r"data.foreground_ratio applies to data.sampling: patch"):
+        load_config(demo, ["data.foreground_ratio=0.9"])
+    saved = load_config(demo).model_dump(mode="json")  # as a run's config.yaml: every key, the defaults included
+    assert validate_config(saved, source="config.yaml").data.sampling == "whole"
     patch = load_config(demo, ["data.sampling=patch", "data.samples_per_volume=2", "data.foreground_ratio=0.9"]).data
     assert (patch.samples_per_volume, patch.foreground_ratio) == (2, 0.9)
 
