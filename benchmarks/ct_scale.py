@@ -1,8 +1,8 @@
 """Hospital-size volumes: memory of training with the cache budget, and evaluation against inference alone.
 
 The data are made by the benchmark: CT-like volumes of 512 x 512 x 160 voxels (int16, 0.78 x 0.78 x 2.5 mm,
-noise of 20 HU) with two labelled ellipsoids, one bright (+200 HU) and one dark (-150 HU), placed at
-random; ``--cases`` of them, the last ``--val`` for validation. A small MONAI UNet (8-16-32 filters,
+noise of 20 HU) with two labelled ellipsoids, one bright (+200 HU, 40 mm) and one dark (-250 HU, 35 mm),
+placed at random; ``--cases`` of them, the last ``--val`` for validation. A small MONAI UNet (8-16-32 filters,
 96^3 patches, CT window -300..400 HU) is trained from random weights for ``--epochs``, once with the
 default cache budget and once with ``--budget`` GB (the rest of the cases cached on disk): peak resident
 memory and training seconds of each. The trained model (default budget) then:
@@ -25,7 +25,7 @@ on the same cases, patches and network (``CacheDataset``, ``RandCropByPosNegLabe
 AdamW), over the epochs after the first; the loop as MONAI's tutorials write it (the batch's MetaTensors
 into the network) and with plain tensors.
 
-Run: ``.venv/bin/python benchmarks/ct_scale.py [--cases 8] [--val 4] [--epochs 60] [--budget 0.5]
+Run: ``.venv/bin/python benchmarks/ct_scale.py [--cases 8] [--val 4] [--epochs 80] [--budget 0.5]
 [--parts train inference scale steps] [--quick]``
 """
 from __future__ import annotations
@@ -260,7 +260,7 @@ def main() -> int:
     p = parser("ct_scale", __doc__)
     p.add_argument("--cases", type=int, default=8, help="CT-like cases made (default 8)")
     p.add_argument("--val", type=int, default=4, help="of them, validation cases (default 4)")
-    p.add_argument("--epochs", type=int, default=60, help="training epochs (default 60)")
+    p.add_argument("--epochs", type=int, default=80, help="training epochs (default 80)")
     p.add_argument("--budget", type=float, default=0.5, help="GB of the bounded cache run (default 0.5)")
     p.add_argument("--threads", type=int, default=2, help="torch threads of each job (default 2)")
     p.add_argument("--parts", nargs="+", choices=("train", "inference", "scale", "steps"), default=["train", "inference"],

@@ -138,7 +138,7 @@ def _write_evaluation(out: Path, model: TrainedModel, manifest: Manifest, cases:
 
 
 def _loading_record(case: Case) -> dict:
-    """The case as ``prep`` loads it: without its label when the label file is missing."""
+    """The case's record for loading: without its label when the label file is missing."""
     item = case.record()
     if case.label is not None and not case.label.exists():
         item.pop("label")
