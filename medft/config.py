@@ -229,6 +229,21 @@ class FreezeStage(Section):
         return patterns
 
 
+# How the pretrained network is fine-tuned. Methods to come (LoRA adapters) join this Literal,
+# and their own keys (rank, ...) join FinetuneConfig.
+FinetuneMethod = Literal["full", "bitfit"]
+FINETUNE_METHODS: tuple[str, ...] = get_args(FinetuneMethod)
+
+
+class FinetuneConfig(Section):
+    method: FinetuneMethod = Field("full", description="full: every parameter the freeze schedule leaves trainable "
+                                   "trains; bitfit (Ben Zaken et al., 2022): only the bias terms (parameters named bias "
+                                   "or ending in _bias, normalisation shifts included, their scales not) and the new "
+                                   "head train: the rest stays as pretrained, at every freeze stage (a stage may freeze "
+                                   "more, never less), and batch norms whose scale is frozen keep their pretrained "
+                                   "statistics.")
+
+
 SGD_MOMENTUM = 0.99  # nnU-Net's; optim.momentum's default for sgd
 
 
@@ -311,6 +326,8 @@ class RunConfig(Section):
     seed: int = Field(0, description="Seed of every random choice: data order, augmentation, initialisation.")
     model: ModelConfig = Field(description="The pretrained bundle (or scratch network) and how to adapt it.")
     data: DataConfig = Field(description="Training data and sampling.")
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig, description="What fine-tuning changes in the "
+                                     "pretrained network.")
     freeze: list[FreezeStage] = Field(default_factory=list, description="Freezing schedule: stages by epoch; empty trains everything.")
     optim: OptimConfig = Field(default_factory=OptimConfig, description="Optimiser and learning-rate schedule.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="The training loop.")
@@ -361,11 +378,14 @@ class RunConfig(Section):
         return stages
 
     @model_serializer(mode="wrap")
-    def _without_empty_search(self, handler) -> dict:
-        """A config without a search dumps as before the search existed (run folders compare config.yaml)."""
+    def _without_unused_sections(self, handler) -> dict:
+        """A config without a search, or with full fine-tuning, dumps as before these sections existed (a resumed
+        run compares its config.yaml)."""
         data = handler(self)
         if self.search is None:
             data.pop("search", None)
+        if self.finetune == FinetuneConfig():
+            data.pop("finetune", None)
         return data
 
 

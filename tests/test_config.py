@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 from medft.cli import main
-from medft.config import load_config, validate_config
+from medft.config import dump_config, load_config, validate_config
 from medft.errors import MedftError
 from tests.conftest import REPO
 
@@ -292,3 +292,15 @@ def test_medft_preprocessing_values_are_checked(settings, message):
     with pytest.raises(MedftError, match=re.escape(message)):
         load_config(REPO / "configs" / "hippocampus.yaml", settings)
 
+
+
+def test_the_finetune_method_is_checked_and_a_full_one_dumps_as_before_it_existed():
+    demo = REPO / "configs" / "demo.yaml"
+    with pytest.raises(MedftError, match=r"finetune.method: Input should be 'full' or 'bitfit' \(got 'lora'\)"):
+        load_config(demo, ["finetune.method=lora"])
+    assert load_config(demo).finetune.method == "full"
+    assert "finetune" not in dump_config(load_config(demo))  # an older run's config.yaml still compares equal on resume
+    bitfit = load_config(demo, ["finetune.method=bitfit"])
+    dumped = yaml.safe_load(dump_config(bitfit))
+    assert dumped["finetune"] == {"method": "bitfit"}
+    assert validate_config(dumped, source="config.yaml").finetune.method == "bitfit"

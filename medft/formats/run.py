@@ -44,6 +44,8 @@ class EpochRecord(BaseModel):
     train_loss: float
     lr: list[float]  # per parameter group, after the epoch
     frozen_tensors: int
+    trainable_parameters: int | None = None  # elements of the trainable tensors (absent in runs before medft recorded it)
+    total_parameters: int | None = None  # elements of all the network's tensors
     seconds: float
     best: bool  # the validation Dice rose: best.pt holds this epoch
     val_dice: float | None = None  # mean over the foreground classes (NaN when no class could be scored)

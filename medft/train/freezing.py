@@ -2,17 +2,26 @@
 
 Typical use::
 
-    schedule = FreezeSchedule([FreezeStage(0, "all_but_head"), FreezeStage(5, "encoder"), FreezeStage(10)])
+    schedule = FreezeSchedule([FreezeStage(0, "all_but_head"), FreezeStage(5, "encoder"), FreezeStage(10)], method="full")
     schedule.validate(model, head)                       # every stage, before a long run
     optimizer = torch.optim.AdamW(parameter_groups(model, head, lr, head_lr, weight_decay))
     for epoch in range(start, epochs):
         frozen = schedule.frozen_at(model, head, epoch)  # on resume too, not only on changes
         apply_freezing(model, frozen)
         set_train_mode(model, frozen)
+        log.info("trainable: %s", TrainableCount.of(model, frozen))  # 12,345 of 1,234,567 parameters (1.0%) in ...
         ...
 
 ``head`` is the set of parameter names whose shape depends on the number of output classes.
 A preset never freezes a head parameter; an explicit pattern may.
+
+Fine-tuning methods (``finetune.method``): ``full`` adds nothing to the schedule; ``bitfit`` (Ben
+Zaken et al., 2022) freezes every parameter but the bias terms and the head, at every stage: a
+stage's frozen set is the union of its own and the method's, so a stage may freeze more (biases of
+the encoder) and never unfreezes what the method freezes. A bias term is a parameter whose own name
+(after the last dot) is ``bias`` or ends in ``_bias`` (attention's ``in_proj_bias``): the shifts of
+normalisation layers are bias terms, their scales are not; SwinUNETR's
+``relative_position_bias_table`` is a table, not a bias term, and stays frozen.
 
 Presets: ``none`` freezes nothing; ``all_but_head`` freezes every parameter outside the head;
 ``encoder`` freezes the family's contracting path, from the input down to and including the
@@ -40,20 +49,28 @@ rather than indices. The decoder (``up_layers``, ``upsamples``, ``decoder*``, ``
 ``decoder``, the ``2.`` children of UNet) and the head stay trainable.
 
 Train mode: in frozen parts normalisation layers run in eval mode, so that batch norms keep their
-pretrained running statistics. Dropout (and SwinUNETR's drop path) keeps its train-mode
-behaviour everywhere: it holds no state, so frozen weights stay frozen, and it remains the
-regulariser the network was trained with; set the network's dropout to 0 to turn it off.
+pretrained running statistics. A normalisation layer belongs to a frozen part when its scale is
+frozen, even if its bias trains (BitFit): its statistics stay those its scale was trained with.
+Dropout (and SwinUNETR's drop path) keeps its train-mode behaviour everywhere: it holds no state,
+so frozen weights stay frozen, and it remains the regulariser the network was trained with; set the network's dropout to 0 to turn it off.
 """
 from __future__ import annotations
 
 import bisect
 import re
 from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass
 
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 
-from medft.config import FREEZE_PRESETS, FreezeStage, freeze_epochs_problem, freeze_pattern_problem
+from medft.config import (
+    FINETUNE_METHODS,
+    FREEZE_PRESETS,
+    FreezeStage,
+    freeze_epochs_problem,
+    freeze_pattern_problem,
+)
 from medft.errors import MedftError
 
 # re.match patterns over parameter names: see the table in the module docstring.
@@ -94,6 +111,52 @@ def frozen_parameter_names(
     return frozen
 
 
+def is_bias(name: str) -> bool:
+    """Whether a parameter is a bias term for BitFit: its own name is ``bias`` or ends in ``_bias``."""
+    leaf = name.rpartition(".")[2]
+    return leaf == "bias" or leaf.endswith("_bias")
+
+
+def method_frozen_names(model: nn.Module, head: Collection[str], method: str = "full") -> set[str]:
+    """Names of the parameters that fine-tuning ``method`` freezes at every stage (never a head parameter):
+    none for ``full``; for ``bitfit``, every parameter but the bias terms (``is_bias``)."""
+    _check_method(method)
+    if method == "full":
+        return set()
+    head = _checked_head(model, head)
+    return {name for name, _ in model.named_parameters() if not is_bias(name)} - head
+
+
+@dataclass(frozen=True)
+class TrainableCount:
+    """Trainable parameters (elements) and tensors of a network, out of all of them."""
+
+    parameters: int
+    total_parameters: int
+    tensors: int
+    total_tensors: int
+
+    @classmethod
+    def of(cls, model: nn.Module, frozen: Collection[str]) -> TrainableCount:
+        """The counts once ``frozen`` is frozen (a tensor registered under two names counts once)."""
+        _check_known(model, frozen)
+        sizes = {name: param.numel() for name, param in model.named_parameters()}
+        trainable = [size for name, size in sizes.items() if name not in frozen]
+        return cls(sum(trainable), sum(sizes.values()), len(trainable), len(sizes))
+
+    @property
+    def share(self) -> float:
+        """Trainable parameters as a share of all (0 to 1; 0 for a network without any)."""
+        return self.parameters / self.total_parameters if self.total_parameters else 0.0
+
+    def __str__(self) -> str:
+        """As "12,345 of 1,234,567 parameters (1.0%) in 40 of 120 tensors"."""
+        percent = 100 * self.share
+        shown = f"{percent:.1f}" if percent >= 0.1 or percent == 0 else f"{percent:.2g}"
+        return (f"{self.parameters:,} of {self.total_parameters:,} parameters ({shown}%) "
+                f"in {self.tensors} of {self.total_tensors} tensors")
+
+
 def apply_freezing(model: nn.Module, frozen: Collection[str]) -> None:
     """requires_grad False for the frozen parameters, True for the rest.
 
@@ -121,9 +184,12 @@ def set_train_mode(model: nn.Module, frozen: Collection[str]) -> None:
 
 
 class FreezeSchedule:
-    """Freeze stages by epoch; without a stage at epoch 0, training starts with nothing frozen."""
+    """Freeze stages by epoch, each adding to what fine-tuning ``method`` freezes (``method_frozen_names``);
+    without a stage at epoch 0, training starts with only the method's parameters frozen."""
 
-    def __init__(self, stages: Iterable[FreezeStage]):
+    def __init__(self, stages: Iterable[FreezeStage], method: str = "full"):
+        _check_method(method)
+        self.method = method
         stages = list(stages)
         if not stages or stages[0].epoch != 0:
             stages.insert(0, FreezeStage(0, "none"))
@@ -141,7 +207,7 @@ class FreezeSchedule:
         return self.stages[bisect.bisect_right(self._epochs, epoch) - 1]
 
     def frozen_at(self, model: nn.Module, head: Collection[str], epoch: int) -> set[str]:
-        return _stage_frozen(self.stage_at(epoch), model, head)
+        return _stage_frozen(self.stage_at(epoch), model, head, self.method)
 
     def changes_at(self, epoch: int) -> bool:
         """True when a stage starts at ``epoch`` (0 included)."""
@@ -150,18 +216,19 @@ class FreezeSchedule:
     def validate(self, model: nn.Module, head: Collection[str]) -> None:
         """Raise the MedftError of the first stage that does not fit ``model``, before training."""
         for stage in self.stages:
-            _stage_frozen(stage, model, head)
+            _stage_frozen(stage, model, head, self.method)
 
 
-def _stage_frozen(stage: FreezeStage, model: nn.Module, head: Collection[str]) -> set[str]:
-    """The stage's frozen parameter names; a MedftError when it would leave nothing to train
-    (the first step would otherwise fail in backward, "does not require grad")."""
-    frozen = frozen_parameter_names(model, head, stage.preset, stage.patterns)
+def _stage_frozen(stage: FreezeStage, model: nn.Module, head: Collection[str], method: str = "full") -> set[str]:
+    """The stage's frozen parameter names, with the method's; a MedftError when they would leave nothing
+    to train (the first step would otherwise fail in backward, "does not require grad")."""
+    frozen = frozen_parameter_names(model, head, stage.preset, stage.patterns) | method_frozen_names(model, head, method)
     total = sum(1 for _ in model.named_parameters())
     if total and len(frozen) == total:
+        with_method = f" with finetune.method {method}" if method != "full" else ""
         raise MedftError(
-            f"freeze stage at epoch {stage.epoch} (preset {stage.preset or 'none'}, patterns {list(stage.patterns)}) "
-            f"freezes all {total} parameter tensors of {type(model).__name__}: nothing would train. "
+            f"freeze stage at epoch {stage.epoch} (preset {stage.preset or 'none'}, patterns {list(stage.patterns)})"
+            f"{with_method} freezes all {total} parameter tensors of {type(model).__name__}: nothing would train. "
             "Fix: narrow the patterns so that they leave the head (at least) trainable"
         )
     return frozen
@@ -218,11 +285,12 @@ def _encoder_names(model: nn.Module, names: list[str], head: set[str]) -> set[st
 
 
 def _in_frozen_part(model: nn.Module, name: str, frozen: Collection[str]) -> bool:
-    """Whether the parameters of ``name``, or of its nearest ancestor that has some, are all frozen."""
+    """Whether the parameters of ``name``, or of its nearest ancestor that has some, are all frozen,
+    bias terms aside (BitFit trains them in frozen parts)."""
     while True:
         params = [f"{name}.{p}" if name else p for p, _ in model.get_submodule(name).named_parameters()]
         if params:
-            return all(p in frozen for p in params)
+            return all(p in frozen for p in [p for p in params if not is_bias(p)] or params)
         if not name:
             return False
         name = name.rpartition(".")[0]
@@ -254,6 +322,11 @@ def _check_known(model: nn.Module, frozen: Collection[str]) -> None:
             f"frozen names {sorted(unknown)[:3]} are not parameters of {type(model).__name__}. "
             "Fix: compute them with frozen_parameter_names on this network"
         )
+
+
+def _check_method(method: str) -> None:
+    if method not in FINETUNE_METHODS:
+        raise MedftError(f"finetune.method must be one of {', '.join(FINETUNE_METHODS)}, got {method!r}. Fix: use one of them")
 
 
 def _check_preset(preset: str | None) -> None:

@@ -42,7 +42,7 @@ from medft.train import distributed
 from medft.train.checkpoint import CheckpointSaver, restore_rng_states, rng_states
 from medft.train.data import build_loaders, run_class_names
 from medft.train.early_stopping import EarlyStopping
-from medft.train.freezing import FreezeSchedule, apply_freezing, parameter_groups, set_train_mode
+from medft.train.freezing import FreezeSchedule, TrainableCount, apply_freezing, parameter_groups, set_train_mode
 from medft.train.metric_logger import MetricLogger
 from medft.train.network import PreparedNetwork, prepare_network, to_channels_last
 from medft.train.preprocessing import resolve_spacing, run_preprocessing
@@ -116,7 +116,7 @@ class FineTuneRecipe:
         self.train_loader, self.val_loader, self.train_transform = self._setup_data(manifest)
         self._check_forward()
         self._unused = self._unused_parameters()
-        self.schedule = FreezeSchedule(config.freeze)
+        self.schedule = FreezeSchedule(config.freeze, config.finetune.method)
         self.schedule.validate(self.network, self.head)  # a stage that does not fit fails now, not at epoch 20
         self.steps_per_epoch = min(len(self.train_loader), config.train.max_steps_per_epoch or math.inf)
         self.optimizer, self.scheduler = self._setup_optimizer()
@@ -265,20 +265,25 @@ class FineTuneRecipe:
             val_dice = float(dices.nanmean()) if not dices.isnan().all() else math.nan
             per_class = dict(zip(self.class_names[1:], dices.tolist(), strict=True))
         improved = val_dice is not None and self.early.update(val_dice, epoch)
+        trainable = TrainableCount.of(self.network, frozen)
         return EpochRecord(epoch=epoch, train_loss=train_loss, lr=lr, frozen_tensors=len(frozen),
+                           trainable_parameters=trainable.parameters, total_parameters=trainable.total_parameters,
                            seconds=round(time.perf_counter() - started, 3), best=improved, val_dice=val_dice,
                            val_dice_per_class=per_class)
 
     def _freeze_for(self, epoch: int) -> set[str]:
-        """Freeze what the schedule freezes at ``epoch`` (logged when the stage changes); the frozen names."""
+        """Freeze what the schedule (with finetune.method) freezes at ``epoch``, logged with what trains when the
+        stage changes; the frozen names. Every process freezes the same names, so DDP wraps the same parameters."""
         frozen = self.schedule.frozen_at(self.network, self.head, epoch)
         apply_freezing(self.network, frozen)
         self._wrap(frozen)
         if self.schedule.changes_at(epoch) or epoch == self.start_epoch:
-            stage = self.schedule.stage_at(epoch)
-            log.info("epoch %d: freezing stage %s%s, %d of %d parameter tensors frozen", epoch, stage.preset or "none",
-                     f" + patterns {list(stage.patterns)}" if stage.patterns else "", len(frozen),
-                     len(list(self.network.parameters())))
+            stage, method = self.schedule.stage_at(epoch), self.schedule.method
+            trainable = TrainableCount.of(self.network, frozen)
+            log.info("epoch %d: freezing stage %s%s%s, %d of %d parameter tensors frozen; trainable: %s", epoch,
+                     stage.preset or "none", f" + patterns {list(stage.patterns)}" if stage.patterns else "",
+                     f" with finetune.method {method}" if method != "full" else "", len(frozen), trainable.total_tensors,
+                     trainable)
         return frozen
 
     def _train_epoch(self, epoch: int, frozen: set[str]) -> float:

@@ -76,3 +76,15 @@ def test_a_folder_that_is_no_run_names_what_is_missing(tmp_path):
     (tmp_path / "preprocessing.json").write_text("{not json")
     with pytest.raises(MedftError, match=r"preprocessing.json: not a preprocessing record as medft train writes it"):
         run_folder.read_preprocessing(tmp_path)
+
+
+def test_trainable_counts_are_recorded_and_lines_written_before_them_still_read(tmp_path):
+    counted = _epoch(0).model_copy(update={"trainable_parameters": 120, "total_parameters": 4_000})
+    run_folder.append_epoch(tmp_path, counted)
+    old = _epoch(1).model_dump(mode="json", exclude_none=True)  # a line as runs wrote it before the counts
+    assert "trainable_parameters" not in old
+    with (tmp_path / "metrics.jsonl").open("a") as file:
+        file.write(json.dumps(old) + "\n")
+    first, second = run_folder.read_epochs(tmp_path)
+    assert (first.trainable_parameters, first.total_parameters) == (120, 4_000)
+    assert (second.trainable_parameters, second.total_parameters) == (None, None)

@@ -13,8 +13,11 @@ from medft.train.freezing import (
     GROUP_NAMES,
     FreezeSchedule,
     FreezeStage,
+    TrainableCount,
     apply_freezing,
     frozen_parameter_names,
+    is_bias,
+    method_frozen_names,
     parameter_groups,
     set_train_mode,
 )
@@ -281,3 +284,59 @@ def test_a_stage_that_leaves_nothing_to_train_is_refused_before_training(stage):
                                          r"nothing would train. Fix"):
         FreezeSchedule([stage]).validate(model, head)
     assert frozen_parameter_names(model, head, "all_but_head") == _names(model) - head  # the head alone trains: fine
+
+
+def _biases(model: nn.Module) -> set[str]:
+    return {name for name in _names(model) if is_bias(name)}
+
+
+def test_bitfit_trains_only_the_biases_and_the_head():
+    torch.manual_seed(0)
+    model, head = _unet(2), _head(_unet)
+    schedule = FreezeSchedule([], method="bitfit")
+    frozen = schedule.frozen_at(model, head, 0)
+    assert frozen == _names(model) - _biases(model) - head == method_frozen_names(model, head, "bitfit")
+    assert {"model.0.conv.unit0.adn.N.bias", "model.0.conv.unit0.conv.bias"} < _biases(model)  # norm shifts are biases
+    assert "model.0.conv.unit0.adn.N.weight" in frozen  # norm scales are not
+    apply_freezing(model, frozen)
+    optimizer = torch.optim.AdamW(parameter_groups(model, head, lr=1e-2, head_lr=1e-1, weight_decay=0.1))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    _train(model, frozen, optimizer, steps=3)
+    after = model.state_dict()
+
+    changed = {name for name in after if not torch.equal(after[name], before[name])}
+    head_norm_stats = _bn_buffers(model, frozen, inside=False)
+    assert {name.rsplit(".", 1)[0] for name in head_norm_stats} == {"model.2.0.adn.N"}  # the head's own batch norm
+    assert changed == _biases(model) | head | head_norm_stats  # batch norms whose scale is frozen keep their statistics
+    assert not model.model[0].conv.unit0.adn.N.training
+
+
+def test_bitfit_adds_to_every_freeze_stage_and_a_stage_never_unfreezes_what_it_freezes():
+    model, head = _unet(2), _head(_unet)
+    bitfit = method_frozen_names(model, head, "bitfit")
+    encoder = frozen_parameter_names(model, head, "encoder")
+    schedule = FreezeSchedule([FreezeStage(0, "encoder"), FreezeStage(2, "none")], method="bitfit")
+    assert schedule.frozen_at(model, head, 0) == bitfit | encoder
+    assert _biases(model) & encoder <= schedule.frozen_at(model, head, 1)  # the encoder's biases are frozen too
+    assert schedule.frozen_at(model, head, 2) == bitfit
+    assert FreezeSchedule([FreezeStage(0, patterns=[r"^model\.2\."])], "bitfit").frozen_at(model, head, 0) >= head
+    assert method_frozen_names(model, head, "full") == set() == FreezeSchedule([]).frozen_at(model, head, 0)
+
+
+def test_bitfit_on_a_network_without_biases_or_head_is_refused_before_training():
+    model = nn.Sequential(nn.Conv3d(1, 2, 1, bias=False))
+    with pytest.raises(MedftError, match="with finetune.method bitfit freezes all 1 parameter tensors.*Fix:"):
+        FreezeSchedule([], "bitfit").validate(model, set())
+    with pytest.raises(MedftError, match="finetune.method must be one of full, bitfit, got 'lora'"):
+        FreezeSchedule([], "lora")
+
+
+def test_trainable_count_by_hand():
+    model = nn.Sequential(nn.Conv3d(1, 2, 3), nn.BatchNorm3d(2), nn.Conv3d(2, 2, 1))
+    model.append(model[2])  # one tensor under two names counts once
+    count = TrainableCount.of(model, method_frozen_names(model, set(), "bitfit"))
+    # conv 54 + 2, norm 2 + 2, conv 4 + 2: 66 in 6 tensors; the biases 2 + 2 + 2 train
+    assert count == TrainableCount(6, 66, 3, 6)
+    assert str(count) == "6 of 66 parameters (9.1%) in 3 of 6 tensors"
+    assert str(TrainableCount(1_234, 2_468_000, 1, 200)) == "1,234 of 2,468,000 parameters (0.05%) in 1 of 200 tensors"
+    assert str(TrainableCount.of(model, set())).startswith("66 of 66 parameters (100.0%)")

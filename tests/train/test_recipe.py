@@ -19,6 +19,8 @@ from medft.bundle.export import export_run
 from medft.config import TrainConfig, load_config
 from medft.data.loading import LoadCased
 from medft.errors import MedftError
+from medft.train.freezing import frozen_parameter_names, is_bias
+from medft.train.network import prepare_network
 from medft.train.recipe import run_training
 from tests.bundle.helpers import UNET3D, make_bundle, pretrained
 from tests.conftest import REPO, sample_case, write_csv
@@ -94,6 +96,34 @@ def test_frozen_tensors_stay_bit_identical(tmp_path):
         assert torch.equal(tensor, before[name]), name
     assert any(not torch.equal(after[n], before[n]) for n in head if before[n].shape == after[n].shape) or \
         any(before[n].shape != after[n].shape for n in head)
+
+
+def test_bitfit_under_an_encoder_stage_changes_only_the_decoders_biases_and_the_head(tmp_path):
+    config = load_config(make_config(tmp_path, freeze=[{"epoch": 0, "preset": "encoder"}],
+                                     **{"finetune.method": "bitfit", "train.epochs": 2}))
+    run_training(config, tmp_path / "out")
+    prepared = prepare_network(config.model, 3)  # the run's network and head, as the recipe built them
+    network, head = prepared.network, prepared.head
+    encoder = frozen_parameter_names(network, head, "encoder")
+    trainable = {n for n, _ in network.named_parameters() if n in head or (is_bias(n) and n not in encoder)}
+    before = pretrained(tmp_path / "bundle")
+    after = torch.load(tmp_path / "out" / "checkpoints" / "last.pt", weights_only=False)["model"]
+    head_norm_stats = {n for n in after if n.startswith("model.2.") and ("running" in n or "num_batches" in n)}
+    for name, tensor in after.items():  # parameters and batch-norm statistics alike
+        if name not in trainable and name not in head_norm_stats:
+            assert torch.equal(tensor, before[name]), name
+    assert trainable - head and {n for n in trainable - head if not torch.equal(after[n], before[n])} == trainable - head
+    assert all(is_bias(n) and not n.startswith(("model.0.", "model.1.submodule.0.")) for n in trainable - head)
+
+    sizes = {n: p.numel() for n, p in network.named_parameters()}
+    count = sum(sizes[n] for n in trainable)
+    share = f"{100 * count / sum(sizes.values()):.1f}%"
+    line = (f"epoch 0: freezing stage encoder with finetune.method bitfit, {len(sizes) - len(trainable)} of {len(sizes)} "
+            f"parameter tensors frozen; trainable: {count:,} of {sum(sizes.values()):,} parameters ({share}) "
+            f"in {len(trainable)} of {len(sizes)} tensors")
+    assert line in (tmp_path / "out" / "train.log").read_text(), line
+    records = _metrics(tmp_path / "out")
+    assert [(r["trainable_parameters"], r["total_parameters"]) for r in records] == [(count, sum(sizes.values()))] * 2
 
 
 def test_a_step_cap_fixes_the_budget_and_epochs_draw_different_cases(tmp_path, monkeypatch):
