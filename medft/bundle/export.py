@@ -131,6 +131,7 @@ def _metadata(config: RunConfig, checkpoint: Checkpoint, run_dir: Path, parent, 
     """The fine-tuned bundle's own metadata; the parent's, verbatim, under ``medft.parent_bundle``."""
     class_names = checkpoint.class_names
     parent_meta = parent.metadata if parent else {}
+    interpolation = run_folder.read_interpolation(run_dir)  # a folder that medft interpolate wrote
     parent_name = f"{parent.name} {parent.version}".strip() if parent else "none (trained from random weights)"
     early = checkpoint.early_stopping
     validated = early["best_epoch"] >= 0  # a run with no validation epoch has no best (-inf at epoch -1)
@@ -143,7 +144,9 @@ def _metadata(config: RunConfig, checkpoint: Checkpoint, run_dir: Path, parent, 
         "numpy_version": np.__version__,
         "name": f"{parent.name} (fine-tuned)" if parent else "medft network",
         "task": f"Segmentation of {', '.join(class_names[1:])}",
-        "description": f"Fine-tuned by medft from {parent_name} to {len(class_names)} classes.",
+        "description": f"Fine-tuned by medft from {parent_name} to {len(class_names)} classes." + (
+            f" Weights interpolated with the parent's (WiSE-FT): {interpolation.alpha:g} x the fine-tuned ones + "
+            f"{1 - interpolation.alpha:g} x the parent's, for the tensors they share." if interpolation else ""),
         "authors": f"{FILL_IN}: who trained this model with medft",
         "copyright": _copyright(parent),
         "data_source": _data_source(config, fine_tuned=parent is not None),
@@ -163,6 +166,10 @@ def _metadata(config: RunConfig, checkpoint: Checkpoint, run_dir: Path, parent, 
                           "label_map": {str(k): v for k, v in sorted(config.data.label_map.items())}},
         "medft_version": __version__,
     }
+    if interpolation is not None:
+        metadata["medft"]["interpolation"] = {"alpha": interpolation.alpha, "checkpoint": interpolation.parent_checkpoint,
+                                              "interpolated_tensors": len(interpolation.interpolated),
+                                              "kept_tensors": interpolation.kept}
     return metadata
 
 

@@ -6,6 +6,8 @@
   ``read_epochs``; ``keep_epochs`` drops the lines of epochs a resumed run does again);
 - ``summary.json``: the best validation Dice and its epoch, when the run ends (``write_summary`` /
   ``read_summary``), with the folder's format version;
+- ``interpolation.json``, in a folder that ``medft interpolate`` wrote instead of training: its parent run,
+  bundle and alpha (``write_interpolation`` / ``read_interpolation``);
 - ``head_adaptation.txt``, ``train.log`` and ``tensorboard/`` for people; ``checkpoints/`` is
   ``medft.formats.checkpoint``'s.
 """
@@ -28,6 +30,7 @@ CONFIG = "config.yaml"
 PREPROCESSING = "preprocessing.json"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
+INTERPOLATION = "interpolation.json"
 HEAD_ADAPTATION = "head_adaptation.txt"
 LOG = "train.log"
 TENSORBOARD = "tensorboard"
@@ -64,6 +67,22 @@ class TrainingSummary(BaseModel):
     best_val_dice: float | None  # None when the run never validated
     best_epoch: int | None
     run_dir: str
+    medft_version: str = __version__
+    format_version: int = FORMAT_VERSION
+
+
+class Interpolation(BaseModel):
+    """interpolation.json: how ``medft interpolate`` made the folder's weights (WiSE-FT): (1 - alpha) x the
+    bundle's + alpha x the parent run's, for the tensors the two share; the others are the run's."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    alpha: float
+    parent_run: str  # the fine-tuned run folder
+    parent_checkpoint: str  # best.pt or last.pt of the parent run
+    bundle: str  # the parent run's model.bundle
+    interpolated: list[str]  # tensors mixed with the bundle's
+    kept: list[str]  # tensors the bundle has no counterpart for (a new head): the run's
     medft_version: str = __version__
     format_version: int = FORMAT_VERSION
 
@@ -141,6 +160,17 @@ def write_summary(run_dir: Path, summary: TrainingSummary) -> Path:
 def read_summary(run_dir: Path) -> TrainingSummary | None:
     """summary.json; None while the run has not ended."""
     return _read(Path(run_dir) / SUMMARY, TrainingSummary.model_validate_json, "a summary")
+
+
+def write_interpolation(run_dir: Path, interpolation: Interpolation) -> Path:
+    path = Path(run_dir) / INTERPOLATION
+    atomic_write_text(json.dumps(interpolation.model_dump(), indent=1) + "\n", path)
+    return path
+
+
+def read_interpolation(run_dir: Path) -> Interpolation | None:
+    """interpolation.json; None in a folder that training wrote."""
+    return _read(Path(run_dir) / INTERPOLATION, Interpolation.model_validate_json, "an interpolation record")
 
 
 def _read(path: Path, parse: Callable[[str], T], what: str) -> T | None:
