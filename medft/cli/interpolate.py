@@ -17,6 +17,7 @@ import math
 from pathlib import Path
 
 from medft.cli.common import add_command, console_logging
+from medft.errors import MedftError
 
 
 def add_to(commands) -> None:
@@ -37,6 +38,8 @@ def run(run_dir: Path, alpha: list[float], out: Path, checkpoint: str = "best", 
     console_logging()
     from medft.train.interpolate import interpolate_run
 
+    if manifest is not None:
+        _require_cases(manifest, split)  # before any folder is written
     result = interpolate_run(run_dir, alpha, out, checkpoint=checkpoint)
     kept = f": {', '.join(result.kept[:4])}{', ...' if len(result.kept) > 4 else ''}" if result.kept else ""
     print(f"{run_dir} ({result.parent_checkpoint.name}) with its bundle: {len(result.interpolated)} tensors interpolated, "
@@ -67,6 +70,14 @@ def _choose(folders: dict[float, Path], manifest: Path, split: str) -> None:
     for value, row in rows.items():
         cells = " ".join(f"{'n/a' if row[n] is None else format(row[n], '.3f'):>12}" for n in names)
         print(f"  {value:>6g} {cells}{'  <- best mean' if value == best else ''}")
+
+
+def _require_cases(manifest: Path, split: str) -> None:
+    from medft.data.manifest import load_manifest
+
+    if not load_manifest(manifest).split(split):
+        raise MedftError(f"{manifest}: no cases in split {split!r} to choose alpha on. Fix: give another --split, or a "
+                         "manifest with such cases")
 
 
 def _number(value: float | None) -> float:

@@ -115,6 +115,11 @@ def _from_run(run_dir: Path, checkpoint: str = "best") -> TrainedModel:
     config = run_folder.read_config(run_dir)
     checkpoint_path = find_checkpoint(run_dir, checkpoint)
     if checkpoint_path is None:
+        if (run_dir / run_folder.INTERPOLATION).is_file():
+            raise MedftError(
+                f"{run_dir}: written by `medft interpolate`, it holds one set of weights (checkpoints/best.pt), no "
+                f"{checkpoint} checkpoint. Fix: leave out --checkpoint {checkpoint}"
+            )
         names = candidates(checkpoint)
         raise MedftError(
             f"{run_dir}: no checkpoint yet (checkpoints/{' or '.join(names)}): the run has not finished an epoch. "

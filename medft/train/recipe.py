@@ -398,6 +398,10 @@ class FineTuneRecipe:
         if self.resume:
             if not saved.is_file():
                 raise MedftError(f"{self.run_dir}: nothing to resume (no {run_folder.CONFIG}). Fix: train without --resume")
+            if (self.run_dir / run_folder.INTERPOLATION).is_file():
+                raise MedftError(f"{self.run_dir}: written by `medft interpolate`, its weights mix a run's and the bundle's, "
+                                 f"with no training state to continue. Fix: resume the parent run ({run_folder.INTERPOLATION} "
+                                 "names it), or train into another --out")
             differences = describe_differences(read_yaml(saved), self.config.model_dump(mode="json"))
             if differences:
                 raise MedftError(

@@ -98,6 +98,14 @@ def test_the_new_head_keeps_the_runs_weights_and_the_body_is_mixed(new_head, tmp
     assert any(not torch.equal(run[n], bundle[n]) for n in result.interpolated)  # training moved the body
     record = run_folder.read_interpolation(result.folders[0.5])
     assert record.kept == result.kept and record.parent_checkpoint == BEST
+    # one set of weights and no training state: said as such, not as a run that has not finished an epoch
+    with pytest.raises(MedftError, match=r"written by `medft interpolate`, it holds one set of weights .*Fix: leave out "
+                                         r"--checkpoint last"):
+        load_model(result.folders[0.5], CPU, checkpoint="last")
+    folder = result.folders[0.5]
+    with pytest.raises(MedftError, match=r"written by `medft interpolate`.*no training state to continue. Fix: resume "
+                                         r"the parent run"):
+        run_training(load_config(folder / run_folder.CONFIG), folder, resume=True)
 
 
 def test_integer_buffers_and_unshared_tensors_keep_the_runs():
@@ -133,6 +141,9 @@ def test_refusals(new_head, tmp_path):
 def test_the_command_evaluates_each_alpha_and_exports(new_head, tmp_path, capsys):
     out = tmp_path / "wise"
     manifest = new_head.parent / "manifest.csv"
+    assert main(["interpolate", str(new_head), "--alpha", "0.5", "--out", str(out), "--manifest", str(manifest),
+                 "--split", "test"]) == 1
+    assert "no cases in split 'test' to choose alpha on" in capsys.readouterr().err and not out.exists()
     assert main(["interpolate", str(new_head), "--alpha", "0.5", "1", "--out", str(out), "--manifest", str(manifest)]) == 0
     printed = capsys.readouterr().out
     assert "tensors interpolated" in printed and str(out / "alpha_0.5") in printed
