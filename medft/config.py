@@ -242,6 +242,13 @@ class FinetuneConfig(Section):
                                    "head train: the rest stays as pretrained, at every freeze stage (a stage may freeze "
                                    "more, never less), and batch norms whose scale is frozen keep their pretrained "
                                    "statistics.")
+    linear_probe_epochs: int | None = Field(
+        None, ge=1, description="LP-FT (Kumar et al., 2022), a preset of the freezing schedule: the new head trains alone "
+        "(all_but_head) for this many epochs, then everything trains, the body at optim.lr (by default 10x below "
+        "optim.head_lr). Use it when a new head sits on a pretrained body, above all with few cases or an expected "
+        "site shift: a randomly initialised head sends large, noisy gradients into the body in the first steps and "
+        "distorts the features it was pretrained for. Stands for freeze: [{epoch: 0, preset: all_but_head}, "
+        "{epoch: N, preset: none}], so it cannot be combined with a freeze list.")
 
 
 SGD_MOMENTUM = 0.99  # nnU-Net's; optim.momentum's default for sgd
@@ -369,6 +376,23 @@ class RunConfig(Section):
             data.intensity = "zscore"
         return self
 
+    @model_validator(mode="after")
+    def _one_freezing_schedule(self) -> RunConfig:
+        n = self.finetune.linear_probe_epochs
+        if n is not None and self.freeze:
+            raise ValueError(f"finetune.linear_probe_epochs {n} is the freezing schedule [{{epoch: 0, preset: all_but_head}}, "
+                             f"{{epoch: {n}, preset: none}}], and this config also gives a freeze list. Fix: remove freeze "
+                             "(or set it to []), or remove finetune.linear_probe_epochs and write the stages in freeze")
+        return self
+
+    @property
+    def freeze_stages(self) -> list[FreezeStage]:
+        """The freezing schedule in force: ``freeze``, or the two stages that finetune.linear_probe_epochs stands for."""
+        n = self.finetune.linear_probe_epochs
+        if n is None:
+            return list(self.freeze)
+        return [FreezeStage(0, "all_but_head"), FreezeStage(n, "none")]
+
     @field_validator("freeze")
     @classmethod
     def _increasing(cls, stages: list[FreezeStage]) -> list[FreezeStage]:
@@ -386,6 +410,8 @@ class RunConfig(Section):
             data.pop("search", None)
         if self.finetune == FinetuneConfig():
             data.pop("finetune", None)
+        elif self.finetune.linear_probe_epochs is None:
+            data["finetune"].pop("linear_probe_epochs", None)
         return data
 
 

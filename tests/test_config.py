@@ -304,3 +304,18 @@ def test_the_finetune_method_is_checked_and_a_full_one_dumps_as_before_it_existe
     dumped = yaml.safe_load(dump_config(bitfit))
     assert dumped["finetune"] == {"method": "bitfit"}
     assert validate_config(dumped, source="config.yaml").finetune.method == "bitfit"
+
+
+def test_linear_probe_epochs_is_the_lp_ft_freezing_schedule_and_refuses_a_freeze_list():
+    demo = REPO / "configs" / "demo.yaml"
+    lp_ft = load_config(demo, ["freeze=[]", "finetune.linear_probe_epochs=3"])
+    assert [(s.epoch, s.preset, s.patterns) for s in lp_ft.freeze_stages] == [(0, "all_but_head", []), (3, "none", [])]
+    dumped = yaml.safe_load(dump_config(lp_ft))
+    assert dumped["finetune"] == {"method": "full", "linear_probe_epochs": 3}
+    assert validate_config(dumped, source="config.yaml").freeze_stages == lp_ft.freeze_stages
+    assert load_config(demo).freeze_stages == load_config(demo).freeze  # without it, the freeze list
+    with pytest.raises(MedftError, match=r"finetune.linear_probe_epochs 3 is the freezing schedule .* also gives a freeze "
+                                         r"list. Fix: remove freeze \(or set it to \[\]\), or remove finetune.linear_probe_epochs"):
+        load_config(demo, ["finetune.linear_probe_epochs=3"])
+    with pytest.raises(MedftError, match="linear_probe_epochs"):
+        load_config(demo, ["freeze=[]", "finetune.linear_probe_epochs=0"])

@@ -116,7 +116,7 @@ class FineTuneRecipe:
         self.train_loader, self.val_loader, self.train_transform = self._setup_data(manifest)
         self._check_forward()
         self._unused = self._unused_parameters()
-        self.schedule = FreezeSchedule(config.freeze, config.finetune.method)
+        self.schedule = FreezeSchedule(config.freeze_stages, config.finetune.method)
         self.schedule.validate(self.network, self.head)  # a stage that does not fit fails now, not at epoch 20
         self.steps_per_epoch = min(len(self.train_loader), config.train.max_steps_per_epoch or math.inf)
         self.optimizer, self.scheduler = self._setup_optimizer()
@@ -280,11 +280,20 @@ class FineTuneRecipe:
         if self.schedule.changes_at(epoch) or epoch == self.start_epoch:
             stage, method = self.schedule.stage_at(epoch), self.schedule.method
             trainable = TrainableCount.of(self.network, frozen)
-            log.info("epoch %d: freezing stage %s%s%s, %d of %d parameter tensors frozen; trainable: %s", epoch,
+            log.info("epoch %d: freezing stage %s%s%s%s, %d of %d parameter tensors frozen; trainable: %s", epoch,
                      stage.preset or "none", f" + patterns {list(stage.patterns)}" if stage.patterns else "",
-                     f" with finetune.method {method}" if method != "full" else "", len(frozen), trainable.total_tensors,
-                     trainable)
+                     f" with finetune.method {method}" if method != "full" else "", self._lp_ft_phase(epoch),
+                     len(frozen), trainable.total_tensors, trainable)
         return frozen
+
+    def _lp_ft_phase(self, epoch: int) -> str:
+        """What the stage at ``epoch`` is in LP-FT (finetune.linear_probe_epochs), for the log; empty without it."""
+        n = self.config.finetune.linear_probe_epochs
+        if n is None:
+            return ""
+        if epoch < n:
+            return f" (LP-FT: linear probe, the head alone until epoch {n})"
+        return " (LP-FT: fine-tuning everything, the body at optim.lr)"
 
     def _train_epoch(self, epoch: int, frozen: set[str]) -> float:
         seed, salt = self.config.seed, self._rank_salt

@@ -153,7 +153,7 @@ def search_space_problems(raw: dict) -> list[str]:
         else:
             searched[key] = param
     if UNFREEZE_EPOCH_KEY in searched and FREEZE_PRESET_KEY not in params:
-        first = next((stage for stage in config.freeze if stage.epoch == 0), None)
+        first = next((stage for stage in config.freeze_stages if stage.epoch == 0), None)
         if first is None or (first.preset in (None, "none") and not first.patterns):
             problems.append(f"  search.params.{UNFREEZE_EPOCH_KEY}: nothing is frozen at epoch 0, so there is nothing to "
                             f"unfreeze. Fix: search {FREEZE_PRESET_KEY} too, or give a freeze stage at epoch 0 with a preset")

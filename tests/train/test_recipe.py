@@ -98,6 +98,29 @@ def test_frozen_tensors_stay_bit_identical(tmp_path):
         any(before[n].shape != after[n].shape for n in head)
 
 
+def test_the_lp_ft_preset_trains_the_head_alone_first(tmp_path):
+    """finetune.linear_probe_epochs 1: epoch 0 changes only the head, epoch 1 the body too; train.log names the phases."""
+    config = make_config(tmp_path, freeze=[], **{"finetune.linear_probe_epochs": 1, "train.epochs": 2})
+    last = tmp_path / "out" / "checkpoints" / "last.pt"
+    after = {}
+
+    def snapshot(epoch, value):  # the checkpoint of each epoch is written before its validation is reported
+        after[epoch] = torch.load(last, weights_only=False)["model"]
+
+    run_training(load_config(config), tmp_path / "out", on_validation=snapshot)
+    before = pretrained(tmp_path / "bundle")
+    head = {n for n in after[0] if n.startswith("model.2.")}  # the top up-layer of MONAI's UNet
+    body = [n for n in after[0] if n not in head and n in before and n.endswith((".weight", ".bias"))]
+    assert head and body
+    assert all(torch.equal(after[0][n], before[n]) for n in after[0] if n not in head), "the body moved in the linear probe"
+    assert any(not torch.equal(after[0][n], after[1][n]) for n in head)
+    changed = [n for n in body if not torch.equal(after[1][n], before[n])]
+    assert len(changed) == len(body), sorted(set(body) - set(changed))
+    text = (tmp_path / "out" / "train.log").read_text()
+    assert "epoch 0: freezing stage all_but_head (LP-FT: linear probe, the head alone until epoch 1)," in text
+    assert "epoch 1: freezing stage none (LP-FT: fine-tuning everything, the body at optim.lr)," in text
+
+
 def test_bitfit_under_an_encoder_stage_changes_only_the_decoders_biases_and_the_head(tmp_path):
     config = load_config(make_config(tmp_path, freeze=[{"epoch": 0, "preset": "encoder"}],
                                      **{"finetune.method": "bitfit", "train.epochs": 2}))
