@@ -379,6 +379,10 @@ class RunConfig(Section):
     @model_validator(mode="after")
     def _one_freezing_schedule(self) -> RunConfig:
         n = self.finetune.linear_probe_epochs
+        if n is not None and n >= self.train.epochs:
+            raise ValueError(f"finetune.linear_probe_epochs {n} is not below train.epochs {self.train.epochs}: the body would "
+                             f"never train (head-only training). Fix: give fewer probe epochs than train.epochs, or use "
+                             "freeze: [{epoch: 0, preset: all_but_head}] to train the head alone")
         if n is not None and self.freeze:
             raise ValueError(f"finetune.linear_probe_epochs {n} is the freezing schedule [{{epoch: 0, preset: all_but_head}}, "
                              f"{{epoch: {n}, preset: none}}], and this config also gives a freeze list. Fix: remove freeze "

@@ -319,3 +319,6 @@ def test_linear_probe_epochs_is_the_lp_ft_freezing_schedule_and_refuses_a_freeze
         load_config(demo, ["finetune.linear_probe_epochs=3"])
     with pytest.raises(MedftError, match="linear_probe_epochs"):
         load_config(demo, ["freeze=[]", "finetune.linear_probe_epochs=0"])
+    with pytest.raises(MedftError, match=r"finetune.linear_probe_epochs 4 is not below train.epochs 4: the body would never "
+                                         r"train .*Fix: give fewer probe epochs"):
+        load_config(demo, ["freeze=[]", "train.epochs=4", "finetune.linear_probe_epochs=4"])
