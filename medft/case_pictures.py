@@ -43,10 +43,12 @@ def class_values(volume, label_map: dict[int, int]) -> np.ndarray:
 
 
 def case_renderer(image: np.ndarray, truth: np.ndarray | None, prediction: np.ndarray | None, affine: np.ndarray,
-                  n_classes: int, window: tuple[float, float], scale: float) -> slices.SliceRenderer:
-    """A SliceRenderer of one case's arrays (x, y, z) on the voxel grid of ``affine``, classes in the palette."""
+                  n_classes: int, window: tuple[float, float], scale: float,
+                  best_slices: dict[tuple[str, str], int] | None = None) -> slices.SliceRenderer:
+    """A SliceRenderer of one case's arrays (x, y, z) on the voxel grid of ``affine``, classes in the palette
+    (``best_slices``: those already counted, by (plane, by))."""
     return slices.SliceRenderer(image, truth, prediction, spacing=slices.voxel_spacing(affine), window=window,
-                                class_colors=slices.class_colors(n_classes), scale=scale)
+                                class_colors=slices.class_colors(n_classes), scale=scale, best_slices=best_slices)
 
 
 # --------------------------------------------------------------------------------------------

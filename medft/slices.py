@@ -29,7 +29,7 @@ Colours are the Okabe-Ito palette, distinct under the common colour-vision defic
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -516,7 +516,7 @@ class SliceRenderer:
     def __init__(self, image: object, truth: object | None = None, prediction: object | None = None, *,
                  spacing: Sequence[float] = (1.0, 1.0, 1.0), window: tuple[float, float] | None = None,
                  n_classes: int | None = None, class_colors: np.ndarray | None = None, scale: float = 1.0,
-                 smooth: bool = True):
+                 smooth: bool = True, best_slices: Mapping[tuple[str, str], int] | None = None):
         self._source = _volume(image, "image")
         self.shape = self._source.shape
         self.spacing = tuple(float(s) for s in spacing[:3])
@@ -540,7 +540,7 @@ class SliceRenderer:
         self._view_colours = {"truth": colours, "prediction": colours, "difference": difference_colors()}
         self._tables: dict[tuple[str, float], np.ndarray] = {}
         self._resamplers: dict[str, _Resampler] = {}
-        self._best: dict[tuple[str, str], int] = {}
+        self._best: dict[tuple[str, str], int] = dict(best_slices or {})  # (plane, by): counted already, or when asked
         self._last_grey: tuple[tuple, np.ndarray] | None = None
         self.window: tuple[float, float] = _check_window(*(window if window is not None
                                                            else percentile_window(self._source)))

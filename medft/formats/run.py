@@ -152,9 +152,7 @@ def keep_epochs(run_dir: Path, epochs_done: int) -> None:
 
 
 def write_summary(run_dir: Path, summary: TrainingSummary) -> Path:
-    path = Path(run_dir) / SUMMARY
-    atomic_write_text(json.dumps(summary.model_dump(), indent=1) + "\n", path)
-    return path
+    return _write(Path(run_dir) / SUMMARY, summary)
 
 
 def read_summary(run_dir: Path) -> TrainingSummary | None:
@@ -163,14 +161,18 @@ def read_summary(run_dir: Path) -> TrainingSummary | None:
 
 
 def write_interpolation(run_dir: Path, interpolation: Interpolation) -> Path:
-    path = Path(run_dir) / INTERPOLATION
-    atomic_write_text(json.dumps(interpolation.model_dump(), indent=1) + "\n", path)
-    return path
+    return _write(Path(run_dir) / INTERPOLATION, interpolation)
 
 
 def read_interpolation(run_dir: Path) -> Interpolation | None:
     """interpolation.json; None in a folder that training wrote."""
     return _read(Path(run_dir) / INTERPOLATION, Interpolation.model_validate_json, "an interpolation record")
+
+
+def _write(path: Path, record: BaseModel) -> Path:
+    """``record`` as indented JSON at ``path``, written atomically."""
+    atomic_write_text(json.dumps(record.model_dump(), indent=1) + "\n", path)
+    return path
 
 
 def _read(path: Path, parse: Callable[[str], T], what: str) -> T | None:

@@ -50,7 +50,6 @@ class CaseVolumes:
     renderer: SliceRenderer = field(repr=False)
     auto_window: tuple[float, float] = (1.0, 0.5)  # (width, level)
     looks_like_ct: bool = False
-    best_slices: dict[tuple[str, str], int] = field(default_factory=dict, repr=False)  # (plane, by) -> index
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -69,11 +68,8 @@ class CaseVolumes:
         return slice_count(self.shape, plane)
 
     def best_slice(self, plane: str, by: str = "error") -> int:
-        """``SliceRenderer.best_slice``, counted once per plane and ``by`` (the viewer asks at every rerun)."""
-        key = (plane, by)
-        if key not in self.best_slices:
-            self.best_slices[key] = self.renderer.best_slice(plane, by)
-        return self.best_slices[key]
+        """``SliceRenderer.best_slice``: counted once per plane and ``by`` (the viewer asks at every rerun)."""
+        return self.renderer.best_slice(plane, by)
 
     def render(self, plane: str, index: int, view: str, window: tuple[float, float], opacity: float = 0.4,
                mode: str = "filled") -> np.ndarray:
@@ -128,10 +124,10 @@ def load_case(table: CaseTable, case_id: str) -> CaseVolumes:
     finite = sample[np.isfinite(sample)]
     looks_like_ct = bool(finite.size and np.percentile(finite, 1) < CT_AIR_HU)
     renderer = case_renderer(first, arrays.get("ground truth"), arrays.get("prediction"), affine, n_classes, auto,
-                             display_scale(first.shape, voxel_spacing(affine)))
+                             display_scale(first.shape, voxel_spacing(affine)), best)
     return CaseVolumes(case_id=case_id, image=first, truth=arrays.get("ground truth"),
                        prediction=arrays.get("prediction"), affine=affine, class_names=list(table.class_names),
-                       renderer=renderer, auto_window=auto, looks_like_ct=looks_like_ct, best_slices=best)
+                       renderer=renderer, auto_window=auto, looks_like_ct=looks_like_ct)
 
 
 def display_scale(shape, spacing, pixels: int = DISPLAY_PIXELS) -> float:
