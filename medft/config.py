@@ -229,19 +229,57 @@ class FreezeStage(Section):
         return patterns
 
 
-# How the pretrained network is fine-tuned. Methods to come (LoRA adapters) join this Literal,
-# and their own keys (rank, ...) join FinetuneConfig.
-FinetuneMethod = Literal["full", "bitfit"]
+# How the pretrained network is fine-tuned (medft.train.freezing.method_frozen_names, medft.train.lora).
+FinetuneMethod = Literal["full", "bitfit", "lora"]
 FINETUNE_METHODS: tuple[str, ...] = get_args(FinetuneMethod)
+
+
+class LoraConfig(Section):
+    rank: int = Field(8, ge=1, description="Rank r of each adapter: the update of a layer is B x A, A with r output "
+                      "channels (a convolution with the layer's kernel), B with r input channels (a 1 x 1 x 1 convolution).")
+    alpha: float | None = Field(None, gt=0, description="Scale of the update, alpha / rank; by default alpha = rank (scale 1, "
+                                "so a change of rank does not change the effective learning rate of the adapters).")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the input of each adapter.")
+    target_modules: list[str] | None = Field(
+        None, description="Regular expressions over module names (re.search) choosing the layers that get an adapter, among "
+        "the network's convolutions and linear layers outside the head; by default all of them (`medft bundle inspect` and "
+        "train.log list them). Transposed convolutions get none (peft does not wrap them): they keep their pretrained "
+        "weights, unless they are part of the new head.")
+
+    @field_validator("target_modules", mode="before")
+    @classmethod
+    def _one_string_is_one_pattern(cls, patterns):
+        return [patterns] if isinstance(patterns, str) else patterns
+
+    @field_validator("target_modules")
+    @classmethod
+    def _regular_expressions(cls, patterns: list[str] | None) -> list[str] | None:
+        for pattern in patterns or ():
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"target module pattern {pattern!r} is not a valid regular expression ({exc}). "
+                                 r"Fix: escape special characters, e.g. 'encoder\.' for a literal dot") from None
+            if not pattern:
+                raise ValueError("an empty target module pattern matches every layer. Fix: remove target_modules to adapt every "
+                                 "layer, or give patterns that choose some")
+        return patterns
+
+    @property
+    def scale(self) -> float:
+        return (self.alpha if self.alpha is not None else self.rank) / self.rank
 
 
 class FinetuneConfig(Section):
     method: FinetuneMethod = Field("full", description="full: every parameter the freeze schedule leaves trainable "
                                    "trains; bitfit (Ben Zaken et al., 2022): only the bias terms (parameters named bias "
                                    "or ending in _bias, normalisation shifts included, their scales not) and the new "
-                                   "head train: the rest stays as pretrained, at every freeze stage (a stage may freeze "
+                                   "head train; lora (Hu et al., 2022): low-rank adapters beside the pretrained "
+                                   "convolutions and linear layers (finetune.lora) and the new head train. With bitfit "
+                                   "and lora the rest stays as pretrained at every freeze stage (a stage may freeze "
                                    "more, never less), and batch norms whose scale is frozen keep their pretrained "
                                    "statistics.")
+    lora: LoraConfig | None = Field(None, description="The adapters of finetune.method lora (its defaults when left out).")
     linear_probe_epochs: int | None = Field(
         None, ge=1, description="LP-FT (Kumar et al., 2022), a preset of the freezing schedule: the new head trains alone "
         "(all_but_head) for this many epochs, then everything trains, the body at optim.lr (by default 10x below "
@@ -377,6 +415,16 @@ class RunConfig(Section):
         return self
 
     @model_validator(mode="after")
+    def _lora_settings_with_lora(self) -> RunConfig:
+        finetune = self.finetune
+        if finetune.lora is not None and finetune.method != "lora":
+            raise ValueError(f"finetune.lora sets adapters, and finetune.method is {finetune.method}, which trains none. "
+                             "Fix: set finetune.method: lora, or remove finetune.lora")
+        if finetune.method == "lora" and finetune.lora is None:
+            finetune.lora = LoraConfig()
+        return self
+
+    @model_validator(mode="after")
     def _one_freezing_schedule(self) -> RunConfig:
         n = self.finetune.linear_probe_epochs
         if n is not None and n >= self.train.epochs:
@@ -414,8 +462,10 @@ class RunConfig(Section):
             data.pop("search", None)
         if self.finetune == FinetuneConfig():
             data.pop("finetune", None)
-        elif self.finetune.linear_probe_epochs is None:
-            data["finetune"].pop("linear_probe_epochs", None)
+        else:
+            for key in ("linear_probe_epochs", "lora"):
+                if data["finetune"].get(key) is None:
+                    data["finetune"].pop(key, None)
         return data
 
 

@@ -296,14 +296,17 @@ def test_medft_preprocessing_values_are_checked(settings, message):
 
 def test_the_finetune_method_is_checked_and_a_full_one_dumps_as_before_it_existed():
     demo = REPO / "configs" / "demo.yaml"
-    with pytest.raises(MedftError, match=r"finetune.method: Input should be 'full' or 'bitfit' \(got 'lora'\)"):
-        load_config(demo, ["finetune.method=lora"])
+    with pytest.raises(MedftError, match=r"finetune.method: Input should be 'full', 'bitfit' or 'lora' \(got 'adapters'\)"):
+        load_config(demo, ["finetune.method=adapters"])
     assert load_config(demo).finetune.method == "full"
     assert "finetune" not in dump_config(load_config(demo))  # an older run's config.yaml still compares equal on resume
     bitfit = load_config(demo, ["finetune.method=bitfit"])
     dumped = yaml.safe_load(dump_config(bitfit))
     assert dumped["finetune"] == {"method": "bitfit"}
     assert validate_config(dumped, source="config.yaml").finetune.method == "bitfit"
+    lora = yaml.safe_load(dump_config(load_config(demo, ["finetune.method=lora"])))  # the adapters' settings, all of them
+    assert lora["finetune"] == {"method": "lora", "lora": {"rank": 8, "alpha": None, "dropout": 0.0, "target_modules": None}}
+    assert validate_config(lora, source="config.yaml").finetune.lora.rank == 8
 
 
 def test_linear_probe_epochs_is_the_lp_ft_freezing_schedule_and_refuses_a_freeze_list():

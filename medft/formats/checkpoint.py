@@ -22,7 +22,7 @@ FORMAT_VERSION = 1
 class Checkpoint:
     epoch: int  # full epochs done
     step: int  # steps done of the next epoch (a checkpoint taken mid-epoch, on a stop)
-    model: dict  # the network's state_dict
+    model: dict  # the network's state_dict (with adapters: merged, medft.train.lora.merged_state_dict)
     class_names: list[str]
     network_def: dict  # the definition that builds the network
     optimizer: dict
@@ -32,6 +32,7 @@ class Checkpoint:
     rng: dict  # random states of python, numpy, torch (and CUDA)
     preprocessing: dict  # Preprocessing.to_dict() of what the network was trained on
     epoch_loss: tuple[float, int] = (0.0, 0)  # loss sum and steps of the epoch so far, for a mid-epoch resume
+    adapter: dict | None = None  # LoRA: the adapters' tensors, to resume on the pretrained weights (None without)
     medft_version: str = __version__
     format_version: int = FORMAT_VERSION
 

@@ -67,6 +67,8 @@ class TrainingSummary(BaseModel):
     best_val_dice: float | None  # None when the run never validated
     best_epoch: int | None
     run_dir: str
+    trainable_parameters: int | None = None  # in the last epoch trained (adapters included)
+    total_parameters: int | None = None  # the network's own (adapters not included)
     medft_version: str = __version__
     format_version: int = FORMAT_VERSION
 

@@ -49,10 +49,11 @@ class CheckpointSaver:
             )
         return read_checkpoint(self.last) if seen[0] else None
 
-    def check_same_network(self, state: Checkpoint, network_def: dict, network: torch.nn.Module, source: str) -> None:
-        """The config is the one the run started with, but the bundle it names (``source``) may have changed."""
+    def check_same_network(self, state: Checkpoint, network_def: dict, network_state: dict, source: str) -> None:
+        """The config is the one the run started with, but the bundle it names (``source``) may have changed:
+        ``network_state`` is the state_dict of the network built now (merged, with adapters)."""
         same_def = state.network_def == network_def
-        shapes = {name: tuple(t.shape) for name, t in network.state_dict().items()}
+        shapes = {name: tuple(t.shape) for name, t in network_state.items()}
         if same_def and shapes == {name: tuple(t.shape) for name, t in state.model.items()}:
             return
         raise MedftError(

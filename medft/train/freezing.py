@@ -16,7 +16,8 @@ Typical use::
 A preset never freezes a head parameter; an explicit pattern may.
 
 Fine-tuning methods (``finetune.method``): ``full`` adds nothing to the schedule; ``bitfit`` (Ben
-Zaken et al., 2022) freezes every parameter but the bias terms and the head, at every stage: a
+Zaken et al., 2022) freezes every parameter but the bias terms and the head, ``lora`` every parameter but
+the adapters (``medft.train.lora``) and the head, at every stage: a
 stage's frozen set is the union of its own and the method's, so a stage may freeze more (biases of
 the encoder) and never unfreezes what the method freezes. A bias term is a parameter whose own name
 (after the last dot) is ``bias`` or ends in ``_bias`` (attention's ``in_proj_bias``): the shifts of
@@ -72,6 +73,7 @@ from medft.config import (
     freeze_pattern_problem,
 )
 from medft.errors import MedftError
+from medft.train.lora import is_adapter
 
 # re.match patterns over parameter names: see the table in the module docstring.
 ENCODER_RULES: dict[str, tuple[str, ...]] = {
@@ -119,22 +121,31 @@ def is_bias(name: str) -> bool:
 
 def method_frozen_names(model: nn.Module, head: Collection[str], method: str = "full") -> set[str]:
     """Names of the parameters that fine-tuning ``method`` freezes at every stage (never a head parameter):
-    none for ``full``; for ``bitfit``, every parameter but the bias terms (``is_bias``)."""
+    none for ``full``; for ``bitfit``, every parameter but the bias terms (``is_bias``); for ``lora``, every
+    parameter but the adapters' (``medft.train.lora``, which must have added them)."""
     _check_method(method)
     if method == "full":
         return set()
     head = _checked_head(model, head)
-    return {name for name, _ in model.named_parameters() if not is_bias(name)} - head
+    names = [name for name, _ in model.named_parameters()]
+    if method == "lora":
+        if not any(map(is_adapter, names)):
+            raise MedftError(f"finetune.method lora: {type(model).__name__} has no adapters. Fix: add them first "
+                             "(medft.train.lora.add_lora)")
+        return {name for name in names if not is_adapter(name)} - head
+    return {name for name in names if not is_bias(name)} - head
 
 
 @dataclass(frozen=True)
 class TrainableCount:
-    """Trainable parameters (elements) and tensors of a network, out of all of them."""
+    """Trainable parameters (elements) and tensors of a network, out of all of the network's own: adapters
+    (LoRA) count as trainable, not in the totals, so that the share compares what trains with the network."""
 
-    parameters: int
-    total_parameters: int
-    tensors: int
+    parameters: int  # adapters included
+    total_parameters: int  # the network's own
+    tensors: int  # the network's own that train
     total_tensors: int
+    adapter_tensors: int = 0
 
     @classmethod
     def of(cls, model: nn.Module, frozen: Collection[str]) -> TrainableCount:
@@ -142,7 +153,9 @@ class TrainableCount:
         _check_known(model, frozen)
         sizes = {name: param.numel() for name, param in model.named_parameters()}
         trainable = [size for name, size in sizes.items() if name not in frozen]
-        return cls(sum(trainable), sum(sizes.values()), len(trainable), len(sizes))
+        own = {name: size for name, size in sizes.items() if not is_adapter(name)}
+        adapters = [name for name in sizes if name not in own and name not in frozen]
+        return cls(sum(trainable), sum(own.values()), len(trainable) - len(adapters), len(own), len(adapters))
 
     @property
     def share(self) -> float:
@@ -150,11 +163,12 @@ class TrainableCount:
         return self.parameters / self.total_parameters if self.total_parameters else 0.0
 
     def __str__(self) -> str:
-        """As "12,345 of 1,234,567 parameters (1.0%) in 40 of 120 tensors"."""
+        """As "12,345 of 1,234,567 parameters (1.0%) in 40 of 120 tensors" (with adapters: "... and 24 adapter tensors")."""
         percent = 100 * self.share
         shown = f"{percent:.1f}" if percent >= 0.1 or percent == 0 else f"{percent:.2g}"
+        adapters = f" and {self.adapter_tensors} adapter tensors" if self.adapter_tensors else ""
         return (f"{self.parameters:,} of {self.total_parameters:,} parameters ({shown}%) "
-                f"in {self.tensors} of {self.total_tensors} tensors")
+                f"in {self.tensors} of {self.total_tensors} tensors{adapters}")
 
 
 def apply_freezing(model: nn.Module, frozen: Collection[str]) -> None:

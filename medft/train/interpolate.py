@@ -114,7 +114,7 @@ def interpolate_run(run_dir: str | Path, alphas: list[float], out: str | Path, c
                 if (run_dir / name).is_file():
                     shutil.copyfile(run_dir / name, folder / name)
             child = dataclasses.replace(parent, model=state, optimizer={}, scheduler={}, scaler={}, rng={},
-                                        early_stopping=early, epoch_loss=(0.0, 0))
+                                        early_stopping=early, epoch_loss=(0.0, 0), adapter=None)  # merged weights only
             checkpoints.write_checkpoint(child, folder / checkpoints.FOLDER / checkpoints.BEST)
             final = out / folder_name(alpha)
             run_folder.write_summary(folder, run_folder.TrainingSummary(best_val_dice=None, best_epoch=None,

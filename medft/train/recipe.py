@@ -43,6 +43,7 @@ from medft.train.checkpoint import CheckpointSaver, restore_rng_states, rng_stat
 from medft.train.data import build_loaders, run_class_names
 from medft.train.early_stopping import EarlyStopping
 from medft.train.freezing import FreezeSchedule, TrainableCount, apply_freezing, parameter_groups, set_train_mode
+from medft.train.lora import adapter_state_dict, add_lora, has_adapters, merged_state_dict, restore_adapted
 from medft.train.metric_logger import MetricLogger
 from medft.train.network import PreparedNetwork, prepare_network, to_channels_last
 from medft.train.preprocessing import resolve_spacing, run_preprocessing
@@ -92,6 +93,7 @@ class FineTuneRecipe:
         self.loss_fn = None
         self.inferer: SlidingWindowInferer | None = None
         self.early: EarlyStopping | None = None
+        self.trainable: TrainableCount | None = None  # of the last epoch trained
 
     # --- setup ---------------------------------------------------------------------------------
 
@@ -160,6 +162,10 @@ class FineTuneRecipe:
 
     def _setup_model(self) -> PreparedNetwork:
         prepared = prepare_network(self.config.model, len(self.class_names))
+        lora = self.config.finetune.lora
+        if self.config.finetune.method == "lora":
+            targets = add_lora(prepared.network, prepared.head, lora)
+            log.info("finetune.method lora: %s", targets.describe(prepared.network, lora.rank))
         if self.config.train.channels_last:
             to_channels_last(prepared.network, prepared.spatial_dims)
         prepared.network.to(self.device)
@@ -206,10 +212,12 @@ class FineTuneRecipe:
             self.logger.keep_epochs(0)
             log.warning("%s has no checkpoint yet: starting from epoch 0", self.run_dir)
             return
-        self.saver.check_same_network(state, self.prepared.network_def, self.network,
-                                      f"the bundle {self.config.model.bundle}" if self.config.model.bundle
-                                      else "model.network_def")
-        self.network.load_state_dict(state.model)
+        source = f"the bundle {self.config.model.bundle}" if self.config.model.bundle else "model.network_def"
+        self.saver.check_same_network(state, self.prepared.network_def, merged_state_dict(self.network), source)
+        if state.adapter is not None:
+            restore_adapted(self.network, state.model, state.adapter, f"{self.saver.last} ({source})")
+        else:
+            self.network.load_state_dict(state.model)
         self.optimizer.load_state_dict(state.optimizer)
         self.scheduler.load_state_dict(state.scheduler)
         self.scaler.load_state_dict(state.scaler)
@@ -246,8 +254,11 @@ class FineTuneRecipe:
             if in_main_thread:
                 signal.signal(signal.SIGINT, previous)
         improved = self.early.best_epoch >= 0
+        counted = self.trainable is not None
         summary = TrainingSummary(best_val_dice=self.early.best if improved else None,
-                                  best_epoch=self.early.best_epoch if improved else None, run_dir=str(self.run_dir))
+                                  best_epoch=self.early.best_epoch if improved else None, run_dir=str(self.run_dir),
+                                  trainable_parameters=self.trainable.parameters if counted else None,
+                                  total_parameters=self.trainable.total_parameters if counted else None)
         if self.main:
             run_folder.write_summary(self.run_dir, summary)
         distributed.barrier()  # the processes end together, after rank 0's last write
@@ -265,7 +276,7 @@ class FineTuneRecipe:
             val_dice = float(dices.nanmean()) if not dices.isnan().all() else math.nan
             per_class = dict(zip(self.class_names[1:], dices.tolist(), strict=True))
         improved = val_dice is not None and self.early.update(val_dice, epoch)
-        trainable = TrainableCount.of(self.network, frozen)
+        trainable = self.trainable = TrainableCount.of(self.network, frozen)
         return EpochRecord(epoch=epoch, train_loss=train_loss, lr=lr, frozen_tensors=len(frozen),
                            trainable_parameters=trainable.parameters, total_parameters=trainable.total_parameters,
                            seconds=round(time.perf_counter() - started, 3), best=improved, val_dice=val_dice,
@@ -379,11 +390,12 @@ class FineTuneRecipe:
     def _checkpoint(self, epoch: int, step: int) -> Checkpoint:
         """The state after ``epoch`` full epochs and ``step`` steps of the next one."""
         return Checkpoint(
-            epoch=epoch, step=step, model=self.network.state_dict(), class_names=self.class_names,
+            epoch=epoch, step=step, model=merged_state_dict(self.network), class_names=self.class_names,
             network_def=self.prepared.network_def, optimizer=self.optimizer.state_dict(),
             scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(), early_stopping=self.early.state_dict(),
             rng=rng_states(), preprocessing=self.preprocessing.to_dict(),
             epoch_loss=self._epoch_loss if step else (0.0, 0),  # so a mid-epoch resume logs the whole epoch's loss
+            adapter=adapter_state_dict(self.network) if has_adapters(self.network) else None,
         )
 
     # --- cleanup -------------------------------------------------------------------------------

@@ -327,8 +327,8 @@ def test_bitfit_on_a_network_without_biases_or_head_is_refused_before_training()
     model = nn.Sequential(nn.Conv3d(1, 2, 1, bias=False))
     with pytest.raises(MedftError, match="with finetune.method bitfit freezes all 1 parameter tensors.*Fix:"):
         FreezeSchedule([], "bitfit").validate(model, set())
-    with pytest.raises(MedftError, match="finetune.method must be one of full, bitfit, got 'lora'"):
-        FreezeSchedule([], "lora")
+    with pytest.raises(MedftError, match="finetune.method must be one of full, bitfit, lora, got 'adapters'"):
+        FreezeSchedule([], "adapters")
 
 
 def test_trainable_count_by_hand():
@@ -339,4 +339,5 @@ def test_trainable_count_by_hand():
     assert count == TrainableCount(6, 66, 3, 6)
     assert str(count) == "6 of 66 parameters (9.1%) in 3 of 6 tensors"
     assert str(TrainableCount(1_234, 2_468_000, 1, 200)) == "1,234 of 2,468,000 parameters (0.05%) in 1 of 200 tensors"
+    assert str(TrainableCount(1_234, 2_468_000, 1, 200, 24)).endswith("in 1 of 200 tensors and 24 adapter tensors")
     assert str(TrainableCount.of(model, set())).startswith("66 of 66 parameters (100.0%)")
