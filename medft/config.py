@@ -280,13 +280,27 @@ class FinetuneConfig(Section):
                                    "more, never less), and batch norms whose scale is frozen keep their pretrained "
                                    "statistics.")
     lora: LoraConfig | None = Field(None, description="The adapters of finetune.method lora (its defaults when left out).")
-    linear_probe_epochs: int | None = Field(
-        None, ge=1, description="LP-FT (Kumar et al., 2022), a preset of the freezing schedule: the new head trains alone "
+    linear_probe_epochs: int | Literal["auto"] | None = Field(
+        None, description="LP-FT (Kumar et al., 2022), a preset of the freezing schedule: the new head trains alone "
         "(all_but_head) for this many epochs, then everything trains, the body at optim.lr (by default 10x below "
         "optim.head_lr). Use it when a new head sits on a pretrained body, above all with few cases or an expected "
         "site shift: a randomly initialised head sends large, noisy gradients into the body in the first steps and "
         "distorts the features it was pretrained for. Stands for freeze: [{epoch: 0, preset: all_but_head}, "
-        "{epoch: N, preset: none}], so it cannot be combined with a freeze list.")
+        "{epoch: N, preset: none}], so it cannot be combined with a freeze list. auto: the head trains alone until "
+        "the first validation whose Dice does not rise above the probe's best by more than early_stopping.min_delta "
+        "(everything trains from the next epoch), and at the latest until epoch train.epochs // 2, so the body "
+        "always gets half of the run; early stopping counts its patience afresh from the switch. It needs a "
+        "validation that can stop the probe before that: 2 x train.val_every below train.epochs // 2.")
+
+    @field_validator("linear_probe_epochs", mode="before")
+    @classmethod
+    def _epochs_or_auto(cls, value: Any) -> Any:
+        whole = ((isinstance(value, int) and not isinstance(value, bool)) or (isinstance(value, float) and value.is_integer())
+                 ) and value >= 1
+        if not (value is None or value == "auto" or whole):
+            raise ValueError(f"{value!r} is neither a number of epochs (1 or more) nor auto. Fix: give the probe's epochs, "
+                             "or auto (until the head's validation Dice stops rising), or remove the key")
+        return value
 
 
 SGD_MOMENTUM = 0.99  # nnU-Net's; optim.momentum's default for sgd
@@ -427,23 +441,42 @@ class RunConfig(Section):
     @model_validator(mode="after")
     def _one_freezing_schedule(self) -> RunConfig:
         n = self.finetune.linear_probe_epochs
-        if n is not None and n >= self.train.epochs:
+        if n == "auto":
+            self._auto_probe_can_stop()
+        elif n is not None and n >= self.train.epochs:
             raise ValueError(f"finetune.linear_probe_epochs {n} is not below train.epochs {self.train.epochs}: the body would "
                              f"never train (head-only training). Fix: give fewer probe epochs than train.epochs, or use "
                              "freeze: [{epoch: 0, preset: all_but_head}] to train the head alone")
         if n is not None and self.freeze:
+            switch = "the epoch its head's validation Dice stops rising" if n == "auto" else n
             raise ValueError(f"finetune.linear_probe_epochs {n} is the freezing schedule [{{epoch: 0, preset: all_but_head}}, "
-                             f"{{epoch: {n}, preset: none}}], and this config also gives a freeze list. Fix: remove freeze "
+                             f"{{epoch: {switch}, preset: none}}], and this config also gives a freeze list. Fix: remove freeze "
                              "(or set it to []), or remove finetune.linear_probe_epochs and write the stages in freeze")
         return self
 
+    def _auto_probe_can_stop(self) -> None:
+        """linear_probe_epochs auto decides at validations: the first only sets the head's baseline, so the earliest
+        switch follows the second, at the end of epoch 2 x val_every - 1; it must come before the cap (epoch
+        train.epochs // 2), or auto would always be the cap."""
+        epochs, every = self.train.epochs, self.train.val_every
+        cap = latest_linear_probe_switch(epochs)
+        if 2 * every >= cap:
+            raise ValueError(f"finetune.linear_probe_epochs auto switches at the first validation whose Dice does not rise "
+                             f"(the second validation at the earliest, at the end of epoch {2 * every - 1} with "
+                             f"train.val_every {every}) and at the latest at epoch train.epochs // 2 = {cap} (train.epochs "
+                             f"{epochs}): no validation could stop the probe before that. Fix: raise train.epochs to at "
+                             f"least {4 * every + 2}, or lower train.val_every, or give finetune.linear_probe_epochs "
+                             "as a number of epochs")
+
     @property
     def freeze_stages(self) -> list[FreezeStage]:
-        """The freezing schedule in force: ``freeze``, or the two stages that finetune.linear_probe_epochs stands for."""
+        """The freezing schedule in force: ``freeze``, or the two stages that finetune.linear_probe_epochs stands for
+        (with auto, the latest schedule: everything from epoch train.epochs // 2; the recipe moves the switch earlier
+        when the head's validation Dice stops rising)."""
         n = self.finetune.linear_probe_epochs
         if n is None:
             return list(self.freeze)
-        return [FreezeStage(0, "all_but_head"), FreezeStage(n, "none")]
+        return linear_probe_stages(latest_linear_probe_switch(self.train.epochs) if n == "auto" else n)
 
     @field_validator("freeze")
     @classmethod
@@ -467,6 +500,16 @@ class RunConfig(Section):
                 if data["finetune"].get(key) is None:
                     data["finetune"].pop(key, None)
         return data
+
+
+def latest_linear_probe_switch(epochs: int) -> int:
+    """The epoch from which everything trains at the latest with finetune.linear_probe_epochs auto: half of the run."""
+    return epochs // 2
+
+
+def linear_probe_stages(switch: int) -> list[FreezeStage]:
+    """LP-FT as freeze stages: the head alone (all_but_head) until ``switch``, then everything."""
+    return [FreezeStage(0, "all_but_head"), FreezeStage(switch, "none")]
 
 
 def load_config(path: str | Path, overrides: list[str] = (), schema: type[RunConfig] | None = None,

@@ -325,3 +325,33 @@ def test_linear_probe_epochs_is_the_lp_ft_freezing_schedule_and_refuses_a_freeze
     with pytest.raises(MedftError, match=r"finetune.linear_probe_epochs 4 is not below train.epochs 4: the body would never "
                                          r"train .*Fix: give fewer probe epochs"):
         load_config(demo, ["freeze=[]", "train.epochs=4", "finetune.linear_probe_epochs=4"])
+
+
+def test_linear_probe_epochs_auto_is_checked_and_dumps_as_given():
+    demo = REPO / "configs" / "demo.yaml"
+    auto = load_config(demo, ["freeze=[]", "train.epochs=10", "train.val_every=2", "finetune.linear_probe_epochs=auto"])
+    assert auto.finetune.linear_probe_epochs == "auto"
+    assert [(s.epoch, s.preset) for s in auto.freeze_stages] == [(0, "all_but_head"), (5, "none")]  # the latest switch
+    dumped = yaml.safe_load(dump_config(auto))
+    assert dumped["finetune"] == {"method": "full", "linear_probe_epochs": "auto"}
+    assert validate_config(dumped, source="config.yaml") == auto  # a resumed run's config.yaml compares equal
+    assert load_config(demo, ["freeze=[]", "finetune.linear_probe_epochs=2.0"]).finetune.linear_probe_epochs == 2
+    with pytest.raises(MedftError, match=r"finetune.linear_probe_epochs auto is the freezing schedule \[\{epoch: 0, preset: "
+                                         r"all_but_head\}, \{epoch: the epoch its head's validation Dice stops rising, preset: "
+                                         r"none\}\], and this config also gives a freeze list. Fix: remove freeze"):
+        load_config(demo, ["train.epochs=10", "finetune.linear_probe_epochs=auto"])
+    no_validation_in_time = (r"finetune.linear_probe_epochs auto switches at the first validation whose Dice does not rise "
+                             r"\(the second validation at the earliest, at the end of epoch {first} with train.val_every "
+                             r"{every}\) and at the latest at epoch train.epochs // 2 = {cap} \(train.epochs {epochs}\): no "
+                             r"validation could stop the probe before that. Fix: raise train.epochs to at least {least}, "
+                             r"or lower train.val_every, or give finetune.linear_probe_epochs as a number of epochs")
+    for epochs, every, least in ((1, 1, 6), (5, 1, 6), (9, 2, 10), (50, 50, 202)):
+        with pytest.raises(MedftError, match=no_validation_in_time.format(first=2 * every - 1, every=every, cap=epochs // 2,
+                                                                          epochs=epochs, least=least)):
+            load_config(demo, ["freeze=[]", f"train.epochs={epochs}", f"train.val_every={every}",
+                               "finetune.linear_probe_epochs=auto"])
+        load_config(demo, ["freeze=[]", f"train.epochs={least}", f"train.val_every={every}", "finetune.linear_probe_epochs=auto"])
+    for wrong in ("often", "0", "2.5", "true"):
+        with pytest.raises(MedftError, match=r"finetune.linear_probe_epochs: .* is neither a number of epochs \(1 or more\) "
+                                             r"nor auto. Fix: give the probe's epochs, or auto"):
+            load_config(demo, ["freeze=[]", f"finetune.linear_probe_epochs={wrong}"])

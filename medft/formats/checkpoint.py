@@ -33,6 +33,8 @@ class Checkpoint:
     preprocessing: dict  # Preprocessing.to_dict() of what the network was trained on
     epoch_loss: tuple[float, int] = (0.0, 0)  # loss sum and steps of the epoch so far, for a mid-epoch resume
     adapter: dict | None = None  # LoRA: the adapters' tensors, to resume on the pretrained weights (None without)
+    # finetune.linear_probe_epochs auto: the epoch from which everything trains, once decided (None while probing)
+    linear_probe_switch: int | None = None
     medft_version: str = __version__
     format_version: int = FORMAT_VERSION
 

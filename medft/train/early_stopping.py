@@ -32,6 +32,11 @@ class EarlyStopping:
             self.best, self.best_epoch = value, epoch
         return improved
 
+    def restart_patience(self) -> None:
+        """Count patience afresh from the next validation (as from the first), keeping the best: at a phase change
+        (LP-FT's switch from the head alone to everything), so that the earlier phase's validations do not end the next."""
+        self.bad_validations, self.baseline = 0, -math.inf
+
     @property
     def should_stop(self) -> bool:
         return self.bad_validations >= self.patience

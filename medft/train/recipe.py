@@ -29,7 +29,16 @@ from monai.optimizers import WarmupCosineSchedule
 from tqdm.auto import tqdm
 
 from medft import __version__
-from medft.config import SGD_MOMENTUM, RunConfig, TrainConfig, describe_differences, dump_config, read_yaml
+from medft.config import (
+    SGD_MOMENTUM,
+    RunConfig,
+    TrainConfig,
+    describe_differences,
+    dump_config,
+    latest_linear_probe_switch,
+    linear_probe_stages,
+    read_yaml,
+)
 from medft.data.manifest import load_manifest
 from medft.data.preprocessing import Preprocessing
 from medft.errors import MedftError
@@ -94,6 +103,9 @@ class FineTuneRecipe:
         self.inferer: SlidingWindowInferer | None = None
         self.early: EarlyStopping | None = None
         self.trainable: TrainableCount | None = None  # of the last epoch trained
+        # finetune.linear_probe_epochs auto: the epoch from which everything trains, None while the head probes
+        self.probe_switch: int | None = None
+        self._probe_best = -math.inf  # early stopping's best before the last validation
 
     # --- setup ---------------------------------------------------------------------------------
 
@@ -224,6 +236,8 @@ class FineTuneRecipe:
         self.early.load_state_dict(state.early_stopping)
         restore_rng_states(state.rng)
         self.start_epoch, self.start_step = state.epoch, state.step
+        if state.linear_probe_switch is not None:
+            self._switch_probe_at(state.linear_probe_switch)
         self._resumed_loss = tuple(state.epoch_loss)
         self.logger.keep_epochs(self.start_epoch)
         log.info("resumed from %s at epoch %d, step %d", self.saver.last, self.start_epoch, self.start_step)
@@ -240,6 +254,7 @@ class FineTuneRecipe:
             for epoch in range(self.start_epoch, 0 if stopping and self.early.should_stop else self.config.train.epochs):
                 record = self._run_epoch(epoch)
                 self.logger.log_epoch(record)
+                self._end_probe_if_due(epoch, record.val_dice)
                 self._save_epoch(epoch + 1, record.best)
                 run_bar.update()
                 if record.validated:
@@ -275,6 +290,7 @@ class FineTuneRecipe:
             dices = self._validate()
             val_dice = float(dices.nanmean()) if not dices.isnan().all() else math.nan
             per_class = dict(zip(self.class_names[1:], dices.tolist(), strict=True))
+        self._probe_best = self.early.best  # while the head probes alone, the best of its validations (_end_probe_if_due)
         improved = val_dice is not None and self.early.update(val_dice, epoch)
         trainable = self.trainable = TrainableCount.of(self.network, frozen)
         return EpochRecord(epoch=epoch, train_loss=train_loss, lr=lr, frozen_tensors=len(frozen),
@@ -302,9 +318,43 @@ class FineTuneRecipe:
         n = self.config.finetune.linear_probe_epochs
         if n is None:
             return ""
-        if epoch < n:
+        if n == "auto" and (self.probe_switch is None or epoch < self.probe_switch):
+            return (" (LP-FT: linear probe, the head alone until its validation Dice stops rising, at the latest "
+                    f"epoch {latest_linear_probe_switch(self.config.train.epochs)})")
+        if n != "auto" and epoch < n:
             return f" (LP-FT: linear probe, the head alone until epoch {n})"
         return " (LP-FT: fine-tuning everything, the body at optim.lr)"
+
+    def _end_probe_if_due(self, epoch: int, val_dice: float | None) -> None:
+        """finetune.linear_probe_epochs auto, at the end of an epoch of the probe: everything trains from the next
+        epoch on when this epoch's validation Dice does not rise above the probe's best before it by more than
+        early_stopping.min_delta, or when the next epoch is the latest switch (train.epochs // 2).
+
+        The probe's best is early stopping's best: while probing, every validation so far rose above the best before
+        it (else the probe would have ended), so no other state is needed, and a resumed run decides the same. At the
+        switch, early stopping counts its patience afresh (the probe's validations do not end the fine-tuning); best.pt
+        keeps following the best validation Dice overall.
+        """
+        if self.config.finetune.linear_probe_epochs != "auto" or self.probe_switch is not None:
+            return
+        latest, probe_best = latest_linear_probe_switch(self.config.train.epochs), self._probe_best
+        min_delta = self.config.early_stopping.min_delta
+        if val_dice is not None and not (val_dice > probe_best + min_delta):  # a NaN does not rise either
+            reason = (f"the head's validation Dice stopped rising at epoch {epoch} ({val_dice:.4f}, best {probe_best:.4f}, "
+                      f"early_stopping.min_delta {min_delta:g})")
+        elif epoch + 1 >= latest:
+            reason = f"the probe reached its latest epoch, train.epochs // 2 = {latest}"
+        else:
+            return
+        self._switch_probe_at(epoch + 1)
+        self.early.restart_patience()
+        log.info("LP-FT: %s: fine-tuning everything from epoch %d, the body at optim.lr; early stopping counts its "
+                 "patience afresh from there", reason, epoch + 1)
+
+    def _switch_probe_at(self, switch: int) -> None:
+        """The freezing schedule of LP-FT auto once its switch is known: the head alone until ``switch``, then everything."""
+        self.probe_switch = switch
+        self.schedule = FreezeSchedule(linear_probe_stages(switch), self.config.finetune.method)
 
     def _train_epoch(self, epoch: int, frozen: set[str]) -> float:
         seed, salt = self.config.seed, self._rank_salt
@@ -396,6 +446,7 @@ class FineTuneRecipe:
             rng=rng_states(), preprocessing=self.preprocessing.to_dict(),
             epoch_loss=self._epoch_loss if step else (0.0, 0),  # so a mid-epoch resume logs the whole epoch's loss
             adapter=adapter_state_dict(self.network) if has_adapters(self.network) else None,
+            linear_probe_switch=self.probe_switch,
         )
 
     # --- cleanup -------------------------------------------------------------------------------

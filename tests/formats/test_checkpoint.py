@@ -24,6 +24,19 @@ def test_what_is_written_is_read_back(tmp_path):
     assert find_checkpoint(tmp_path / "nothing") is None
 
 
+def test_the_lp_ft_switch_is_read_back_and_absent_from_older_checkpoints(tmp_path):
+    """linear_probe_switch (finetune.linear_probe_epochs auto) came later: a checkpoint without it reads as None."""
+    path = tmp_path / "last.pt"
+    checkpoint = _checkpoint()
+    checkpoint.linear_probe_switch = 4
+    write_checkpoint(checkpoint, path)
+    assert read_checkpoint(path).linear_probe_switch == 4
+    state = torch.load(path, weights_only=False)
+    del state["linear_probe_switch"]
+    torch.save(state, path)
+    assert read_checkpoint(path).linear_probe_switch is None
+
+
 def test_a_checkpoint_cut_short_names_the_file_and_the_ways_out(tmp_path):
     last, best = tmp_path / "last.pt", tmp_path / "best.pt"
     write_checkpoint(_checkpoint(), last)

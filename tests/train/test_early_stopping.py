@@ -34,3 +34,14 @@ def test_the_state_survives_a_resume():
     resumed.load_state_dict(stopper.state_dict())
     assert resumed == stopper
     assert resumed.update(0.516, 2) and resumed.bad_validations == 0  # 0.016 over the last counted rise, 0.5
+
+
+def test_restarting_patience_counts_afresh_and_keeps_the_best():
+    """LP-FT's switch: the probe's validations (0.6 then no rise) do not count against the fine-tuning's patience."""
+    stopper = EarlyStopping(patience=2, min_delta=0.01)
+    _run(stopper, [0.6, 0.605])
+    stopper.restart_patience()
+    assert (stopper.bad_validations, stopper.best, stopper.best_epoch) == (0, 0.605, 1)
+    assert not stopper.update(0.4, 2) and stopper.bad_validations == 0  # the first validation after sets the baseline
+    assert not stopper.update(0.405, 3) and stopper.bad_validations == 1 and not stopper.should_stop
+    assert stopper.update(0.7, 4) and stopper.best == 0.7

@@ -21,7 +21,7 @@ from medft.data.loading import LoadCased
 from medft.errors import MedftError
 from medft.train.freezing import frozen_parameter_names, is_bias
 from medft.train.network import prepare_network
-from medft.train.recipe import run_training
+from medft.train.recipe import TrainingInterrupted, run_training
 from tests.bundle.helpers import UNET3D, make_bundle, pretrained
 from tests.conftest import REPO, sample_case, write_csv
 from tests.train.helpers import TRAIN_IDS, VAL_IDS, make_config, two_series_image
@@ -119,6 +119,131 @@ def test_the_lp_ft_preset_trains_the_head_alone_first(tmp_path):
     text = (tmp_path / "out" / "train.log").read_text()
     assert "epoch 0: freezing stage all_but_head (LP-FT: linear probe, the head alone until epoch 1)," in text
     assert "epoch 1: freezing stage none (LP-FT: fine-tuning everything, the body at optim.lr)," in text
+
+
+def _scripted_validation(monkeypatch, dices: list[float]) -> list[int]:
+    """Each epoch's validation Dice (both classes) from ``dices``, by epoch, resumed runs included; the
+    epochs validated are returned."""
+    from medft.train.recipe import FineTuneRecipe
+
+    validated: list[int] = []
+    train_epoch = FineTuneRecipe._train_epoch
+
+    def recording_train_epoch(self, epoch, frozen):
+        self.scripted_epoch, self.scripted_step = epoch, self.start_step if epoch == self.start_epoch else 0
+        return train_epoch(self, epoch, frozen)
+
+    def scripted(self):
+        validated.append(self.scripted_epoch)
+        return torch.full((2,), dices[self.scripted_epoch], dtype=torch.float64)
+
+    monkeypatch.setattr(FineTuneRecipe, "_train_epoch", recording_train_epoch)
+    monkeypatch.setattr(FineTuneRecipe, "_validate", scripted)
+    return validated
+
+
+def _auto_probe_config(tmp_path: Path, **changes) -> Path:
+    return make_config(tmp_path, freeze=[], **{"finetune.linear_probe_epochs": "auto", "train.max_steps_per_epoch": 1,
+                                               "optim.warmup_epochs": 0, **changes})
+
+
+def test_lp_ft_auto_switches_after_the_first_validation_that_does_not_rise(tmp_path, monkeypatch):
+    """Dice 0.5, then 0.5005 (a best, but not above 0.5 by min_delta 0.001): the head trains alone in epochs 0-1,
+    everything from epoch 2 (before the latest switch, 8 // 2 = 4). With patience 1, early stopping would end the run
+    at epoch 1 without the reset at the switch; it counts afresh and stops after epoch 3 (0.4, then 0.3)."""
+    _scripted_validation(monkeypatch, [0.5, 0.5005, 0.4, 0.3, 0.2, 0.1, 0.1, 0.1])
+    config = _auto_probe_config(tmp_path, **{"train.epochs": 8, "early_stopping.patience": 1})
+    last = tmp_path / "out" / "checkpoints" / "last.pt"
+    after, switch = {}, {}
+
+    def snapshot(epoch, value):  # the checkpoint of each epoch is written before its validation is reported
+        state = torch.load(last, weights_only=False)
+        after[epoch], switch[epoch] = state["model"], state["linear_probe_switch"]
+
+    summary = run_training(load_config(config), tmp_path / "out", on_validation=snapshot)
+    before = pretrained(tmp_path / "bundle")
+    head = {n for n in after[0] if n.startswith("model.2.")}  # the top up-layer of MONAI's UNet
+    body = [n for n in after[0] if n not in head and n in before and n.endswith((".weight", ".bias"))]
+    assert head and body
+    for epoch in (0, 1):
+        assert all(torch.equal(after[epoch][n], before[n]) for n in body), f"the body moved in probe epoch {epoch}"
+    assert any(not torch.equal(after[0][n], after[1][n]) for n in head)
+    changed = [n for n in body if not torch.equal(after[2][n], before[n])]
+    assert len(changed) == len(body), sorted(set(body) - set(changed))
+    assert switch == {0: None, 1: 2, 2: 2, 3: 2}
+    records = _metrics(tmp_path / "out")
+    assert [r["epoch"] for r in records] == [0, 1, 2, 3]  # early stopping: 0.4 sets the new baseline, 0.3 does not rise
+    assert [r["frozen_tensors"] > 0 for r in records] == [True, True, False, False]
+    assert (summary.best_epoch, summary.best_val_dice) == (1, 0.5005)  # best.pt follows the probe's best too
+    assert torch.load(tmp_path / "out" / "checkpoints" / "best.pt", weights_only=False)["epoch"] == 2
+    text = (tmp_path / "out" / "train.log").read_text()
+    assert ("epoch 0: freezing stage all_but_head (LP-FT: linear probe, the head alone until its validation Dice stops "
+            "rising, at the latest epoch 4),") in text
+    assert ("LP-FT: the head's validation Dice stopped rising at epoch 1 (0.5005, best 0.5000, early_stopping.min_delta "
+            "0.001): fine-tuning everything from epoch 2, the body at optim.lr; early stopping counts its patience "
+            "afresh from there") in text
+    assert "epoch 2: freezing stage none (LP-FT: fine-tuning everything, the body at optim.lr)," in text
+    assert text.index("epoch 1: loss") < text.index("LP-FT: the head's") < text.index("epoch 2: freezing stage none")
+
+
+def test_lp_ft_auto_switches_at_half_the_run_at_the_latest(tmp_path, monkeypatch):
+    """A Dice that keeps rising: the head trains alone until epoch 6 // 2 = 3, decided at the end of epoch 2."""
+    _scripted_validation(monkeypatch, [0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
+    config = _auto_probe_config(tmp_path, **{"train.epochs": 6})
+    run_training(load_config(config), tmp_path / "out")
+    records = _metrics(tmp_path / "out")
+    assert [r["frozen_tensors"] > 0 for r in records] == [True, True, True, False, False, False]
+    assert torch.load(tmp_path / "out" / "checkpoints" / "last.pt", weights_only=False)["linear_probe_switch"] == 3
+    text = (tmp_path / "out" / "train.log").read_text()
+    assert ("LP-FT: the probe reached its latest epoch, train.epochs // 2 = 3: fine-tuning everything from epoch 3, "
+            "the body at optim.lr") in text
+
+
+def test_lp_ft_auto_resumes_exactly_from_before_and_after_the_switch(tmp_path, monkeypatch):
+    """Stopped at the end of epoch 0 and mid-epoch 1 (probing, switch undecided), at the end of epoch 2 and mid-epoch 3
+    (after the switch, decided at the end of epoch 1): each resume continues as the uninterrupted run."""
+    from medft.train.recipe import FineTuneRecipe
+
+    validated = _scripted_validation(monkeypatch, [0.5, 0.5005, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65])
+    config = load_config(_auto_probe_config(tmp_path, **{"train.epochs": 8, "train.max_steps_per_epoch": 2}))
+    run_training(config, tmp_path / "reference")
+    assert validated == list(range(8))
+
+    class Stop(Exception):
+        pass
+
+    def stop_after(epochs):
+        def report(epoch, value):
+            if epoch in epochs:
+                epochs.discard(epoch)
+                raise Stop
+        return report
+
+    ctrl_c = {(1, 0), (3, 0)}  # (epoch, step) after which Ctrl-C is pressed
+    step = FineTuneRecipe._step
+
+    def stepping(self, batch):
+        here = (self.scripted_epoch, self.scripted_step)
+        self.scripted_step += 1
+        if here in ctrl_c:  # as the SIGINT handler does: the recipe saves after this step and stops
+            ctrl_c.discard(here)
+            self._stop_requested = True
+        return step(self, batch)
+
+    monkeypatch.setattr(FineTuneRecipe, "_step", stepping)
+    out, stops, report = tmp_path / "stopped", [], stop_after({0, 2})
+    for _ in range(6):
+        try:
+            run_training(config, out, resume=out.exists(), on_validation=report)
+            break
+        except (Stop, TrainingInterrupted):
+            state = torch.load(out / "checkpoints" / "last.pt", weights_only=False)
+            stops.append((state["epoch"], state["step"], state["linear_probe_switch"]))
+    assert stops == [(1, 0, None), (1, 1, None), (3, 0, 2), (3, 1, 2)]
+    expected, got = _final_weights(tmp_path / "reference"), _final_weights(out)
+    assert all(torch.equal(expected[name], got[name]) for name in expected)
+    strip = lambda records: [{k: v for k, v in r.items() if k != "seconds"} for r in records]  # noqa: E731
+    assert strip(_metrics(out)) == strip(_metrics(tmp_path / "reference"))
 
 
 def test_bitfit_under_an_encoder_stage_changes_only_the_decoders_biases_and_the_head(tmp_path):
