@@ -485,7 +485,7 @@ def train_and_evaluate(spec: dict, recipe_class=None) -> dict:
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
     result = {
         "name": spec.get("name"), "run_dir": str(run_dir), "device": str(recipe.device), "threads": torch.get_num_threads(),
-        "summary": summary, "setup_seconds": setup_seconds, "train_wall_seconds": train_wall,
+        "summary": summary.model_dump(), "setup_seconds": setup_seconds, "train_wall_seconds": train_wall,
         "steps_per_epoch": recipe.steps_per_epoch, "timing": timing, "memory": memory, "metrics": metrics,
     }
     if spec.get("eval_manifest"):
