@@ -44,7 +44,12 @@ def add_inference_options(parser: argparse.ArgumentParser) -> None:
 
 
 def add_model(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", type=Path, help="run folder (medft train) or bundle folder")
+    parser.add_argument("model", type=Path,
+                        help="run folder (medft train), bundle folder, or adapter folder (medft export --adapter)")
+    parser.add_argument("--parent", default=None, metavar="BUNDLE",
+                        help="an adapter folder's parent bundle (a folder or Model Zoo name), when it is not where the "
+                             "adapter's adapter.json says (e.g. on another machine); its weights must be those the "
+                             "adapter was trained on")
 
 
 def whole_number(rule: str, low: int, high: int | None = None):

@@ -1,4 +1,4 @@
-"""evaluate a run or bundle on labelled held-out data
+"""evaluate a run, bundle or adapter on labelled held-out data
 
 Predicts every case of the manifest (or of one split) with a sliding window, writes the
 predictions in the geometry of the input images, and computes per case and class Dice,
@@ -32,13 +32,14 @@ def add_to(commands) -> None:
 
 
 def run(model: Path, manifest: Path, out: Path, split: str | None = None, tta: bool = False,
-        largest_component: bool = False, checkpoint: str = "best", compare: Path | None = None) -> int:
+        largest_component: bool = False, checkpoint: str = "best", compare: Path | None = None,
+        parent: str | None = None) -> int:
     """``medft.evaluate.run.evaluate``, its outcome printed."""
     console_logging()
     from medft.evaluate.run import evaluate
 
     result = evaluate(model, manifest, out, split=split, tta=tta, largest_component=largest_component,
-                      checkpoint=checkpoint, compare=compare)
+                      checkpoint=checkpoint, compare=compare, parent=parent)
     print(f"evaluation written to {result.folder}: per_case.csv, summary.json, predictions/, report.html")
     print_dice(result.summary)
     failed = result.failed_cases

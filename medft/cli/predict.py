@@ -26,13 +26,14 @@ def add_to(commands) -> None:
 
 
 def run(model: Path, inputs: list[Path], out: Path, tta: bool = False, largest_component: bool = False,
-        overwrite: bool = False) -> int:
+        overwrite: bool = False, parent: str | None = None) -> int:
     console_logging()
     from medft.evaluate.run import predict_files
 
     missing = [p for p in inputs if not p.exists()]
     if missing:
         raise MedftError(f"{missing[0]}: no such file or folder. Fix: give NIfTI files or DICOM series folders")
-    for path in predict_files(model, inputs, out, tta=tta, largest_component=largest_component, overwrite=overwrite):
+    for path in predict_files(model, inputs, out, tta=tta, largest_component=largest_component, overwrite=overwrite,
+                              parent=parent):
         print(path)
     return 0

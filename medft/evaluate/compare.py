@@ -384,7 +384,8 @@ def _sides_table(result: dict) -> str:
         side = result[letter]
         model = side.get("model") or {}
         what = " ".join(str(v) for v in (model.get("name"), model.get("version")) if v) or "n/a"
-        kind = {"run": "fine-tuned run", "bundle": "MONAI bundle"}.get(model.get("kind"), model.get("kind") or "")
+        kind = {"run": "fine-tuned run", "bundle": "MONAI bundle",
+                "adapter": f"adapter on {model.get('parent')}"}.get(model.get("kind"), model.get("kind") or "")
         manifest = Path(side["manifest"]).name if side.get("manifest") else "n/a"  # names only: no paths on the page
         rows.append(f"<tr><th>{letter.upper()}: {escape(side['label'])}</th><td>{escape(what)}</td><td>{escape(kind)}</td>"
                     f"<td>{escape(manifest)}</td><td>{escape(side.get('split') or 'all')}</td>"

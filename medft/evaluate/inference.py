@@ -1,4 +1,4 @@
-"""Load a trained model (a run folder or a bundle) and predict cases with a sliding window.
+"""Load a trained model (a run folder, a bundle, or an adapter on its parent bundle) and predict cases with a sliding window.
 
 Predictions are computed on the preprocessed image, like training, brought back onto the grid the
 image was loaded on (``Preprocessing.to_input_grid``) and written in the geometry of the input
@@ -24,6 +24,7 @@ from medft.bundle.reader import CLASS_COUNT_KEYS, load_bundle
 from medft.data.loading import to_native
 from medft.data.preprocessing import Preprocessing
 from medft.errors import DataError, MedftError
+from medft.formats import adapter as adapter_folder
 from medft.formats import run as run_folder
 from medft.formats.checkpoint import candidates, find_checkpoint, read_checkpoint
 from medft.formats.evaluation import ModelInfo
@@ -72,8 +73,10 @@ def check_channels(model: TrainedModel, image: torch.Tensor, source: Path | str)
         )
 
 
-def load_model(path: str | Path, device: torch.device | None = None, checkpoint: str = "best") -> TrainedModel:
-    """A run folder (config.yaml + checkpoints/best.pt, else last.pt) or a bundle folder.
+def load_model(path: str | Path, device: torch.device | None = None, checkpoint: str = "best",
+               parent: str | Path | None = None) -> TrainedModel:
+    """A run folder (config.yaml + checkpoints/best.pt, else last.pt), a bundle folder, or an adapter folder
+    (``medft export --adapter``: adapter.json) on its parent bundle: the one adapter.json names, or ``parent``.
 
     ``checkpoint="last"`` takes a run's last.pt: the final model of a fixed budget, rather than
     the one picked on the validation split (whose Dice on that split is optimistic); a bundle,
@@ -88,9 +91,18 @@ def load_model(path: str | Path, device: torch.device | None = None, checkpoint:
     if not path.is_dir():
         raise MedftError(
             f"{path}: {'not a folder' if path.exists() else 'no such folder'}. Fix: give the run folder that "
-            "`medft train` wrote, the bundle folder that `medft export` wrote, or a Model Zoo bundle folder"
+            "`medft train` wrote, the bundle or adapter folder that `medft export` wrote, or a Model Zoo bundle folder"
         )
-    if run_folder.is_run_folder(path):
+    is_adapter = adapter_folder.is_adapter_folder(path)
+    if parent is not None and not is_adapter:
+        raise MedftError(f"{path}: --parent names the parent bundle of an adapter folder (adapter.json), and this is "
+                         "none: it holds its whole network. Fix: leave out --parent")
+    if is_adapter:
+        if checkpoint == "last":
+            raise MedftError(f"{path}: --checkpoint last applies to a run folder, and this adapter holds one set of "
+                             "weights. Fix: leave out --checkpoint, or export the run's last checkpoint")
+        model = _from_adapter(path, parent)
+    elif run_folder.is_run_folder(path):
         model = _from_run(path, checkpoint)
     elif (path / "configs").is_dir():
         if checkpoint == "last":
@@ -135,14 +147,33 @@ def _from_run(run_dir: Path, checkpoint: str = "best") -> TrainedModel:
 
         network = build_network(checkpoint.network_def, source=str(checkpoint_path))
     network.load_state_dict(checkpoint.model)
+    preprocessing = Preprocessing.from_dict(checkpoint.preprocessing, str(checkpoint_path))
+    info = ModelInfo(path=str(run_dir), kind="run", name=_run_name(run_dir), checkpoint=checkpoint_path.name)
+    return _trained(network, config, list(checkpoint.class_names), preprocessing, info)
+
+
+def _from_adapter(folder: Path, parent: str | Path | None) -> TrainedModel:
+    from medft.train.adapter_export import load_adapter
+
+    loaded = load_adapter(folder, parent)
+    preprocessing = run_folder.read_preprocessing(folder)
+    if preprocessing is None:
+        raise MedftError(f"{folder}: no {run_folder.PREPROCESSING}. Fix: export the adapter again "
+                         "(`medft export RUN --out NEW_DIR --adapter`)")
+    info = ModelInfo(path=str(folder), kind="adapter", name=_run_name(folder), checkpoint=loaded.info.checkpoint,
+                     parent=loaded.parent.name, parent_version=loaded.parent.version)
+    return _trained(loaded.network, loaded.config, list(loaded.info.class_names), preprocessing, info)
+
+
+def _trained(network: torch.nn.Module, config, class_names: list[str], preprocessing: Preprocessing,
+             info: ModelInfo) -> TrainedModel:
+    """A run's network (or an adapter's on its parent) with the run config's inference settings."""
     if config.train.channels_last:
         to_channels_last(network, len(config.data.spatial_size))
-    preprocessing = Preprocessing.from_dict(checkpoint.preprocessing, str(checkpoint_path))
     return TrainedModel(
-        network, list(checkpoint.class_names), list(config.data.spatial_size), preprocessing,
+        network, class_names, list(config.data.spatial_size), preprocessing,
         dict(config.data.label_map), config.validation.overlap, config.validation.sw_batch_size,
-        ModelInfo(path=str(run_dir), kind="run", name=_run_name(run_dir), checkpoint=checkpoint_path.name),
-        tuple(config.data.mirrored_axes),
+        info, tuple(config.data.mirrored_axes),
     )
 
 

@@ -72,7 +72,8 @@ def _overview(folder: EvaluationFolder) -> str:
     evaluation = folder.evaluation
     model = evaluation.model
     counts = _status_counts(folder)
-    kind = {"run": "fine-tuned run (medft)", "bundle": "MONAI bundle"}[model.kind]
+    kind = {"run": "fine-tuned run (medft)", "bundle": "MONAI bundle",
+            "adapter": f"adapter (medft) on the bundle {model.parent} {model.parent_version or ''}".rstrip()}[model.kind]
     facts = [
         ("Model", model.name + (f", version {model.version}" if model.version else "")),
         ("Model kind", kind),

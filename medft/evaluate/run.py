@@ -76,20 +76,21 @@ class EvaluationResult:
 
 def evaluate(model_path: str | Path, manifest_path: str | Path, out: str | Path, split: str | None = None,
              tta: bool = False, largest_component: bool = False, checkpoint: str = "best",
-             compare: str | Path | None = None) -> EvaluationResult:
+             compare: str | Path | None = None, parent: str | Path | None = None) -> EvaluationResult:
     """Evaluate a run or bundle on the cases of a manifest (one split, or all) into ``out``, a new
     or empty folder.
 
     ``tta``: average over the mirrorings the model was trained with (``predict``); ``largest_component``: keep each
     class's largest connected component (``keep_largest_components``); ``checkpoint``: a run's
     best.pt (default) or last.pt (see ``load_model``); ``compare``: another evaluation folder, checked
-    before inference, then set beside this one in ``out/comparison.html`` (``compare_evaluations``).
+    before inference, then set beside this one in ``out/comparison.html`` (``compare_evaluations``); ``parent``:
+    an adapter folder's parent bundle, when not where its adapter.json says (see ``load_model``).
 
     The folder is written under a partial name and renamed to ``out`` once complete (``new_folder``):
     an interrupted evaluation leaves no ``out``, and the next one removes what it left."""
     out = Path(out)
     _require_new_folder(out)
-    model = load_model(model_path, checkpoint=checkpoint)
+    model = load_model(model_path, checkpoint=checkpoint, parent=parent)
     if compare is not None:
         check_comparable(compare, model.class_names)
     manifest = load_manifest(manifest_path)
@@ -287,14 +288,16 @@ def _require_new_folder(out: Path) -> None:
 
 
 def predict_files(model_path: str | Path, inputs: list[Path], out: Path, tta: bool = False,
-                  largest_component: bool = False, overwrite: bool = False) -> list[Path]:
+                  largest_component: bool = False, overwrite: bool = False,
+                  parent: str | Path | None = None) -> list[Path]:
     """Predict NIfTI files or DICOM series folders; one ``<case_id>.nii.gz`` each in ``out``, each
     renamed into place once written (``new_file``): an interrupted run leaves whole files only.
 
     A prediction file already in ``out`` is a MedftError before any inference, unless ``overwrite``.
     An input that cannot be predicted (unreadable, NaN voxels, other channels than the model's) does
     not stop the others: they are written, then one MedftError names each input that failed and why.
-    Each input is loaded while the one before it is predicted (``prefetched``).
+    Each input is loaded while the one before it is predicted (``prefetched``). ``parent``: an adapter folder's
+    parent bundle, when not where its adapter.json says.
     """
     case_ids = _distinct_case_ids(inputs, out)
     existing = [out / f"{case_id}.nii.gz" for case_id in case_ids if (out / f"{case_id}.nii.gz").exists()]
@@ -302,7 +305,7 @@ def predict_files(model_path: str | Path, inputs: list[Path], out: Path, tta: bo
         others = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
         raise MedftError(f"{existing[0]} exists{others}: predicting would replace it. Fix: give a new --out folder, "
                          "or add --overwrite to replace the existing files")
-    model = load_model(model_path)
+    model = load_model(model_path, parent=parent)
     prep = model.preprocess()
     written, failed = [], []
     with closing(prefetched(zip(inputs, case_ids, strict=True), lambda entry: _load_input(*entry, model, prep))) as loaded_inputs:

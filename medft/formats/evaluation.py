@@ -49,10 +49,12 @@ class CaseRecord(_Record):
 
 class ModelInfo(_Record):
     path: str
-    kind: Literal["run", "bundle"]
+    kind: Literal["run", "bundle", "adapter"]  # adapter: medft export --adapter, run on its parent bundle
     name: str
     version: str | None = None
-    checkpoint: str | None = None  # a run's: best.pt or last.pt
+    checkpoint: str | None = None  # a run's (or the one an adapter was exported from): best.pt or last.pt
+    parent: str | None = None  # an adapter's parent bundle: its name (no path)
+    parent_version: str | None = None
 
     @property
     def display_name(self) -> str:
