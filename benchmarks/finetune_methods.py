@@ -29,8 +29,9 @@ Reported per method: Dice per class with 95% bootstrap intervals at each site; t
 ``full`` on the same cases (``medft.evaluate.summary.paired_difference``, paired bootstrap); trainable
 parameters (adapters included) and their share of the network; training seconds per step (mean over the
 epochs after the first; LP-FT mixes head-only and full steps); the resident-set peak while training; and
-what must be stored per site: the trained tensors in float32 (the whole network for full, LP-FT and WiSE-FT;
-the unfrozen tensors for encoder freezing; adapters and head for LoRA; biases and head for BitFit).
+what must be stored per site besides the shared bundle: the bytes of the tensors ``medft export --adapter`` writes
+(those that differ from the bundle: every tensor for full and LP-FT, the unfrozen ones for encoder freezing,
+adapters and head for LoRA, biases and head for BitFit; a WiSE-FT model differs in every tensor).
 
 Run::
 
@@ -151,15 +152,13 @@ def _evaluate_sites(model: str | Path, sites: dict[str, str], eval_dir: str) -> 
 
 
 def _stored_bytes(run_dir: str | Path) -> dict:
-    """Bytes a site must store besides the shared bundle: the tensors that training changed, in float32."""
-    import torch
+    """Bytes a site stores besides the shared bundle: what ``medft export --adapter`` writes of the run (the
+    tensors that differ from the bundle: adapters and head for LoRA, biases and head for BitFit, ...)."""
+    from medft.train.adapter_export import export_adapter
 
-    from medft.formats import run as run_folder
-
-    state = torch.load(Path(run_dir) / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
-    summary = run_folder.read_summary(Path(run_dir))
-    whole = sum(t.numel() * t.element_size() for t in state["model"].values())
-    return {"whole_network": whole, "trained": (summary.trainable_parameters or 0) * 4}
+    exported = export_adapter(run_dir, fresh_folder(Path(run_dir).with_name(Path(run_dir).name + "_adapter")))
+    return {"adapter": exported.info.stored.bytes, "adapter_file": (exported.folder / "adapter.pt").stat().st_size,
+            "parent": exported.info.parent.bytes}
 
 
 WORKER_TASKS = {"train_and_score": train_and_score, "interpolate_and_score": interpolate_and_score}
@@ -257,15 +256,17 @@ def _add_paired_differences(runs: list[dict]) -> None:
 
 
 def _stored(run: dict) -> int:
-    return run["stored_bytes"]["whole_network"] if run["method"] in ("full", "lp_ft") or "alpha" in run \
-        else run["stored_bytes"]["trained"]
+    """What a site stores: the adapter export (a WiSE-FT model, like its full run, differs from the bundle everywhere)."""
+    return run["stored_bytes"]["adapter"]
 
 
 def _markdown(runs: list[dict], bundle: str, steps: int, epochs: int) -> str:
     cost_rows, dice_rows = [], []
     for r in runs:
         share = r["trainable_parameters"] / r["total_parameters"] if r.get("total_parameters") else None
-        if "alpha" not in r:
+        if "alpha" in r:  # trained as full; stored whole
+            cost_rows.append([r["n_train"], r["method"], "(full's run)", "", "", "", fmt(_stored(r) / 1e3, 1, " kB")])
+        else:
             cost_rows.append([r["n_train"], r["method"], f"{r['trainable_parameters']:,}", fmt(100 * share, 1, "%"),
                               fmt(r["seconds_per_step"] * 1000, 0), fmt(r["train_peak_rss_mb"], 0),
                               fmt(_stored(r) / 1e3, 1, " kB")])
