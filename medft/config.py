@@ -242,9 +242,9 @@ class LoraConfig(Section):
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the input of each adapter.")
     target_modules: list[str] | None = Field(
         None, description="Regular expressions over module names (re.search) choosing the layers that get an adapter, among "
-        "the network's convolutions and linear layers outside the head; by default all of them (`medft bundle inspect` and "
-        "train.log list them). Transposed convolutions get none (peft does not wrap them): they keep their pretrained "
-        "weights, unless they are part of the new head.")
+        "the network's convolutions and linear layers outside the head; by default all of them (train.log says how many, "
+        "and names the transposed convolutions left out). Transposed and grouped convolutions get none (peft has no LoRA "
+        "layer for the former): they keep their pretrained weights, unless they are part of the new head.")
 
     @field_validator("target_modules", mode="before")
     @classmethod

@@ -163,6 +163,26 @@ def test_a_killed_torchrun_run_resumes_to_the_same_weights(runs, tmp_path):
     assert strip(_metrics(run_dir)) == strip(_metrics(two))
 
 
+@pytest.mark.parametrize("method", ["lora", "bitfit"])
+def test_lora_and_bitfit_under_torchrun_reach_the_weights_of_one_process(runs, tmp_path, method):
+    """The methods that freeze most of the network (DDP wraps only what trains), against one process."""
+    config, _, _, _ = runs
+    changes = [f"finetune.method={method}", "freeze=[]", "train.epochs=2", "early_stopping.enabled=false"]
+    if method == "lora":
+        changes.append("finetune.lora={rank: 2}")
+    _finish(_torchrun(str(config), "--out", str(tmp_path / "two"), *[f"--set={c}" for c in changes]))
+    run_training(load_config(config, [*changes, "train.batch_size=4"]), tmp_path / "one")
+    expected = torch.load(tmp_path / "one" / "checkpoints" / "last.pt", weights_only=False)
+    got = torch.load(tmp_path / "two" / "checkpoints" / "last.pt", weights_only=False)
+    pairs = [(name, expected["model"][name], got["model"][name]) for name in expected["model"]]
+    if method == "lora":
+        assert got["adapter"] and set(got["adapter"]) == set(expected["adapter"])
+        pairs += [(name, expected["adapter"][name], got["adapter"][name]) for name in expected["adapter"]]
+    for name, a, b in pairs:
+        assert torch.allclose(b, a, rtol=1e-4, atol=1e-5), (name, (b - a).abs().max())
+    assert f"with finetune.method {method}" in (tmp_path / "two" / "train.log").read_text()
+
+
 def test_the_processes_batches_together_are_the_single_process_batch():
     """Each step, the processes' batches together hold the cases of the single-process batch of
     batch x world cases. The exception, documented: fewer cases than the global batch and not a

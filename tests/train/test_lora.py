@@ -113,6 +113,23 @@ def test_the_lora_method_freezes_all_but_adapters_and_head_and_counts_adapters_a
     assert count.parameters == sum(size for name, size in sizes.items() if name not in frozen)
 
 
+def test_a_freeze_stage_freezes_adapters_too_and_never_unfreezes_pretrained_weights():
+    from medft.config import FreezeStage
+    from medft.train.freezing import FreezeSchedule
+
+    model = _unet()
+    head = _head(model, "model.2.")
+    add_lora(model, head, LoraConfig(rank=2))
+    schedule = FreezeSchedule([FreezeStage(0, "all_but_head"), FreezeStage(1, "encoder"), FreezeStage(2)], "lora")
+    names = {name for name, _ in model.named_parameters()}
+    adapters = {name for name in names if is_adapter(name)}
+    encoder_adapters = {name for name in adapters if name.startswith(("model.0.", "model.1.submodule.0."))}
+    assert encoder_adapters and names - schedule.frozen_at(model, head, 0) == head  # LP-FT with LoRA: the head alone
+    assert names - schedule.frozen_at(model, head, 1) == head | (adapters - schedule.frozen_at(model, head, 1))
+    assert not encoder_adapters - schedule.frozen_at(model, head, 1)  # the encoder's adapters wait
+    assert names - schedule.frozen_at(model, head, 2) == head | adapters  # then every adapter, never a pretrained weight
+
+
 def test_restoring_on_other_pretrained_weights_is_refused():
     torch.manual_seed(0)
     model = _unet()
