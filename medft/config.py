@@ -183,13 +183,21 @@ FreezePreset = Literal["none", "all_but_head", "encoder"]
 FREEZE_PRESETS: tuple[str, ...] = get_args(FreezePreset)
 
 
-def freeze_pattern_problem(pattern: str) -> str | None:
-    """Why ``pattern`` cannot select parameters to freeze (with the fix), or None."""
+def regex_problem(pattern: str, what: str) -> str | None:
+    """Why ``pattern`` (a ``what``, for the message) is no regular expression, with the fix; None when it is one."""
     try:
         re.compile(pattern)
     except re.error as exc:
-        return (f"freeze pattern {pattern!r} is not a valid regular expression ({exc}). "
+        return (f"{what} {pattern!r} is not a valid regular expression ({exc}). "
                 r"Fix: escape special characters, e.g. 'encoder\.' for a literal dot")
+    return None
+
+
+def freeze_pattern_problem(pattern: str) -> str | None:
+    """Why ``pattern`` cannot select parameters to freeze (with the fix), or None."""
+    problem = regex_problem(pattern, "freeze pattern")
+    if problem:
+        return problem
     if not pattern:
         return "an empty freeze pattern matches every parameter name. Fix: remove it, or use preset: all_but_head to train the head only"
     return None
@@ -255,11 +263,9 @@ class LoraConfig(Section):
     @classmethod
     def _regular_expressions(cls, patterns: list[str] | None) -> list[str] | None:
         for pattern in patterns or ():
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise ValueError(f"target module pattern {pattern!r} is not a valid regular expression ({exc}). "
-                                 r"Fix: escape special characters, e.g. 'encoder\.' for a literal dot") from None
+            problem = regex_problem(pattern, "target module pattern")
+            if problem:
+                raise ValueError(problem)
             if not pattern:
                 raise ValueError("an empty target module pattern matches every layer. Fix: remove target_modules to adapt every "
                                  "layer, or give patterns that choose some")

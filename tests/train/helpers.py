@@ -53,3 +53,11 @@ def two_series_image(root: Path) -> tuple[Path, list[str]]:
     manifest = root / "manifest.csv"
     manifest.write_text(manifest.read_text().replace(str(sample_case(TRAIN_IDS[1])[0]), str(folder)))
     return folder, [series.uid for series in scan_folder(folder).series]
+
+
+def lora_config(root: Path, epochs: int = 2):
+    """make_config's run with finetune.method lora, rank 2, no freezing, loaded."""
+    from medft.config import load_config
+
+    return load_config(make_config(root, freeze=[], **{"finetune.method": "lora", "finetune.lora": {"rank": 2},
+                                                       "train.epochs": epochs}))

@@ -18,7 +18,7 @@ from medft.train.lora import add_lora, is_adapter
 from medft.train.network import prepare_network
 from medft.train.recipe import run_training
 from tests.bundle.helpers import pretrained
-from tests.train.helpers import make_config
+from tests.train.helpers import lora_config, make_config
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +26,7 @@ def runs(tmp_path_factory):
     """A LoRA run (rank 2, 2 epochs) and a BitFit run (1 epoch) on the tiny test bundle."""
     torch.set_num_threads(1)  # as every test runs (conftest): a module fixture runs before the test's own fixtures
     root = tmp_path_factory.mktemp("adapter")
-    lora = load_config(make_config(root, freeze=[], **{"finetune.method": "lora", "finetune.lora": {"rank": 2},
-                                                       "train.epochs": 2}))
+    lora = lora_config(root)
     run_training(lora, root / "lora")
     bitfit = load_config(make_config(root, freeze=[], **{"finetune.method": "bitfit", "train.epochs": 1}))
     run_training(bitfit, root / "bitfit")

@@ -15,7 +15,7 @@ from medft.train.lora import adapter_state_dict, add_lora, is_adapter, lora_targ
 from medft.train.network import prepare_network
 from medft.train.recipe import run_training
 from tests.bundle.helpers import pretrained
-from tests.train.helpers import make_config
+from tests.train.helpers import lora_config, make_config
 
 
 def _unet(out: int = 3) -> nn.Module:
@@ -153,8 +153,7 @@ def test_restoring_on_other_pretrained_weights_is_refused():
 def lora_run(tmp_path_factory):
     torch.set_num_threads(1)  # as every test runs (conftest): a module fixture runs before the test's own fixtures
     root = tmp_path_factory.mktemp("lora")
-    config = load_config(make_config(root, freeze=[], **{"finetune.method": "lora", "finetune.lora": {"rank": 2},
-                                                         "train.epochs": 2}))
+    config = lora_config(root)
     run_training(config, root / "out")
     return root, config
 
