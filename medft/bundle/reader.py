@@ -340,7 +340,14 @@ def load_bundle(source: str | Path, version: str | None = None, cache_dir: Path 
             f"{cache}: the download of bundle {name} left no folder {name}. "
             f"Fix: download it by hand and give the folder's path"
         )
-    return _read_bundle(cache / name)
+    downloaded = _read_bundle(cache / name)
+    if version is not None and downloaded.version != version:  # huggingface_hub offline hands back the cached folder
+        raise MedftError(
+            f"{name}: version {version} was asked for, and {cache / name} holds version {downloaded.version}: "
+            f"cannot download bundle {name} version {version} (no network?). Fix: download that version on a machine "
+            f"with a network and give its folder's path, or ask for version {downloaded.version}"
+        )
+    return downloaded
 
 
 def _read_bundle(root: Path) -> Bundle:
