@@ -9,7 +9,7 @@ Typical use::
 
 peft replaces each adapted layer ``x`` by a wrapper: its weights move to ``x.base_layer.*`` and the adapter
 adds ``x.lora_A.default.weight`` (a layer of the same kind as ``x``, with ``rank`` outputs: for a convolution,
-its kernel, stride and padding) and ``x.lora_B.default.weight`` (``rank`` inputs; a 1 x 1 x 1 convolution),
+its kernel, stride, padding and dilation) and ``x.lora_B.default.weight`` (``rank`` inputs; a 1 x 1 x 1 convolution),
 started at zero so that the adapted network first computes what the pretrained one does. The layer then
 computes ``x(input) + scale * B(A(dropout(input)))``; merging adds ``scale * B @ A`` to ``x``'s weight.
 
@@ -93,12 +93,21 @@ def add_lora(model: nn.Module, head: Collection[str], settings: LoraConfig) -> L
     )
     aliases = _aliases(model, targets.layers)
     peft.inject_adapter_in_model(config, model, adapter_name=ADAPTER)
-    for name, others in aliases.items():  # peft replaces a layer under one name; its forward may call another
+    for name in targets.layers:
         wrapper = model.get_submodule(name)
-        for other in others:
+        _match_sampling(wrapper)
+        for other in aliases.get(name, ()):  # peft replaces a layer under one name; its forward may call another
             parent, _, child = other.rpartition(".")
             setattr(model.get_submodule(parent), child, wrapper)
     return targets
+
+
+def _match_sampling(wrapper: nn.Module) -> None:
+    """A's dilation and padding mode as the layer's. peft (0.21) gives A the layer's kernel, stride and padding but
+    not its dilation: beside a dilated convolution (MeshNet's) A's output would not have the layer's size."""
+    base, a = wrapper.base_layer, wrapper.lora_A[ADAPTER]
+    if isinstance(base, nn.modules.conv._ConvNd):
+        a.dilation, a.padding_mode = base.dilation, base.padding_mode
 
 
 def is_adapter(name: str) -> bool:

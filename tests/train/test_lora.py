@@ -35,7 +35,14 @@ def _randomise_adapters(model: nn.Module, seed: int = 0) -> None:
                 param.copy_(torch.randn(param.shape, generator=generator) * 0.2)
 
 
+def _dilated() -> nn.Module:
+    """MeshNet's shape: dilated convolutions that keep the size (padding = dilation), a 1 x 1 x 1 head."""
+    return nn.Sequential(nn.Conv3d(1, 6, 3, padding=1), nn.ReLU(), nn.Conv3d(6, 6, 3, padding=2, dilation=2), nn.ReLU(),
+                         nn.Conv3d(6, 6, 3, padding=4, dilation=4, padding_mode="reflect"), nn.ReLU(), nn.Conv3d(6, 3, 1))
+
+
 FAMILIES = {  # a small network of each family, the prefix of its head, an input
+    "dilated": (_dilated, "6.", (1, 1, 16, 20, 16)),
     "UNet": (_unet, "model.2.", (1, 1, 32, 32, 32)),
     "SegResNet": (lambda: SegResNet(3, init_filters=8, in_channels=1, out_channels=3, blocks_down=(1, 1), blocks_up=(1,)),
                   "conv_final.", (1, 1, 16, 16, 16)),
@@ -52,8 +59,8 @@ def test_every_convolution_and_linear_layer_outside_the_head_is_adapted_and_the_
     torch.manual_seed(0)
     model = build().eval()
     head = _head(model, prefix)
-    layers = {name for name, m in model.named_modules() if isinstance(m, (nn.Conv3d, nn.Linear)) and not name.startswith(prefix)}
-    transposed = {name for name, m in model.named_modules() if isinstance(m, nn.ConvTranspose3d) and not name.startswith(prefix)}
+    layers = {name for name, m in model.named_modules() if isinstance(m, (nn.Conv3d, nn.Linear)) and not f"{name}.".startswith(prefix)}
+    transposed = {name for name, m in model.named_modules() if isinstance(m, nn.ConvTranspose3d) and not f"{name}.".startswith(prefix)}
     targets = add_lora(model, head, LoraConfig(rank=2, alpha=4))
     assert set(targets.layers) == layers and set(targets.transposed) == transposed
     if family == "SwinUNETR":  # the transformer's attention and MLP layers are among them
