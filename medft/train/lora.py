@@ -17,8 +17,9 @@ Which layers: every convolution (1D, 2D, 3D) and linear layer outside the head, 
 (a UNet's and DynUNet's convolutions and residual projections, a SegResNet's, MeshNet's dilated
 convolutions, SwinUNETR's and UNesT's attention (qkv, proj) and MLP layers with their convolutional
 blocks), or those ``target_modules`` choose. The head is not adapted: it is new, and trains whole.
-Transposed convolutions (the upsampling of UNet, DynUNet, SwinUNETR) get no adapter: peft has no LoRA
-layer for them, so they keep their pretrained weights unless they belong to the head.
+Transposed convolutions (the upsampling of UNet, DynUNet, SwinUNETR) and grouped convolutions get no adapter (peft
+has no LoRA layer for the former, medft's merge does not cover the latter): they keep their pretrained weights
+unless they belong to the head.
 """
 from __future__ import annotations
 
