@@ -109,7 +109,7 @@ def report_figure(picture: ReportSlice, class_names: Sequence[str], title: str) 
     plane = REPORT_PLANE
     n_classes = max(len(class_names), picture.n_classes)
     renderer = case_renderer(picture.image, picture.truth, picture.prediction, picture.affine, n_classes,
-                             picture.window, _report_scale(picture.image, picture.affine, plane))
+                             picture.window, report_scale(picture.image, picture.affine, plane))
     panels = [(name, renderer.render(plane, 0, view=view, opacity=opacity, mode=mode))
               for name, view, opacity, mode in REPORT_PANELS]
     legend = class_legend(class_names, n_classes) + difference_legend()
@@ -118,7 +118,7 @@ def report_figure(picture: ReportSlice, class_names: Sequence[str], title: str) 
     return uri, where
 
 
-def _report_scale(image: np.ndarray, affine: np.ndarray, plane: str) -> int:
+def report_scale(image: np.ndarray, affine: np.ndarray, plane: str) -> int:
     """The whole magnification that brings a small slice to about one panel's width: small images are
     magnified here, not by the figure, so that outlines stay one fine pixel wide."""
     shape = slices.extract_slice(image, plane, 0).shape

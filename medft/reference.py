@@ -21,7 +21,22 @@ def render() -> str:
     parts += ["## Config keys", "", "What a YAML run config (`configs/`) holds; `--set KEY=VALUE` takes the same dotted keys.", "",
               "| key | type and default | meaning |", "| --- | --- | --- |"]
     parts += [f"| `{key}` | {_cell(kind)} | {_cell(description)} |" for key, kind, description in describe_keys(RunConfigWithSearch)]
-    return "\n".join(parts) + "\n"
+    return "\n".join(parts + _perturbations()) + "\n"
+
+
+def _perturbations() -> list[str]:
+    """The table of ``medft stress``'s perturbations and their parameters at each level."""
+    from medft.stress.perturbations import LEVELS, PERTURBATIONS
+
+    lines = ["", "## Stress-test perturbations", "",
+             "`medft stress --perturbations NAME ...`; the levels' parameters (docs/stress-tests.md says why these).", "",
+             "| perturbation | images | " + " | ".join(f"level {level}" for level in LEVELS) + " | parameters |",
+             "| --- | --- | " + "--- | " * len(LEVELS) + "--- |"]
+    for name, perturbation in PERTURBATIONS.items():
+        cells = [", ".join(f"{key} {value}" for key, value in perturbation.parameters(level).items()) for level in LEVELS]
+        lines.append(f"| `{name}` | {' and '.join(m.upper() for m in perturbation.modalities)} | "
+                     + " | ".join(cells) + f" | {_cell(perturbation.describe)} |")
+    return lines
 
 
 def _commands(parser: argparse.ArgumentParser, prefix: str = "medft") -> list[tuple[str, argparse.ArgumentParser]]:

@@ -11,11 +11,24 @@ import os
 import sys
 
 from medft import __version__
-from medft.cli import bundle, check_data, demo, evaluate, export, interpolate, predict, review, train, tune, validate
+from medft.cli import (
+    bundle,
+    check_data,
+    demo,
+    evaluate,
+    export,
+    interpolate,
+    predict,
+    review,
+    stress,
+    train,
+    tune,
+    validate,
+)
 from medft.cli.common import PLUMBING
 from medft.errors import DISK_FULL_ERRNOS, find_user_error
 
-COMMANDS = (check_data, train, validate, tune, interpolate, evaluate, predict, export, review, bundle, demo)  # in --help's order
+COMMANDS = (check_data, train, validate, tune, interpolate, evaluate, stress, predict, export, review, bundle, demo)  # in --help's order
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -234,17 +234,17 @@ def _safe(value: float | None) -> float | None:
 # --------------------------------------------------------------------------------------------
 # The page
 # --------------------------------------------------------------------------------------------
-def _signed(value: float | None, metric: str = "dice") -> str:
+def format_signed(value: float | None, metric: str = "dice") -> str:
     if value is None:
         return "n/a"
     text = format_metric(metric, value)
     return text if text.startswith("-") or text == "n/a" else "+" + text
 
 
-def _interval(ci: list | None, metric: str = "dice", signed: bool = False) -> str:
+def format_interval(ci: list | None, metric: str = "dice", signed: bool = False) -> str:
     if not ci or ci[0] is None or ci[1] is None:
         return "n/a (too few cases)"
-    f = (lambda v: _signed(v, metric)) if signed else (lambda v: format_metric(metric, v))
+    f = (lambda v: format_signed(v, metric)) if signed else (lambda v: format_metric(metric, v))
     return f"{f(ci[0])} to {f(ci[1])}"
 
 
@@ -286,8 +286,8 @@ def _opening(result: dict, labels: tuple[str, str]) -> list[str]:
         how = (f'unpaired: the mean over {escape(labels[1])}\'s {fg["n_b"]} cases against that over '
                f'{escape(labels[0])}\'s {fg["n_a"]} cases, no case being scored in both')
     parts = [
-        f'<p class="lead">Dice, mean over the foreground classes: <strong>{_signed(fg["mean_diff"])}</strong> with '
-        f'{escape(labels[1])} compared with {escape(labels[0])} (95% CI {_interval(fg["ci95"], signed=True)}), {how}: '
+        f'<p class="lead">Dice, mean over the foreground classes: <strong>{format_signed(fg["mean_diff"])}</strong> with '
+        f'{escape(labels[1])} compared with {escape(labels[0])} (95% CI {format_interval(fg["ci95"], signed=True)}), {how}: '
         f'{escape(_verdict(fg, labels))}.</p>',
         _sides_table(result),
     ]
@@ -343,7 +343,7 @@ def _dice_row(key: str, entry: dict, design: str, shown: dict, labels: tuple[str
     diff = entry[design]
     cls = ' class="mean"' if key == MEAN_FOREGROUND else ""
     return (f"<tr{cls}><th>{escape(shown[key])}</th>{_mean_cell(entry['a'])}{_mean_cell(entry['b'])}"
-            + number_cell(_signed(diff["mean_diff"]), f'95% CI {_interval(diff["ci95"], signed=True)}', _count(diff))
+            + number_cell(format_signed(diff["mean_diff"]), f'95% CI {format_interval(diff["ci95"], signed=True)}', _count(diff))
             + f"<td>{escape(_verdict(diff, labels))}</td></tr>")
 
 
@@ -375,7 +375,7 @@ def _count(diff: dict) -> str:
 def _mean_cell(stats: dict) -> str:
     if stats.get("mean") is None:
         return '<td class="num">n/a</td>'
-    return number_cell(format_metric("dice", stats["mean"]), f'95% CI {_interval(stats["ci95"])}', f'n = {stats["n"]}')
+    return number_cell(format_metric("dice", stats["mean"]), f'95% CI {format_interval(stats["ci95"])}', f'n = {stats["n"]}')
 
 
 def _sides_table(result: dict) -> str:
@@ -410,7 +410,7 @@ def _case_table(result: dict, labels: tuple[str, str]) -> str:
         f"<tr><td>{escape(c['case_id'])}</td><td>{escape(c['site'])}</td>"
         f'<td class="num">{format_metric("dice", c["dice_a"][MEAN_FOREGROUND])}</td>'
         f'<td class="num">{format_metric("dice", c["dice_b"][MEAN_FOREGROUND])}</td>'
-        f'<td class="num"><strong>{_signed(diff(c))}</strong></td></tr>' for c in order)
+        f'<td class="num"><strong>{format_signed(diff(c))}</strong></td></tr>' for c in order)
     return (f"<h3>Dice per case, mean over the foreground classes (largest drop first)</h3><table><tr><th>Case</th>"
             f"<th>Site</th><th>{escape(labels[0])}</th><th>{escape(labels[1])}</th>"
             f"<th>{escape(labels[1])} − {escape(labels[0])}</th></tr>{lines}</table>")
@@ -425,7 +425,7 @@ def _other_metrics(result: dict, metrics: list[str], names: list[str], shown: di
         for m in metrics:
             d = result[f"{design}_differences"][m][key]
             n = f'n = {d["n_common"]}' if design == "paired" else _count(d)
-            cells.append(number_cell(_signed(d["mean_diff"], m), f'95% CI {_interval(d["ci95"], m, signed=True)}', n))
+            cells.append(number_cell(format_signed(d["mean_diff"], m), f'95% CI {format_interval(d["ci95"], m, signed=True)}', n))
         cls = ' class="mean"' if key == MEAN_FOREGROUND else ""
         rows.append(f"<tr{cls}><th>{escape(shown[key])}</th>{''.join(cells)}</tr>")
     return (f"<h2>Other metrics</h2><p>{design.capitalize()} differences {escape(labels[1])} − {escape(labels[0])}, as "

@@ -276,7 +276,9 @@ def keep_largest_components(labels: torch.Tensor, num_classes: int) -> torch.Ten
 
     keep = KeepLargestConnectedComponent(applied_labels=list(range(1, num_classes)), is_onehot=False,
                                          independent=True, connectivity=3)
-    return torch.as_tensor(keep(labels[None]))[0].to(labels.dtype)
+    kept = keep(labels[None])
+    kept = kept.as_tensor() if isinstance(kept, MetaTensor) else torch.as_tensor(kept)  # no meta: a plain label map
+    return kept[0].to(labels.dtype)
 
 
 def save_prediction(labels: torch.Tensor, like: MetaTensor, path: Path) -> Path:

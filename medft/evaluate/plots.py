@@ -29,7 +29,7 @@ DPI = 110
 # Which way is better, shown on the axes so that nobody has to remember it.
 HIGHER_IS_BETTER = {"dice": True, "sensitivity": True, "specificity": True, "hd95": False, "nsd": True}
 
-_STYLE = {
+STYLE = {
     "font.size": 9,
     "axes.titlesize": 10,
     "axes.labelsize": 9,
@@ -75,7 +75,7 @@ def distributions(values: dict[str, dict[str, list[tuple[float, str]]]], classes
     rng = np.random.default_rng(seed)
     ncols = 3
     nrows = math.ceil((len(metrics) + 1) / ncols)
-    with rc_context(_STYLE):
+    with rc_context(STYLE):
         fig = _figure(3.1 * ncols, 2.7 * nrows)
         axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
         marker_of = {site: SITE_MARKERS[i % len(SITE_MARKERS)] for i, site in enumerate(sites)}
@@ -132,7 +132,7 @@ def confusion(matrix: np.ndarray, class_names: list[str]) -> str:
     totals = matrix.sum(axis=1, keepdims=True)
     normalised = np.divide(matrix, totals, out=np.zeros_like(matrix), where=totals > 0)
     n = len(class_names)
-    with rc_context(_STYLE | {"axes.grid": False}):
+    with rc_context(STYLE | {"axes.grid": False}):
         fig = _figure(1.4 + 1.25 * n, 1.0 + 1.05 * n)
         ax = fig.subplots()
         image = ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
@@ -161,7 +161,7 @@ def _count(value: float) -> str:
 
 def roc(curves: dict[str, dict], class_index: dict[str, int]) -> str:
     """One-vs-rest ROC curves per class, AUC in the legend: full range and low false-positive range."""
-    with rc_context(_STYLE):
+    with rc_context(STYLE):
         fig = _figure(9.0, 3.9)
         full, low = fig.subplots(1, 2)
         for name, curve in curves.items():
@@ -185,7 +185,7 @@ def roc(curves: dict[str, dict], class_index: dict[str, int]) -> str:
 NO_CI_LABEL = "hollow: no CI (n < 2)"
 
 
-def _mark_without_ci(ax, points: list[tuple[float, float]], marker: str, colour: str) -> bool:
+def mark_without_ci(ax, points: list[tuple[float, float]], marker: str, colour: str) -> bool:
     """Hollow markers over the points that have no interval: a bare point would read as a precise mean."""
     if points:
         xs, ys = zip(*points, strict=True)
@@ -194,7 +194,7 @@ def _mark_without_ci(ax, points: list[tuple[float, float]], marker: str, colour:
     return bool(points)
 
 
-def _no_ci_handle() -> Line2D:
+def no_ci_handle() -> Line2D:
     return Line2D([], [], marker="o", markersize=6, linestyle="none", markerfacecolor="white", markeredgecolor=GREY,
                   label=NO_CI_LABEL)
 
@@ -208,7 +208,7 @@ def site_dice(per_site: dict[str, dict], classes: list[tuple[int, str]], mean_la
     groups = [(name, name) for _, name in classes] + [("mean_foreground", mean_label)]
     width = 0.8 / max(len(sites), 1)
     without_ci = False
-    with rc_context(_STYLE):
+    with rc_context(STYLE):
         fig = _figure(max(5.5, 1.2 + 1.6 * len(groups)), 3.6)
         ax = fig.subplots()
         for k, site in enumerate(sites):
@@ -229,28 +229,28 @@ def site_dice(per_site: dict[str, dict], classes: list[tuple[int, str]], mean_la
             marker, colour = SITE_MARKERS[k % len(SITE_MARKERS)], SITE_COLOURS[k % len(SITE_COLOURS)]
             ax.errorbar(xs, ys, yerr=[err_low, err_high], fmt=marker, capsize=4, markersize=6, color=colour,
                         label=site + (f" (n={n})" if n is not None else ""))
-            without_ci |= _mark_without_ci(ax, bare, marker, colour)
+            without_ci |= mark_without_ci(ax, bare, marker, colour)
         ax.set_xticks(range(len(groups)), [label for _, label in groups])
         ax.grid(axis="x", visible=False)
         ax.set_ylim(-0.02, 1.02)
         ax.set_ylabel("Mean Dice with 95% CI")
         ax.set_title("Dice per site")
-        handles = ax.get_legend_handles_labels()[0] + ([_no_ci_handle()] if without_ci else [])
+        handles = ax.get_legend_handles_labels()[0] + ([no_ci_handle()] if without_ci else [])
         ax.legend(handles=handles, title="site", loc="upper left", bbox_to_anchor=(1.01, 1.0))  # never over a point
         return to_data_uri(fig)
 
 
-_A_COLOUR, _B_COLOUR = "#0072B2", "#D55E00"
+A_COLOUR, B_COLOUR = "#0072B2", "#D55E00"
 
 
 def compare_means(groups: list[str], a: list[dict], b: list[dict], diff: list[dict], labels: tuple[str, str],
                   diff_title: str = "Paired difference, 95% CI") -> str:
     """Left: mean Dice of A and B per class with 95% CIs. Right: the difference B − A with its CI (titled diff_title)."""
-    with rc_context(_STYLE):
+    with rc_context(STYLE):
         fig = _figure(10.0, 3.8)
         left, right = fig.subplots(1, 2, width_ratios=[1.25, 1])
         without_ci = False
-        for k, (stats, label, colour, marker) in enumerate(((a, labels[0], _A_COLOUR, "o"), (b, labels[1], _B_COLOUR, "s"))):
+        for k, (stats, label, colour, marker) in enumerate(((a, labels[0], A_COLOUR, "o"), (b, labels[1], B_COLOUR, "s"))):
             xs, ys, lows, highs, bare = [], [], [], [], []
             for g, s in enumerate(stats):
                 if s.get("mean") is None:
@@ -263,18 +263,18 @@ def compare_means(groups: list[str], a: list[dict], b: list[dict], diff: list[di
                 if lo is None or hi is None:
                     bare.append((xs[-1], s["mean"]))
             left.errorbar(xs, ys, yerr=[lows, highs], fmt=marker, color=colour, capsize=4, markersize=6, label=label)
-            without_ci |= _mark_without_ci(left, bare, marker, colour)
+            without_ci |= mark_without_ci(left, bare, marker, colour)
         left.set_xticks(range(len(groups)), groups)
         left.grid(axis="x", visible=False)
         left.set(ylim=(-0.02, 1.02), ylabel="Mean Dice with 95% CI", title="Mean Dice")
-        handles = left.get_legend_handles_labels()[0] + ([_no_ci_handle()] if without_ci else [])
+        handles = left.get_legend_handles_labels()[0] + ([no_ci_handle()] if without_ci else [])
         left.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.08), ncols=len(handles))  # above the axes
         ys = np.arange(len(groups))[::-1]
         for y, d in zip(ys, diff, strict=True):
             if d.get("mean") is None:
                 continue
             lo, hi = d["ci95"]
-            colour = _B_COLOUR if lo > 0 else (_A_COLOUR if hi < 0 else GREY)
+            colour = B_COLOUR if lo > 0 else (A_COLOUR if hi < 0 else GREY)
             right.errorbar([d["mean"]], [y], xerr=[[d["mean"] - lo], [hi - d["mean"]]], fmt="D", color=colour,
                            capsize=4, markersize=6)
         right.axvline(0, color="black", linewidth=0.9)
@@ -290,13 +290,13 @@ def paired_cases(groups: list[str], pairs: list[list[tuple[str, float, float]]],
     """One panel per class: each common case's Dice under A joined by a line to its Dice under B."""
     ncols = min(len(groups), 4)
     nrows = math.ceil(len(groups) / ncols)
-    with rc_context(_STYLE):
+    with rc_context(STYLE):
         fig = _figure(2.6 * ncols + 0.4, 3.2 * nrows + 0.3)
         axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False).ravel())
         for ax, group, cases in zip(axes[:len(groups)], groups, pairs, strict=True):
             better = worse = 0
             for _, va, vb in cases:
-                colour = _B_COLOUR if vb > va else (_A_COLOUR if vb < va else GREY)
+                colour = B_COLOUR if vb > va else (A_COLOUR if vb < va else GREY)
                 better += vb > va
                 worse += vb < va
                 ax.plot([0, 1], [va, vb], color=colour, alpha=0.6, linewidth=1, marker="o", markersize=3)
@@ -308,8 +308,8 @@ def paired_cases(groups: list[str], pairs: list[list[tuple[str, float, float]]],
         axes[0].set_ylabel("Dice per case")
         for ax in axes[len(groups):]:
             ax.axis("off")
-        handles = [Line2D([], [], color=_B_COLOUR, label=f"higher with {labels[1]}"),
-                   Line2D([], [], color=_A_COLOUR, label=f"higher with {labels[0]}")]
+        handles = [Line2D([], [], color=B_COLOUR, label=f"higher with {labels[1]}"),
+                   Line2D([], [], color=A_COLOUR, label=f"higher with {labels[0]}")]
         fig.legend(handles=handles, loc="outside lower center", ncols=2)
         return to_data_uri(fig)
 

@@ -82,7 +82,7 @@ def _overview(folder: EvaluationFolder) -> str:
         ("Classes", ", ".join(f"{i} {n}" for i, n in enumerate(folder.class_names))),
         ("Test-time augmentation", describe_tta(evaluation.tta, evaluation.tta_flip_axes)),
         ("Post-processing", "largest connected component per class" if evaluation.largest_component else "none"),
-        ("Evaluated on", _date(evaluation.created)),
+        ("Evaluated on", format_date(evaluation.created)),
         ("medft version", evaluation.medft_version),
         ("Cases", f"{len(folder.cases)} in total: {counts[CaseStatus.OK]} evaluated against ground truth, "
                   f"{counts[CaseStatus.PREDICTION_ONLY]} prediction-only (no ground truth), {counts[CaseStatus.FAILED]} failed"),
@@ -124,7 +124,7 @@ def _nav(folder: EvaluationFolder) -> str:
     return "<nav>" + "".join(f'<a href="#{a}">{escape(t)}</a>' for a, t in links) + "</nav>"
 
 
-def _date(text: str | None) -> str:
+def format_date(text: str | None) -> str:
     if not text:
         return "n/a"
     try:
@@ -150,7 +150,7 @@ def _stat_cell(metric: str, stats: dict | None) -> str:
     nan = f", {stats['n_nan']} NaN" if stats.get("n_nan") else ""
     spread = f" ± {f(stats['sd'])}" if stats.get("sd") is not None else ""
     return number_cell(f"{f(stats['mean'])}{spread}", f"median {f(stats.get('median'))}",
-                       _ci_text(metric, stats.get("ci95")), f"n = {stats.get('n', 'n/a')}{nan}")
+                       ci_text(metric, stats.get("ci95")), f"n = {stats.get('n', 'n/a')}{nan}")
 
 
 def _stats_table(block: dict, folder: EvaluationFolder, metrics: list[str]) -> str:
@@ -283,11 +283,11 @@ def _dice_cell(stats: dict | None) -> str:
     stats = stats or {}
     if stats.get("mean") is None:
         return '<td class="num">n/a</td>'
-    return number_cell(format_metric("dice", stats["mean"]), _ci_text("dice", stats.get("ci95")),
+    return number_cell(format_metric("dice", stats["mean"]), ci_text("dice", stats.get("ci95")),
                        f"n = {stats.get('n', 'n/a')}")
 
 
-def _ci_text(metric: str, ci: list | None) -> str:
+def ci_text(metric: str, ci: list | None) -> str:
     """'95% CI lo – hi', or why there is none (an interval needs two cases or more)."""
     if not ci or ci[0] is None or ci[1] is None:
         return "95% CI n/a (too few cases)"
@@ -335,12 +335,12 @@ def _worst_case_figure(folder: EvaluationFolder, case_id: str, case: CaseRecord 
         title = f"{case_id}: Dice {format_metric('dice', mean)}"
         uri, where = report_figure(picture or _report_slice(folder, case), folder.class_names, title)
     except Exception as exc:
-        return (f'<figure><div class="box bad">Picture not drawn: {escape(folder.hide_paths(_reason(exc)))}</div>'
+        return (f'<figure><div class="box bad">Picture not drawn: {escape(folder.hide_paths(failure_reason(exc)))}</div>'
                 f"<figcaption>{caption}</figcaption></figure>")
     return figure(uri, f"{caption}. {where}.", f"Case {case_id}: image, ground truth, prediction")
 
 
-def _reason(exc: Exception) -> str:
+def failure_reason(exc: Exception) -> str:
     return (exc.public if isinstance(exc, MedftError) else str(exc)) or type(exc).__name__
 
 

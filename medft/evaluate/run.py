@@ -35,24 +35,16 @@ from medft.evaluate.folder import PER_CASE, SUMMARY, case_mean_dice
 from medft.evaluate.inference import (
     TrainedModel,
     check_channels,
-    keep_largest_components,
     load_model,
     predict,
     save_prediction,
 )
 from medft.evaluate.prefetch import prefetched
 from medft.evaluate.report import MAX_WORST_CASES, write_report
+from medft.evaluate.scoring import case_rows, label_map, voxel_spacing
 from medft.evaluate.summary import summarize, write_per_case
 from medft.formats.evaluation import CaseRecord, CaseStatus, Evaluation, write_evaluation
-from medft.metrics import (
-    argmax_classes,
-    confusion_matrix,
-    counts_from_matrix,
-    dice,
-    sensitivity,
-    specificity,
-    surface_metrics,
-)
+from medft.metrics import confusion_matrix
 
 log = logging.getLogger("medft.evaluate")
 ROC_BINS = 1000  # probability histogram resolution of the ROC curves
@@ -89,12 +81,12 @@ def evaluate(model_path: str | Path, manifest_path: str | Path, out: str | Path,
     The folder is written under a partial name and renamed to ``out`` once complete (``new_folder``):
     an interrupted evaluation leaves no ``out``, and the next one removes what it left."""
     out = Path(out)
-    _require_new_folder(out)
+    require_new_folder(out)
     model = load_model(model_path, checkpoint=checkpoint, parent=parent)
     if compare is not None:
         check_comparable(compare, model.class_names)
     manifest = load_manifest(manifest_path)
-    _check_classes(model, manifest.class_names, manifest.path)
+    check_classes(model, manifest.class_names, manifest.path)
     cases = manifest.split(split)
     if not cases:
         raise MedftError(f"{manifest.path}: no cases in split {split!r}. Fix: give another --split, or none for all cases")
@@ -115,7 +107,7 @@ def _write_evaluation(out: Path, model: TrainedModel, manifest: Manifest, cases:
     records: list[dict] = []
     warnings: list[tuple[str, str]] = []  # (as evaluation.json keeps it, as the console shows it)
     loading, steps = Compose(model.preprocessing.loading(model.label_map)), model.preprocessing.compose
-    inputs = ((case, _loading_record(case)) for case in cases)
+    inputs = ((case, loading_record(case)) for case in cases)
     with closing(prefetched(inputs, lambda entry: _load_case(*entry, model, loading, steps))) as loaded_cases:
         for (case, item), loaded in tqdm(loaded_cases, total=len(cases), desc="evaluating", unit="case", disable=None):
             records.append(_evaluate_case(case, item, loaded, model, out, tta, largest_component, scores, warnings))
@@ -138,7 +130,7 @@ def _write_evaluation(out: Path, model: TrainedModel, manifest: Manifest, cases:
     return evaluation, summary
 
 
-def _loading_record(case: Case) -> dict:
+def loading_record(case: Case) -> dict:
     """The case's record for loading: without its label when the label file is missing."""
     item = case.record()
     if case.label is not None and not case.label.exists():
@@ -155,7 +147,7 @@ def _load_case(case: Case, item: dict, model: TrainedModel, loading: Compose, st
     data = steps(data)
     data[SHOWN_IMAGE] = shown
     check_channels(model, data["image"], ", ".join(str(p) for p in case.image))
-    _require_class_labels(data, case, model.class_names)
+    require_class_labels(data, case, model.class_names)
     return data
 
 
@@ -173,12 +165,12 @@ def _evaluate_case(case: Case, item: dict, loaded: dict | Exception, model: Trai
         record["message"] = f"label file {case.label} not found: evaluated as prediction-only"
         warnings.append((f"case {case.case_id}: {record['message']}",) * 2)
     if isinstance(loaded, Exception):
-        stored, shown = _failure_lines(_user_problem(loaded))
+        stored, shown = failure_lines(user_problem(loaded))
         record.update(status=CaseStatus.FAILED, message=stored)
         warnings.append((f"case {case.case_id}: not evaluated: {stored}", f"case {case.case_id}: not evaluated: {shown}"))
         return record
     probs = model.preprocessing.to_input_grid(predict(model, loaded["image"], tta=tta), loaded["image"])
-    labels = _label_map(probs, largest_component)
+    labels = label_map(probs, largest_component)
     record["prediction"] = str(save_prediction(labels, probs, out / "predictions" / f"{case.case_id}.nii.gz").relative_to(out))
     if "label" not in loaded:
         record["status"] = CaseStatus.PREDICTION_ONLY
@@ -189,7 +181,7 @@ def _evaluate_case(case: Case, item: dict, loaded: dict | Exception, model: Trai
     return record
 
 
-def _user_problem(exc: Exception) -> MedftError:
+def user_problem(exc: Exception) -> MedftError:
     """The user's error behind ``exc`` (``find_user_error``); ``exc`` itself is raised when there is none."""
     problem = find_user_error(exc)
     if problem is None:
@@ -197,7 +189,7 @@ def _user_problem(exc: Exception) -> MedftError:
     return problem
 
 
-def _failure_lines(problem: MedftError) -> tuple[str, str]:
+def failure_lines(problem: MedftError) -> tuple[str, str]:
     """A failed case's reason as evaluation.json stores it and as the console shows it."""
     if isinstance(problem, DataError):  # the line is about the case already
         return problem.details.without_case(public=True), problem.details.without_case()
@@ -222,17 +214,17 @@ class _Scores:
         n = len(self.class_names)
         target = label.as_subclass(torch.Tensor)[0].long()  # no MetaTensor bookkeeping on every voxel operation
         matrix = confusion_matrix(labels, target, n)
-        rows = _case_rows(case, self.class_names, labels, target, _spacing(label), counts_from_matrix(matrix)[None])
+        rows = case_rows(case.case_id, case.site, self.class_names, labels, target, voxel_spacing(label), matrix)
         self.rows += rows
         self.confusion += matrix
         _add_histograms(self.histograms, probs.as_tensor(), target)
         image, affine = shown_image
         if image.shape == tuple(target.shape):
             self.pictures.offer(case.case_id, case_mean_dice(rows).get(case.case_id, math.nan),
-                                lambda: _report_slice_in_ras(image, affine, target, labels))
+                                lambda: report_slice_in_ras(image, affine, target, labels))
 
 
-def _report_slice_in_ras(image: np.ndarray, affine: np.ndarray, truth: torch.Tensor, prediction: torch.Tensor) -> ReportSlice:
+def report_slice_in_ras(image: np.ndarray, affine: np.ndarray, truth: torch.Tensor, prediction: torch.Tensor) -> ReportSlice:
     """The report's slice of a case from its arrays on the grid it was loaded on (as stored when the model's
     preprocessing does not reorient), brought to RAS as the report brings the files it reads."""
     volumes = [to_ras(MetaTensor(torch.as_tensor(values)[None], affine=torch.as_tensor(affine)))
@@ -265,7 +257,7 @@ class _WorstPictures:
             del self.kept[max(self.kept, key=lambda c: self.kept[c][0])]
 
 
-def _require_class_labels(data: dict, case: Case, class_names: list[str]) -> None:
+def require_class_labels(data: dict, case: Case, class_names: list[str]) -> None:
     """DataError, as check-data words it, for label values that are not the model's classes: the
     case would otherwise be scored against a label cut to whole numbers or out of range."""
     problems = label_value_problems(data["label"], case.label, class_names) if "label" in data else []
@@ -276,7 +268,7 @@ def _require_class_labels(data: dict, case: Case, class_names: list[str]) -> Non
 REVIEW_FILES = ("reviews.sqlite", "users.json")  # written into an evaluation folder by its reviewers
 
 
-def _require_new_folder(out: Path) -> None:
+def require_new_folder(out: Path) -> None:
     """An evaluation is written afresh, never over another: its reviews are tied to its
     evaluation_id, and its predictions/ to its per_case.csv."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -311,7 +303,7 @@ def predict_files(model_path: str | Path, inputs: list[Path], out: Path, tta: bo
     with closing(prefetched(zip(inputs, case_ids, strict=True), lambda entry: _load_input(*entry, model, prep))) as loaded_inputs:
         for (_, case_id), loaded in tqdm(loaded_inputs, total=len(inputs), desc="predicting", unit="case", disable=None):
             if isinstance(loaded, Exception):
-                failed.append(str(_user_problem(loaded)))
+                failed.append(str(user_problem(loaded)))
             else:
                 written.append(_predict_input(loaded, model, out / f"{case_id}.nii.gz", tta, largest_component))
     if failed:
@@ -331,18 +323,13 @@ def _predict_input(data: dict, model: TrainedModel, path: Path, tta: bool, large
     """Predict a loaded input into ``path``, renamed into place once written (a kill leaves no truncated file that
     looks like a result)."""
     probs = model.preprocessing.to_input_grid(predict(model, data["image"], tta=tta), data["image"])
-    labels = _label_map(probs, largest_component)
+    labels = label_map(probs, largest_component)
     with new_file(path) as partial:
         save_prediction(labels, probs, partial)
     return path
 
 
-def _label_map(probs: torch.Tensor, largest_component: bool) -> torch.Tensor:
-    labels = argmax_classes(probs)
-    return keep_largest_components(labels, probs.shape[0]) if largest_component else labels
-
-
-def _check_classes(model: TrainedModel, manifest_names: list[str], source: Path) -> None:
+def check_classes(model: TrainedModel, manifest_names: list[str], source: Path) -> None:
     if model.label_map or not manifest_names:
         return  # a label map renumbers the manifest's classes: the model's names are the ones that count
     if len(manifest_names) != len(model.class_names):
@@ -354,25 +341,6 @@ def _check_classes(model: TrainedModel, manifest_names: list[str], source: Path)
     if [n.lower() for n in manifest_names] != [n.lower() for n in model.class_names]:
         log.warning("class names differ: manifest %s, model %s; label values are matched by number",
                     manifest_names, model.class_names)
-
-
-def _case_rows(case: Case, class_names: list[str], pred: torch.Tensor, target: torch.Tensor, spacing: list[float],
-               counts: torch.Tensor) -> list[dict]:
-    """The per_case.csv rows of a case, from its confusion ``counts`` (1, classes, 4) and its label maps."""
-    n = len(class_names)
-    values = {"dice": dice(counts)[0], "sensitivity": sensitivity(counts)[0], "specificity": specificity(counts)[0]}
-    hd95, nsd = surface_metrics(pred[None], target[None], n, spacing)
-    values.update(hd95=hd95[0], nsd=nsd[0])
-    rows = []
-    for c in range(n):
-        tp, fp, fn, tn = (int(v) for v in counts[0, c])
-        rows.append({"case_id": case.case_id, "site": case.site, "class_index": c, "class_name": class_names[c],
-                     **{k: float(v[c]) for k, v in values.items()}, "tp": tp, "fp": fp, "fn": fn, "tn": tn})
-    return rows
-
-
-def _spacing(image) -> list[float]:
-    return [float(s) for s in np.linalg.norm(np.asarray(image.affine)[:3, :3], axis=0)]
 
 
 def _add_histograms(histograms: np.ndarray, probs: torch.Tensor, target: torch.Tensor) -> None:

@@ -136,7 +136,7 @@ def summarize(
         summary["per_site"] = {
             site: _group_summary(table, groups[site], metrics, n_resamples, seed) for site in sorted(groups)
         }
-    return _json_safe(summary)
+    return json_safe(summary)
 
 
 def paired_difference(rows_a: list[dict], rows_b: list[dict], class_names: Sequence[str], metric: str = "dice",
@@ -154,7 +154,7 @@ def paired_difference(rows_a: list[dict], rows_b: list[dict], class_names: Seque
     return _difference(rows_a, rows_b, class_names, metric, n_resamples, seed, paired=True)
 
 
-def _paired(a: np.ndarray, b: np.ndarray, n_resamples: int, seed: int) -> dict:
+def paired_stats(a: np.ndarray, b: np.ndarray, n_resamples: int, seed: int) -> dict:
     keep = ~(np.isnan(a) | np.isnan(b))
     a, b = a[keep], b[keep]
     n = int(a.size)
@@ -191,12 +191,12 @@ def unpaired_difference(rows_a: list[dict], rows_b: list[dict], class_names: Seq
 
 def _difference(rows_a: list[dict], rows_b: list[dict], class_names: Sequence[str], metric: str, n_resamples: int,
                 seed: int, paired: bool) -> dict:
-    """What paired_difference (``paired``: the cases in both, ``_paired``) and unpaired_difference (each side's
+    """What paired_difference (``paired``: the cases in both, ``paired_stats``) and unpaired_difference (each side's
     cases, ``_unpaired``) return: B against A per foreground class and for the per-case foreground mean."""
     table_a, table_b = _Table(rows_a, class_names), _Table(rows_b, class_names)
     if paired:
         ids_a = ids_b = sorted(set(table_a.case_ids) & set(table_b.case_ids))
-        compare, method = _paired, BOOTSTRAP_METHOD
+        compare, method = paired_stats, BOOTSTRAP_METHOD
     else:
         ids_a, ids_b = table_a.case_ids, table_b.case_ids
         compare, method = _unpaired, UNPAIRED_BOOTSTRAP_METHOD
@@ -207,7 +207,7 @@ def _difference(rows_a: list[dict], rows_b: list[dict], class_names: Sequence[st
     counts = {"n_cases_a": len(table_a.case_ids), "n_cases_b": len(table_b.case_ids)}
     if paired:
         counts["n_common_cases"] = len(ids_a)
-    return _json_safe({"metric": metric, "difference": "b - a", "bootstrap": _bootstrap_info(n_resamples, seed, method),
+    return json_safe({"metric": metric, "difference": "b - a", "bootstrap": _bootstrap_info(n_resamples, seed, method),
                        **counts, "classes": table_a.foreground_names, "differences": differences})
 
 
@@ -293,29 +293,29 @@ class _Table:
     def values(self, case_ids: list[str], c: int, metric: str) -> np.ndarray:
         """One value per case that has a row for class c (missing rows are not cases of that class)."""
         return np.array(
-            [_as_float(self.cells[(k, c)].get(metric)) for k in case_ids if (k, c) in self.cells], dtype=np.float64
+            [parse_float(self.cells[(k, c)].get(metric)) for k in case_ids if (k, c) in self.cells], dtype=np.float64
         )
 
     def foreground_means(self, case_ids: list[str], metric: str) -> np.ndarray:
         means = []
         for k in case_ids:
-            v = np.array([_as_float(self.cells[(k, c)].get(metric)) for c, _ in self.foreground if (k, c) in self.cells])
+            v = np.array([parse_float(self.cells[(k, c)].get(metric)) for c, _ in self.foreground if (k, c) in self.cells])
             v = v[~np.isnan(v)]
             means.append(float(v.mean()) if v.size else math.nan)
         return np.array(means, dtype=np.float64)
 
 
-def _as_float(value) -> float:
+def parse_float(value) -> float:
     if value is None or (isinstance(value, str) and value.strip() == ""):
         return math.nan
     return float(value)
 
 
-def _json_safe(value):
+def json_safe(value):
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
@@ -337,7 +337,7 @@ def write_per_case(path: str | Path, rows: list[dict]) -> Path:
                 raise ValueError(f"per_case row {number} ({row.get('case_id')!r}) lacks {', '.join(missing)}.")
             writer.writerow(
                 [str(row["case_id"]), str(row["site"] or ""), str(_as_int(row["class_index"], "class_index", row)), str(row["class_name"])]
-                + [_format_float(row[m]) for m in METRICS]
+                + [format_float(row[m]) for m in METRICS]
                 + [str(_as_int(row[k], k, row)) for k in COUNTS]
             )
     return path
@@ -368,7 +368,7 @@ def read_per_case(path: str | Path) -> list[dict]:
             try:
                 row = {"case_id": raw["case_id"], "site": raw["site"], "class_index": int(raw["class_index"]),
                        "class_name": raw["class_name"]}
-                row.update({m: _as_float(raw[m]) for m in METRICS})
+                row.update({m: parse_float(raw[m]) for m in METRICS})
                 row.update({k: int(raw[k]) for k in COUNTS})
             except ValueError as exc:
                 raise DataError(
@@ -379,8 +379,8 @@ def read_per_case(path: str | Path) -> list[dict]:
     return rows
 
 
-def _format_float(value) -> str:
-    value = _as_float(value)
+def format_float(value) -> str:
+    value = parse_float(value)
     if math.isnan(value):
         return ""
     return np.format_float_positional(value, unique=True, trim="0")
