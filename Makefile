@@ -29,7 +29,7 @@ demo: setup
 	$(BIN)/medft demo
 
 test: setup lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --maxprocesses 4 --dist loadfile
 
 lint: setup
 	$(BIN)/ruff check medft apps tests benchmarks

@@ -13,7 +13,9 @@ its 20 held-back site-B cases (unshifted). Each model is stress-tested with ever
 levels (``medft stress``, default workers), timed; ``recipe_no_aug`` and ``demo_ft`` are compared with ``recipe``
 (``--compare``: the same perturbed images, paired case by case).
 
-Run: ``.venv/bin/python benchmarks/stress_profile.py [--quick] [--out DIR]`` (about 70 minutes on 2 CPU cores).
+Run: ``.venv/bin/python benchmarks/stress_profile.py [--models recipe recipe_no_aug demo_ft] [--quick] [--out DIR]``
+(on 2 CPU cores without bfloat16: about 25 minutes of training for each recipe model, in float32, 5 for demo_ft,
+and about 10 minutes of stress test each).
 """
 from __future__ import annotations
 
@@ -44,7 +46,8 @@ from common import (
 MODELS = {
     "recipe": (REPO / "configs" / "hippocampus.yaml", {}),
     "recipe_no_aug": (REPO / "configs" / "hippocampus.yaml", {"data.augmentation": "none"}),
-    "demo_ft": (REPO / "configs" / "demo.yaml", {"model.bundle": str(BUNDLE)}),  # the config's paths are relative
+    "demo_ft": (REPO / "configs" / "demo.yaml", {"model.bundle": str(BUNDLE),  # the config's paths are relative
+                                                 "train.val_every": 40}),  # the last model is scored: validate once
 }
 COMPARED_WITH = "recipe"
 N_SITE_B = 10
@@ -89,7 +92,12 @@ def stress_cases(out: Path, quick: bool) -> Path:
 
 
 def main() -> int:
-    args = parser("stress_profile", __doc__).parse_args()
+    p = parser("stress_profile", __doc__)
+    p.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS),
+                   help="the models to train and stress-test (default all; a model compared with recipe needs "
+                        "recipe's stress folder in --out)")
+    args = p.parse_args()
+    args.models = [name for name in MODELS if name in args.models]  # recipe first: the others compare with it
     bench = Benchmark("stress_profile", args)
     split = check_manifests()
     train_manifest = MANIFESTS / "bench_train50.csv"
@@ -101,7 +109,8 @@ def main() -> int:
         raise SystemExit(f"{manifest}: a stress case trained or pretrained a model")
     budget = {"train.epochs": 2, "train.max_steps_per_epoch": 2} if args.quick else {}
     results = {}
-    for name, (config, changes) in MODELS.items():
+    for name in args.models:
+        config, changes = MODELS[name]
         overrides = {"data.manifest": str(train_manifest), "early_stopping.enabled": False, "train.device": bench.device,
                      **changes, **budget}
         if bench.device == "cpu" and not _cpu_has_bfloat16():
@@ -110,12 +119,12 @@ def main() -> int:
                                             "overrides": overrides, "run_dir": str(bench.out / name / "run")},
                                  f"train_{name}")
         results[name] = {"train_wall_seconds": trained["train_wall_seconds"], "epochs": len(trained["metrics"])}
-    for name in MODELS:
+    for name in args.models:
         spec = {"task": "stress_model", "run_dir": str(bench.out / name / "run"), "manifest": str(manifest),
                 "out": str(bench.out / name / "stress")}
         if args.quick:
             spec.update(levels=[1, 5], perturbations=["noise", "affine"])
-        if name != COMPARED_WITH:
+        if name != COMPARED_WITH and (bench.out / COMPARED_WITH / "stress" / "stress.json").is_file():
             spec["compare"] = str(bench.out / COMPARED_WITH / "stress")
         stressed = bench.isolated(__file__, spec, f"stress_{name}", timing=True)
         results[name].update(stress_seconds=stressed["seconds"], stress=stressed["stress"],
@@ -124,7 +133,7 @@ def main() -> int:
 
 
 def _markdown(results: dict) -> str:
-    first = results[COMPARED_WITH]["stress"]
+    first = next(iter(results.values()))["stress"]
     levels = [0, *first["levels"]]
     parts = []
     for name, result in results.items():
@@ -144,7 +153,7 @@ def _markdown(results: dict) -> str:
         if not comparison:
             continue
         rows = []
-        for pert in first["ranking"]:
+        for pert in result["stress"]["ranking"]:
             entry = comparison["results"][pert]
             rows.append([pert, *(_diff(entry["levels"][str(level)]["mean_foreground"]) for level in levels),
                          _diff(entry["degradation"])])
