@@ -14,8 +14,8 @@ levels (``medft stress``, default workers), timed; ``recipe_no_aug`` and ``demo_
 (``--compare``: the same perturbed images, paired case by case).
 
 Run: ``.venv/bin/python benchmarks/stress_profile.py [--models recipe recipe_no_aug demo_ft] [--quick] [--out DIR]``
-(on 2 CPU cores without bfloat16: about 25 minutes of training for each recipe model, in float32, 5 for demo_ft,
-and about 10 minutes of stress test each).
+(on 2 CPU cores: each recipe model 13-19 minutes of training with bfloat16, 1.2-1.6 times that in float32 on a CPU
+without it; demo_ft a few minutes; then about 7 minutes of stress test each).
 """
 from __future__ import annotations
 

@@ -20,8 +20,9 @@ AXIS_NAMES = ("left-right", "front-back", "up-down")  # RAS
 # --------------------------------------------------------------------------------------------
 # The page
 # --------------------------------------------------------------------------------------------
-def page(title: str, body: str) -> str:
-    """A complete HTML page with the shared style sheet; nothing is loaded from elsewhere."""
+def page(title: str, body: str, files: str = "evaluation.json") -> str:
+    """A complete HTML page with the shared style sheet; nothing is loaded from elsewhere. ``files``: the file of the
+    folder that lists the input files."""
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -35,7 +36,7 @@ def page(title: str, body: str) -> str:
 <h1>{escape(title)}</h1>
 {body}
 <footer>Written by medft. Cases are named by case ID only; no patient names, header data or file paths are shown
-(evaluation.json lists the files).</footer>
+({escape(files)} lists the files).</footer>
 </main>
 </body>
 </html>

@@ -113,7 +113,7 @@ def write_stress_report(folder: Path, stress: dict, pictures: dict[str, StressPi
     ]
     out = Path(folder) / "stress.html"
     title = f"Stress test of {stress['model']['name']}"
-    out.write_text(page(title, "\n".join(s for s in sections if s)), encoding="utf-8")
+    out.write_text(page(title, "\n".join(s for s in sections if s), files="the manifest named in stress.json"), encoding="utf-8")
     return out
 
 
