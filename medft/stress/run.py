@@ -94,6 +94,9 @@ def stress(model_path: str | Path, manifest_path: str | Path, out: str | Path, p
         where = f"split {split!r} of " if split else ""
         raise MedftError(f"{manifest.path}: no labelled case in {where}the manifest: a stress test scores predictions "
                          "against labels. Fix: give a manifest (or --split) with labelled cases")
+    if other is not None and not {row["case_id"] for row in other[1]} & {case.case_id for case in cases}:
+        raise MedftError(f"{compare}: no case in common with this stress test (by case_id). Fix: compare stress tests "
+                         "of the same manifest")
     tasks = _tasks(cases, names, levels)
     log.info("stress test of %s: %d cases x (1 + %d perturbations x %d levels) = %d inferences, modality %s",
              model.info.name, len(cases), len(names), len(levels), len(tasks), modality)
@@ -311,6 +314,7 @@ def _run(tasks: list[Task], model: TrainedModel, tta: bool, largest_component: b
             clean = {"case_id": case.case_id, "dice": dice, "shown": item["shown"]}
         elif item["shown"] is not None and clean.get("case_id") == case.case_id:
             scored.pictures.offer(task, clean, dice, item["shown"][0], target, labels)
+    scored.rows = [row for row in scored.rows if row["case_id"] not in scored.failed]  # no partly scored case
     return scored
 
 
@@ -374,9 +378,6 @@ def _comparison(folder: str | Path, other: tuple[dict, list[dict]], model: Train
                 names: list[str], levels: list[int]) -> dict:
     other_json, other_rows = other
     result = compare_stress(other_rows, rows, model.class_names, names, levels, N_RESAMPLES, BOOTSTRAP_SEED)
-    if not result["n_common_cases"]:
-        raise MedftError(f"{folder}: no case in common with this stress test (by case_id). Fix: compare stress tests "
-                         "of the same manifest")
     label_a = (other_json.get("model") or {}).get("name") or str(folder)
     label_b = model.info.name if model.info.name != label_a else f"{model.info.name} (this run)"
     return {"other": str(folder), "label_a": label_a, "label_b": label_b, **result}

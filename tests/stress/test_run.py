@@ -152,6 +152,9 @@ def test_another_perturbation_set_is_refused_before_any_inference(stressed, mani
     with pytest.raises(MedftError, match=r"\(seed 0 \(here 1\)\)"):
         stress(DEMO_BUNDLE, manifest, tmp_path / "c", perturbations=PERTURBATIONS, levels=LEVELS, seed=1,
                compare=stressed)
+    other_cases = whole_hippocampus_manifest(tmp_path / "other", cases=("hippocampus_345",))
+    with pytest.raises(MedftError, match="no case in common with this stress test"):
+        stress(DEMO_BUNDLE, other_cases, tmp_path / "c", perturbations=PERTURBATIONS, levels=LEVELS, compare=stressed)
     assert not (tmp_path / "c").exists()
 
 
@@ -239,3 +242,22 @@ def test_a_run_stress_tested_in_a_worker_process_equals_one_in_the_main_process(
         assert "Case " + result.stress["results"]["affine"]["most_affected"]["case_id"] in (
             tmp_path / f"w{workers}" / "stress.html").read_text()
     assert (tmp_path / "w0" / "stress.csv").read_bytes() == (tmp_path / "w1" / "stress.csv").read_bytes()
+
+
+def test_a_case_that_fails_under_one_perturbation_leaves_no_rows(manifest, tmp_path, monkeypatch):
+    """Its level-0 rows were scored before the failure: they go too, so that every level counts the same cases."""
+    import medft.stress.run as run
+    from medft.errors import DataError
+
+    perturb = run.perturb
+
+    def failing(data, perturbation, level, seed):
+        if data["case_id"] == CASES[1] and level == 5:
+            raise DataError("cannot be perturbed", "give another case", file="x.nii.gz")
+        return perturb(data, perturbation, level, seed)
+
+    monkeypatch.setattr(run, "perturb", failing)
+    result = stress(DEMO_BUNDLE, manifest, tmp_path / "out", perturbations=["thick_slices"], levels=[1, 5], workers=0)
+    assert [f["case_id"] for f in result.stress["cases"]["failed"]] == [CASES[1]]
+    assert {r["case_id"] for r in _rows(tmp_path / "out")} == {CASES[0], CASES[2]}
+    assert result.stress["results"]["thick_slices"]["levels"]["0"]["mean_foreground"]["dice"]["n"] == 2
