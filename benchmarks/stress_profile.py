@@ -75,12 +75,6 @@ def stress_model(spec: dict) -> dict:
     return {"seconds": time.perf_counter() - started, "stress": result.stress}
 
 
-def _cpu_has_bfloat16() -> bool:
-    from medft.train.recipe import _cpu_has_bf16
-
-    return _cpu_has_bf16()
-
-
 def stress_cases(out: Path, quick: bool) -> Path:
     """The 40 stress cases: the split's validation cases and the first held-back site-B cases."""
     val, site_b = MANIFESTS / "bench_val.csv", MANIFESTS / "bench_site_b_source.csv"
@@ -98,6 +92,8 @@ def main() -> int:
                         "recipe's stress folder in --out)")
     args = p.parse_args()
     args.models = [name for name in MODELS if name in args.models]  # recipe first: the others compare with it
+    from medft.train.recipe import cpu_has_bf16
+
     bench = Benchmark("stress_profile", args)
     split = check_manifests()
     train_manifest = MANIFESTS / "bench_train50.csv"
@@ -113,7 +109,7 @@ def main() -> int:
         config, changes = MODELS[name]
         overrides = {"data.manifest": str(train_manifest), "early_stopping.enabled": False, "train.device": bench.device,
                      **changes, **budget}
-        if bench.device == "cpu" and not _cpu_has_bfloat16():
+        if bench.device == "cpu" and not cpu_has_bf16():
             overrides["train.amp"] = False  # emulated bfloat16 is about 30 times slower (RESULTS.md, item 7)
         trained = bench.isolated(__file__, {"task": "train_model", "name": name, "config_path": str(config),
                                             "overrides": overrides, "run_dir": str(bench.out / name / "run")},

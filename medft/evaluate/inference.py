@@ -61,9 +61,9 @@ class TrainedModel:
         return next((m.in_channels for m in self.network.modules() if isinstance(m, convs)), None)
 
 
-def check_channels(model: TrainedModel, image: torch.Tensor, source: Path | str) -> None:
-    """DataError naming ``source`` when the image's channels differ from the network's input channels."""
-    expected = model.in_channels
+def check_channels(expected: int | None, image: torch.Tensor, source: Path | str) -> None:
+    """DataError naming ``source`` when the image's channels differ from ``expected``, the network's input channels
+    (``TrainedModel.in_channels``; None: not known, not checked)."""
     if expected is not None and image.shape[0] != expected:
         raise DataError(
             f"the image has {image.shape[0]} channel(s) but the network takes {expected}",

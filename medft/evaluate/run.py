@@ -41,10 +41,11 @@ from medft.evaluate.inference import (
 )
 from medft.evaluate.prefetch import prefetched
 from medft.evaluate.report import MAX_WORST_CASES, write_report
-from medft.evaluate.scoring import case_rows, label_map, voxel_spacing
+from medft.evaluate.scoring import case_rows, label_map
 from medft.evaluate.summary import summarize, write_per_case
 from medft.formats.evaluation import CaseRecord, CaseStatus, Evaluation, write_evaluation
 from medft.metrics import confusion_matrix
+from medft.slices import voxel_spacing
 
 log = logging.getLogger("medft.evaluate")
 ROC_BINS = 1000  # probability histogram resolution of the ROC curves
@@ -146,7 +147,7 @@ def _load_case(case: Case, item: dict, model: TrainedModel, loading: Compose, st
     shown = image.astype(np.float32, copy=True), np.asarray(data["image"].affine, dtype=np.float64)
     data = steps(data)
     data[SHOWN_IMAGE] = shown
-    check_channels(model, data["image"], ", ".join(str(p) for p in case.image))
+    check_channels(model.in_channels, data["image"], ", ".join(str(p) for p in case.image))
     require_class_labels(data, case, model.class_names)
     return data
 
@@ -214,7 +215,7 @@ class _Scores:
         n = len(self.class_names)
         target = label.as_subclass(torch.Tensor)[0].long()  # no MetaTensor bookkeeping on every voxel operation
         matrix = confusion_matrix(labels, target, n)
-        rows = case_rows(case.case_id, case.site, self.class_names, labels, target, voxel_spacing(label), matrix)
+        rows = case_rows(case.case_id, case.site, self.class_names, labels, target, voxel_spacing(label.affine), matrix)
         self.rows += rows
         self.confusion += matrix
         _add_histograms(self.histograms, probs.as_tensor(), target)
@@ -315,7 +316,7 @@ def predict_files(model_path: str | Path, inputs: list[Path], out: Path, tta: bo
 def _load_input(path: Path, case_id: str, model: TrainedModel, prep) -> dict:
     """An input to predict, loaded and preprocessed, its channels checked against the model's."""
     data = prep(Case(case_id, (Path(path).resolve(),)).record())
-    check_channels(model, data["image"], path)
+    check_channels(model.in_channels, data["image"], path)
     return data
 
 

@@ -1,7 +1,6 @@
 """A predicted case scored against its label: what ``medft evaluate`` and ``medft stress`` both compute, one way."""
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from medft.evaluate.inference import keep_largest_components
@@ -12,11 +11,6 @@ def label_map(probs: torch.Tensor, largest_component: bool) -> torch.Tensor:
     """Each voxel's class from class probabilities (C, ...), each class's largest component kept when asked."""
     labels = argmax_classes(probs)
     return keep_largest_components(labels, probs.shape[0]) if largest_component else labels
-
-
-def voxel_spacing(image) -> list[float]:
-    """The voxel spacing in mm per axis of a MetaTensor's affine."""
-    return [float(s) for s in np.linalg.norm(np.asarray(image.affine)[:3, :3], axis=0)]
 
 
 def case_rows(case_id: str, site: str, class_names: list[str], pred: torch.Tensor, target: torch.Tensor,

@@ -28,6 +28,7 @@ from medft import __version__
 from medft.atomic_files import new_folder
 from medft.data.manifest import Case, load_manifest
 from medft.errors import DataError, MedftError
+from medft.evaluate.folder import case_mean_dice
 from medft.evaluate.inference import TrainedModel, check_channels, load_model, predict
 from medft.evaluate.run import (
     check_classes,
@@ -37,12 +38,13 @@ from medft.evaluate.run import (
     require_new_folder,
     user_problem,
 )
-from medft.evaluate.scoring import case_rows, label_map, voxel_spacing
+from medft.evaluate.scoring import case_rows, label_map
 from medft.evaluate.summary import BOOTSTRAP_METHOD
+from medft.slices import voxel_spacing
 from medft.stress.files import STRESS_CSV, STRESS_HTML, UNPERTURBED, read_stress_folder, write_rows, write_stress
 from medft.stress.perturbations import LEVELS, MODALITIES, PERTURBATIONS, Perturbation, Volume, case_seed, for_modality
 from medft.stress.report import StressPicture, stress_picture, write_stress_report
-from medft.stress.summary import ALPHA, case_mean_dice, compare_stress, summarize_stress
+from medft.stress.summary import ALPHA, compare_stress, summarize_stress
 
 log = logging.getLogger("medft.stress")
 N_RESAMPLES, BOOTSTRAP_SEED = 2000, 0
@@ -188,7 +190,7 @@ class PerturbedCases(torch.utils.data.Dataset):
         self.tasks, self.seed = tasks, seed
         self.loading = Compose(model.preprocessing.loading(model.label_map))
         self.steps = model.preprocessing.compose  # built here, before workers fork: the inversion needs its instances
-        self.channels, self.class_names = _ChannelsOnly(model.in_channels), model.class_names
+        self.in_channels, self.class_names = model.in_channels, model.class_names  # workers need no network
         self._cached: tuple[str, dict] | None = None
 
     def __len__(self) -> int:
@@ -222,23 +224,16 @@ class PerturbedCases(torch.utils.data.Dataset):
         shown = (_array(data["image"])[0], data["image"].affine.numpy().astype(np.float64)) if task.keep_image else None
         label = data["label"]
         data = self.steps(data)
-        check_channels(self.channels, data["image"], ", ".join(str(p) for p in task.case.image))
+        check_channels(self.in_channels, data["image"], ", ".join(str(p) for p in task.case.image))
         require_class_labels(data, task.case, self.class_names)
         return {"image": data["image"], "label": label, "shown": shown}
-
-
-@dataclass(frozen=True)
-class _ChannelsOnly:
-    """The part of a TrainedModel that ``check_channels`` reads (workers need no network)."""
-
-    in_channels: int | None
 
 
 def perturb(data: dict, perturbation: Perturbation, level: int, seed: int) -> dict:
     """A loaded case (``image`` and ``label`` MetaTensors on one grid) with its image, and its label when the
     perturbation is spatial, perturbed; their metadata (affine, the loader's record of what it did) kept."""
     image, label = data["image"], data["label"]
-    volume = Volume(_array(image), _array(label), tuple(voxel_spacing(image)))
+    volume = Volume(_array(image), _array(label), voxel_spacing(image.affine))
     changed = perturbation(volume, level, seed)
     out = dict(data)
     out["image"] = _like(image, changed.image)
@@ -269,17 +264,16 @@ class _MostAffected:
     while the case is in memory."""
 
     def __init__(self):
-        self.drops: dict[str, float] = {}
         self.kept: dict[str, StressPicture] = {}
         self.dice: dict[str, tuple[str, float, float, int]] = {}  # perturbation: (case_id, level 0, level n, n)
 
     def offer(self, task: Task, clean: dict, dice: float, perturbed: np.ndarray, truth: torch.Tensor,
               prediction: torch.Tensor) -> None:
         drop = clean["dice"] - dice
-        if math.isnan(drop) or drop <= self.drops.get(task.perturbation, -math.inf):
+        kept = self.dice.get(task.perturbation)
+        if math.isnan(drop) or (kept is not None and drop <= kept[1] - kept[2]):
             return
         image, affine = clean["shown"]
-        self.drops[task.perturbation] = drop
         self.kept[task.perturbation] = stress_picture(task.case.case_id, task.level, image, perturbed, affine, truth,
                                                       prediction)
         self.dice[task.perturbation] = (task.case.case_id, clean["dice"], dice, task.level)
@@ -307,7 +301,7 @@ def _run(tasks: list[Task], model: TrainedModel, tta: bool, largest_component: b
         probs = model.preprocessing.to_input_grid(predict(model, item["image"], tta=tta), item["image"])
         labels = label_map(probs, largest_component)
         target = item["label"].as_subclass(torch.Tensor)[0].long()
-        rows = case_rows(case.case_id, case.site, model.class_names, labels, target, voxel_spacing(item["label"]))
+        rows = case_rows(case.case_id, case.site, model.class_names, labels, target, voxel_spacing(item["label"].affine))
         scored.rows += [{**row, "perturbation": task.perturbation, "level": task.level} for row in rows]
         dice = case_mean_dice(rows)[case.case_id]
         if task.level == 0:

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from medft.evaluate.folder import case_mean_dice
 from medft.evaluate.summary import describe, json_safe, paired_difference, paired_stats, summarize
 from medft.stress.files import UNPERTURBED
 
@@ -28,25 +29,16 @@ def level_rows(rows: list[dict], perturbation: str, level: int) -> list[dict]:
     return [r for r in rows if r["perturbation"] == name and r["level"] == level]
 
 
-def case_mean_dice(rows: list[dict]) -> dict[str, float]:
-    """Each case's mean foreground Dice (NaN classes left out; NaN when all are)."""
-    values: dict[str, list[float]] = {}
-    for row in rows:
-        if row["class_index"] > 0:
-            values.setdefault(row["case_id"], []).append(row["dice"])
-    return {case_id: _nanmean(v) for case_id, v in values.items()}
-
-
 def case_scores(rows: list[dict], perturbation: str, levels: Sequence[int], alpha: float = ALPHA) -> dict[str, tuple[float, float]]:
     """(overall, degradation) of each case scored at level 0 and every level in ``levels``."""
     by_level = {level: case_mean_dice(level_rows(rows, perturbation, level)) for level in (0, *levels)}
     weights = {level: alpha**level for level in levels}
+    total = sum(weights.values())
     scores = {}
     for case_id, clean in by_level[0].items():
         dice = [by_level[level].get(case_id, math.nan) for level in levels]
         if math.isnan(clean) or any(math.isnan(d) for d in dice):
             continue
-        total = sum(weights.values())
         weighted = sum(weights[level] * d for level, d in zip(levels, dice, strict=True))
         scores[case_id] = ((clean + weighted) / (1 + total),
                            sum(weights[level] * (clean - d) for level, d in zip(levels, dice, strict=True)) / total)
@@ -89,11 +81,6 @@ def compare_stress(rows_a: list[dict], rows_b: list[dict], class_names: list[str
     common_cases = set(case_mean_dice(level_rows(rows_a, UNPERTURBED, 0))) & set(
         case_mean_dice(level_rows(rows_b, UNPERTURBED, 0)))
     return {"n_common_cases": len(common_cases), "results": results}
-
-
-def _nanmean(values: list[float]) -> float:
-    finite = [v for v in values if not math.isnan(v)]
-    return sum(finite) / len(finite) if finite else math.nan
 
 
 def _number(value: float | None) -> float:

@@ -166,7 +166,7 @@ class FineTuneRecipe:
 
     def _setup_precision(self) -> bool:
         amp = self.config.train.amp if self.config.train.amp is not None else self.device.type == "cuda"
-        if amp and self.device.type == "cpu" and not _cpu_has_bf16():
+        if amp and self.device.type == "cpu" and not cpu_has_bf16():
             log.warning("train.amp is on, but this CPU has no bfloat16 support (no AVX-512 BF16 or AMX): bfloat16 "
                         "autocast runs emulated, measured about 30 times slower than float32 on such a CPU "
                         "(benchmarks/RESULTS.md, item 7). Fix: --set train.amp=false")
@@ -572,7 +572,7 @@ def _supervised_loss(loss_fn, output, label: torch.Tensor) -> torch.Tensor:
     return loss_fn(output, label)
 
 
-def _cpu_has_bf16() -> bool:
+def cpu_has_bf16() -> bool:
     """Whether oneDNN runs bfloat16 natively on this CPU (AVX-512 BF16 or AMX)."""
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())

@@ -437,10 +437,10 @@ def _check_failing_on(name: str):
     """check_channels, raising an error that is no user's (a bug) for the image whose path holds ``name``."""
     from medft.evaluate.inference import check_channels
 
-    def check(model, image, source):
+    def check(expected, image, source):
         if name in str(source):
             raise RuntimeError(f"a bug while loading {source}")
-        check_channels(model, image, source)
+        check_channels(expected, image, source)
 
     return check
 

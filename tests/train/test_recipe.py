@@ -747,7 +747,7 @@ def test_bfloat16_on_a_cpu_without_it_is_warned_of_with_the_fix(tmp_path, monkey
     """Emulated bfloat16 made a training step about 30 times slower (benchmarks/RESULTS.md, item 7)."""
     from medft.train import recipe
 
-    monkeypatch.setattr(recipe, "_cpu_has_bf16", lambda: native_bf16)
+    monkeypatch.setattr(recipe, "cpu_has_bf16", lambda: native_bf16)
     config = load_config(make_config(tmp_path, **{"train.epochs": 1, "train.amp": True, "train.device": "cpu"}))
     with caplog.at_level("WARNING", logger="medft"):
         run_training(config, tmp_path / "run")
