@@ -43,6 +43,13 @@ def add_inference_options(parser: argparse.ArgumentParser) -> None:
                         help="keep only each class's largest connected component (structures that are one piece)")
 
 
+def add_dicom_seg_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dicom-seg", action="store_true",
+                        help="also write each DICOM series' prediction as a DICOM SEG (<case_id>.seg.dcm) that references "
+                             "the series, for a PACS or a DICOM viewer: one segment per class, the patient and study "
+                             "copied from the series")
+
+
 def add_model(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", type=Path,
                         help="run folder (medft train), bundle folder, or adapter folder (medft export --adapter)")

@@ -5,14 +5,19 @@ predictions in the geometry of the input images, and computes per case and class
 sensitivity, specificity, HD95 and NSD (mm), a summary with 95% bootstrap intervals overall
 and per site, and report.html. Cases without a label are predicted only.
 
+Labels may be NIfTI label maps, DICOM SEG or RTSTRUCT files (segments matched to the classes by
+the names in the manifest's classes file). With --dicom-seg, the prediction of each DICOM series is
+also written as predictions/<case_id>.seg.dcm.
+
 example:
   medft evaluate runs/demo/train --manifest data_manifests/hippocampus_sample.csv --split test --out runs/demo/eval
+  medft evaluate runs/demo/train --manifest hospital/dicom_cases.csv --out runs/dicom_eval --dicom-seg
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from medft.cli.common import add_command, add_inference_options, add_model, console_logging
+from medft.cli.common import add_command, add_dicom_seg_option, add_inference_options, add_model, console_logging
 
 
 def add_to(commands) -> None:
@@ -29,17 +34,18 @@ def add_to(commands) -> None:
     command.add_argument("--compare", type=Path, default=None, metavar="OTHER_EVAL_DIR",
                          help="also write comparison.html: this evaluation against another one (paired on "
                               "common cases, unpaired when they share none, e.g. two sites)")
+    add_dicom_seg_option(command)
 
 
 def run(model: Path, manifest: Path, out: Path, split: str | None = None, tta: bool = False,
         largest_component: bool = False, checkpoint: str = "best", compare: Path | None = None,
-        parent: str | None = None) -> int:
+        parent: str | None = None, dicom_seg: bool = False) -> int:
     """``medft.evaluate.run.evaluate``, its outcome printed."""
     console_logging()
     from medft.evaluate.run import evaluate
 
     result = evaluate(model, manifest, out, split=split, tta=tta, largest_component=largest_component,
-                      checkpoint=checkpoint, compare=compare, parent=parent)
+                      checkpoint=checkpoint, compare=compare, parent=parent, dicom_seg=dicom_seg)
     print(f"evaluation written to {result.folder}: per_case.csv, summary.json, predictions/, report.html")
     print_dice(result.summary)
     failed = result.failed_cases

@@ -10,7 +10,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from medft.data.dicom import describe_exception, geometry_problems, scan_folder, select_series
-from medft.data.loading import geometry_mismatch, load_image, load_label, qform_sform_problem
+from medft.data.dicom_labels import dicom_label_kind, read_dicom_label, reference_problems
+from medft.data.loading import DicomSource, case_series, dicom_source, geometry_mismatch, load_image, load_label, qform_sform_problem
 from medft.data.manifest import Case, read_manifest
 from medft.errors import DataError, Problem
 
@@ -26,7 +27,7 @@ def check_manifest(path: str | Path, workers: int | None = None, progress: bool 
         return [exc.details]
     workers = workers or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = pool.map(lambda case: _check_case_safely(case, manifest.class_names), manifest.cases)
+        results = pool.map(lambda case: _check_case_safely(case, manifest.class_names, manifest.segment_names), manifest.cases)
         results = tqdm(
             results,
             total=len(manifest.cases),
@@ -44,10 +45,11 @@ def check_manifest(path: str | Path, workers: int | None = None, progress: bool 
     return problems
 
 
-def _check_case_safely(case: Case, class_names: list[str]) -> tuple[list[Problem], int | None, tuple | None]:
+def _check_case_safely(case: Case, class_names: list[str], segments: dict[int, tuple[str, ...]]
+                       ) -> tuple[list[Problem], int | None, tuple | None]:
     """`check_case`, with an unexpected exception as one problem of the case: the other cases are still checked."""
     try:
-        return check_case(case, class_names)
+        return check_case(case, class_names, segments)
     except Exception as exc:
         if os.environ.get("MEDFT_DEBUG"):
             raise
@@ -61,9 +63,11 @@ def _check_case_safely(case: Case, class_names: list[str]) -> tuple[list[Problem
         )], None, None
 
 
-def check_case(case: Case, class_names: list[str]) -> tuple[list[Problem], int | None, tuple | None]:
+def check_case(case: Case, class_names: list[str], segments: dict[int, tuple[str, ...]] | None = None
+               ) -> tuple[list[Problem], int | None, tuple | None]:
     """The problems of one case, its number of image channels and its voxel spacing in mm along the RAS
-    axes (None when unreadable)."""
+    axes (None when unreadable). ``segments``: how a DICOM SEG or RTSTRUCT label names the classes
+    (``Manifest.segment_names``)."""
     problems: list[Problem] = []
     image = None
     if case.is_dicom:
@@ -76,7 +80,7 @@ def check_case(case: Case, class_names: list[str]) -> tuple[list[Problem], int |
     if image is not None and not case.is_dicom:
         problems += _qform_sform_problems(case.image)
     if case.label is not None:
-        problems += _label_problems(case, image, class_names)
+        problems += _label_problems(case, image, class_names, segments or {})
     for problem in problems:
         problem.case_id = case.case_id
     if image is None:
@@ -116,12 +120,19 @@ def label_value_problems(label, file: Path | str, class_names: list[str]) -> lis
     return []
 
 
-def _label_problems(case: Case, image, class_names: list[str]) -> list[Problem]:
+def _label_problems(case: Case, image, class_names: list[str], segments: dict[int, tuple[str, ...]]) -> list[Problem]:
+    kind = dicom_label_kind(case.label) if case.label.is_file() else None
+    series = dicom_source(case.image, case.series_uid)
+    problems = _dicom_label_problems(case.label, series, segments) if kind else []
+    if any(p.severity == "error" for p in problems):
+        return problems
     try:
-        label = load_label(case.label)
+        label = load_label(case.label, series=series, segments=segments)
     except DataError as exc:
-        return [exc.details]
-    problems = _qform_sform_problems([case.label]) + label_value_problems(label.numpy(), case.label, class_names)
+        return [*problems, exc.details]
+    if not kind:
+        problems += _qform_sform_problems([case.label])
+    problems += label_value_problems(label.numpy(), case.label, class_names)
     values = np.unique(label.numpy())
     if np.array_equal(values, [0]):
         problems.append(Problem(
@@ -139,6 +150,24 @@ def _label_problems(case: Case, image, class_names: list[str]) -> list[Problem]:
                 file=case.label,
             ))
     return problems
+
+
+def _dicom_label_problems(path: Path, series: DicomSource | None, segments: dict[int, tuple[str, ...]]) -> list[Problem]:
+    """A DICOM SEG's or RTSTRUCT's references to another series or frame of reference, and its warnings (segments
+    that name no class); the other problems are the loader's."""
+    if series is None or not segments:
+        return []  # load_label says why
+    try:
+        grid = case_series(series)
+    except DataError:
+        return []  # the image's own problems are reported
+    problems = reference_problems(path, grid)
+    if problems:
+        return problems
+    try:
+        return read_dicom_label(path, grid, segments)[1]
+    except DataError as exc:
+        return [exc.details]
 
 
 def _qform_sform_problems(paths) -> list[Problem]:

@@ -521,6 +521,60 @@ def _off_line_problems(
     ]
 
 
+@dataclass(frozen=True)
+class SeriesGrid:
+    """The voxel grid of a series as ``read_series`` lays its volume out, from the headers alone: what a
+    label object (DICOM SEG, RTSTRUCT) of the series is placed on, and what a DICOM SEG of a prediction
+    refers to. Slice ``k`` of the volume is ``files[k]``."""
+
+    series_uid: str
+    frame_of_reference_uid: str  # "" when the series has none
+    shape: tuple[int, int, int]  # (columns, rows, slices)
+    affine: np.ndarray = field(repr=False)  # 4 x 4, voxel index -> RAS mm (read_series's affine)
+    files: tuple[Path, ...] = field(repr=False)  # slice files in volume order
+    sop_instance_uids: tuple[str, ...] = field(repr=False)  # in volume order
+    folder: Path = field(repr=False)  # the folder scanned for the series (the manifest's image)
+
+    @property
+    def lps_affine(self) -> np.ndarray:
+        """Voxel index -> DICOM patient coordinates (LPS mm), the frame every DICOM position is given in."""
+        return LPS_TO_RAS @ self.affine
+
+
+def series_grid(series: SeriesInfo) -> SeriesGrid:
+    """The grid of a series from its headers (no pixel data); DataError on the geometry errors ``read_series``
+    refuses."""
+    slices = list(zip(series.files, series.headers, strict=True))
+    problems, order = _geometry_problems(slices)
+    errors = [p for p in problems if p.severity == "error"]
+    if errors:
+        raise _series_error(series.folder, errors)
+    ordered = [slices[i] for i in order]
+    first = ordered[0][1]
+    return SeriesGrid(
+        series_uid=series.uid,
+        frame_of_reference_uid=str(first.get("FrameOfReferenceUID", "")),
+        shape=(series.columns, series.rows, len(ordered)),
+        affine=_series_affine([ds for _, ds in ordered]),
+        files=tuple(path for path, _ in ordered),
+        sop_instance_uids=tuple(str(ds.get("SOPInstanceUID", "")) for _, ds in ordered),
+        folder=series.folder,
+    )
+
+
+def _series_affine(ordered: list[pydicom.Dataset]) -> np.ndarray:
+    """The RAS affine of slices in volume order (checked by ``_geometry_problems``): axis 0 along a row,
+    axis 1 along a column, axis 2 from the first slice's position to the last one's."""
+    first, last = _placement(ordered[0]), _placement(ordered[-1])
+    row_spacing, column_spacing = first.spacing
+    affine = np.eye(4)
+    affine[:3, 0] = first.row * column_spacing  # along a row: column index grows
+    affine[:3, 1] = first.column * row_spacing  # along a column: row index grows
+    affine[:3, 2] = (last.position - first.position) / (len(ordered) - 1)
+    affine[:3, 3] = first.position
+    return LPS_TO_RAS @ affine
+
+
 def read_series(series: SeriesInfo) -> tuple[np.ndarray, np.ndarray]:
     """Load a series as (float32 volume of shape (columns, rows, slices), 4x4 RAS affine).
 
@@ -548,15 +602,7 @@ def read_series(series: SeriesInfo) -> tuple[np.ndarray, np.ndarray]:
         slope, intercept = _rescale(ds)
         planes.append((pixels.astype(np.float32) * slope + intercept).T)  # (rows, columns) -> (columns, rows)
     volume = np.stack(planes, axis=-1, dtype=np.float32)
-
-    first, last = _placement(slices[order[0]][1]), _placement(slices[order[-1]][1])
-    row_spacing, column_spacing = first.spacing
-    affine = np.eye(4)
-    affine[:3, 0] = first.row * column_spacing  # along a row: column index grows
-    affine[:3, 1] = first.column * row_spacing  # along a column: row index grows
-    affine[:3, 2] = (last.position - first.position) / (len(order) - 1)
-    affine[:3, 3] = first.position
-    return volume, LPS_TO_RAS @ affine
+    return volume, _series_affine([slices[i][1] for i in order])
 
 
 def _series_error(folder: Path, problems: list[Problem]) -> DataError:

@@ -15,8 +15,9 @@ import logging
 import os
 import re
 import warnings
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import nibabel as nib
 import numpy as np
@@ -26,8 +27,11 @@ from monai.transforms import LoadImage, MapTransform, Orientation
 from monai.utils import MetaKeys
 from pydicom.misc import is_dicom
 
-from medft.data.dicom import DicomSeriesReader, describe_exception
+from medft.data.dicom import DicomSeriesReader, SeriesGrid, describe_exception, scan_folder, select_series, series_grid
+from medft.data.dicom_labels import dicom_label_kind, read_dicom_label
 from medft.errors import DataError, Problem
+
+log = logging.getLogger("medft.data")
 
 # Image and label must agree voxel for voxel: affine entries (mm) may differ by at most this.
 AFFINE_TOLERANCE_MM = 1e-3
@@ -45,8 +49,8 @@ _DICOM_READ_FIX = (
 )
 _SLICE_FIX = "give the folder that holds the whole series (all its slices, one series per folder) as the image"
 _LABEL_FIX = (
-    "convert the segmentation (a DICOM SEG or RTSTRUCT, for example) to a NIfTI label map on the image's voxel grid "
-    "and list the .nii.gz as the label"
+    "give a NIfTI label map (.nii or .nii.gz) on the image's voxel grid, or a DICOM SEG or RTSTRUCT file of the "
+    "image's series"
 )
 _AFFINE_FIX = (
     "give the image a valid affine (sform or qform: voxel spacing and orientation), e.g. re-export it from its source"
@@ -143,9 +147,16 @@ def _label_channels(channels: int) -> tuple[str, str]:
     return f"the label map has {channels} channels", "give one 3D label map with one integer class value per voxel"
 
 
-def load_label(path: str | Path, reorient: bool = True) -> MetaTensor:
-    """A label map as a (1, x, y, z) MetaTensor in RAS (as stored without ``reorient``), values as stored (float32)."""
+def load_label(path: str | Path, reorient: bool = True, series: DicomSource | None = None,
+               segments: Mapping[int, Sequence[str]] | None = None) -> MetaTensor:
+    """A label map as a (1, x, y, z) MetaTensor in RAS (as stored without ``reorient``), values as stored (float32).
+
+    A DICOM SEG or RTSTRUCT file becomes the label map of the classes in ``segments`` (class -> the names its
+    segments may carry: ``Manifest.segment_names``) on the grid of the image's DICOM ``series``."""
     path = Path(path)
+    kind = dicom_label_kind(path) if path.is_file() else None
+    if kind:
+        return _dicom_label(path, kind, series, segments, reorient)
     _require_label_file(path)
     label = _read(path)
     _require_3d(label, path)
@@ -155,10 +166,63 @@ def load_label(path: str | Path, reorient: bool = True) -> MetaTensor:
     return to_ras(label) if reorient else label
 
 
+class DicomSource(NamedTuple):
+    """The DICOM series of a case's image: its folder and, when the folder holds several, its SeriesInstanceUID."""
+
+    folder: Path
+    series_uid: str | None = None
+
+
+def dicom_source(image: Sequence[str | Path], series_uid: str | None = None) -> DicomSource | None:
+    """The DICOM series of an image given as the manifest gives it (one folder), or None for NIfTI files."""
+    paths = [Path(p) for p in image]
+    return DicomSource(paths[0], series_uid) if len(paths) == 1 and paths[0].is_dir() else None
+
+
+def case_series(series: DicomSource) -> SeriesGrid:
+    """The grid of a case's DICOM series (headers only); DataError as loading the image would raise it."""
+    scan = scan_folder(series.folder)
+    return series_grid(select_series(scan, series.series_uid))
+
+
+def _dicom_label(path: Path, kind: str, series: DicomSource | None, segments: Mapping[int, Sequence[str]] | None,
+                 reorient: bool) -> MetaTensor:
+    """A DICOM SEG or RTSTRUCT as a label map on the grid of ``series``; its warnings logged once per file."""
+    if series is None:
+        raise DataError(
+            f"is a DICOM {kind}, which medft places on the DICOM series it was made on, and the case's image is no "
+            "DICOM series folder",
+            "list the folder of the series the segmentation was made on as the case's image, or give the label as a "
+            "NIfTI label map on the image's grid",
+            file=path,
+        )
+    if not segments:
+        raise DataError(
+            f"is a DICOM {kind}: its segments are matched to the classes by name, and the manifest declares no classes",
+            'declare the classes with the names the segments carry ("aliases" for other names) in the .classes.json '
+            'beside a CSV manifest, or the "labels" of a dataset.json',
+            file=path,
+        )
+    grid = case_series(series)
+    labels, warnings_ = read_dicom_label(path, grid, segments)
+    if path not in _WARNED:
+        _WARNED.add(path)
+        for warning in warnings_:
+            log.warning("%s", warning)
+    meta = {"affine": grid.affine, "original_affine": grid.affine.copy(), "spatial_shape": np.asarray(grid.shape),
+            "space": "RAS", "filename_or_obj": str(path)}
+    label = MetaTensor(torch.from_numpy(labels.astype(np.float32))[None], meta=meta)
+    return to_ras(label) if reorient else label
+
+
+_WARNED: set[Path] = set()  # DICOM label files whose warnings this process logged: a label is read every epoch
+
+
 def _require_label_file(path: Path) -> None:
     if path.is_dir() or _is_dicom_file(path):
         what = "a folder" if path.is_dir() else "a DICOM file"
-        raise DataError(f"is {what}, but a label must be a NIfTI label map (.nii or .nii.gz)", _LABEL_FIX, file=path)
+        raise DataError(f"is {what}, but a label must be a NIfTI label map, a DICOM SEG or an RTSTRUCT", _LABEL_FIX,
+                        file=path)
 
 
 def _is_dicom_file(path: Path) -> bool:
@@ -233,23 +297,27 @@ def qform_sform_problem(path: Path) -> Problem | None:
 class LoadCased(MapTransform):
     """Load a case record (see ``Case.record``): ``image`` and, when present, ``label``, in RAS (as
     stored without ``reorient``: a bundle's own steps orient them, as MONAI's LoadImaged leaves them).
+    A label given as DICOM SEG or RTSTRUCT maps its segments to classes by ``segments`` (``load_label``).
 
     Raises DataError naming the case and file when a file cannot be read or the label does not
     lie on the image's voxel grid.
     """
 
-    def __init__(self, image_key: str = "image", label_key: str = "label", reorient: bool = True):
+    def __init__(self, image_key: str = "image", label_key: str = "label", reorient: bool = True,
+                 segments: Mapping[int, Sequence[str]] | None = None):
         super().__init__(keys=[image_key, label_key], allow_missing_keys=True)
         self.image_key, self.label_key, self.reorient = image_key, label_key, reorient
+        self.segments = dict(segments or {})
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         record = dict(data)
         case_id = str(record.get("case_id", ""))
         try:
+            series = dicom_source(record[self.image_key], record.get("series_uid"))
             image = load_image(record[self.image_key], record.get("series_uid"), self.reorient)
             record[self.image_key] = image
             if record.get(self.label_key):
-                label = load_label(record[self.label_key], self.reorient)
+                label = load_label(record[self.label_key], self.reorient, series, self.segments)
                 mismatch = geometry_mismatch(image, label)
                 if mismatch:
                     raise DataError(

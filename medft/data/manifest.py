@@ -56,13 +56,37 @@ class Case:
         return record
 
 
+@dataclass(frozen=True)
+class LabelClass:
+    """One label class as a classes file declares it: ``"1": "anterior"``, or
+    ``"1": {"name": "anterior", "aliases": ["Hippocampus anterior"], "code": {...}, "category": {...}}``.
+
+    ``aliases``: other names a DICOM SEG segment or RTSTRUCT ROI of this class may carry. ``code`` and
+    ``category``: coded concepts (``{"value": "...", "scheme": "SCT", "meaning": "..."}``), the segmented
+    property type and category a DICOM SEG of the predictions declares for the class."""
+
+    name: str
+    aliases: tuple[str, ...] = ()
+    code: dict | None = None
+    category: dict | None = None
+
+
 @dataclass
 class Manifest:
-    """The cases of one dataset and the names of its label classes (index = label value)."""
+    """The cases of one dataset and its label classes (index = label value)."""
 
     path: Path
     cases: list[Case]
-    class_names: list[str] = field(default_factory=list)
+    classes: list[LabelClass] = field(default_factory=list)
+
+    @property
+    def class_names(self) -> list[str]:
+        return [c.name for c in self.classes]
+
+    @property
+    def segment_names(self) -> dict[int, tuple[str, ...]]:
+        """Foreground class -> the names its segments (DICOM SEG) or ROIs (RTSTRUCT) may carry: its name and aliases."""
+        return {i: (c.name, *c.aliases) for i, c in enumerate(self.classes) if i > 0}
 
     def __len__(self) -> int:
         return len(self.cases)
@@ -290,8 +314,8 @@ def _read_csv(path: Path) -> tuple[Manifest, list[Problem]]:
             patient_id=row.get("patient_id", ""),
             series_uid=row.get("series_uid") or None,
         ))
-    class_names, class_problems = _read_classes_file(_classes_sidecar(path))
-    return Manifest(path, cases, class_names), problems + class_problems
+    classes, class_problems = _read_classes_file(_classes_sidecar(path))
+    return Manifest(path, cases, classes), problems + class_problems
 
 
 def _check_header(path: Path, header: list[str], rows: list[tuple[int, list[str]]]) -> None:
@@ -322,7 +346,17 @@ def _check_header(path: Path, header: list[str], rows: list[tuple[int, list[str]
     raise DataError("; ".join(parts), fix, file=path)
 
 
-def _read_classes_file(path: Path) -> tuple[list[str], list[Problem]]:
+def read_classes_file(path: Path) -> list[LabelClass]:
+    """The classes of a classes file (the .classes.json form); DataError naming what is wrong."""
+    if not Path(path).is_file():
+        raise DataError("no such classes file", f"give a JSON file of the classes: {_CLASS_FORM}", file=path)
+    classes, problems = _read_classes_file(Path(path))
+    if problems:
+        raise DataError(problems[0].problem, problems[0].fix, file=path)
+    return classes
+
+
+def _read_classes_file(path: Path) -> tuple[list[LabelClass], list[Problem]]:
     if not path.exists():
         return [], []
     try:
@@ -332,26 +366,40 @@ def _read_classes_file(path: Path) -> tuple[list[str], list[Problem]]:
                             "save it as UTF-8", file=path)]
     except (OSError, json.JSONDecodeError) as exc:
         return [], [Problem(f"cannot read the class names ({exc})", "write it as JSON", file=path)]
-    return _class_names(labels, path)
+    return _label_classes(labels, path)
 
 
-def _class_names(labels: object, source: Path) -> tuple[list[str], list[Problem]]:
-    """Class names from MSD ``{"0": "background"}`` or nnU-Net v2 ``{"background": 0}`` labels."""
+_CLASS_FORM = ('{"0": "background", "1": "anterior"}, or with the names DICOM segments carry and a code: '
+               '{"1": {"name": "anterior", "aliases": ["Hippocampus anterior"], "code": {"value": "...", "scheme": "SCT", '
+               '"meaning": "..."}}}')
+_CLASS_KEYS = ("name", "aliases", "code", "category")
+_CODE_KEYS = ("value", "scheme", "meaning")
+
+
+def _label_classes(labels: object, source: Path) -> tuple[list[LabelClass], list[Problem]]:
+    """Label classes from MSD ``{"0": "background"}``, nnU-Net v2 ``{"background": 0}``, or medft's form with
+    aliases and codes (``LabelClass``)."""
     if not isinstance(labels, dict) or not labels:
-        return [], [Problem("labels must be a JSON object of label value and name", 'write {"0": "background", ...}', file=source)]
-    pairs: dict[int, str] = {}
+        return [], [Problem("labels must be a JSON object of label value and name", f"write {_CLASS_FORM}", file=source)]
+    pairs: dict[int, LabelClass] = {}
     for key, value in labels.items():
         try:
-            if isinstance(value, int):  # nnU-Net v2: name -> value
-                pairs[value] = str(key)
+            if isinstance(value, int) and not isinstance(value, bool):  # nnU-Net v2: name -> value
+                pairs[value] = LabelClass(str(key))
+            elif isinstance(value, dict):
+                pairs[int(key)] = _label_class(key, value, source)
+            elif isinstance(value, str):
+                pairs[int(key)] = LabelClass(value)
             else:
-                pairs[int(key)] = str(value)
+                raise ValueError
         except (TypeError, ValueError):
             return [], [Problem(
-                f"label entry {key!r}: {value!r} is not a label value and a name",
-                "give integer label values 0..N-1 (nnU-Net region labels are not supported)",
+                f"label entry {key!r}: {value!r:.200} is not a label value and a name",
+                f"give integer label values 0..N-1 (nnU-Net region labels are not supported): {_CLASS_FORM}",
                 file=source,
             )]
+        except DataError as exc:
+            return [], [exc.details]
     if sorted(pairs) != list(range(len(pairs))):
         return [], [Problem(
             f"label values {sorted(pairs)} are not 0..{len(pairs) - 1}",
@@ -359,6 +407,30 @@ def _class_names(labels: object, source: Path) -> tuple[list[str], list[Problem]
             file=source,
         )]
     return [pairs[i] for i in range(len(pairs))], []
+
+
+def _label_class(key: str, entry: dict, source: Path) -> LabelClass:
+    """One class in medft's form; DataError naming the key and what is wrong."""
+    unknown = [k for k in entry if k not in _CLASS_KEYS]
+    name, aliases = entry.get("name"), entry.get("aliases", [])
+    if unknown or not isinstance(name, str) or not name.strip():
+        what = f"unknown key(s) {', '.join(map(repr, unknown))}" if unknown else "no name"
+        raise DataError(f"class {key!r} has {what}", f"give each class as {_CLASS_FORM}", file=source)
+    if not isinstance(aliases, list) or not all(isinstance(a, str) and a.strip() for a in aliases):
+        raise DataError(f"class {key!r}: aliases must be a list of names", 'write "aliases": ["name 1", "name 2"]', file=source)
+    return LabelClass(name, tuple(aliases), *(_code(key, field, entry.get(field), source) for field in ("code", "category")))
+
+
+def _code(key: str, field: str, code: object, source: Path) -> dict | None:
+    if code is None:
+        return None
+    if not isinstance(code, dict) or sorted(code) != sorted(_CODE_KEYS) or not all(isinstance(v, str) and v for v in code.values()):
+        raise DataError(
+            f"class {key!r}: its {field} {code!r:.200} is not a coded concept",
+            f'write "{field}": {{"value": "...", "scheme": "SCT", "meaning": "..."}} (e.g. a SNOMED CT code)',
+            file=source,
+        )
+    return dict(code)
 
 
 def _resolve(base: Path, value: str) -> Path:
@@ -472,8 +544,8 @@ def _read_msd(path: Path) -> tuple[Manifest, list[Problem]]:
             label=_resolve(path.parent, label) if label else None,
             split=split,
         ))
-    class_names, class_problems = _class_names(spec.get("labels", {}), path)
-    return Manifest(path, cases, class_names), problems + class_problems
+    classes, class_problems = _label_classes(spec.get("labels", {}), path)
+    return Manifest(path, cases, classes), problems + class_problems
 
 
 def _stem(filename: str) -> str:
@@ -538,6 +610,6 @@ def _read_nnunet(folder: Path) -> tuple[Manifest, list[Problem]]:
             f"add each case's images as imagesTr/CASE_0000{ending} and its label as labelsTr/CASE{ending}",
             file=folder,
         ))
-    class_names, class_problems = _class_names(spec.get("labels", {}), spec_path) if spec else ([], [])
-    return Manifest(folder / "dataset.json" if spec else folder, cases, class_names), problems + class_problems
+    classes, class_problems = _label_classes(spec.get("labels", {}), spec_path) if spec else ([], [])
+    return Manifest(folder / "dataset.json" if spec else folder, cases, classes), problems + class_problems
 

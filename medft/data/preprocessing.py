@@ -20,7 +20,7 @@ import copy
 import functools
 import statistics
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -111,17 +111,18 @@ class Preprocessing:
                                  f"({one_line(error)}). Fix: install the MONAI version the model was made with") from None
         return Compose(transforms)
 
-    def training(self, label_map: dict[int, int] | None = None) -> list:
+    def training(self, label_map: dict[int, int] | None = None, segments: Mapping[int, Sequence[str]] | None = None) -> list:
         """Load, remap label values, run the steps; the label follows the image onto its new grid."""
-        return [*self.loading(label_map), *self.compose.transforms, LabelOnImageGrid()]
+        return [*self.loading(label_map, segments), *self.compose.transforms, LabelOnImageGrid()]
 
-    def inference(self, label_map: dict[int, int] | None = None) -> list:
+    def inference(self, label_map: dict[int, int] | None = None, segments: Mapping[int, Sequence[str]] | None = None) -> list:
         """Load, remap label values, run the steps on the image; the label stays on its file's grid."""
-        return [*self.loading(label_map), *self.compose.transforms]
+        return [*self.loading(label_map, segments), *self.compose.transforms]
 
-    def loading(self, label_map: dict[int, int] | None = None) -> list:
-        """Load a case (to RAS when ``reorient``) and remap its label values: the steps before ``compose``."""
-        steps: list = [LoadCased(reorient=self.reorient)]
+    def loading(self, label_map: dict[int, int] | None = None, segments: Mapping[int, Sequence[str]] | None = None) -> list:
+        """Load a case (to RAS when ``reorient``; DICOM SEG and RTSTRUCT labels by ``segments``, the manifest's
+        ``segment_names``) and remap its label values: the steps before ``compose``."""
+        steps: list = [LoadCased(reorient=self.reorient, segments=segments)]
         if label_map:
             steps.append(MapLabelValued(keys=_LABEL, **label_pairs(label_map), allow_missing_keys=True))
         return steps

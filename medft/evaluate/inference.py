@@ -281,10 +281,16 @@ def keep_largest_components(labels: torch.Tensor, num_classes: int) -> torch.Ten
     return kept[0].to(labels.dtype)
 
 
+def native_labels(labels: torch.Tensor, like: MetaTensor) -> np.ndarray:
+    """A label map (x, y, z) on the grid of ``like`` (an image as loaded), in the axis order of the image's file
+    (``to_native``): a DICOM series' (columns, rows, slices)."""
+    loaded = MetaTensor(labels[None].to(torch.uint8), meta=dict(like.meta))  # meta holds the loaded grid's affine
+    return to_native(loaded)[0].astype(np.uint8)
+
+
 def save_prediction(labels: torch.Tensor, like: MetaTensor, path: Path) -> Path:
     """Write a label map (x, y, z) on the grid of ``like`` (an image as loaded) as NIfTI in the geometry of its file."""
-    loaded = MetaTensor(labels[None].to(torch.uint8), meta=dict(like.meta))  # meta holds the loaded grid's affine
-    native = to_native(loaded)[0].astype(np.uint8)
+    native = native_labels(labels, like)
     image = nib.Nifti1Image(native, np.asarray(like.meta["original_affine"], dtype=np.float64))
     image.set_qform(image.affine, code=1)
     image.set_sform(image.affine, code=1)

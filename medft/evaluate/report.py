@@ -347,12 +347,14 @@ def failure_reason(exc: Exception) -> str:
 def _report_slice(folder: EvaluationFolder, case: CaseRecord) -> ReportSlice:
     """The case's report slice from its files; raises when a file is missing or grids differ. Drawn by
     ``medft.case_pictures``, as the review app draws: a case looks the same in the report and in the app."""
-    from medft.data.loading import geometry_mismatch, load_image, load_label
+    from medft.data.loading import dicom_source, geometry_mismatch, load_image, load_label
 
     if case.status is not CaseStatus.OK or not case.label or not case.prediction or not case.image:
         raise MedftError("evaluation.json gives no image, ground truth and prediction for this case")
-    image = load_image([folder.resolve(p) for p in case.image], case.series_uid)
-    truth = load_label(folder.resolve(case.label))
+    images = [folder.resolve(p) for p in case.image]
+    image = load_image(images, case.series_uid)
+    truth = load_label(folder.resolve(case.label), series=dicom_source(images, case.series_uid),
+                       segments=folder.evaluation.segment_names)
     prediction = load_label(folder.resolve(case.prediction))
     for name, other in (("ground truth", truth), ("prediction", prediction)):
         mismatch = geometry_mismatch(image, other)

@@ -2,7 +2,7 @@
 
 An evaluation folder holds ``per_case.csv``, ``summary.json``, ``evaluation.json`` (model, data,
 cases and their status, voxel confusion matrix, ROC curves), ``predictions/<case_id>.nii.gz``
-and ``report.html``.
+(with ``dicom_seg``, also ``predictions/<case_id>.seg.dcm`` for each DICOM input) and ``report.html``.
 """
 from __future__ import annotations
 
@@ -27,15 +27,17 @@ from medft import __version__
 from medft.atomic_files import new_file, new_folder
 from medft.case_pictures import ReportSlice, report_slice
 from medft.data.checks import label_value_problems
-from medft.data.loading import to_ras
-from medft.data.manifest import Case, Manifest, case_id_problem, load_manifest
+from medft.data.loading import DicomSource, dicom_source, to_ras
+from medft.data.manifest import Case, LabelClass, Manifest, case_id_problem, load_manifest, read_classes_file
 from medft.errors import DataError, MedftError, find_user_error
 from medft.evaluate.compare import check_comparable, compare_evaluations, read_comparison
+from medft.evaluate.dicom_seg import Algorithm, SegmentClass, write_prediction_seg
 from medft.evaluate.folder import PER_CASE, SUMMARY, case_mean_dice
 from medft.evaluate.inference import (
     TrainedModel,
     check_channels,
     load_model,
+    native_labels,
     predict,
     save_prediction,
 )
@@ -69,7 +71,7 @@ class EvaluationResult:
 
 def evaluate(model_path: str | Path, manifest_path: str | Path, out: str | Path, split: str | None = None,
              tta: bool = False, largest_component: bool = False, checkpoint: str = "best",
-             compare: str | Path | None = None, parent: str | Path | None = None) -> EvaluationResult:
+             compare: str | Path | None = None, parent: str | Path | None = None, dicom_seg: bool = False) -> EvaluationResult:
     """Evaluate a run or bundle on the cases of a manifest (one split, or all) into ``out``, a new
     or empty folder.
 
@@ -77,7 +79,9 @@ def evaluate(model_path: str | Path, manifest_path: str | Path, out: str | Path,
     class's largest connected component (``keep_largest_components``); ``checkpoint``: a run's
     best.pt (default) or last.pt (see ``load_model``); ``compare``: another evaluation folder, checked
     before inference, then set beside this one in ``out/comparison.html`` (``compare_evaluations``); ``parent``:
-    an adapter folder's parent bundle, when not where its adapter.json says (see ``load_model``).
+    an adapter folder's parent bundle, when not where its adapter.json says (see ``load_model``); ``dicom_seg``: also
+    write each DICOM input's prediction as a DICOM SEG of its series (``write_prediction_seg``), its segments coded
+    as the manifest's classes file says.
 
     The folder is written under a partial name and renamed to ``out`` once complete (``new_folder``):
     an interrupted evaluation leaves no ``out``, and the next one removes what it left."""
@@ -92,7 +96,8 @@ def evaluate(model_path: str | Path, manifest_path: str | Path, out: str | Path,
     if not cases:
         raise MedftError(f"{manifest.path}: no cases in split {split!r}. Fix: give another --split, or none for all cases")
     with new_folder(out) as partial:  # a kill leaves no folder that looks like an evaluation
-        evaluation, summary = _write_evaluation(partial, model, manifest, cases, split, tta, largest_component)
+        seg = _SegOutput(model, manifest.classes) if dicom_seg else None
+        evaluation, summary = _write_evaluation(partial, model, manifest, cases, split, tta, largest_component, seg)
     result = EvaluationResult(out, evaluation, summary)
     if compare is not None:
         result.comparison_page = compare_evaluations(compare, out)  # once out is in place: the page names the folders
@@ -101,23 +106,30 @@ def evaluate(model_path: str | Path, manifest_path: str | Path, out: str | Path,
 
 
 def _write_evaluation(out: Path, model: TrainedModel, manifest: Manifest, cases: list[Case], split: str | None,
-                      tta: bool, largest_component: bool) -> tuple[Evaluation, dict]:
+                      tta: bool, largest_component: bool, seg: _SegOutput | None) -> tuple[Evaluation, dict]:
     """Predict and score ``cases`` into ``out``: predictions/, per_case.csv, summary.json, evaluation.json, report.html.
     Each case is loaded while the one before it is predicted (``prefetched``)."""
     scores = _Scores(model.class_names)
     records: list[dict] = []
     warnings: list[tuple[str, str]] = []  # (as evaluation.json keeps it, as the console shows it)
-    loading, steps = Compose(model.preprocessing.loading(model.label_map)), model.preprocessing.compose
+    loading = Compose(model.preprocessing.loading(model.label_map, manifest.segment_names))
+    steps = model.preprocessing.compose
     inputs = ((case, loading_record(case)) for case in cases)
     with closing(prefetched(inputs, lambda entry: _load_case(*entry, model, loading, steps))) as loaded_cases:
         for (case, item), loaded in tqdm(loaded_cases, total=len(cases), desc="evaluating", unit="case", disable=None):
-            records.append(_evaluate_case(case, item, loaded, model, out, tta, largest_component, scores, warnings))
+            records.append(_evaluate_case(case, item, loaded, model, out, tta, largest_component, scores, warnings, seg))
+    not_dicom = [case.case_id for case in cases if not case.is_dicom]
+    if seg is not None and not_dicom:
+        line = (f"--dicom-seg: {len(not_dicom)} case(s) have NIfTI images, so no DICOM SEG of them (e.g. case {not_dicom[0]}): "
+                "their predictions are NIfTI only")
+        warnings.append((line, line))
     write_per_case(out / PER_CASE, scores.rows)
     summary = summarize(scores.rows, model.class_names)
     (out / SUMMARY).write_text(json.dumps(summary, indent=1, allow_nan=False) + "\n")
     evaluation = Evaluation(
         evaluation_id=uuid.uuid4().hex, model=model.info, manifest=str(manifest.path), split=split,
         class_names=model.class_names, label_map=dict(sorted(model.label_map.items())),
+        segment_names={i: list(names) for i, names in manifest.segment_names.items()},
         preprocessing=model.preprocessing.to_dict(public=True), tta=tta,
         tta_flip_axes=list(model.flip_axes) if tta else [], largest_component=largest_component,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"), medft_version=__version__,
@@ -153,7 +165,7 @@ def _load_case(case: Case, item: dict, model: TrainedModel, loading: Compose, st
 
 
 def _evaluate_case(case: Case, item: dict, loaded: dict | Exception, model: TrainedModel, out: Path, tta: bool,
-                   largest_component: bool, scores: _Scores, warnings: list[tuple[str, str]]) -> dict:
+                   largest_component: bool, scores: _Scores, warnings: list[tuple[str, str]], seg: _SegOutput | None) -> dict:
     """Predict one case, loaded from ``item`` (``_load_case``: its data, or the exception that stopped it), into
     ``out/predictions/`` and score it when it has a label; its evaluation.json record.
 
@@ -173,6 +185,10 @@ def _evaluate_case(case: Case, item: dict, loaded: dict | Exception, model: Trai
     probs = model.preprocessing.to_input_grid(predict(model, loaded["image"], tta=tta), loaded["image"])
     labels = label_map(probs, largest_component)
     record["prediction"] = str(save_prediction(labels, probs, out / "predictions" / f"{case.case_id}.nii.gz").relative_to(out))
+    source = dicom_source(case.image, case.series_uid)
+    if seg is not None and source is not None:
+        written = seg.write(labels, probs, source, out / "predictions" / f"{case.case_id}{SEG_SUFFIX}")
+        record["dicom_seg"] = str(written.relative_to(out))
     if "label" not in loaded:
         record["status"] = CaseStatus.PREDICTION_ONLY
         if not record["message"]:
@@ -282,9 +298,11 @@ def require_new_folder(out: Path) -> None:
 
 def predict_files(model_path: str | Path, inputs: list[Path], out: Path, tta: bool = False,
                   largest_component: bool = False, overwrite: bool = False,
-                  parent: str | Path | None = None) -> list[Path]:
+                  parent: str | Path | None = None, dicom_seg: bool = False, classes: Path | None = None) -> list[Path]:
     """Predict NIfTI files or DICOM series folders; one ``<case_id>.nii.gz`` each in ``out``, each
-    renamed into place once written (``new_file``): an interrupted run leaves whole files only.
+    renamed into place once written (``new_file``): an interrupted run leaves whole files only. With ``dicom_seg``,
+    each DICOM series also gets ``<case_id>.seg.dcm`` (``write_prediction_seg``), its segments coded as the classes
+    file ``classes`` says (the .classes.json form), when given.
 
     A prediction file already in ``out`` is a MedftError before any inference, unless ``overwrite``.
     An input that cannot be predicted (unreadable, NaN voxels, other channels than the model's) does
@@ -293,20 +311,31 @@ def predict_files(model_path: str | Path, inputs: list[Path], out: Path, tta: bo
     parent bundle, when not where its adapter.json says.
     """
     case_ids = _distinct_case_ids(inputs, out)
-    existing = [out / f"{case_id}.nii.gz" for case_id in case_ids if (out / f"{case_id}.nii.gz").exists()]
+    suffixes = (".nii.gz", SEG_SUFFIX) if dicom_seg else (".nii.gz",)
+    existing = [out / f"{case_id}{suffix}" for case_id in case_ids for suffix in suffixes if (out / f"{case_id}{suffix}").exists()]
     if existing and not overwrite:
         others = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
         raise MedftError(f"{existing[0]} exists{others}: predicting would replace it. Fix: give a new --out folder, "
                          "or add --overwrite to replace the existing files")
+    declared = read_classes_file(classes) if classes is not None else []
     model = load_model(model_path, parent=parent)
+    seg = _SegOutput(model, declared) if dicom_seg else None
     prep = model.preprocess()
     written, failed = [], []
     with closing(prefetched(zip(inputs, case_ids, strict=True), lambda entry: _load_input(*entry, model, prep))) as loaded_inputs:
-        for (_, case_id), loaded in tqdm(loaded_inputs, total=len(inputs), desc="predicting", unit="case", disable=None):
+        for (path, case_id), loaded in tqdm(loaded_inputs, total=len(inputs), desc="predicting", unit="case", disable=None):
             if isinstance(loaded, Exception):
                 failed.append(str(user_problem(loaded)))
-            else:
-                written.append(_predict_input(loaded, model, out / f"{case_id}.nii.gz", tta, largest_component))
+                continue
+            labels, probs = _predict_input(loaded, model, tta, largest_component)
+            written.append(out / f"{case_id}.nii.gz")
+            with new_file(written[-1]) as partial:
+                save_prediction(labels, probs, partial)
+            source = dicom_source([path])
+            if seg is not None and source is None:
+                log.warning("%s: no DICOM series, so no DICOM SEG of it (--dicom-seg): its prediction is NIfTI only", path)
+            elif seg is not None:
+                written.append(seg.write(labels, probs, source, out / f"{case_id}{SEG_SUFFIX}"))
     if failed:
         raise MedftError(f"predicted {len(written)} of {len(inputs)} inputs into {out}; not predicted:\n  "
                          + "\n  ".join(failed))
@@ -320,14 +349,31 @@ def _load_input(path: Path, case_id: str, model: TrainedModel, prep) -> dict:
     return data
 
 
-def _predict_input(data: dict, model: TrainedModel, path: Path, tta: bool, largest_component: bool) -> Path:
-    """Predict a loaded input into ``path``, renamed into place once written (a kill leaves no truncated file that
-    looks like a result)."""
+def _predict_input(data: dict, model: TrainedModel, tta: bool, largest_component: bool) -> tuple[torch.Tensor, MetaTensor]:
+    """A loaded input's label map and class probabilities, on the grid the input was loaded on."""
     probs = model.preprocessing.to_input_grid(predict(model, data["image"], tta=tta), data["image"])
-    labels = label_map(probs, largest_component)
-    with new_file(path) as partial:
-        save_prediction(labels, probs, partial)
-    return path
+    return label_map(probs, largest_component), probs
+
+
+SEG_SUFFIX = ".seg.dcm"
+
+
+class _SegOutput:
+    """Predictions of DICOM inputs written as DICOM SEG: the model's foreground classes as segments, coded as the
+    classes file ``declared`` codes the classes of the same name; the algorithm named by medft and the model."""
+
+    def __init__(self, model: TrainedModel, declared: list[LabelClass]):
+        by_name = {c.name.casefold(): c for c in declared}
+        self.classes = [SegmentClass(i, name, getattr(by_name.get(name.casefold()), "code", None),
+                                     getattr(by_name.get(name.casefold()), "category", None))
+                        for i, name in enumerate(model.class_names) if i > 0]
+        info = model.info
+        self.algorithm = Algorithm(name=f"medft {info.name if info else 'model'}",
+                                   version=f"{(info.version if info else None) or 'unversioned'} (medft {__version__})")
+
+    def write(self, labels: torch.Tensor, probs: MetaTensor, source: DicomSource, path: Path) -> Path:
+        return write_prediction_seg(native_labels(labels, probs), source.folder, source.series_uid, self.classes,
+                                    self.algorithm, path)
 
 
 def check_classes(model: TrainedModel, manifest_names: list[str], source: Path) -> None:

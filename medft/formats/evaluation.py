@@ -43,6 +43,7 @@ class CaseRecord(_Record):
     series_uid: str | None = None
     label: str | None = None
     prediction: str | None = None  # relative to the evaluation folder
+    dicom_seg: str | None = None  # the prediction as DICOM SEG (--dicom-seg, DICOM inputs), relative to the folder
     status: CaseStatus = CaseStatus.OK
     message: str | None = None  # why a case failed or was scored without its label (no paths)
 
@@ -69,6 +70,8 @@ class Evaluation(_Record):
     split: str | None = None
     class_names: list[str]
     label_map: dict[int, int] = Field(default_factory=dict)  # the label files' values -> classes
+    # label value -> the names that map a DICOM SEG's segments or an RTSTRUCT's ROIs to it (the manifest's classes)
+    segment_names: dict[int, list[str]] = Field(default_factory=dict)
     preprocessing: dict | None = None  # Preprocessing.to_dict(public=True)
     tta: bool = False
     tta_flip_axes: list[int] = Field(default_factory=list)

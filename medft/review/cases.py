@@ -98,9 +98,11 @@ class CaseTable:
     """The cases of one evaluation folder, in ``evaluation.json`` order."""
 
     def __init__(self, eval_dir: Path, class_names: list[str], entries: list[CaseEntry], files: dict[str, CaseFiles],
-                 model_name: str | None = None, identity: tuple | None = None, label_map: dict[int, int] | None = None):
+                 model_name: str | None = None, identity: tuple | None = None, label_map: dict[int, int] | None = None,
+                 segment_names: dict[int, list[str]] | None = None):
         self.eval_dir = eval_dir
         self.label_map = label_map or {}  # the run's data.label_map: ground-truth file value -> class
+        self.segment_names = segment_names or {}  # how a DICOM SEG or RTSTRUCT ground truth names the label values
         self.identity = identity  # see evaluation_identity: what was read
         self.class_names = class_names
         self.entries = entries
@@ -146,7 +148,8 @@ class CaseTable:
             ))
             files[case_id] = _case_files(eval_dir, record)
         return cls(eval_dir, class_names, entries, files, model_name=evaluation.model.name,
-                   identity=_identity(folder, evaluation.evaluation_id), label_map=evaluation.label_map)
+                   identity=_identity(folder, evaluation.evaluation_id), label_map=evaluation.label_map,
+                   segment_names=evaluation.segment_names)
 
     def replaced(self, eval_dir: str | Path) -> bool:
         """Whether ``eval_dir`` (the folder as given to ``from_eval_dir``) no longer holds the

@@ -99,8 +99,9 @@ def load_case(table: CaseTable, case_id: str) -> CaseVolumes:
     try:
         with ThreadPoolExecutor(max_workers=1 + len(labels), thread_name_prefix="medft-review-read") as pool:
             reading = pool.submit(_read_image, files.image, files.series_uid)
+            truth = _LabelSource(files.image, files.series_uid, table.label_map, table.segment_names)
             label_reads = {name: pool.submit(_read_classes, path, n_classes, name, case_id, changed,
-                                             table.label_map if name == "ground truth" else {})
+                                             truth if name == "ground truth" else _LabelSource())
                            for name, path in labels.items()}
             best = _first_best_slices(label_reads)  # while the image is still being read
             first, affine = reading.result()  # the image's errors first, then each label map's, as before
@@ -157,14 +158,31 @@ def _read_image(paths, series_uid: str | None) -> tuple[np.ndarray, np.ndarray]:
     return image_values(image), np.asarray(image.affine, dtype=np.float64)
 
 
-def _read_classes(path, n_classes: int, name: str, case_id: str, fix: str, label_map: dict[int, int]):
-    """(voxels as stored, RAS affine, classes or the DataError that refuses them) of a label map: the
-    refusal waits until the label map is known to lie on the image's grid."""
-    from medft.data.loading import read_volume
+@dataclass(frozen=True)
+class _LabelSource:
+    """What reading a label map needs besides its path: the case's image (on whose DICOM series a DICOM SEG or
+    RTSTRUCT lies), the file values' classes (``label_map``) and the segment names of the classes."""
 
-    volume, affine = read_volume(path, label=True)
+    image: tuple = ()
+    series_uid: str | None = None
+    label_map: dict = field(default_factory=dict)
+    segment_names: dict = field(default_factory=dict)
+
+
+def _read_classes(path, n_classes: int, name: str, case_id: str, fix: str, source: _LabelSource):
+    """(voxels as stored, RAS affine, classes or the DataError that refuses them) of a label map: the
+    refusal waits until the label map is known to lie on the image's grid. A DICOM SEG or RTSTRUCT is
+    read as evaluate read it (``load_label``)."""
+    from medft.data.dicom_labels import dicom_label_kind
+    from medft.data.loading import dicom_source, load_label, read_volume
+
+    if path.is_file() and dicom_label_kind(path):
+        label = load_label(path, series=dicom_source(source.image, source.series_uid), segments=source.segment_names)
+        volume, affine = label.numpy()[0], np.asarray(label.affine, dtype=np.float64)
+    else:
+        volume, affine = read_volume(path, label=True)
     try:
-        return volume, affine, _classes(volume, n_classes, name, case_id, fix, label_map)
+        return volume, affine, _classes(volume, n_classes, name, case_id, fix, source.label_map)
     except DataError as exc:
         return volume, affine, exc
 

@@ -103,7 +103,7 @@ def stress(model_path: str | Path, manifest_path: str | Path, out: str | Path, p
     log.info("stress test of %s: %d cases x (1 + %d perturbations x %d levels) = %d inferences, modality %s",
              model.info.name, len(cases), len(names), len(levels), len(tasks), modality)
     with new_folder(out) as partial:
-        scored = _run(tasks, model, tta, largest_component, seed, _worker_count(workers))
+        scored = _run(tasks, model, manifest.segment_names, tta, largest_component, seed, _worker_count(workers))
         write_rows(partial / STRESS_CSV, scored.rows)
         stress_json = _stress_json(model, manifest.path, split, modality, seed, tta, largest_component, names, levels,
                                    cases, scored)
@@ -186,9 +186,9 @@ class PerturbedCases(torch.utils.data.Dataset):
     "label", "shown", "error"}``; a problem with the user's data comes back as ``error`` (its line for stress.json,
     without the folders, and for the console), not raised, so that the other cases go on."""
 
-    def __init__(self, tasks: list[Task], model: TrainedModel, seed: int):
+    def __init__(self, tasks: list[Task], model: TrainedModel, seed: int, segments: dict[int, tuple[str, ...]] | None = None):
         self.tasks, self.seed = tasks, seed
-        self.loading = Compose(model.preprocessing.loading(model.label_map))
+        self.loading = Compose(model.preprocessing.loading(model.label_map, segments))  # segments: DICOM SEG, RTSTRUCT
         self.steps = model.preprocessing.compose  # built here, before workers fork: the inversion needs its instances
         self.in_channels, self.class_names = model.in_channels, model.class_names  # workers need no network
         self._cached: tuple[str, dict] | None = None
@@ -286,8 +286,9 @@ class _Scored:
     pictures: _MostAffected = field(default_factory=_MostAffected)
 
 
-def _run(tasks: list[Task], model: TrainedModel, tta: bool, largest_component: bool, seed: int, workers: int) -> _Scored:
-    inputs = PerturbedCases(tasks, model, seed)
+def _run(tasks: list[Task], model: TrainedModel, segments: dict[int, tuple[str, ...]], tta: bool, largest_component: bool,
+         seed: int, workers: int) -> _Scored:
+    inputs = PerturbedCases(tasks, model, seed, segments)
     loader = torch.utils.data.DataLoader(inputs, batch_size=None, num_workers=workers, collate_fn=_as_is,
                                          prefetch_factor=2 if workers else None, persistent_workers=False)
     scored = _Scored()

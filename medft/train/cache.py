@@ -128,10 +128,13 @@ def case_key(case: dict, fingerprint: dict) -> bytes:
     return hashlib.sha256(text.encode()).hexdigest().encode()
 
 
-def fingerprint(preprocessing: dict, label_map: dict, class_names: list[str], in_channels: int) -> dict:
-    """What a cached case depends on besides its files (the checks run again when the classes or channels change)."""
+def fingerprint(preprocessing: dict, label_map: dict, class_names: list[str], in_channels: int,
+                segments: dict[int, tuple[str, ...]] | None = None) -> dict:
+    """What a cached case depends on besides its files (the checks run again when the classes or channels change;
+    ``segments``: the names that map DICOM SEG and RTSTRUCT segments to classes)."""
     return {"medft": __version__, "preprocessing": preprocessing, "label_map": {str(k): v for k, v in label_map.items()},
-            "classes": list(class_names), "in_channels": in_channels}
+            "classes": list(class_names), "in_channels": in_channels,
+            "segments": {str(k): list(v) for k, v in (segments or {}).items()}}
 
 
 def on_terminal() -> bool:

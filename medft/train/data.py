@@ -48,12 +48,13 @@ def build_loaders(config: RunConfig, manifest: Manifest, preprocessing: Preproce
         + sampling(data.sampling, data.spatial_size, data.samples_per_volume, data.foreground_ratio)
         + augmentation(data.augmentation, data.mirrored_axes, data.elastic)
     )
-    train_chain = Compose(preprocessing.training(data.label_map) + checks)
-    val_chain = Compose(preprocessing.inference(data.label_map) + checks)
+    segments = manifest.segment_names  # how DICOM SEG and RTSTRUCT labels name the classes
+    train_chain = Compose(preprocessing.training(data.label_map, segments) + checks)
+    val_chain = Compose(preprocessing.inference(data.label_map, segments) + checks)
     val_cases = val_cases if world_size == 1 else val_cases[rank::world_size]
     if data.cache:
         store = CaseStore(memory_budget(data.cache_memory), data.cache_dir or default_cache_dir(),
-                          fingerprint(preprocessing.to_dict(), data.label_map, class_names, in_channels))
+                          fingerprint(preprocessing.to_dict(), data.label_map, class_names, in_channels, segments))
         classes = len(class_names)
         cached_train = store.dataset(train_cases, train_chain, estimate_sizes(train_cases, preprocessing, classes, True), "train")
         val_set = store.dataset(val_cases, val_chain, estimate_sizes(val_cases, preprocessing, classes, False), "val")

@@ -308,3 +308,20 @@ def test_read_volume_refuses_what_the_loaders_refuse(tmp_path):
         with pytest.raises(DataError) as got:
             loading.read_volume(path, label=label)
         assert str(got.value) == str(expected.value), path
+
+
+def test_a_dicom_seg_label_needs_a_dicom_series_image_and_declared_classes(tmp_path):
+    from tests.dicom_objects import write_seg
+
+    series = SAMPLE / "dicom" / "study1" / "13_HCropVolume"
+    truth = np.zeros((32, 51, 35), dtype=np.uint8)
+    truth[10:20, 20:30, 10:20] = 1
+    seg = write_seg(series, truth, {1: "hippocampus"}, tmp_path / "truth_seg.dcm")
+    image, _ = sample_case()
+    with pytest.raises(DataError, match="the case's image is no DICOM series folder") as raised:
+        LoadCased(segments={1: ("hippocampus",)})({"case_id": "a", "image": [str(image)], "label": str(seg)})
+    assert raised.value.details.file == seg and raised.value.details.case_id == "a"
+    with pytest.raises(DataError, match="the manifest declares no classes"):
+        LoadCased()({"case_id": "a", "image": [str(series)], "label": str(seg)})
+    loaded = LoadCased(segments={1: ("Hippocampus",)})({"case_id": "a", "image": [str(series)], "label": str(seg)})
+    assert int(loaded["label"].sum()) == 1000 and loaded["label"].shape == loaded["image"].shape

@@ -358,3 +358,32 @@ def test_one_image_under_two_case_ids_is_named(tmp_path):
     assert (problem.case_id, problem.severity) == ("copy334", "warning")
     assert f"the same image as case c334 ({image.resolve()}): in two splits, the validation" in problem.problem
     assert problem.fix == "list each image once, under one case_id"
+
+
+def test_classes_file_gives_aliases_and_codes_for_dicom_segments(tmp_path):
+    image, label = copy_case("hippocampus_334", tmp_path)
+    code = {"value": "5976007", "scheme": "SCT", "meaning": "Hippocampus"}
+    manifest = write_csv(tmp_path / "m.csv", [{"case_id": "a", "image": image, "label": label}], classes={
+        "0": "background", "1": {"name": "anterior", "aliases": ["Hippocampus anterior", "HIPPO_ANT"], "code": code},
+        "2": "posterior"})
+    loaded = load_manifest(manifest)
+    assert loaded.class_names == ["background", "anterior", "posterior"]
+    assert loaded.segment_names == {1: ("anterior", "Hippocampus anterior", "HIPPO_ANT"), 2: ("posterior",)}
+    assert loaded.classes[1].code == code and loaded.classes[2].code is None
+
+
+@pytest.mark.parametrize(("entry", "message", "fix"), [
+    ({"aliases": ["x"]}, "class '1' has no name", '{"name": "anterior", "aliases": ['),
+    ({"name": "anterior", "alias": ["x"]}, "unknown key(s) 'alias'", '{"name": "anterior", "aliases": ['),
+    ({"name": "anterior", "aliases": "Hippocampus anterior"}, "aliases must be a list of names", '"aliases": ["name 1"'),
+    ({"name": "anterior", "code": {"value": "5976007"}}, "its code {'value': '5976007'} is not a coded concept",
+     '"code": {"value": "...", "scheme": "SCT", "meaning": "..."}'),
+])
+def test_a_malformed_class_entry_is_named_with_the_form_to_use(tmp_path, entry, message, fix):
+    image, label = copy_case("hippocampus_334", tmp_path)
+    manifest = write_csv(tmp_path / "m.csv", [{"case_id": "a", "image": image, "label": label}],
+                         classes={"0": "background", "1": entry})
+    problems = read_manifest(manifest)[1]
+    errors = [p for p in problems if p.severity == "error"]
+    assert len(errors) == 1 and message in errors[0].problem, [str(p) for p in problems]
+    assert errors[0].file == tmp_path / "m.classes.json" and fix in errors[0].fix
