@@ -211,6 +211,9 @@ def test_training_on_seg_labels_gives_the_numbers_of_nifti_labels(labelled, tmp_
     keys = ("train_loss", "val_dice")
     seen = [{k: v for k, v in epoch.items() if any(k.startswith(key) for key in keys)} for epoch in metrics["nifti"]]
     assert len(seen) == 2 and all("train_loss" in epoch for epoch in seen) and any("val_dice" in epoch for epoch in seen)
+    written = [path.read_bytes().decode("latin-1") for path in (tmp_path / "seg" / "run").rglob("*") if path.is_file()
+               and path.suffix in (".log", ".json", ".jsonl", ".yaml")]
+    assert written and not any(particular in text for text in written for particular in _patient_particulars())
     assert seen == [{k: v for k, v in epoch.items() if any(k.startswith(key) for key in keys)} for epoch in metrics["seg"]]
 
 

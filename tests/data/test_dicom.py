@@ -2,7 +2,6 @@
 study in /work/shared when it is there. Every message the code shows is checked for patient data."""
 from __future__ import annotations
 
-import functools
 import pickle
 import random
 import shutil
@@ -25,6 +24,7 @@ from medft.data.dicom import (
     select_series,
 )
 from medft.errors import DataError
+from tests.data.conftest import show_error
 from tests.data.dicom_edits import edit_raw, mark_jpeg_lossless, strip_part10_header
 
 REPO = Path(__file__).resolve().parents[2]
@@ -34,35 +34,6 @@ CROP2 = SAMPLE / "study2" / "14_HCropVolume"  # another patient: 35 slices of 48
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data" / "dicom"
 STUDY1 = SHARED / "study1"
 needs_study1 = pytest.mark.skipif(not STUDY1.is_dir(), reason=f"full DICOM study not available at {STUDY1}")
-
-
-@functools.cache
-def patient_identifiers() -> list[str]:
-    """PatientName (whole and each part) and PatientID from the headers of the series used here."""
-    folders = [CROP, CROP2] + ([STUDY1 / "12-T1post-05670"] if STUDY1.is_dir() else [])
-    found = set()
-    for folder in folders:
-        ds = pydicom.dcmread(sorted(folder.glob("*.dcm"))[0], stop_before_pixels=True)
-        name = str(ds.PatientName)
-        found |= {name, str(ds.PatientID)} | {part for part in name.split("^") if len(part) >= 3}
-    assert len(found) >= 4, "the test data should carry (fake) patient names and IDs"
-    return sorted(found)
-
-
-@pytest.fixture
-def shown():
-    """Texts the code under test shows to users; checked for patient identifiers after the test."""
-    texts: list[str] = []
-    yield texts
-    for text in texts:
-        for identifier in patient_identifiers():
-            assert identifier.lower() not in text.lower(), f"patient identifier shown in: {text}"
-
-
-def show_error(shown: list[str], excinfo: pytest.ExceptionInfo) -> str:
-    text = str(excinfo.value)
-    shown += [text, repr(excinfo.value.details)]
-    return text
 
 
 def show_series(shown: list[str], series: SeriesInfo) -> None:

@@ -1,7 +1,6 @@
 """Ground truth as DICOM SEG and RTSTRUCT: placed on the image series' grid voxel for voxel, checked against SimpleITK."""
 from __future__ import annotations
 
-import functools
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ import pytest
 from medft.data.dicom import SeriesGrid, scan_folder, select_series, series_grid
 from medft.data.dicom_labels import dicom_label_kind, normalised_name, read_dicom_label, reference_problems
 from medft.errors import DataError, Problem
+from tests.data.conftest import show_error
 from tests.dicom_objects import (
     copy_series,
     crop_seg_frames,
@@ -48,32 +48,6 @@ def synthetic_label() -> np.ndarray:
 
 
 LABEL = synthetic_label()
-
-
-@functools.cache
-def patient_identifiers() -> list[str]:
-    found = set()
-    for folder in (CROP, CROP2):
-        ds = pydicom.dcmread(sorted(folder.glob("*.dcm"))[0], stop_before_pixels=True)
-        name = str(ds.PatientName)
-        found |= {name, str(ds.PatientID)} | {part for part in name.split("^") if len(part) >= 3}
-    assert len(found) >= 4, "the sample headers should carry (fake) patient names and IDs"
-    return sorted(found)
-
-
-@pytest.fixture
-def shown():
-    """Messages of the code under test, checked for patient identifiers after the test."""
-    texts: list[str] = []
-    yield texts
-    for text in texts:
-        for identifier in patient_identifiers():
-            assert identifier.lower() not in text.lower(), f"patient identifier shown in: {text}"
-
-
-def show_error(shown: list[str], excinfo: pytest.ExceptionInfo) -> str:
-    shown += [str(excinfo.value), repr(excinfo.value.details)]
-    return str(excinfo.value)
 
 
 def show(shown: list[str], problems: list[Problem]) -> list[Problem]:
