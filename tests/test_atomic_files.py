@@ -13,6 +13,7 @@ import sys
 import pytest
 import torch
 
+from medft import atomic_files
 from medft.atomic_files import atomic_write, atomic_write_text
 from medft.errors import MedftError
 from medft.review.auth import add_user, verify
@@ -85,6 +86,43 @@ def test_a_mode_keeps_the_file_private_and_the_default_follows_the_umask(tmp_pat
         os.umask(umask)
     assert stat.S_IMODE((tmp_path / "private").stat().st_mode) == 0o600
     assert stat.S_IMODE((tmp_path / "plain").stat().st_mode) == 0o644
+
+
+def test_the_temporary_is_synced_whole_before_it_is_renamed(tmp_path, monkeypatch):
+    """Else a power cut after the rename can leave an empty or partial file under the final name."""
+    path, events = tmp_path / "last.pt", []
+    real_fsync, real_replace, real_rename = os.fsync, os.replace, os.rename
+
+    def fsync(fd):
+        info = os.fstat(fd)
+        events.append(("fsync", info.st_ino, info.st_size) if stat.S_ISREG(info.st_mode) else ("fsync folder",))
+        real_fsync(fd)
+
+    def renaming(real):
+        def rename(src, dst, *args, **kwargs):
+            events.append(("rename", os.stat(src).st_ino, os.fspath(dst)))
+            real(src, dst, *args, **kwargs)
+        return rename
+
+    monkeypatch.setattr(atomic_files.os, "fsync", fsync)
+    monkeypatch.setattr(atomic_files.os, "replace", renaming(real_replace))
+    monkeypatch.setattr(atomic_files.os, "rename", renaming(real_rename))
+    atomic_write_text("complete", path)
+    monkeypatch.undo()
+    inode = path.stat().st_ino
+    assert events[:2] == [("fsync", inode, len("complete")), ("rename", inode, str(path))], events
+    assert path.read_text() == "complete"
+
+
+def test_the_file_is_a_rename_of_the_temporary_not_a_copy_into_the_old_file(tmp_path):
+    """Writing into the old file would change every hard link to it (and half-write it on a kill)."""
+    other, path = tmp_path / "other.pt", tmp_path / "last.pt"
+    other.write_text("old")
+    os.link(other, path)
+    old_inode = path.stat().st_ino
+    atomic_write_text("new", path)
+    assert path.read_text() == "new" and other.read_text() == "old"
+    assert path.stat().st_ino != old_inode and other.stat().st_ino == old_inode and other.stat().st_nlink == 1
 
 
 def _disk_with_free(monkeypatch, free: int) -> None:

@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import warnings
+import zlib
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -357,57 +358,100 @@ def _read_errors(path: Path, fix: str):
 
 
 def _require_complete_nifti(path: Path) -> None:
-    """Refuse a NIfTI that holds less voxel data than its header declares, before reading the voxels:
-    a damaged header may declare terabytes, which reading would try to allocate.
+    """Refuse a NIfTI whose voxels would be read wrongly or not at all, before reading them: a header that
+    declares more voxel data than the file holds (a damaged header may declare terabytes, which reading would try
+    to allocate), a single-file ``vox_offset`` inside the header, and a .nii.gz whose compressed data is damaged.
 
-    A .nii is measured by its length. A .nii.gz is refused when deflate could not expand it that far
-    (at most 1032-fold); otherwise the gzip trailer's size (mod 2**32, of the last gzip member only)
-    is taken as a hint, and only when it disagrees is the file decompressed, keeping nothing, to count.
+    A .nii is measured by its length. A .nii.gz is refused at once when deflate could not expand it that far (at
+    most 1032-fold); otherwise it is decompressed to its end, keeping nothing, so that gzip checks every member's
+    checksum and length (nibabel reads only the bytes it needs, which never checks them). A .nii.gz found sound is
+    remembered by its size, change time and inode for the life of the process: a case loaded again (every epoch
+    without ``data.cache``) is not decompressed twice over.
     """
     if not path.name.endswith((".nii", ".nii.gz")):
         return
-    voxels = nib.load(path).dataobj  # an array proxy: the header's shape, type and data offset, no data
-    declared = int(np.prod(voxels.shape)) * voxels.dtype.itemsize
-    needed = int(voxels.offset) + declared  # bytes of the whole uncompressed file
-    size = path.stat().st_size
+    offset = _single_file_offset(path)
+    header = nib.load(path).header  # the header only: the voxels stay on disk
+    voxels_shape, dtype = header.get_data_shape(), header.get_data_dtype()
+    declared = int(np.prod(voxels_shape)) * dtype.itemsize
+    what = f"shape {' x '.join(str(n) for n in voxels_shape)}, {dtype}"
+    needed = offset + declared  # bytes of the whole uncompressed file
+    stat = path.stat()
     if path.suffix == ".nii":
-        held = size
-    elif needed > _DEFLATE_MAX_EXPANSION * size:
+        held = stat.st_size
+    elif needed > _DEFLATE_MAX_EXPANSION * stat.st_size:
         raise DataError(
-            f"its header declares {declared} bytes of voxel data ({_declared(voxels)}), more than a gzip file of "
-            f"{size} bytes can hold (deflate expands at most {_DEFLATE_MAX_EXPANSION}-fold): the header is damaged",
+            f"its header declares {declared} bytes of voxel data ({what}), more than a gzip file of "
+            f"{stat.st_size} bytes can hold (deflate expands at most {_DEFLATE_MAX_EXPANSION}-fold): the header is damaged",
             _READ_FIX,
             file=path,
         )
-    elif _gzip_trailer_size(path) == needed % 2**32:
+    elif _SOUND_GZIP.get(path.resolve()) == _stamp(stat):
         return
     else:
-        held = _gunzipped_size(path, limit=needed)
+        held = _gunzipped_size(path, needed)
+    if offset > held:
+        raise DataError(f"its vox_offset ({offset}) lies past the end of the {'uncompressed ' if path.suffix != '.nii' else ''}"
+                        f"file ({held} bytes): the voxel data would start after it", _READ_FIX, file=path)
     if held < needed:
-        raise DataError(_truncated(declared, held - int(voxels.offset), _declared(voxels)), _READ_FIX, file=path)
+        raise DataError(_truncated(declared, held - offset, what), _READ_FIX, file=path)
+    if path.suffix != ".nii":
+        _SOUND_GZIP[path.resolve()] = _stamp(stat)
 
 
-def _declared(voxels) -> str:
-    return f"shape {' x '.join(str(n) for n in voxels.shape)}, {voxels.dtype}"
+_SOUND_GZIP: dict[Path, tuple[int, int, int]] = {}  # .nii.gz files read to their end, checksums right: their _stamp
+_DAMAGED_GZIP_FIX = "the compressed data is damaged: copy the file again from its source, or re-export it"
 
 
-def _gzip_trailer_size(path: Path) -> int:
-    """ISIZE, the last 4 bytes of a gzip file: its last member's uncompressed size mod 2**32."""
-    with open(path, "rb") as file:
-        file.seek(-4, os.SEEK_END)
-        return int.from_bytes(file.read(4), "little")
+def _stamp(stat: os.stat_result) -> tuple[int, int, int]:
+    return stat.st_size, stat.st_mtime_ns, stat.st_ino
 
 
-def _gunzipped_size(path: Path, limit: int) -> int:
-    """The uncompressed size of a gzip file, counted up to `limit` without keeping the data; a stream
-    cut short counts what it holds."""
+def _single_file_offset(path: Path) -> int:
+    """``vox_offset`` of a single-file NIfTI (.nii, .nii.gz) as stored, where the voxel data starts; DataError when it
+    is no whole number or lies inside the header (the standard's minimum: the header and the 4-byte extension flag,
+    352 bytes for NIfTI-1, 544 for NIfTI-2): read from there, every voxel would be shifted against its label (nibabel
+    refuses 1 to 351, and reads 0 from the start of the file). A header that is no NIfTI one is left to nibabel."""
+    with nib.openers.ImageOpener(path) as file:
+        start = file.read(4)
+    nifti2 = 540 in (int.from_bytes(start, "little"), int.from_bytes(start, "big"))
+    with nib.openers.ImageOpener(path) as file:
+        header = (nib.Nifti2Header if nifti2 else nib.Nifti1Header).from_fileobj(file, check=False)
+    if header["magic"].item() not in (b"n+1", b"n+2"):
+        return int(nib.load(path).dataobj.offset)  # not a single-file NIfTI header: nibabel says what it is
+    raw = float(header["vox_offset"])
+    least = int(header.sizeof_hdr) + 4
+    if raw.is_integer() and raw >= least:
+        return int(raw)
+    rule = "is no whole number" if not raw.is_integer() else f"is below {least}"
+    raise DataError(
+        f"its vox_offset ({raw:g}) {rule}: in a single-file NIfTI the voxel data starts after the {least - 4}-byte header "
+        f"and the 4-byte extension flag, at byte {least} or later, so it would be read from inside the header, every "
+        "voxel shifted",
+        "the file was written by a broken converter or damaged: re-export it from its source (e.g. with nibabel, "
+        "dcm2niix or SimpleITK)",
+        file=path,
+    )
+
+
+def _gunzipped_size(path: Path, needed: int) -> int:
+    """The uncompressed size of a gzip file, read to its end without keeping the data, so that gzip checks every
+    member's checksum and length. A stream cut short before ``needed`` bytes counts what it holds (``_truncated``
+    names it); DataError when the checksum, the length or the compressed data is wrong, or when the stream ends
+    early after the voxels."""
     count = 0
-    with gzip.open(path) as stream:
-        try:
-            while count < limit and (chunk := stream.read1(1 << 20)):
+    try:
+        with gzip.open(path) as stream:
+            while chunk := stream.read1(1 << 20):
                 count += len(chunk)
-        except EOFError:  # the stream ends before its end marker
-            pass
+    except EOFError:  # the stream ends before its end marker
+        if count < needed:
+            return count
+        problem = "its gzip stream is cut short after the voxel data, so its checksum cannot be checked"
+        raise DataError(problem, _DAMAGED_GZIP_FIX, file=path) from None
+    except (gzip.BadGzipFile, zlib.error) as exc:
+        problem = f"its compressed data is damaged (gzip: {describe_exception(exc)})"
+        raise DataError(problem, _DAMAGED_GZIP_FIX, file=path) from None
     return count
 
 

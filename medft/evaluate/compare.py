@@ -8,8 +8,8 @@ its scored cases). The difference B − A has one of two designs, named in ``com
 - ``"paired"``, when some case is scored in both: per case, on the cases scored in both, with a
   paired bootstrap interval (cases resampled with both their values,
   ``medft.evaluate.summary.paired_difference``). A case whose value is NaN in either evaluation
-  is left out of that class's difference. The differences are under ``dice[class]["paired"]``
-  and ``paired_differences``.
+  (or that has no row for the class in one) is left out of that class's difference. The
+  differences are under ``dice[class]["paired"]`` and ``paired_differences``.
 - ``"unpaired"``, when no case is scored in both (e.g. one model evaluated on two sites'
   held-out sets): the difference of the two means, each over its own scored cases, with a
   bootstrap interval that resamples each evaluation's cases independently

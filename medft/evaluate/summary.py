@@ -146,7 +146,8 @@ def paired_difference(rows_a: list[dict], rows_b: list[dict], class_names: Seque
     For the cases present in both (by ``case_id``) whose value is not NaN in either, per
     foreground class and for the per-case foreground mean: ``{"n_common", "mean_a", "mean_b",
     "mean_diff" (b - a), "ci95"}``, the interval by a paired bootstrap (common cases resampled,
-    each with its two values). Returns ``{"metric", "difference": "b - a", "bootstrap",
+    each with its two values). A case without a row for a class in one evaluation counts as NaN
+    there: it is left out of that class, never paired with another case's value. Returns ``{"metric", "difference": "b - a", "bootstrap",
     "n_cases_a", "n_cases_b", "n_common_cases", "classes", "differences": {class_name: ...,
     "mean_foreground": ...}}``, JSON-safe (NaN as None).
     """
@@ -200,7 +201,8 @@ def _difference(rows_a: list[dict], rows_b: list[dict], class_names: Sequence[st
     else:
         ids_a, ids_b = table_a.case_ids, table_b.case_ids
         compare, method = _unpaired, UNPAIRED_BOOTSTRAP_METHOD
-    differences = {name: compare(table_a.values(ids_a, c, metric), table_b.values(ids_b, c, metric), n_resamples, seed)
+    differences = {name: compare(table_a.values(ids_a, c, metric, missing_as_nan=paired),
+                                 table_b.values(ids_b, c, metric, missing_as_nan=paired), n_resamples, seed)
                    for c, name in table_a.foreground}
     differences[MEAN_FOREGROUND] = compare(table_a.foreground_means(ids_a, metric),
                                            table_b.foreground_means(ids_b, metric), n_resamples, seed)
@@ -290,10 +292,13 @@ class _Table:
             self.cells[(case_id, c)] = row
         self.case_ids = sorted(self.sites)
 
-    def values(self, case_ids: list[str], c: int, metric: str) -> np.ndarray:
-        """One value per case that has a row for class c (missing rows are not cases of that class)."""
+    def values(self, case_ids: list[str], c: int, metric: str, missing_as_nan: bool = False) -> np.ndarray:
+        """One value per case that has a row for class c (missing rows are not cases of that class); with
+        ``missing_as_nan``, one per case of ``case_ids``, NaN where the row is missing: two tables' values then stay
+        paired case by case."""
         return np.array(
-            [parse_float(self.cells[(k, c)].get(metric)) for k in case_ids if (k, c) in self.cells], dtype=np.float64
+            [parse_float(self.cells[(k, c)].get(metric)) if (k, c) in self.cells else math.nan
+             for k in case_ids if missing_as_nan or (k, c) in self.cells], dtype=np.float64
         )
 
     def foreground_means(self, case_ids: list[str], metric: str) -> np.ndarray:

@@ -342,3 +342,31 @@ def test_check_data_estimates_the_size_in_memory_and_what_the_cache_budget_keeps
     assert out.endswith(f"keeps 10 of them, the other {len(cases) - 10} on disk")
     assert main(["check-data", str(manifest), "--config", str(REPO / "configs" / "hippocampus.yaml")]) == 0
     assert "after the preprocessing of" in capsys.readouterr().out
+
+
+CLASSES = ["background", "anterior", "posterior"]
+
+
+@pytest.mark.parametrize("values, outside", [
+    pytest.param([0, 1, 2], None, id="all-declared"),
+    pytest.param([0, 1, 3], [3], id="one-past-the-last-class"),
+    pytest.param([2, 1], None, id="no-background"),
+    pytest.param([0, -1, 2], [-1], id="negative"),
+])
+def test_label_values_must_be_the_declared_classes(values, outside):
+    label = np.array(values, dtype=np.int16).reshape(1, 1, -1)
+    problems = checks.label_value_problems(label, "case.nii.gz", CLASSES)
+    if outside is None:
+        assert problems == []
+        return
+    assert [(p.problem, p.file, p.severity) for p in problems] == [
+        (f"label values {outside} are outside the declared classes 0..2 (background, anterior, posterior)", "case.nii.gz",
+         "error")]
+
+
+def test_label_values_must_be_whole_numbers():
+    problems = checks.label_value_problems(np.array([[[0.0, 1.0, 1.5]]], dtype=np.float32), "case.nii.gz", CLASSES)
+    assert [p.problem for p in problems] == ["label values are not whole numbers (e.g. 1.5)"]
+    assert checks.label_value_problems(np.array([0.0, 2.0, np.nan]), "case.nii.gz", CLASSES)[0].problem == \
+        "label values are not whole numbers (e.g. nan)"
+    assert checks.label_value_problems(np.array([0.0, 1.0, 2.0]), "case.nii.gz", CLASSES) == []  # whole, though floats

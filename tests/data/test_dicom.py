@@ -378,6 +378,19 @@ def test_a_malformed_tag_names_the_file_and_the_tag(tag, stored, expected, tmp_p
     assert_public(excinfo.value, f"{folder}: {expected.rstrip('.')}")
 
 
+def test_a_rescale_slope_of_zero_counts_as_absent(tmp_path, shown):
+    """Some exports write RescaleSlope 0 for "no rescaling": taken at its word it would blank the image."""
+    original, affine = read_series(crop_series())
+    folder = copy_series(CROP, tmp_path / "crop")
+    for path in folder.iterdir():
+        edit_raw(path, RescaleSlope=b"0", RescaleIntercept=b"-10")
+    series = crop_series(folder)
+    show_series(shown, series)
+    assert geometry_problems(series) == []
+    volume, read_affine = read_series(series)
+    assert original.max() > original.min() and np.array_equal(volume, original - 10) and np.array_equal(read_affine, affine)
+
+
 def test_a_blanked_orientation_is_invalid_not_duplicate_slices(tmp_path, shown):
     folder = copy_series(CROP, tmp_path / "crop")
     for path in folder.iterdir():  # as an anonymiser may leave it

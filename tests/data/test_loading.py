@@ -137,19 +137,23 @@ def test_a_nii_gz_shorter_than_its_header_is_measured_without_keeping_its_voxels
         load_image([path])
 
 
-def test_a_complete_nii_gz_is_decompressed_once(tmp_path, monkeypatch):
-    """The gzip trailer vouches for a complete single-member file; one of several members is counted first."""
+def test_a_nii_gz_is_read_to_its_end_once_per_process(tmp_path, monkeypatch):
+    """Every member's checksum is checked (several gzip members load as one file); a file loaded again unchanged is
+    not decompressed again, a changed one is."""
     image_path, _ = sample_case()
     counted, count = [], loading._gunzipped_size
-    monkeypatch.setattr(loading, "_gunzipped_size", lambda path, limit: counted.append(path) or count(path, limit))
-    load_image([image_path])
-    assert counted == []
-
+    monkeypatch.setattr(loading, "_gunzipped_size", lambda path, needed: counted.append(path) or count(path, needed))
+    monkeypatch.setattr(loading, "_SOUND_GZIP", {})
     data = gzip.decompress(image_path.read_bytes())
     two_members = tmp_path / "two_members.nii.gz"
     two_members.write_bytes(gzip.compress(data[:1000]) + gzip.compress(data[1000:-1]) + gzip.compress(data[-1:]))
     np.testing.assert_array_equal(load_image([two_members]).numpy(), load_image([image_path]).numpy())
-    assert counted == [two_members]
+    load_image([two_members])
+    load_label(two_members)
+    assert counted == [two_members, image_path]
+    two_members.write_bytes(gzip.compress(data))
+    load_image([two_members])
+    assert counted == [two_members, image_path, two_members]
 
 
 def test_a_nii_gz_compressed_as_far_as_deflate_goes_loads(tmp_path):
@@ -325,3 +329,17 @@ def test_a_dicom_seg_label_needs_a_dicom_series_image_and_declared_classes(tmp_p
         LoadCased()({"case_id": "a", "image": [str(series)], "label": str(seg)})
     loaded = LoadCased(segments={1: ("Hippocampus",)})({"case_id": "a", "image": [str(series)], "label": str(seg)})
     assert int(loaded["label"].sum()) == 1000 and loaded["label"].shape == loaded["image"].shape
+
+
+def test_a_nii_cut_short_is_refused_before_any_voxel_is_read(tmp_path, monkeypatch):
+    image_path, _ = sample_case()
+    cut = tmp_path / "cut.nii"
+    data = gzip.decompress(image_path.read_bytes())
+    cut.write_bytes(data[:-100])
+    read = []
+    monkeypatch.setattr(loading.NibabelReader, "get_data", lambda self, img: read.append(img) or pytest.fail("voxels read"))
+    for call in (lambda: load_image([cut]), lambda: load_label(cut), lambda: loading.read_volume(cut)):
+        with pytest.raises(DataError, match=rf"is truncated: its header declares {len(data) - 352} bytes of voxel data .* "
+                                            rf"the file holds {len(data) - 452} bytes"):
+            call()
+    assert read == []

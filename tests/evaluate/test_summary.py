@@ -210,6 +210,31 @@ def test_paired_difference_of_an_evaluation_with_itself_is_zero_and_unpaired_is_
                                                 "ci95": [None, None]}
 
 
+def _without(rows: list[dict], case_id: str, class_index: int) -> list[dict]:
+    return [r for r in rows if (r["case_id"], r["class_index"]) != (case_id, class_index)]
+
+
+def test_paired_difference_pairs_by_case_when_an_evaluation_lacks_a_class_row():
+    """A class row missing on one side counts as that case's value missing (as a NaN): the case leaves that class's
+    comparison, the others stay paired with themselves. It used to end in an IndexError (one row missing of two
+    cases), or, when each side lacked a row of another case, to pair one case's value with another's in silence."""
+    a = _rows({"c1": ("", 0.5, 0.5), "c2": ("", 0.6, 0.25), "c3": ("", 0.75, 0.5)})
+    b = _rows({"c1": ("", 0.625, 0.5), "c2": ("", 0.9, 0.5), "c3": ("", 0.875, 0.75)})
+    one_missing = paired_difference(a[:6], _without(b[:6], "c2", 1), CLASS_NAMES)  # c1 and c2; B lacks c2's anterior
+    anterior = one_missing["differences"]["anterior"]
+    assert (anterior["n_common"], anterior["mean_a"], anterior["mean_b"], anterior["mean_diff"]) == (1, 0.5, 0.625, 0.125)
+    assert one_missing["differences"]["posterior"]["mean_diff"] == 0.125  # c2's posterior rose by 0.25, c1's not
+
+    crossed = paired_difference(_without(a, "c1", 1), _without(b, "c2", 1), CLASS_NAMES)
+    anterior = crossed["differences"]["anterior"]
+    assert (anterior["n_common"], anterior["mean_a"], anterior["mean_b"], anterior["mean_diff"]) == (1, 0.75, 0.875, 0.125)
+    assert crossed["n_common_cases"] == 3 and crossed["differences"]["posterior"]["n_common"] == 3
+    # the foreground mean of a case is that of the classes it has on each side, as with a NaN
+    fg = crossed["differences"]["mean_foreground"]
+    assert fg["mean_a"] == pytest.approx(np.mean([0.5, 0.425, 0.625])) and fg["mean_b"] == pytest.approx(np.mean([0.5625, 0.5, 0.8125]))
+    json.dumps(crossed, allow_nan=False)
+
+
 # --------------------------------------------------------------------------------------------
 # unpaired_difference
 # --------------------------------------------------------------------------------------------

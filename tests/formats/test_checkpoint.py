@@ -4,6 +4,7 @@ import torch
 
 from medft.errors import MedftError
 from medft.formats.checkpoint import FORMAT_VERSION, Checkpoint, find_checkpoint, read_checkpoint, write_checkpoint
+from medft.train.checkpoint import CheckpointSaver
 
 
 def _checkpoint(epoch: int = 0) -> Checkpoint:
@@ -67,3 +68,19 @@ def test_a_checkpoint_from_a_newer_format_says_to_upgrade(tmp_path):
     torch.save(state | {"format_version": FORMAT_VERSION + 1, "medft_version": "9.0"}, path)
     with pytest.raises(MedftError, match=rf"checkpoint format {FORMAT_VERSION + 1}, written by medft 9.0.*Fix: upgrade medft"):
         read_checkpoint(path)
+
+
+@pytest.mark.parametrize("key", [
+    # what --resume reads (medft.train.recipe's _setup_resume; network_def for the same-network check)
+    "epoch", "step", "model", "network_def", "optimizer", "scheduler", "scaler", "early_stopping", "rng",
+    # read by evaluate and export
+    "class_names", "preprocessing",
+])
+def test_a_checkpoint_lacking_a_key_the_resume_reads_is_refused_by_its_name(tmp_path, key):
+    last = tmp_path / "checkpoints" / "last.pt"
+    write_checkpoint(_checkpoint(epoch=2), last)
+    state = torch.load(last, weights_only=False)
+    del state[key]
+    torch.save(state, last)
+    with pytest.raises(MedftError, match=rf"last.pt: not a checkpoint written by medft train \(it lacks {key}\)"):
+        CheckpointSaver(tmp_path, main=True).load_last()  # what the resume calls

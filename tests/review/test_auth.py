@@ -167,6 +167,39 @@ def test_a_damaged_hash_is_named_with_a_fix(users_file):
         verify(users_file, "alice", PASSWORD)
 
 
+def _hash_parts(users_file) -> tuple[dict, list[str]]:
+    """The users file's data, and alice's hash split into scrypt, N, r, p, salt, key."""
+    data = json.loads(users_file.read_text())
+    return data, data["users"]["alice"]["hash"].split("$")
+
+
+def test_a_key_that_differs_only_in_its_last_byte_refuses_the_right_password(users_file):
+    assert verify(users_file, "alice", PASSWORD)
+    data, parts = _hash_parts(users_file)
+    key = base64.b64decode(parts[5])
+    parts[5] = base64.b64encode(key[:-1] + bytes([key[-1] ^ 1])).decode("ascii")
+    data["users"]["alice"]["hash"] = "$".join(parts)
+    users_file.write_text(json.dumps(data))
+    assert not verify(users_file, "alice", PASSWORD)
+
+
+def test_the_whole_key_is_compared_in_constant_time(users_file, monkeypatch):
+    """hmac.compare_digest of the whole derived key with the whole stored key: == or a prefix would leak timing."""
+    _, parts = _hash_parts(users_file)
+    stored = base64.b64decode(parts[5])
+    derived = hashlib.scrypt(PASSWORD.encode(), salt=base64.b64decode(parts[4]), n=16384, r=8, p=1, dklen=32)
+    calls = []
+    real = auth.hmac.compare_digest
+
+    def recording(a, b):
+        calls.append((bytes(a), bytes(b)))
+        return real(a, b)
+
+    monkeypatch.setattr(auth.hmac, "compare_digest", recording)
+    assert verify(users_file, "alice", PASSWORD)
+    assert calls == [(derived, stored)] and len(stored) == auth.KEY_BYTES
+
+
 def test_unknown_user_costs_about_as_much_as_a_known_one(users_file):
     def seconds(username: str) -> float:
         best = float("inf")

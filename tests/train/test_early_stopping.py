@@ -1,6 +1,8 @@
 """Early stopping: what counts as a rise, patience, NaN results, and its state across a resume."""
 import math
 
+import pytest
+
 from medft.train.early_stopping import EarlyStopping
 
 
@@ -45,3 +47,21 @@ def test_restarting_patience_counts_afresh_and_keeps_the_best():
     assert not stopper.update(0.4, 2) and stopper.bad_validations == 0  # the first validation after sets the baseline
     assert not stopper.update(0.405, 3) and stopper.bad_validations == 1 and not stopper.should_stop
     assert stopper.update(0.7, 4) and stopper.best == 0.7
+
+
+def test_a_plateau_is_no_rise_even_with_min_delta_zero():
+    """With min_delta 0 a rise must still be a rise: a run on a plateau stops after its patience."""
+    stopper = EarlyStopping(patience=2, min_delta=0.0)
+    assert _run(stopper, [0.5, 0.5, 0.5]) == [(True, 0), (False, 1), (False, 2)]
+    assert stopper.should_stop and (stopper.best, stopper.best_epoch) == (0.5, 0)  # the first of equal values stays best
+
+
+@pytest.mark.parametrize("second, counts", [
+    (0.75, False),  # a rise of exactly min_delta (0.5 + 0.25 is exact in binary) does not clear it
+    (math.nextafter(0.75, math.inf), True),  # the smallest float above clears it
+    (math.nextafter(0.75, -math.inf), False),
+])
+def test_a_rise_counts_only_above_min_delta(second, counts):
+    stopper = EarlyStopping(patience=1, min_delta=0.25)
+    assert _run(stopper, [0.5, second]) == [(True, 0), (True, 0 if counts else 1)]  # the best follows any rise
+    assert stopper.should_stop is not counts and stopper.best == second
