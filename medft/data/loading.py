@@ -365,7 +365,7 @@ def _require_complete_nifti(path: Path) -> None:
     A .nii is measured by its length. A .nii.gz is refused at once when deflate could not expand it that far (at
     most 1032-fold); otherwise it is decompressed to its end, keeping nothing, so that gzip checks every member's
     checksum and length (nibabel reads only the bytes it needs, which never checks them). A .nii.gz found sound is
-    remembered by its size, change time and inode for the life of the process: a case loaded again (every epoch
+    remembered by its size, modification time and inode for the life of the process: a case loaded again (every epoch
     without ``data.cache``) is not decompressed twice over.
     """
     if not path.name.endswith((".nii", ".nii.gz")):
