@@ -41,6 +41,7 @@ import pydicom
 from skimage.draw import polygon2mask
 
 from medft.data.dicom import SeriesGrid, describe_exception
+from medft.data.manifest import normalised_name
 from medft.errors import DataError, Problem
 
 _KINDS = {
@@ -60,12 +61,6 @@ _NO_RESAMPLING = (
 
 # A piece of a label: (class, slice, first column, first row, mask of shape (columns, rows)).
 _Piece = tuple[int, int, int, int, np.ndarray]
-
-
-def normalised_name(text: str) -> str:
-    """A segment, ROI or class name as medft compares them: case folded, surrounding whitespace stripped and
-    inner runs of whitespace collapsed to one space."""
-    return " ".join(str(text).split()).casefold()
 
 
 def dicom_label_kind(path: Path) -> str | None:

@@ -406,7 +406,22 @@ def _label_classes(labels: object, source: Path) -> tuple[list[LabelClass], list
             "number the classes 0 (background), 1, 2, ... without gaps",
             file=source,
         )]
+    owner: dict[str, int] = {}
+    for value in range(1, len(pairs)):
+        for name in (pairs[value].name, *pairs[value].aliases):
+            first = owner.setdefault(normalised_name(name), value)
+            if first != value:
+                return [], [Problem(
+                    f"the name {name!r} is given to classes {first} and {value}: a DICOM segment of that name would "
+                    "belong to both", "give each class its own names and aliases", file=source,
+                )]
     return [pairs[i] for i in range(len(pairs))], []
+
+
+def normalised_name(text: str) -> str:
+    """A class, segment or ROI name as medft compares them: case folded, surrounding whitespace stripped and
+    inner runs of whitespace collapsed to one space."""
+    return " ".join(str(text).split()).casefold()
 
 
 def _label_class(key: str, entry: dict, source: Path) -> LabelClass:

@@ -11,7 +11,8 @@ import pydicom
 import pytest
 
 from medft.data.dicom import SeriesGrid, scan_folder, select_series, series_grid
-from medft.data.dicom_labels import dicom_label_kind, normalised_name, read_dicom_label, reference_problems
+from medft.data.dicom_labels import dicom_label_kind, read_dicom_label, reference_problems
+from medft.data.manifest import normalised_name
 from medft.errors import DataError, Problem
 from tests.data.conftest import show_error
 from tests.dicom_objects import (

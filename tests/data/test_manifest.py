@@ -378,11 +378,13 @@ def test_classes_file_gives_aliases_and_codes_for_dicom_segments(tmp_path):
     ({"name": "anterior", "aliases": "Hippocampus anterior"}, "aliases must be a list of names", '"aliases": ["name 1"'),
     ({"name": "anterior", "code": {"value": "5976007"}}, "its code {'value': '5976007'} is not a coded concept",
      '"code": {"value": "...", "scheme": "SCT", "meaning": "..."}'),
+    ({"name": "anterior", "aliases": [" POSTERIOR "]}, "the name 'posterior' is given to classes 1 and 2",
+     "give each class its own names and aliases"),
 ])
 def test_a_malformed_class_entry_is_named_with_the_form_to_use(tmp_path, entry, message, fix):
     image, label = copy_case("hippocampus_334", tmp_path)
     manifest = write_csv(tmp_path / "m.csv", [{"case_id": "a", "image": image, "label": label}],
-                         classes={"0": "background", "1": entry})
+                         classes={"0": "background", "2": "posterior", "1": entry})
     problems = read_manifest(manifest)[1]
     errors = [p for p in problems if p.severity == "error"]
     assert len(errors) == 1 and message in errors[0].problem, [str(p) for p in problems]
