@@ -237,3 +237,16 @@ def test_predict_writes_no_seg_for_a_nifti_input_and_says_so(tmp_path, caplog):
     assert main(["predict", str(DEMO_BUNDLE), str(image), "--out", str(tmp_path / "other"), "--classes",
                  str(tmp_path / "c.json")]) == 1
     assert not (tmp_path / "other").exists()
+
+
+def test_check_data_warns_of_a_segment_that_names_no_class(labelled, tmp_path):
+    from medft.data.checks import check_manifest
+
+    truth = labelled["truths"]["crop_1"].copy()
+    truth[0, :2, :2] = 2  # a second segment, named after no class
+    seg = write_seg(labelled["series"]["crop_1"], truth, {1: "HIPPO", 2: "Couch"}, tmp_path / "two_segments.dcm")
+    manifest = write_csv(tmp_path / "extra.csv", [{"case_id": "crop_1", "image": labelled["series"]["crop_1"],
+                                                   "label": seg, "split": "test"}], classes=CLASSES)
+    problems = check_manifest(manifest, workers=1, progress=False)
+    assert [(p.severity, p.problem) for p in problems] == [("warning", "segment 'Couch' maps to no class; ignored")]
+    assert problems[0].file == seg and problems[0].case_id == "crop_1"

@@ -10,7 +10,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from medft.data.dicom import describe_exception, geometry_problems, scan_folder, select_series
-from medft.data.dicom_labels import dicom_label_kind, read_dicom_label, reference_problems
+from medft.data.dicom_labels import dicom_label_kind, reference_problems
 from medft.data.loading import DicomSource, case_series, dicom_source, geometry_mismatch, load_image, load_label, qform_sform_problem
 from medft.data.manifest import Case, read_manifest
 from medft.errors import DataError, Problem
@@ -123,11 +123,11 @@ def label_value_problems(label, file: Path | str, class_names: list[str]) -> lis
 def _label_problems(case: Case, image, class_names: list[str], segments: dict[int, tuple[str, ...]]) -> list[Problem]:
     kind = dicom_label_kind(case.label) if case.label.is_file() else None
     series = dicom_source(case.image, case.series_uid)
-    problems = _dicom_label_problems(case.label, series, segments) if kind else []
-    if any(p.severity == "error" for p in problems):
+    problems = _reference_problems(case.label, series) if kind and segments else []
+    if problems:
         return problems
     try:
-        label = load_label(case.label, series=series, segments=segments)
+        label = load_label(case.label, series=series, segments=segments, warnings=problems)
     except DataError as exc:
         return [*problems, exc.details]
     if not kind:
@@ -152,22 +152,16 @@ def _label_problems(case: Case, image, class_names: list[str], segments: dict[in
     return problems
 
 
-def _dicom_label_problems(path: Path, series: DicomSource | None, segments: dict[int, tuple[str, ...]]) -> list[Problem]:
-    """A DICOM SEG's or RTSTRUCT's references to another series or frame of reference, and its warnings (segments
-    that name no class); the other problems are the loader's."""
-    if series is None or not segments:
+def _reference_problems(path: Path, series: DicomSource | None) -> list[Problem]:
+    """Each of a DICOM SEG's or RTSTRUCT's references to another series or frame of reference (the loader names the
+    first only); the other problems are the loader's."""
+    if series is None:
         return []  # load_label says why
     try:
         grid = case_series(series)
     except DataError:
         return []  # the image's own problems are reported
-    problems = reference_problems(path, grid)
-    if problems:
-        return problems
-    try:
-        return read_dicom_label(path, grid, segments)[1]
-    except DataError as exc:
-        return [exc.details]
+    return reference_problems(path, grid)
 
 
 def _qform_sform_problems(paths) -> list[Problem]:

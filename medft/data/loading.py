@@ -149,15 +149,16 @@ def _label_channels(channels: int) -> tuple[str, str]:
 
 
 def load_label(path: str | Path, reorient: bool = True, series: DicomSource | None = None,
-               segments: Mapping[int, Sequence[str]] | None = None) -> MetaTensor:
+               segments: Mapping[int, Sequence[str]] | None = None, warnings: list[Problem] | None = None) -> MetaTensor:
     """A label map as a (1, x, y, z) MetaTensor in RAS (as stored without ``reorient``), values as stored (float32).
 
     A DICOM SEG or RTSTRUCT file becomes the label map of the classes in ``segments`` (class -> the names its
-    segments may carry: ``Manifest.segment_names``) on the grid of the image's DICOM ``series``."""
+    segments may carry: ``Manifest.segment_names``) on the grid of the image's DICOM ``series``; its warnings
+    (segments that name no class) go to ``warnings`` when given, else to the log, once per file and process."""
     path = Path(path)
     kind = dicom_label_kind(path) if path.is_file() else None
     if kind:
-        return _dicom_label(path, kind, series, segments, reorient)
+        return _dicom_label(path, kind, series, segments, reorient, warnings)
     _require_label_file(path)
     label = _read(path)
     _require_3d(label, path)
@@ -187,8 +188,8 @@ def case_series(series: DicomSource) -> SeriesGrid:
 
 
 def _dicom_label(path: Path, kind: str, series: DicomSource | None, segments: Mapping[int, Sequence[str]] | None,
-                 reorient: bool) -> MetaTensor:
-    """A DICOM SEG or RTSTRUCT as a label map on the grid of ``series``; its warnings logged once per file."""
+                 reorient: bool, warnings: list[Problem] | None) -> MetaTensor:
+    """A DICOM SEG or RTSTRUCT as a label map on the grid of ``series`` (``load_label``)."""
     if series is None:
         raise DataError(
             f"is a DICOM {kind}, which medft places on the DICOM series it was made on, and the case's image is no "
@@ -205,10 +206,12 @@ def _dicom_label(path: Path, kind: str, series: DicomSource | None, segments: Ma
             file=path,
         )
     grid = case_series(series)
-    labels, warnings_ = read_dicom_label(path, grid, segments)
-    if path not in _WARNED:
+    labels, found = read_dicom_label(path, grid, segments)
+    if warnings is not None:
+        warnings += found
+    elif path not in _WARNED:
         _WARNED.add(path)
-        for warning in warnings_:
+        for warning in found:
             log.warning("%s", warning)
     meta = {"affine": grid.affine, "original_affine": grid.affine.copy(), "spatial_shape": np.asarray(grid.shape),
             "space": "RAS", "filename_or_obj": str(path)}

@@ -364,9 +364,10 @@ class _SegOutput:
 
     def __init__(self, model: TrainedModel, declared: list[LabelClass]):
         by_name = {c.name.casefold(): c for c in declared}
-        self.classes = [SegmentClass(i, name, getattr(by_name.get(name.casefold()), "code", None),
-                                     getattr(by_name.get(name.casefold()), "category", None))
-                        for i, name in enumerate(model.class_names) if i > 0]
+        self.classes = []
+        for index, name in enumerate(model.class_names[1:], start=1):
+            same = by_name.get(name.casefold())
+            self.classes.append(SegmentClass(index, name, same.code if same else None, same.category if same else None))
         info = model.info
         self.algorithm = Algorithm(name=f"medft {info.name if info else 'model'}",
                                    version=f"{(info.version if info else None) or 'unversioned'} (medft {__version__})")
